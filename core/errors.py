@@ -1,0 +1,152 @@
+"""Every error TAMC raises on purpose, in one tree.
+
+Errors split by who must act. ``InputError`` and its children mean the caller gave something
+wrong and can fix it by changing the input (the message says how). ``LedgerError`` and
+``IdentityError`` are refusals of the money and trust layers: nothing was written when they are
+raised. ::
+
+    TamcError
+    ├── InputError                  bad input; fix it and try again
+    │   ├── InvalidAmount           not a positive integer of micro-units
+    │   ├── InvalidJobSpec          a job file or message that does not parse or validate
+    │   ├── InvalidProfile          a machine profile file that does not parse or validate
+    │   ├── UnknownMachineKind      a kind that is not one of the five
+    │   └── UnknownMachine          no profile with that id
+    ├── LedgerError                 the ledger refused; nothing was written
+    │   ├── UnknownAccount          no such account (open it first)
+    │   ├── InsufficientFunds       the transfer would overdraw an account
+    │   ├── IdempotencyConflict     a key reused for a different request
+    │   ├── EscrowError
+    │   │   ├── EscrowNotFound      no escrow for that job
+    │   │   ├── EscrowExists        the job already has an escrow under another key
+    │   │   └── EscrowClosed        already released or refunded
+    │   └── ShareError
+    │       ├── SharesAlreadyIssued a machine's cap table is fixed at issue
+    │       └── NoShareholders      revenue split for a machine with no shares issued
+    └── IdentityError
+        ├── InvalidDid              not a did:key for an Ed25519 public key
+        ├── BadSignature            missing, malformed or not matching the signed fields
+        └── KeystoreError           keystore file unreadable, corrupt or too open
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BadSignature",
+    "EscrowClosed",
+    "EscrowError",
+    "EscrowExists",
+    "EscrowNotFound",
+    "IdempotencyConflict",
+    "IdentityError",
+    "InputError",
+    "InsufficientFunds",
+    "InvalidAmount",
+    "InvalidDid",
+    "InvalidJobSpec",
+    "InvalidProfile",
+    "KeystoreError",
+    "LedgerError",
+    "NoShareholders",
+    "ShareError",
+    "SharesAlreadyIssued",
+    "TamcError",
+    "UnknownAccount",
+    "UnknownMachine",
+    "UnknownMachineKind",
+]
+
+
+class TamcError(Exception):
+    """Root of every error TAMC raises on purpose."""
+
+
+class InputError(TamcError):
+    """The caller's input is wrong; the message says what to change."""
+
+
+class InvalidAmount(InputError):
+    """An amount that is not a positive integer number of micro-units."""
+
+
+class InvalidJobSpec(InputError):
+    """A job description that does not parse or validate."""
+
+
+class InvalidProfile(InputError):
+    """A machine profile file that does not parse or validate."""
+
+
+class UnknownMachineKind(InputError):
+    """A machine kind outside the known five."""
+
+
+class UnknownMachine(InputError):
+    """No machine profile has that id."""
+
+
+class LedgerError(TamcError):
+    """The ledger refused the operation; the database is unchanged."""
+
+
+class UnknownAccount(LedgerError):
+    """An account id the ledger has never opened."""
+
+
+class InsufficientFunds(LedgerError):
+    """A posting would leave an account below zero."""
+
+    def __init__(self, account: str, balance: int, needed: int, asset: str) -> None:
+        self.account, self.balance, self.needed, self.asset = account, balance, needed, asset
+        super().__init__(
+            f"account {account!r} holds {balance} micro-units of {asset}, "
+            f"{needed} needed: fund it first or lower the amount"
+        )
+
+
+class IdempotencyConflict(LedgerError):
+    """An idempotency key already used for a different request."""
+
+
+class EscrowError(LedgerError):
+    """Escrow refused the operation."""
+
+
+class EscrowNotFound(EscrowError):
+    """No escrow exists for the job."""
+
+
+class EscrowExists(EscrowError):
+    """The job already has an escrow opened under another idempotency key."""
+
+
+class EscrowClosed(EscrowError):
+    """The escrow was already released or refunded."""
+
+
+class ShareError(LedgerError):
+    """Share-token operation refused."""
+
+
+class SharesAlreadyIssued(ShareError):
+    """A machine's shares are issued once; later changes are share transfers."""
+
+
+class NoShareholders(ShareError):
+    """Revenue cannot be split for a machine that has no shares issued."""
+
+
+class IdentityError(TamcError):
+    """Keys, ids or signatures are not valid."""
+
+
+class InvalidDid(IdentityError):
+    """A string that is not a did:key id of an Ed25519 public key."""
+
+
+class BadSignature(IdentityError):
+    """A signature that is missing, malformed, or does not match the signed fields."""
+
+
+class KeystoreError(IdentityError):
+    """The keystore file cannot be used (unreadable, corrupt, or readable by others)."""

@@ -1,0 +1,154 @@
+"""Tables and transactions of the ledger, for SQLite and PostgreSQL alike.
+
+Writers never lose to each other: on SQLite every write transaction starts with ``BEGIN
+IMMEDIATE`` (one writer at a time, WAL so readers don't block, a busy timeout so a second process
+waits instead of failing); on PostgreSQL the balance rows a posting touches are locked with
+``SELECT … FOR UPDATE`` in a fixed order. A transaction that still collides (a deadlock, a unique
+idempotency key inserted by a concurrent writer) is retried from the start, where it then sees the
+other writer's result.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Engine,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+)
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy.pool import StaticPool
+
+__all__ = ["accounts", "balances", "connect", "entries", "escrows", "metadata", "postings", "share_classes", "transaction"]
+
+metadata = MetaData()
+
+accounts = Table(
+    "accounts",
+    metadata,
+    Column("id", String(200), primary_key=True),
+    Column("kind", String(20), nullable=False),
+    Column("owner", String(200)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+balances = Table(
+    "balances",
+    metadata,
+    Column("account_id", String(200), ForeignKey("accounts.id"), primary_key=True),
+    Column("asset", String(220), primary_key=True),
+    Column("amount", BigInteger, nullable=False),
+)
+
+postings = Table(
+    "postings",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("key", String(300), nullable=False, unique=True),
+    Column("kind", String(30), nullable=False),
+    Column("fingerprint", String(64), nullable=False),
+    Column("memo", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+entries = Table(
+    "entries",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("posting_id", String(36), ForeignKey("postings.id"), nullable=False),
+    Column("account_id", String(200), ForeignKey("accounts.id"), nullable=False),
+    Column("asset", String(220), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Index("ix_entries_account", "account_id", "asset"),
+    Index("ix_entries_posting", "posting_id"),
+)
+
+escrows = Table(
+    "escrows",
+    metadata,
+    Column("job_id", String(200), primary_key=True),
+    Column("account_id", String(200), ForeignKey("accounts.id"), nullable=False),
+    Column("payer", String(200), ForeignKey("accounts.id"), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("state", String(10), nullable=False),
+    Column("open_key", String(300), nullable=False),
+    Column("close_posting", String(36)),
+)
+
+share_classes = Table(
+    "share_classes",
+    metadata,
+    Column("machine_id", String(200), primary_key=True),
+    Column("total_units", BigInteger, nullable=False),
+    Column("issue_key", String(300), nullable=False),
+)
+
+T = TypeVar("T")
+
+
+def connect(url: str) -> Engine:
+    """An engine for ``url`` with the settings concurrent writers need, tables created."""
+    if url.startswith("sqlite"):
+        memory = url in ("sqlite://", "sqlite:///:memory:")
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            poolclass=StaticPool if memory else None,
+        )
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # we issue BEGIN ourselves, below
+            cur = dbapi_conn.cursor()
+            if not memory:
+                cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn: Connection) -> None:
+            write = conn.get_execution_options().get("tamc_write", True)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+    else:
+        engine = create_engine(url, pool_pre_ping=True)
+    _retry(lambda: metadata.create_all(engine), (IntegrityError, ProgrammingError, OperationalError))
+    return engine
+
+
+def transaction(engine: Engine, fn: Callable[[Connection], T], *, write: bool = True) -> T:
+    """Run ``fn`` in one transaction, retrying it whole on write-write collisions."""
+
+    def attempt() -> T:
+        with engine.connect() as conn:
+            conn.execution_options(tamc_write=write)
+            with conn.begin():
+                return fn(conn)
+
+    return _retry(attempt, (IntegrityError, OperationalError))
+
+
+def _retry(fn: Callable[[], T], errors: tuple[type[Exception], ...], attempts: int = 12) -> T:
+    for n in range(attempts):
+        try:
+            return fn()
+        except errors:
+            if n == attempts - 1:
+                raise
+            time.sleep(random.uniform(0, 0.005 * 2**n if n < 6 else 0.3))
+    raise AssertionError("unreachable")

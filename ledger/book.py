@@ -1,0 +1,409 @@
+"""The ledger: accounts, double-entry postings, escrow, share tokens and revenue splits.
+
+Every change of money is one posting whose legs sum to zero per asset, made under an idempotency
+key: the first call writes it, a repeat with the same request returns that first posting
+(``replayed=True``) and writes nothing, and a repeat with a different request is refused. Money
+enters only by ``mint`` and leaves only by ``burn``, both against ``system:issuance``, the only
+account allowed below zero, so the sum over all accounts of each asset is always zero.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func, select, tuple_, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection
+
+from core.errors import (
+    EscrowClosed,
+    EscrowExists,
+    EscrowNotFound,
+    IdempotencyConflict,
+    InputError,
+    InsufficientFunds,
+    NoShareholders,
+    SharesAlreadyIssued,
+    UnknownAccount,
+)
+from core.money import require_micros
+from ledger import _db
+from ledger._db import accounts, balances, entries, escrows, postings, share_classes
+from ledger.identity import canonical_json
+from ledger.models import (
+    ISSUANCE,
+    MONEY,
+    Account,
+    AccountKind,
+    Escrow,
+    EscrowState,
+    Leg,
+    Posting,
+    StatementLine,
+    share_asset,
+)
+from ledger.split import split_pro_rata
+
+__all__ = ["Ledger"]
+
+DEFAULT_URL = "sqlite:///tamc-ledger.db"
+
+
+class Ledger:
+    """Money and shares in SQL. Safe to share between threads and processes."""
+
+    def __init__(self, url: str = DEFAULT_URL) -> None:
+        self.url = url
+        self._engine = _db.connect(url)
+        self._insert = pg_insert if self._engine.dialect.name == "postgresql" else sqlite_insert
+        self.open_account(ISSUANCE, kind=AccountKind.SYSTEM)
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    # -- accounts -------------------------------------------------------------------------
+
+    def open_account(self, account_id: str, *, kind: AccountKind = AccountKind.WALLET, owner: str | None = None) -> Account:
+        """Open ``account_id``, or return it if it is already open with the same kind."""
+        if not isinstance(account_id, str) or not account_id.strip() or len(account_id) > 200:
+            raise InputError(f"account id must be a non-empty string of at most 200 characters, got {account_id!r}")
+
+        def run(conn: Connection) -> Account:
+            row = conn.execute(select(accounts).where(accounts.c.id == account_id)).first()
+            if row is None:
+                conn.execute(self._insert(accounts).values(
+                    id=account_id, kind=kind.value, owner=owner, created_at=_now()
+                ).on_conflict_do_nothing())
+                row = conn.execute(select(accounts).where(accounts.c.id == account_id)).one()
+            if row.kind != kind.value:
+                raise InputError(f"account {account_id!r} exists as a {row.kind} account, not {kind.value}")
+            return Account(id=row.id, kind=AccountKind(row.kind), owner=row.owner)
+
+        return _db.transaction(self._engine, run)
+
+    def account(self, account_id: str) -> Account:
+        row = _db.transaction(
+            self._engine, lambda c: c.execute(select(accounts).where(accounts.c.id == account_id)).first(), write=False
+        )
+        if row is None:
+            raise UnknownAccount(f"no account {account_id!r}; open it first")
+        return Account(id=row.id, kind=AccountKind(row.kind), owner=row.owner)
+
+    def accounts(self) -> list[Account]:
+        rows = _db.transaction(self._engine, lambda c: c.execute(select(accounts).order_by(accounts.c.id)).all(), write=False)
+        return [Account(id=r.id, kind=AccountKind(r.kind), owner=r.owner) for r in rows]
+
+    # -- money ------------------------------------------------------------------------------
+
+    def mint(self, account: str, amount: int, *, key: str, asset: str = MONEY, memo: str = "") -> Posting:
+        """Create ``amount`` at the system's edge (a deposit) and credit it to ``account``."""
+        require_micros(amount)
+        return self._simple("mint", ISSUANCE, account, amount, key=key, asset=asset, memo=memo)
+
+    def burn(self, account: str, amount: int, *, key: str, asset: str = MONEY, memo: str = "") -> Posting:
+        """Take ``amount`` out of the system (a withdrawal) from ``account``."""
+        require_micros(amount)
+        return self._simple("burn", account, ISSUANCE, amount, key=key, asset=asset, memo=memo)
+
+    def transfer(self, source: str, dest: str, amount: int, *, key: str, asset: str = MONEY, memo: str = "") -> Posting:
+        """Move ``amount`` from ``source`` to ``dest``; refused if ``source`` would go below zero."""
+        require_micros(amount)
+        if source == dest:
+            raise InputError(f"a transfer needs two different accounts, got {source!r} twice")
+        if ISSUANCE in (source, dest):
+            raise InputError(f"{ISSUANCE} moves money only through mint and burn")
+        return self._simple("transfer", source, dest, amount, key=key, asset=asset, memo=memo)
+
+    def _simple(self, kind: str, source: str, dest: str, amount: int, *, key: str, asset: str, memo: str) -> Posting:
+        fp = _fingerprint(kind, source=source, dest=dest, amount=amount, asset=asset)
+        legs = [(source, asset, -amount), (dest, asset, amount)]
+
+        def run(conn: Connection) -> Posting:
+            if done := self._replay(conn, key, fp):
+                return done
+            kinds = self._require_accounts(conn, {source, dest})
+            if AccountKind.ESCROW.value in kinds.values():
+                raise InputError("escrow accounts move money only through release_escrow and refund_escrow")
+            return self._post(conn, key, kind, fp, memo, legs)
+
+        return _db.transaction(self._engine, run)
+
+    # -- escrow -----------------------------------------------------------------------------
+
+    def open_escrow(self, job_id: str, payer: str, amount: int, *, key: str, memo: str = "") -> Posting:
+        """Move ``amount`` from ``payer`` into a new escrow account held for ``job_id``."""
+        require_micros(amount)
+        fp = _fingerprint("escrow.open", job=job_id, payer=payer, amount=amount)
+        account_id = f"escrow:{job_id}"
+
+        def run(conn: Connection) -> Posting:
+            if done := self._replay(conn, key, fp):
+                return done
+            if conn.execute(select(escrows.c.job_id).where(escrows.c.job_id == job_id)).first():
+                raise EscrowExists(f"job {job_id!r} already has an escrow; reuse its key to retry the open")
+            conn.execute(self._insert(accounts).values(
+                id=account_id, kind=AccountKind.ESCROW.value, owner=payer, created_at=_now()
+            ).on_conflict_do_nothing())
+            posting = self._post(conn, key, "escrow.open", fp, memo, [(payer, MONEY, -amount), (account_id, MONEY, amount)])
+            conn.execute(escrows.insert().values(
+                job_id=job_id, account_id=account_id, payer=payer, amount=amount,
+                state=EscrowState.HELD.value, open_key=key,
+            ))
+            return posting
+
+        return _db.transaction(self._engine, run)
+
+    def release_escrow(self, job_id: str, payee: str, *, key: str, memo: str = "") -> Posting:
+        """Pay the whole escrow of ``job_id`` to ``payee`` (the job is done)."""
+        return self._close_escrow(job_id, payee, EscrowState.RELEASED, key=key, memo=memo)
+
+    def refund_escrow(self, job_id: str, *, key: str, memo: str = "") -> Posting:
+        """Return the whole escrow of ``job_id`` to its payer (the job failed or expired)."""
+        return self._close_escrow(job_id, None, EscrowState.REFUNDED, key=key, memo=memo)
+
+    def _close_escrow(self, job_id: str, payee: str | None, state: EscrowState, *, key: str, memo: str) -> Posting:
+        kind = f"escrow.{'release' if state is EscrowState.RELEASED else 'refund'}"
+        fp = _fingerprint(kind, job=job_id, payee=payee)
+
+        def run(conn: Connection) -> Posting:
+            if done := self._replay(conn, key, fp):
+                return done
+            row = conn.execute(select(escrows).where(escrows.c.job_id == job_id).with_for_update()).first()
+            if row is None:
+                raise EscrowNotFound(f"no escrow for job {job_id!r}")
+            if row.state != EscrowState.HELD.value:
+                raise EscrowClosed(f"escrow for job {job_id!r} was already {row.state} (posting {row.close_posting})")
+            to = payee if payee is not None else row.payer
+            posting = self._post(conn, key, kind, fp, memo, [(row.account_id, MONEY, -row.amount), (to, MONEY, row.amount)])
+            conn.execute(update(escrows).where(escrows.c.job_id == job_id).values(state=state.value, close_posting=posting.id))
+            return posting
+
+        return _db.transaction(self._engine, run)
+
+    def escrow(self, job_id: str) -> Escrow:
+        row = _db.transaction(
+            self._engine, lambda c: c.execute(select(escrows).where(escrows.c.job_id == job_id)).first(), write=False
+        )
+        if row is None:
+            raise EscrowNotFound(f"no escrow for job {job_id!r}")
+        return Escrow(job_id=row.job_id, account=row.account_id, payer=row.payer, amount=row.amount, state=EscrowState(row.state))
+
+    # -- shares -----------------------------------------------------------------------------
+
+    def issue_shares(self, machine_id: str, allocation: Mapping[str, int], *, key: str, memo: str = "") -> Posting:
+        """Issue a machine's share tokens once, ``allocation`` mapping holder account to units."""
+        if not allocation:
+            raise InputError(f"issuing shares of {machine_id!r} needs at least one holder")
+        for holder, units in allocation.items():
+            require_micros(units, what=f"share units for {holder!r}")
+        alloc = dict(sorted(allocation.items()))
+        asset = share_asset(machine_id)
+        fp = _fingerprint("shares.issue", machine=machine_id, allocation=alloc)
+        legs = [(ISSUANCE, asset, -sum(alloc.values()))] + [(h, asset, u) for h, u in alloc.items()]
+
+        def run(conn: Connection) -> Posting:
+            if done := self._replay(conn, key, fp):
+                return done
+            if conn.execute(select(share_classes.c.machine_id).where(share_classes.c.machine_id == machine_id)).first():
+                raise SharesAlreadyIssued(f"shares of {machine_id!r} are already issued; move them with transfer_shares")
+            posting = self._post(conn, key, "shares.issue", fp, memo, legs)
+            conn.execute(share_classes.insert().values(machine_id=machine_id, total_units=sum(alloc.values()), issue_key=key))
+            return posting
+
+        return _db.transaction(self._engine, run)
+
+    def transfer_shares(self, machine_id: str, source: str, dest: str, units: int, *, key: str, memo: str = "") -> Posting:
+        return self.transfer(source, dest, units, key=key, asset=share_asset(machine_id), memo=memo)
+
+    def cap_table(self, machine_id: str) -> dict[str, int]:
+        """Holder account -> share units of ``machine_id`` (holders with none left out)."""
+        return _db.transaction(self._engine, lambda c: self._cap_table(c, machine_id), write=False)
+
+    def _cap_table(self, conn: Connection, machine_id: str) -> dict[str, int]:
+        rows = conn.execute(
+            select(balances.c.account_id, balances.c.amount)
+            .where(balances.c.asset == share_asset(machine_id), balances.c.account_id != ISSUANCE, balances.c.amount > 0)
+            .order_by(balances.c.account_id)
+        )
+        return {r.account_id: r.amount for r in rows}
+
+    def split_revenue(self, machine_id: str, source: str, amount: int, *, key: str, memo: str = "") -> Posting:
+        """Pay ``amount`` from ``source`` to the holders of ``machine_id`` pro rata, exactly."""
+        require_micros(amount)
+        fp = _fingerprint("revenue.split", machine=machine_id, source=source, amount=amount)
+
+        def run(conn: Connection) -> Posting:
+            if done := self._replay(conn, key, fp):
+                return done
+            table = self._cap_table(conn, machine_id)
+            if not table:
+                raise NoShareholders(f"machine {machine_id!r} has no shares issued; issue_shares first")
+            parts = split_pro_rata(amount, table)
+            legs = [(source, MONEY, -amount)] + [(h, MONEY, p) for h, p in parts.items() if p]
+            return self._post(conn, key, "revenue.split", fp, memo, legs)
+
+        return _db.transaction(self._engine, run)
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def balance(self, account: str, asset: str = MONEY) -> int:
+        def run(conn: Connection) -> int:
+            self._require_accounts(conn, {account})
+            amount = conn.execute(
+                select(balances.c.amount).where(balances.c.account_id == account, balances.c.asset == asset)
+            ).scalar()
+            return int(amount or 0)
+
+        return _db.transaction(self._engine, run, write=False)
+
+    def balances(self, asset: str = MONEY) -> dict[str, int]:
+        """Every account's balance of ``asset``, the issuance account included (it is negative)."""
+        rows = _db.transaction(
+            self._engine,
+            lambda c: c.execute(select(balances.c.account_id, balances.c.amount).where(balances.c.asset == asset)).all(),
+            write=False,
+        )
+        return {r.account_id: int(r.amount) for r in rows}
+
+    def supply(self, asset: str = MONEY) -> int:
+        """Everything minted minus everything burnt."""
+        return -self.balances(asset).get(ISSUANCE, 0)
+
+    def statement(self, account: str, *, asset: str = MONEY, limit: int = 50) -> list[StatementLine]:
+        """The latest ``limit`` movements of ``account``, newest first."""
+
+        def run(conn: Connection) -> list[StatementLine]:
+            self._require_accounts(conn, {account})
+            rows = conn.execute(
+                select(entries.c.posting_id, entries.c.asset, entries.c.amount, postings.c.kind, postings.c.memo, postings.c.created_at)
+                .join(postings, postings.c.id == entries.c.posting_id)
+                .where(entries.c.account_id == account, entries.c.asset == asset)
+                .order_by(entries.c.id.desc())
+                .limit(limit)
+            )
+            return [StatementLine(**{**r._mapping, "created_at": _aware(r.created_at)}) for r in rows]
+
+        return _db.transaction(self._engine, run, write=False)
+
+    def posting(self, key: str) -> Posting | None:
+        """The posting made under idempotency ``key``, if any."""
+        return _db.transaction(self._engine, lambda c: self._load(c, key, replayed=False), write=False)
+
+    def audit(self) -> list[str]:
+        """Problems found, or an empty list: each balance equals its entries, each asset sums to zero."""
+
+        def run(conn: Connection) -> list[str]:
+            problems = []
+            sums = {(r.account_id, r.asset): int(r.total) for r in conn.execute(
+                select(entries.c.account_id, entries.c.asset, func.sum(entries.c.amount).label("total"))
+                .group_by(entries.c.account_id, entries.c.asset)
+            )}
+            per_asset: dict[str, int] = defaultdict(int)
+            kinds = {r.id: r.kind for r in conn.execute(select(accounts.c.id, accounts.c.kind))}
+            for r in conn.execute(select(balances)):
+                per_asset[r.asset] += r.amount
+                if r.amount != sums.get((r.account_id, r.asset), 0):
+                    problems.append(f"{r.account_id} {r.asset}: balance {r.amount} != entries {sums.get((r.account_id, r.asset), 0)}")
+                if r.amount < 0 and kinds.get(r.account_id) != AccountKind.SYSTEM.value:
+                    problems.append(f"{r.account_id} {r.asset}: negative balance {r.amount}")
+            problems += [f"asset {a} sums to {s}, not 0" for a, s in per_asset.items() if s]
+            for r in conn.execute(select(entries.c.posting_id, entries.c.asset, func.sum(entries.c.amount).label("net"))
+                                  .group_by(entries.c.posting_id, entries.c.asset)):
+                if r.net:
+                    problems.append(f"posting {r.posting_id} {r.asset} legs sum to {r.net}")
+            return problems
+
+        return _db.transaction(self._engine, run, write=False)
+
+    # -- the one write path -------------------------------------------------------------------
+
+    def _replay(self, conn: Connection, key: str, fingerprint: str) -> Posting | None:
+        if not isinstance(key, str) or not key or len(key) > 300:
+            raise InputError(f"idempotency key must be a non-empty string of at most 300 characters, got {key!r}")
+        row = conn.execute(select(postings.c.fingerprint).where(postings.c.key == key)).first()
+        if row is None:
+            return None
+        if row.fingerprint != fingerprint:
+            raise IdempotencyConflict(f"idempotency key {key!r} was already used for a different request; use a new key")
+        return self._load(conn, key, replayed=True)
+
+    def _load(self, conn: Connection, key: str, *, replayed: bool) -> Posting | None:
+        p = conn.execute(select(postings).where(postings.c.key == key)).first()
+        if p is None:
+            return None
+        legs = conn.execute(
+            select(entries.c.account_id, entries.c.asset, entries.c.amount)
+            .where(entries.c.posting_id == p.id).order_by(entries.c.id)
+        )
+        return Posting(
+            id=p.id, key=p.key, kind=p.kind, memo=p.memo, created_at=_aware(p.created_at), replayed=replayed,
+            legs=tuple(Leg(account=r.account_id, asset=r.asset, amount=r.amount) for r in legs),
+        )
+
+    def _require_accounts(self, conn: Connection, ids: set[str]) -> dict[str, str]:
+        found = {r.id: r.kind for r in conn.execute(select(accounts.c.id, accounts.c.kind).where(accounts.c.id.in_(ids)))}
+        if missing := sorted(ids - found.keys()):
+            raise UnknownAccount(f"no account {', '.join(map(repr, missing))}; open it first")
+        return found
+
+    def _post(self, conn: Connection, key: str, kind: str, fingerprint: str, memo: str,
+              legs: Sequence[tuple[str, str, int]]) -> Posting:
+        deltas: dict[tuple[str, str], int] = defaultdict(int)
+        for account, asset, amount in legs:
+            deltas[(account, asset)] += amount
+        per_asset: dict[str, int] = defaultdict(int)
+        for (_, asset), amount in deltas.items():
+            per_asset[asset] += amount
+        assert not any(per_asset.values()), f"unbalanced posting {legs}"
+        kinds = self._require_accounts(conn, {a for a, _ in deltas})
+
+        cells = sorted(deltas)  # one lock order for every writer: no deadlocks between postings
+        conn.execute(self._insert(balances).values([
+            {"account_id": a, "asset": s, "amount": 0} for a, s in cells
+        ]).on_conflict_do_nothing())
+        current = {
+            (r.account_id, r.asset): r.amount
+            for r in conn.execute(
+                select(balances).where(tuple_(balances.c.account_id, balances.c.asset).in_(cells))
+                .order_by(balances.c.account_id, balances.c.asset).with_for_update()
+            )
+        }
+        for cell in cells:
+            after = current[cell] + deltas[cell]
+            if after < 0 and kinds[cell[0]] != AccountKind.SYSTEM.value:
+                raise InsufficientFunds(cell[0], current[cell], -deltas[cell], cell[1])
+
+        posting_id = str(uuid.uuid4())
+        created = _now()
+        conn.execute(postings.insert().values(
+            id=posting_id, key=key, kind=kind, fingerprint=fingerprint, memo=memo, created_at=created
+        ))
+        conn.execute(entries.insert(), [
+            {"posting_id": posting_id, "account_id": a, "asset": s, "amount": n} for a, s, n in legs
+        ])
+        for cell in cells:
+            conn.execute(update(balances).where(balances.c.account_id == cell[0], balances.c.asset == cell[1])
+                         .values(amount=balances.c.amount + deltas[cell]))
+        return Posting(
+            id=posting_id, key=key, kind=kind, memo=memo, created_at=created,
+            legs=tuple(Leg(account=a, asset=s, amount=n) for a, s, n in legs),
+        )
+
+
+def _fingerprint(op: str, **params: Any) -> str:
+    return hashlib.sha256(canonical_json({"op": op, **params})).hexdigest()
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(ts: datetime) -> datetime:
+    """SQLite hands back naive datetimes; every time we store is UTC."""
+    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)

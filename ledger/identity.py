@@ -1,0 +1,144 @@
+"""Identities: Ed25519 key pairs named by ``did:key`` ids, and signed canonical JSON.
+
+A ``did:key`` carries the public key itself (multicodec ``0xed01`` + 32 bytes, base58btc with the
+``z`` multibase prefix), so a receiver verifies a message from its ``sender`` field alone, with no
+key directory. Signatures cover the canonical JSON of every field but ``sig``: keys sorted, no
+spaces, UTF-8; changing any field, adding one or removing one breaks the signature.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from nacl.exceptions import BadSignatureError, CryptoError
+from nacl.signing import SigningKey, VerifyKey
+
+from core.errors import BadSignature, InvalidDid
+
+__all__ = [
+    "Identity",
+    "canonical_json",
+    "did_from_public_key",
+    "public_key_from_did",
+    "sign_document",
+    "verify_document",
+]
+
+_ED25519_MULTICODEC = b"\xed\x01"
+_B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
+_B58_INDEX = {c: i for i, c in enumerate(_B58)}
+
+
+def _b58encode(data: bytes) -> str:
+    n = int.from_bytes(data, "big")
+    out = []
+    while n:
+        n, r = divmod(n, 58)
+        out.append(_B58[r])
+    pad = len(data) - len(data.lstrip(b"\0"))
+    return "1" * pad + "".join(reversed(out))
+
+
+def _b58decode(text: str) -> bytes:
+    n = 0
+    for c in text:
+        if c not in _B58_INDEX:
+            raise ValueError(f"{c!r} is not a base58 character")
+        n = n * 58 + _B58_INDEX[c]
+    pad = len(text) - len(text.lstrip("1"))
+    body = n.to_bytes((n.bit_length() + 7) // 8, "big") if n else b""
+    return b"\0" * pad + body
+
+
+def did_from_public_key(public_key: bytes) -> str:
+    if len(public_key) != 32:
+        raise InvalidDid(f"an Ed25519 public key is 32 bytes, got {len(public_key)}")
+    return "did:key:z" + _b58encode(_ED25519_MULTICODEC + public_key)
+
+
+def public_key_from_did(did: str) -> VerifyKey:
+    """Decode a ``did:key`` id to the Ed25519 key it names, or raise ``InvalidDid``."""
+    if not isinstance(did, str) or not did.startswith("did:key:z"):
+        raise InvalidDid(f"{did!r} is not a did:key id (expected 'did:key:z6Mk…')")
+    try:
+        raw = _b58decode(did.removeprefix("did:key:z"))
+    except ValueError as exc:
+        raise InvalidDid(f"{did!r}: {exc}") from None
+    if len(raw) != 34 or raw[:2] != _ED25519_MULTICODEC:
+        raise InvalidDid(f"{did!r} does not name an Ed25519 public key")
+    try:
+        return VerifyKey(raw[2:])
+    except (CryptoError, ValueError) as exc:
+        raise InvalidDid(f"{did!r}: {exc}") from None
+
+
+def canonical_json(obj: Any) -> bytes:
+    """The bytes that get signed: sorted keys, no spaces, UTF-8, no NaN or infinity."""
+    return json.dumps(
+        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class Identity:
+    """An Ed25519 key pair. Its ``did`` is public; the seed never leaves the keystore."""
+
+    __slots__ = ("_key", "did")
+
+    def __init__(self, signing_key: SigningKey) -> None:
+        self._key = signing_key
+        self.did = did_from_public_key(bytes(signing_key.verify_key))
+
+    @classmethod
+    def generate(cls) -> Identity:
+        return cls(SigningKey.generate())
+
+    @classmethod
+    def from_seed(cls, seed: bytes) -> Identity:
+        if len(seed) != 32:
+            raise InvalidDid(f"an Ed25519 seed is 32 bytes, got {len(seed)}")
+        return cls(SigningKey(seed))
+
+    @property
+    def seed(self) -> bytes:
+        return bytes(self._key)
+
+    def sign(self, message: bytes) -> bytes:
+        return self._key.sign(message).signature
+
+    def __repr__(self) -> str:
+        return f"Identity({self.did})"
+
+
+def sign_document(doc: dict[str, Any], identity: Identity, *, signer_field: str = "sender") -> dict[str, Any]:
+    """Return a copy of ``doc`` with ``signer_field`` set to the signer's did and ``sig`` added."""
+    body = {k: v for k, v in doc.items() if k != "sig"}
+    body[signer_field] = identity.did
+    return {**body, "sig": _b64(identity.sign(canonical_json(body)))}
+
+
+def verify_document(doc: dict[str, Any], *, signer_field: str = "sender") -> str:
+    """Check ``doc['sig']`` against the did in ``signer_field``; return that did or raise."""
+    sig = doc.get("sig")
+    if not isinstance(sig, str) or not sig:
+        raise BadSignature("document is unsigned (no 'sig' field)")
+    did = doc.get(signer_field)
+    if not isinstance(did, str):
+        raise BadSignature(f"document has no signer in {signer_field!r}")
+    key = public_key_from_did(did)
+    body = {k: v for k, v in doc.items() if k != "sig"}
+    try:
+        raw = _unb64(sig)
+        key.verify(canonical_json(body), raw)
+    except (BadSignatureError, ValueError, TypeError) as exc:
+        raise BadSignature(f"signature does not match the document signed by {did}: {exc}") from None
+    return did

@@ -1,0 +1,78 @@
+"""What the ledger returns: plain pydantic records, detached from the database."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict
+
+__all__ = ["ISSUANCE", "MONEY", "Account", "AccountKind", "Escrow", "EscrowState", "Leg", "Posting", "StatementLine", "share_asset"]
+
+MONEY = "unit"
+"""The asset of money; amounts are micro-units of it."""
+
+ISSUANCE = "system:issuance"
+"""The one account allowed below zero: its balance is minus everything minted and not burnt."""
+
+
+def share_asset(machine_id: str) -> str:
+    """The asset id of a machine's share tokens."""
+    return f"share:{machine_id}"
+
+
+class AccountKind(StrEnum):
+    WALLET = "wallet"
+    ESCROW = "escrow"
+    SYSTEM = "system"
+
+
+class EscrowState(StrEnum):
+    HELD = "held"
+    RELEASED = "released"
+    REFUNDED = "refunded"
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class Account(_Record):
+    id: str
+    kind: AccountKind
+    owner: str | None = None
+
+
+class Leg(_Record):
+    account: str
+    asset: str
+    amount: int
+    """Signed: negative leaves the account, positive enters it. A posting's legs sum to zero per asset."""
+
+
+class Posting(_Record):
+    id: str
+    key: str
+    kind: str
+    memo: str
+    created_at: datetime
+    legs: tuple[Leg, ...]
+    replayed: bool = False
+    """True when this call repeated an idempotency key and nothing new was written."""
+
+
+class Escrow(_Record):
+    job_id: str
+    account: str
+    payer: str
+    amount: int
+    state: EscrowState
+
+
+class StatementLine(_Record):
+    posting_id: str
+    kind: str
+    memo: str
+    created_at: datetime
+    asset: str
+    amount: int
