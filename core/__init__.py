@@ -6,12 +6,13 @@ into ``tamc`` (which wires everything) or ``agents``.
 
 from core.clock import Clock, SimClock, WallClock
 from core.errors import TamcError
-from core.money import MICROS_PER_UNIT, Micros, format_units, parse_units, require_micros
+from core.money import MICROS_PER_UNIT, Micros, Money, format_units, parse_units, require_micros
 
 __all__ = [
     "MICROS_PER_UNIT",
     "Clock",
     "Micros",
+    "Money",
     "SimClock",
     "TamcError",
     "WallClock",

@@ -9,11 +9,11 @@ from __future__ import annotations
 from decimal import Decimal, InvalidOperation
 from typing import Annotated
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field, ValidationInfo
 
 from core.errors import InvalidAmount
 
-__all__ = ["MAX_MICROS", "MICROS_PER_UNIT", "Micros", "format_units", "parse_units", "require_micros"]
+__all__ = ["MAX_MICROS", "MICROS_PER_UNIT", "Micros", "Money", "format_units", "parse_units", "require_micros"]
 
 MICROS_PER_UNIT = 1_000_000
 MAX_MICROS = 10**18
@@ -54,7 +54,30 @@ def parse_units(text: str) -> int:
 
 
 def format_units(micros: int) -> str:
-    """Render micro-units as units with six decimals, exactly: 12500000 -> '12.500000'."""
+    """Render micro-units as units, exactly, with at least two decimals: 4935000 -> '4.935'."""
     sign = "-" if micros < 0 else ""
     whole, frac = divmod(abs(micros), MICROS_PER_UNIT)
-    return f"{sign}{whole}.{frac:06d}"
+    decimals = f"{frac:06d}".rstrip("0").ljust(2, "0")
+    return f"{sign}{whole}.{decimals}"
+
+
+def _coerce_money(value: object, info: ValidationInfo) -> object:
+    """Strings are units ("12.50"); ints are micro-units; floats are refused outright.
+
+    A data file a person wrote (``info.context['units_only']``) must quote its amounts, because
+    a bare ``1100`` there almost always means 1,100 units, not 1,100 micro-units.
+    """
+    if isinstance(value, str):
+        try:
+            return parse_units(value)
+        except InvalidAmount as exc:
+            raise ValueError(str(exc)) from None
+    if isinstance(value, float):
+        raise ValueError(f"money is never a float: write {value} as the string \"{value}\" (units)")
+    if isinstance(value, int) and not isinstance(value, bool) and (info.context or {}).get("units_only"):
+        raise ValueError(f"write amounts as quoted units, e.g. \"{value}\" for {value} units")
+    return value
+
+
+Money = Annotated[Micros, BeforeValidator(_coerce_money)]
+"""Micro-units in a model that people also write: accepts ``"12.5"`` (units) or an int of micros."""

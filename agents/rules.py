@@ -1,0 +1,190 @@
+"""The rule engine: the deterministic bid-or-decline decision on the critical path.
+
+Price = cost × (1 + margin) × demand, rounded up to the price tick, then held between the policy's
+floor and ceiling and under the requester's reserve. Cost = energy + wear + consumables + travel
+(vehicles) + a share of fixed daily costs + overhead. Every rule that fires is recorded, so a
+decision explains itself in one line. No I/O, no clock, no randomness: the same input gives the
+same output, in microseconds.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from core.money import Micros, format_units
+from machines.job import JobSpec
+from machines.profile import MachineProfile, Point
+from machines.work import WorkEstimate, estimate
+
+__all__ = ["CostBreakdown", "Decision", "MachineStatus", "MarketContext", "Rule", "decide"]
+
+BPS = 10_000
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class MarketContext(_Frozen):
+    """What the machine knows of the market around it when it decides."""
+
+    energy_price_per_kwh: Micros = 250_000
+    """Micro-units per kWh (0.25 units by default)."""
+    demand_index_bps: int = Field(default=BPS, gt=0)
+    """Demand against supply for this kind and region: 10000 is balanced, 15000 is 1.5×."""
+
+
+class MachineStatus(_Frozen):
+    """The machine's own state that bears on a bid."""
+
+    wear_pct: float = 0.0
+    queue_len: int = 0
+    queue_hours: float = 0.0
+    """Hours of accepted work ahead of a new job."""
+    position: Point | None = None
+    battery_pct: float | None = None
+
+
+class CostBreakdown(_Frozen):
+    energy: int
+    wear: int
+    consumables: int
+    travel: int
+    fixed: int
+    overhead: int
+
+    @property
+    def total(self) -> int:
+        return self.energy + self.wear + self.consumables + self.travel + self.fixed + self.overhead
+
+
+class Rule(_Frozen):
+    code: str
+    """Stable id, e.g. ``decline.material`` or ``price.floor``."""
+    detail: str
+
+
+class Decision(_Frozen):
+    action: Literal["bid", "decline"]
+    price: Micros | None = None
+    eta_h: float | None = None
+    """Hours from now until the job would be finished."""
+    cost: CostBreakdown | None = None
+    rules: tuple[Rule, ...]
+    reason: str
+    """The decision in one line."""
+
+
+def decide(
+    profile: MachineProfile,
+    job: JobSpec,
+    status: MachineStatus | None = None,
+    market: MarketContext | None = None,
+) -> Decision:
+    status = status or MachineStatus()
+    market = market or MarketContext()
+    policy = profile.policy
+
+    refusals = _static_refusals(profile, job, status)
+    if refusals:
+        return _decline(refusals)
+
+    work = estimate(profile, job, position=status.position)
+    refusals = _dynamic_refusals(profile, job, status, work)
+    eta = round(status.queue_hours + work.total_hours, 4)
+    if refusals:
+        return _decline(refusals, eta_h=eta)
+
+    cost = _cost(profile, work, market)
+    fired: list[Rule] = []
+    base = -(-cost.total * (BPS + policy.margin_bps) // BPS)
+    fired.append(Rule(code="price.margin", detail=f"+{policy.margin_bps / 100:g}% margin on cost {format_units(cost.total)}"))
+
+    demand = BPS + (market.demand_index_bps - BPS) * policy.demand_sensitivity_bps // BPS
+    demand += status.queue_len * policy.backlog_bps_per_job
+    demand = min(max(demand, policy.demand_min_bps), policy.demand_max_bps)
+    price = max(-(-base * demand // BPS), cost.total)
+    if demand != BPS:
+        fired.append(Rule(code="price.demand", detail=f"demand ×{demand / BPS:.2f} (index {market.demand_index_bps / BPS:.2f}, queue {status.queue_len})"))
+    price = -(-price // policy.price_tick) * policy.price_tick
+
+    if price < policy.price_floor:
+        fired.append(Rule(code="price.floor", detail=f"raised to the floor {format_units(policy.price_floor)}"))
+        price = policy.price_floor
+    if policy.price_ceiling is not None and price > policy.price_ceiling:
+        if policy.price_ceiling < cost.total:
+            return _decline([Rule(code="decline.ceiling", detail=f"ceiling {format_units(policy.price_ceiling)} is below cost {format_units(cost.total)}")], eta_h=eta)
+        fired.append(Rule(code="price.ceiling", detail=f"capped at the ceiling {format_units(policy.price_ceiling)}"))
+        price = policy.price_ceiling
+    if job.max_price is not None and price > job.max_price:
+        least = max(cost.total, policy.price_floor)
+        if job.max_price < least:
+            return _decline([Rule(code="decline.reserve", detail=f"reserve {format_units(job.max_price)} is below our least price {format_units(least)}")], eta_h=eta)
+        fired.append(Rule(code="price.reserve", detail=f"lowered to the reserve {format_units(job.max_price)}"))
+        price = job.max_price
+
+    parts = ", ".join(f"{name} {format_units(v)}" for name, v in cost if v)
+    reason = f"bid {format_units(price)}: cost {format_units(cost.total)} ({parts}); " + "; ".join(r.detail for r in fired) + f"; ETA {eta:g} h"
+    return Decision(action="bid", price=price, eta_h=eta, cost=cost, rules=tuple(fired), reason=reason)
+
+
+def _static_refusals(profile: MachineProfile, job: JobSpec, status: MachineStatus) -> list[Rule]:
+    out = []
+    if job.kind != profile.kind or job.capability not in profile.capabilities:
+        out.append(Rule(code="decline.capability", detail=f"cannot {job.capability!r} as a {job.kind.value} job (a {profile.kind.value} that can {', '.join(profile.capabilities)})"))
+        return out
+    if profile.fab is not None:
+        assert job.material is not None and job.size_mm is not None
+        if job.material not in profile.fab.materials:
+            out.append(Rule(code="decline.material", detail=f"material {job.material!r} not loaded (have {', '.join(profile.fab.materials)})"))
+        if any(j > b for j, b in zip(sorted(job.size_mm), sorted(profile.fab.build_volume_mm), strict=True)):
+            out.append(Rule(code="decline.capacity", detail=f"part {_dims(job.size_mm)} mm does not fit the {_dims(profile.fab.build_volume_mm)} mm work area"))
+    if profile.vehicle is not None:
+        v = profile.vehicle
+        if job.payload_kg > v.payload_kg:
+            out.append(Rule(code="decline.capacity", detail=f"payload {job.payload_kg:g} kg exceeds {v.payload_kg:g} kg"))
+        if job.passengers > v.seats:
+            out.append(Rule(code="decline.capacity", detail=f"{job.passengers} passengers exceed {v.seats} seats"))
+    if status.queue_len >= profile.policy.max_queue:
+        out.append(Rule(code="decline.queue", detail=f"queue full ({status.queue_len} of {profile.policy.max_queue} jobs)"))
+    if job.region not in profile.territory:
+        out.append(Rule(code="decline.territory", detail=f"region {job.region!r} is outside territory {', '.join(profile.territory)}"))
+    return out
+
+
+def _dynamic_refusals(profile: MachineProfile, job: JobSpec, status: MachineStatus, work: WorkEstimate) -> list[Rule]:
+    out = []
+    finish = status.queue_hours + work.total_hours
+    if finish > job.deadline_h:
+        out.append(Rule(code="decline.deadline", detail=f"would finish in {finish:.2f} h, deadline is {job.deadline_h:g} h"))
+    wear_after = status.wear_pct + work.wear_pct(profile)
+    if wear_after > profile.policy.wear_limit_pct:
+        out.append(Rule(code="decline.wear", detail=f"wear would reach {wear_after:.2f}%, limit {profile.policy.wear_limit_pct:g}%: maintenance due"))
+    if profile.vehicle is not None:
+        battery = 100.0 if status.battery_pct is None else status.battery_pct
+        reach = profile.vehicle.range_km * battery / 100
+        if work.total_km > reach:
+            out.append(Rule(code="decline.range", detail=f"route {work.total_km:.1f} km exceeds the {reach:.1f} km left in the battery"))
+    return out
+
+
+def _cost(profile: MachineProfile, work: WorkEstimate, market: MarketContext) -> CostBreakdown:
+    price_kwh = market.energy_price_per_kwh
+    wear_per_hour = profile.purchase_price * profile.wear_pct_per_hour / 100
+    energy = round(work.work_kwh * price_kwh)
+    wear = round(work.work_hours * wear_per_hour)
+    travel = round(work.deadhead_kwh * price_kwh + work.deadhead_hours * wear_per_hour)
+    fixed = round(profile.fixed_daily_cost * work.total_hours / profile.policy.busy_hours_per_day)
+    direct = energy + wear + work.consumables + travel + fixed
+    overhead = direct * profile.policy.overhead_bps // BPS
+    return CostBreakdown(energy=energy, wear=wear, consumables=work.consumables, travel=travel, fixed=fixed, overhead=overhead)
+
+
+def _decline(rules: list[Rule], *, eta_h: float | None = None) -> Decision:
+    return Decision(action="decline", eta_h=eta_h, rules=tuple(rules), reason="decline: " + "; ".join(r.detail for r in rules))
+
+
+def _dims(size: tuple[float, float, float]) -> str:
+    return "×".join(f"{d:g}" for d in size)

@@ -1,0 +1,1 @@
+"""Eval suites that score agents' decisions. Filled by the evals issue."""

@@ -1,0 +1,2 @@
+"""The protocol: signed envelopes, topics, the MQTT transport and broker launcher. Filled by the
+market issue."""

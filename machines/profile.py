@@ -1,0 +1,139 @@
+"""A machine's profile: what it can do, what it costs to run, and the policy its owners set.
+
+Profiles are data, loaded from TOML files a user can edit (see ``machines/profiles/``). Money in
+them is written as quoted units (``purchase_price = "1100.00"``) and held as micro-units.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Self
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from core.errors import UnknownMachineKind
+from core.money import Micros, Money
+from machines.kinds import MachineKind, parse_kind
+
+__all__ = ["FabSpec", "Kind", "MachineProfile", "Material", "Point", "Policy", "VehicleSpec"]
+
+
+def _kind(value: object) -> object:
+    if isinstance(value, str):
+        try:
+            return parse_kind(value)
+        except UnknownMachineKind as exc:
+            raise ValueError(str(exc)) from None
+    return value
+
+
+Kind = Annotated[MachineKind, BeforeValidator(_kind)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Point(_Model):
+    """A place in the city grid, in kilometres from its origin."""
+
+    x_km: float
+    y_km: float
+
+    def distance_to(self, other: Point) -> float:
+        return math.hypot(other.x_km - self.x_km, other.y_km - self.y_km)
+
+    def toward(self, other: Point, km: float) -> Point:
+        """The point ``km`` along the straight line to ``other`` (``other`` itself if closer)."""
+        d = self.distance_to(other)
+        if d <= km or d == 0:
+            return other
+        f = km / d
+        return Point(x_km=self.x_km + (other.x_km - self.x_km) * f, y_km=self.y_km + (other.y_km - self.y_km) * f)
+
+
+class Material(_Model):
+    """A material a fab machine works, in its own work unit (g printed, cm³ milled, m cut)."""
+
+    rate_per_hour: float = Field(gt=0)
+    """Work units per operating hour."""
+    price_per_unit: Money = 0
+    """Consumables per work unit: filament per gram, tooling per cm³, gas and optics per metre."""
+
+
+class FabSpec(_Model):
+    build_volume_mm: tuple[float, float, float]
+    unit: str
+    """The work unit of ``amount`` in a job: 'g', 'cm3' or 'm'."""
+    materials: dict[str, Material]
+
+
+class VehicleSpec(_Model):
+    speed_kmh: float = Field(gt=0)
+    energy_kwh_per_km: float = Field(gt=0)
+    battery_kwh: float = Field(gt=0)
+    payload_kg: float = Field(ge=0)
+    seats: int = Field(default=0, ge=0)
+    home: Point
+
+    @property
+    def range_km(self) -> float:
+        return self.battery_kwh / self.energy_kwh_per_km
+
+
+class Policy(_Model):
+    """What the owners decided: margins, limits and territory. Governance changes it by vote."""
+
+    margin_bps: int = Field(default=2000, ge=0, le=100_000)
+    """Margin over cost in basis points (2000 = 20%)."""
+    overhead_bps: int = Field(default=500, ge=0, le=10_000)
+    """Insurance, platform and admin as a share of direct cost."""
+    price_floor: Money = 0
+    """No job is done for less than this."""
+    price_ceiling: Money | None = None
+    """No bid is above this (a community price cap); a job costing more is declined."""
+    wear_limit_pct: float = Field(default=80.0, gt=0, le=100)
+    """Wear above which the machine takes no work until maintained."""
+    territory: tuple[str, ...] = ()
+    """Regions it serves; empty means its home region only."""
+    max_queue: int = Field(default=3, ge=0)
+    busy_hours_per_day: float = Field(default=8.0, gt=0, le=24)
+    """Expected working hours a day, over which fixed daily costs are spread."""
+    demand_sensitivity_bps: int = Field(default=5000, ge=0, le=10_000)
+    """How much of the market's demand index passes into the price (5000 = half)."""
+    backlog_bps_per_job: int = Field(default=500, ge=0, le=10_000)
+    """Price premium per job already queued: busy machines get dearer, spreading the load."""
+    demand_min_bps: int = Field(default=8000, gt=0)
+    demand_max_bps: int = Field(default=20000, gt=0)
+    price_tick: Micros = Field(default=10_000, gt=0)
+    """Bids are rounded up to a multiple of this (0.01 unit)."""
+
+
+class MachineProfile(_Model):
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
+    name: str
+    kind: Kind
+    region: str
+    capabilities: tuple[str, ...] = Field(min_length=1)
+    energy_kw: float = Field(ge=0)
+    """Power drawn while working (fab machines); vehicles use ``vehicle.energy_kwh_per_km``."""
+    wear_pct_per_hour: float = Field(gt=0)
+    """Wear per operating hour, in percent of the machine's life."""
+    purchase_price: Money
+    fixed_daily_cost: Money
+    """Rent, insurance, financing: paid every day, working or not."""
+    fab: FabSpec | None = None
+    vehicle: VehicleSpec | None = None
+    policy: Policy = Policy()
+
+    @model_validator(mode="after")
+    def _section_matches_kind(self) -> Self:
+        if self.kind.is_vehicle and (self.vehicle is None or self.fab is not None):
+            raise ValueError(f"a {self.kind.value} profile needs a [vehicle] section and no [fab] section")
+        if not self.kind.is_vehicle and (self.fab is None or self.vehicle is not None):
+            raise ValueError(f"a {self.kind.value} profile needs a [fab] section and no [vehicle] section")
+        return self
+
+    @property
+    def territory(self) -> tuple[str, ...]:
+        return self.policy.territory or (self.region,)

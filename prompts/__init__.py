@@ -1,0 +1,1 @@
+"""System prompts, one template file per role. Filled by the machine-agent issue."""

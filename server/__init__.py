@@ -1,0 +1,1 @@
+"""HTTP API, live streams, cockpit and operator console. Filled by the server issue."""

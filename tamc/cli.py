@@ -1,0 +1,158 @@
+"""The ``tamc`` command. Heavy modules are imported inside each command, so ``--help`` is instant."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+app = typer.Typer(
+    name="tamc",
+    help="TAMC, the Autonomous Machine Cloud: machines that bid for work, pay their costs and share their revenue.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+keys_app = typer.Typer(help="Identities: Ed25519 keys named by did:key ids.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+ProfilesOpt = Annotated[
+    Path | None, typer.Option("--profiles", help="Folder of machine profile .toml files [default: $TAMC_PROFILES or the bundled ones]")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for machines to read.")]
+KeystoreOpt = Annotated[Path, typer.Option("--keystore", envvar="TAMC_KEYSTORE", help="Keystore file (created 0600).")]
+
+
+def _friendly(fn: F) -> F:
+    """Turn TAMC's own errors into one red line and an exit code instead of a traceback."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from core.errors import InputError, TamcError
+
+        try:
+            return fn(*args, **kwargs)
+        except TamcError as exc:
+            from rich.console import Console
+
+            Console(stderr=True).print(f"[bold red]error:[/] {type(exc).__name__}: {exc}", highlight=False)
+            raise typer.Exit(2 if isinstance(exc, InputError) else 1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@app.command()
+@_friendly
+def machines(profiles: ProfilesOpt = None, kind: Annotated[str | None, typer.Option(help="Only this kind.")] = None, as_json: JsonOpt = False) -> None:
+    """List the machine profiles."""
+    from core.money import format_units
+    from machines import load_profiles, parse_kind
+
+    found = list(load_profiles(profiles).values())
+    if kind is not None:
+        wanted = parse_kind(kind)
+        found = [p for p in found if p.kind == wanted]
+    if as_json:
+        print(json.dumps([p.model_dump(mode="json") for p in found], indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Machines")
+    for col in ("id", "kind", "region", "does", "works", "price", "per day", "margin"):
+        right = col in ("price", "per day", "margin")
+        table.add_column(col, justify="right" if right else "left", no_wrap=col in ("id", "kind") or right)
+    for p in found:
+        if p.fab is not None:
+            works = ", ".join(p.fab.materials)
+        else:
+            assert p.vehicle is not None
+            works = f"{p.vehicle.payload_kg:g} kg" + (f", {p.vehicle.seats} seats" if p.vehicle.seats else "")
+        table.add_row(p.id, p.kind.value, p.region, ", ".join(p.capabilities), works,
+                      format_units(p.purchase_price), format_units(p.fixed_daily_cost), f"{p.policy.margin_bps / 100:g}%")
+    Console().print(table)
+
+
+@app.command()
+@_friendly
+def quote(
+    machine: Annotated[str, typer.Argument(help="Machine id (see 'tamc machines').")],
+    job_file: Annotated[Path, typer.Argument(metavar="JOB.json", help="The job, as JSON (see examples/jobs/).")],
+    profiles: ProfilesOpt = None,
+    demand: Annotated[float, typer.Option(help="Demand index for the job's kind and region (1.0 = balanced).", min=0.01, max=100)] = 1.0,
+    energy_price: Annotated[str, typer.Option(help="Energy price in units per kWh.")] = "0.25",
+    wear: Annotated[float, typer.Option(help="The machine's current wear, in percent.", min=0, max=100)] = 0.0,
+    queue: Annotated[int, typer.Option(help="Jobs already queued on the machine.", min=0)] = 0,
+    queue_hours: Annotated[float, typer.Option(help="Hours of queued work ahead of this job.", min=0)] = 0.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """The rule engine's decision on a job: bid or decline, price, ETA, and why."""
+    from agents.rules import MachineStatus, MarketContext, decide
+    from core.money import format_units, parse_units
+    from machines import find_profile, load_job
+
+    profile = find_profile(machine, profiles)
+    job = load_job(job_file)
+    market = MarketContext(energy_price_per_kwh=parse_units(energy_price), demand_index_bps=round(demand * 10_000))
+    status = MachineStatus(wear_pct=wear, queue_len=queue, queue_hours=queue_hours)
+    decision = decide(profile, job, status, market)
+    if as_json:
+        out = {"machine": profile.id, "job": job.id, **decision.model_dump(mode="json")}
+        if decision.cost is not None:
+            out["cost"]["total"] = decision.cost.total
+        print(json.dumps(out, indent=2))
+        return
+
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    colour = "green" if decision.action == "bid" else "yellow"
+    headline = f"[bold {colour}]{decision.action.upper()}[/]"
+    if decision.price is not None:
+        headline += f" [bold]{format_units(decision.price)}[/] units, ETA {decision.eta_h:g} h"
+    console.print(f"{profile.id} on {job.id}: {headline}")
+    if decision.cost is not None:
+        table = Table(show_header=False, box=None, padding=(0, 2))
+        for name, value in decision.cost:
+            table.add_row(name, format_units(value))
+        table.add_row("[bold]cost[/]", f"[bold]{format_units(decision.cost.total)}[/]")
+        console.print(table)
+    for rule in decision.rules:
+        console.print(f"  [dim]{rule.code}[/]  {rule.detail}", highlight=False)
+    console.print(decision.reason, highlight=False, soft_wrap=True)
+
+
+@keys_app.command("new")
+@_friendly
+def keys_new(name: str, keystore: KeystoreOpt = Path("tamc-keys.json")) -> None:
+    """Create a key pair named NAME and print its did:key id."""
+    from ledger.keystore import Keystore
+
+    print(Keystore(keystore).create(name).did)
+
+
+@keys_app.command("list")
+@_friendly
+def keys_list(keystore: KeystoreOpt = Path("tamc-keys.json")) -> None:
+    """List the keys in the keystore with their did:key ids."""
+    from ledger.keystore import Keystore
+
+    store = Keystore(keystore)
+    for name in store.names():
+        print(f"{name}\t{store.get(name).did}")
+
+
+def main() -> None:
+    app(prog_name="tamc")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
