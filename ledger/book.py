@@ -355,12 +355,15 @@ class Ledger:
     def _post(self, conn: Connection, key: str, kind: str, fingerprint: str, memo: str,
               legs: Sequence[tuple[str, str, int]]) -> Posting:
         deltas: dict[tuple[str, str], int] = defaultdict(int)
+        spent: dict[tuple[str, str], int] = defaultdict(int)
         for account, asset, amount in legs:
             deltas[(account, asset)] += amount
+            spent[(account, asset)] += max(0, -amount)
         per_asset: dict[str, int] = defaultdict(int)
         for (_, asset), amount in deltas.items():
             per_asset[asset] += amount
-        assert not any(per_asset.values()), f"unbalanced posting {legs}"
+        if any(per_asset.values()):
+            raise AssertionError(f"unbalanced posting {legs}: a bug in the caller, nothing was written")
         kinds = self._require_accounts(conn, {a for a, _ in deltas})
 
         cells = sorted(deltas)  # one lock order for every writer: no deadlocks between postings
@@ -375,9 +378,10 @@ class Ledger:
             )
         }
         for cell in cells:
-            after = current[cell] + deltas[cell]
-            if after < 0 and kinds[cell[0]] != AccountKind.SYSTEM.value:
-                raise InsufficientFunds(cell[0], current[cell], -deltas[cell], cell[1])
+            # Each account must hold what it pays out before any leg pays it back (a holder
+            # splitting revenue to itself still needs the whole amount first).
+            if current[cell] < spent[cell] and kinds[cell[0]] != AccountKind.SYSTEM.value:
+                raise InsufficientFunds(cell[0], current[cell], spent[cell], cell[1])
 
         posting_id = str(uuid.uuid4())
         created = _now()

@@ -65,7 +65,9 @@ def machines(profiles: ProfilesOpt = None, kind: Annotated[str | None, typer.Opt
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="Machines")
+    from rich import box
+
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     for col in ("id", "kind", "region", "does", "works", "price", "per day", "margin"):
         right = col in ("price", "per day", "margin")
         table.add_column(col, justify="right" if right else "left", no_wrap=col in ("id", "kind") or right)
@@ -77,7 +79,7 @@ def machines(profiles: ProfilesOpt = None, kind: Annotated[str | None, typer.Opt
             works = f"{p.vehicle.payload_kg:g} kg" + (f", {p.vehicle.seats} seats" if p.vehicle.seats else "")
         table.add_row(p.id, p.kind.value, p.region, ", ".join(p.capabilities), works,
                       format_units(p.purchase_price), format_units(p.fixed_daily_cost), f"{p.policy.margin_bps / 100:g}%")
-    Console().print(table)
+    _console().print(table)
 
 
 @app.command()
@@ -110,10 +112,9 @@ def quote(
         print(json.dumps(out, indent=2))
         return
 
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = _console()
     colour = "green" if decision.action == "bid" else "yellow"
     headline = f"[bold {colour}]{decision.action.upper()}[/]"
     if decision.price is not None:
@@ -148,6 +149,14 @@ def keys_list(keystore: KeystoreOpt = Path("tamc-keys.json")) -> None:
     store = Keystore(keystore)
     for name in store.names():
         print(f"{name}\t{store.get(name).did}")
+
+
+def _console() -> Any:
+    """A console 120 columns wide when piped (rich's 80 would fold the tables), else the terminal's."""
+    from rich.console import Console
+
+    console = Console()
+    return console if console.is_terminal else Console(width=120)
 
 
 def main() -> None:

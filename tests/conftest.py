@@ -1,0 +1,86 @@
+"""Shared fixtures. The ledger suite runs on every backend: SQLite always, PostgreSQL when
+``TAMC_TEST_POSTGRES_URL`` names a server (CI sets it; locally it is skipped, with the reason shown)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from ledger import Ledger
+
+PG_URL = os.environ.get("TAMC_TEST_POSTGRES_URL", "")
+IN_CI = bool(os.environ.get("CI"))
+
+BACKENDS = [
+    "sqlite",
+    pytest.param(
+        "postgres",
+        marks=[
+            pytest.mark.postgres,
+            pytest.mark.skipif(not PG_URL, reason="PostgreSQL not configured: set TAMC_TEST_POSTGRES_URL, e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test"),
+        ],
+    ),
+]
+
+
+def _with_schema(url: str, schema: str) -> str:
+    sep = "&" if "?" in url else "?"
+    return f"{url}{sep}options=-csearch_path%3D{schema}"
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def ledger_url(backend: str, tmp_path: Path) -> Iterator[str]:
+    """A URL to an empty database of the backend: a new SQLite file, or a new PostgreSQL schema."""
+    if backend == "sqlite":
+        # On tmpfs when there is one: the same SQLite and WAL, without waiting on fsync per commit.
+        folder = Path(tempfile.mkdtemp(dir="/dev/shm")) if os.path.isdir("/dev/shm") else tmp_path
+        try:
+            yield f"sqlite:///{folder / 'ledger.db'}"
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        return
+    if IN_CI and not PG_URL:
+        pytest.fail("CI must test PostgreSQL: set TAMC_TEST_POSTGRES_URL")
+    schema = f"tamc_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    try:
+        yield _with_schema(PG_URL, schema)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
+@pytest.fixture
+def ledger(ledger_url: str) -> Iterator[Ledger]:
+    book = Ledger(ledger_url)
+    yield book
+    book.close()
+
+
+@pytest.fixture
+def funded(ledger: Ledger) -> Callable[..., Ledger]:
+    """Open wallets and mint them money: ``funded(alice=10_000_000, bob=0)``."""
+
+    def fund(**balances: int) -> Ledger:
+        for name, amount in balances.items():
+            ledger.open_account(name)
+            if amount:
+                ledger.mint(name, amount, key=f"fund-{name}")
+        return ledger
+
+    return fund
