@@ -42,7 +42,7 @@ def _friendly(fn: F) -> F:
         except TamcError as exc:
             from rich.console import Console
 
-            Console(stderr=True).print(f"[bold red]error:[/] {type(exc).__name__}: {exc}", highlight=False)
+            Console(stderr=True).print(f"[bold red]error:[/] {type(exc).__name__}: {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(2 if isinstance(exc, InputError) else 1) from None
 
     return wrapper  # type: ignore[return-value]

@@ -1,0 +1,3 @@
+from tamc.cli import main
+
+main()

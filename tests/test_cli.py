@@ -1,0 +1,114 @@
+"""The ``tamc`` command, run as a user runs it: a separate process, reading its output."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples" / "jobs"
+SCRIPT = Path(sys.executable).with_name("tamc")
+TAMC = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "tamc"]
+
+
+def tamc(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "TAMC_PROFILES"}
+    return subprocess.run([*TAMC, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=60)
+
+
+def test_help_lists_the_commands() -> None:
+    out = tamc("--help")
+    assert out.returncode == 0
+    for command in ("machines", "quote", "keys"):
+        assert command in out.stdout
+
+
+def test_help_does_not_import_the_heavy_parts() -> None:
+    probe = "import sys, tamc.cli; print(sorted({m.split('.')[0] for m in sys.modules} & {'sqlalchemy', 'pydantic', 'nacl', 'ledger', 'machines', 'agents'}))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert out.stdout.strip() == "[]"
+
+
+def test_machines_lists_every_profile() -> None:
+    out = tamc("machines", "--json")
+    assert out.returncode == 0
+    machines = json.loads(out.stdout)
+    assert {m["id"] for m in machines} == {"prusa-01", "bambu-02", "shapeoko-01", "glowforge-01", "taxi-01", "drone-01"}
+    table = tamc("machines")
+    assert "taxi-01" in table.stdout and "40000.00" in table.stdout
+    assert [m["id"] for m in json.loads(tamc("machines", "--kind", "3d-printer", "--json").stdout)] == ["bambu-02", "prusa-01"]
+
+
+@pytest.mark.parametrize(
+    ("machine", "job", "price"),
+    [
+        ("prusa-01", "print-bracket", 5_930_000),
+        ("shapeoko-01", "mill-plate", 17_410_000),
+        ("glowforge-01", "cut-sign", 5_000_000),
+        ("taxi-01", "ride-station", 4_000_000),
+        ("drone-01", "drone-parcel", 2_000_000),
+    ],
+)
+def test_quote_explains_a_price_for_each_kind(machine: str, job: str, price: int) -> None:
+    out = tamc("quote", machine, str(EXAMPLES / f"{job}.json"), "--json")
+    assert out.returncode == 0, out.stderr
+    decision = json.loads(out.stdout)
+    assert (decision["machine"], decision["action"], decision["price"]) == (machine, "bid", price)
+    assert decision["cost"]["total"] > 0 and decision["rules"]
+    human = tamc("quote", machine, str(EXAMPLES / f"{job}.json"))
+    assert "BID" in human.stdout and "price.margin" in human.stdout and decision["reason"][:20] in human.stdout
+
+
+def test_quote_options_change_the_decision() -> None:
+    job = str(EXAMPLES / "print-bracket.json")
+    busy = json.loads(tamc("quote", "prusa-01", job, "--json", "--demand", "1.4", "--queue", "1", "--queue-hours", "2").stdout)
+    assert busy["price"] == 7_410_000
+    worn = json.loads(tamc("quote", "prusa-01", job, "--json", "--wear", "79.99").stdout)
+    assert worn["action"] == "decline" and worn["rules"][0]["code"] == "decline.wear"
+
+
+def test_quote_declines_with_the_reason() -> None:
+    out = tamc("quote", "bambu-02", str(EXAMPLES / "print-bracket.json"))
+    assert out.returncode == 0
+    assert "DECLINE" in out.stdout and "outside territory south" in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["quote", "prusa-01", "missing.json"], "InvalidJobSpec: job file missing.json does not exist"),
+        (["quote", "nosuch", str(EXAMPLES / "print-bracket.json")], "UnknownMachine: no machine 'nosuch'"),
+        (["machines", "--kind", "boat"], "UnknownMachineKind: unknown machine kind 'boat'"),
+        (["quote", "prusa-01", str(EXAMPLES / "print-bracket.json"), "--energy-price", "cheap"], "InvalidAmount"),
+    ],
+)
+def test_bad_input_is_one_clear_line(args: list[str], words: str) -> None:
+    out = tamc(*args)
+    assert out.returncode == 2
+    assert words in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_malformed_job_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"id": "x", "kind": "printer_3d",\n "amount": }')
+    out = tamc("quote", "prusa-01", str(bad))
+    assert out.returncode == 2
+    assert "not valid JSON" in out.stderr and "line 2" in out.stderr
+
+
+def test_keys(tmp_path: Path) -> None:
+    store = tmp_path / "keys.json"
+    made = tamc("keys", "new", "alice", "--keystore", str(store))
+    assert made.returncode == 0 and made.stdout.startswith("did:key:z6Mk")
+    assert stat.S_IMODE(store.stat().st_mode) == 0o600
+    listed = tamc("keys", "list", "--keystore", str(store))
+    assert listed.stdout.strip() == f"alice\t{made.stdout.strip()}"
+    again = tamc("keys", "new", "alice", "--keystore", str(store))
+    assert again.returncode == 1 and "already exists" in again.stderr
