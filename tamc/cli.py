@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
@@ -62,10 +61,8 @@ def machines(profiles: ProfilesOpt = None, kind: Annotated[str | None, typer.Opt
     if as_json:
         print(json.dumps([p.model_dump(mode="json") for p in found], indent=2))
         return
-    from rich.console import Console
-    from rich.table import Table
-
     from rich import box
+    from rich.table import Table
 
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     for col in ("id", "kind", "region", "does", "works", "price", "per day", "margin"):
@@ -164,4 +161,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -10,7 +10,15 @@ from pathlib import Path
 import pytest
 
 from core.errors import BadSignature, InvalidDid, KeystoreError
-from ledger import Identity, Keystore, canonical_json, did_from_public_key, public_key_from_did, sign_document, verify_document
+from ledger import (
+    Identity,
+    Keystore,
+    canonical_json,
+    did_from_public_key,
+    public_key_from_did,
+    sign_document,
+    verify_document,
+)
 
 # A did:key from the W3C did:key method's examples, decoded by independent implementations.
 SPEC_DID = "did:key:z6MkiTBz1ymuepAQ4HEHYSF1H8quG5GLVVQR3djdX3mDooWp"

@@ -83,7 +83,7 @@ def test_float_error_tells_the_integer_to_use(funded: Fund) -> None:
 
 def test_unknown_account_is_refused_by_name(funded: Fund) -> None:
     book = funded(alice=1_000_000)
-    with pytest.raises(UnknownAccount, match="'carol'.*open it first"):
+    with pytest.raises(UnknownAccount, match=r"'carol'.*open it first"):
         book.transfer("alice", "carol", 1, key="x")
     with pytest.raises(UnknownAccount):
         book.balance("carol")

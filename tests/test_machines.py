@@ -9,7 +9,18 @@ import pytest
 
 from core import SimClock
 from core.errors import InvalidJobSpec, InvalidProfile, UnknownMachine, UnknownMachineKind
-from machines import BUNDLED_PROFILES, MachineKind, MachineState, Point, SimDriver, find_profile, load_job, load_profile, load_profiles, parse_kind
+from machines import (
+    BUNDLED_PROFILES,
+    MachineKind,
+    MachineState,
+    Point,
+    SimDriver,
+    find_profile,
+    load_job,
+    load_profile,
+    load_profiles,
+    parse_kind,
+)
 
 PRUSA = (BUNDLED_PROFILES / "prusa-01.toml").read_text()
 
