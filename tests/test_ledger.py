@@ -18,7 +18,7 @@ from core.errors import (
     SharesAlreadyIssued,
     UnknownAccount,
 )
-from ledger import ISSUANCE, EscrowState, Ledger, share_asset
+from ledger import ISSUANCE, AccountKind, EscrowState, Ledger, share_asset
 
 Fund = Callable[..., Ledger]
 
@@ -94,8 +94,6 @@ def test_open_account_is_idempotent_but_kind_is_fixed(ledger: Ledger) -> None:
     first = ledger.open_account("alice", owner="did:key:z6Mkexample")
     assert ledger.open_account("alice") == first
     with pytest.raises(InputError, match="exists as a wallet"):
-        from ledger import AccountKind
-
         ledger.open_account("alice", kind=AccountKind.SYSTEM)
 
 
