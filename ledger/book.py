@@ -125,12 +125,7 @@ class Ledger:
         legs = [(source, asset, -amount), (dest, asset, amount)]
 
         def run(conn: Connection) -> Posting:
-            if done := self._replay(conn, key, fp):
-                return done
-            kinds = self._require_accounts(conn, {source, dest})
-            if AccountKind.ESCROW.value in kinds.values():
-                raise InputError("escrow accounts move money only through release_escrow and refund_escrow")
-            return self._post(conn, key, kind, fp, memo, legs)
+            return self._replay(conn, key, fp) or self._post(conn, key, kind, fp, memo, legs, allow_escrow=False)
 
         return _db.transaction(self._engine, run)
 
@@ -353,7 +348,7 @@ class Ledger:
         return found
 
     def _post(self, conn: Connection, key: str, kind: str, fingerprint: str, memo: str,
-              legs: Sequence[tuple[str, str, int]]) -> Posting:
+              legs: Sequence[tuple[str, str, int]], *, allow_escrow: bool = True) -> Posting:
         deltas: dict[tuple[str, str], int] = defaultdict(int)
         spent: dict[tuple[str, str], int] = defaultdict(int)
         for account, asset, amount in legs:
@@ -365,6 +360,8 @@ class Ledger:
         if any(per_asset.values()):
             raise AssertionError(f"unbalanced posting {legs}: a bug in the caller, nothing was written")
         kinds = self._require_accounts(conn, {a for a, _ in deltas})
+        if not allow_escrow and AccountKind.ESCROW.value in kinds.values():
+            raise InputError("escrow accounts move money only through release_escrow and refund_escrow")
 
         cells = sorted(deltas)  # one lock order for every writer: no deadlocks between postings
         conn.execute(self._insert(balances).values([
