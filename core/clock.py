@@ -6,10 +6,11 @@ simulated day runs in milliseconds and a test can step time exactly.
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-__all__ = ["Clock", "SimClock", "WallClock"]
+__all__ = ["Clock", "ScaledClock", "SimClock", "WallClock"]
 
 
 class Clock(Protocol):
@@ -41,3 +42,28 @@ class SimClock:
             raise ValueError("a clock cannot go backwards")
         self._now += timedelta(hours=hours, seconds=seconds)
         return self._now
+
+
+class ScaledClock:
+    """Simulated time that runs ``speed`` times faster than real time, for a market that lives a day
+    in a minute while real messages cross a real broker. Timers wait ``real_seconds(hours)``."""
+
+    def __init__(self, speed: float, start: datetime | None = None) -> None:
+        if speed <= 0:
+            raise ValueError("a clock's speed must be positive")
+        self.speed = speed
+        self.start = start or datetime(2026, 1, 1, 0, 0, tzinfo=UTC)
+        if self.start.tzinfo is None:
+            raise ValueError("ScaledClock needs a timezone-aware start time")
+        self._t0 = time.monotonic()
+
+    def now(self) -> datetime:
+        return self.start + timedelta(seconds=(time.monotonic() - self._t0) * self.speed)
+
+    def hours(self) -> float:
+        """Simulated hours since the start."""
+        return (time.monotonic() - self._t0) * self.speed / 3600
+
+    def real_seconds(self, hours: float) -> float:
+        """How long ``hours`` of simulated time take in real seconds."""
+        return hours * 3600 / self.speed

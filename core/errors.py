@@ -11,7 +11,8 @@ raised. ::
     │   ├── InvalidJobSpec          a job file or message that does not parse or validate
     │   ├── InvalidProfile          a machine profile file that does not parse or validate
     │   ├── UnknownMachineKind      a kind that is not one of the five
-    │   └── UnknownMachine          no profile with that id
+    │   ├── UnknownMachine          no profile with that id
+    │   └── InvalidBrokerUrl        not an mqtt://host:port address
     ├── LedgerError                 the ledger refused; nothing was written
     │   ├── UnknownAccount          no such account (open it first)
     │   ├── InsufficientFunds       the transfer would overdraw an account
@@ -23,16 +24,25 @@ raised. ::
     │   └── ShareError
     │       ├── SharesAlreadyIssued a machine's cap table is fixed at issue
     │       └── NoShareholders      revenue split for a machine with no shares issued
-    └── IdentityError
-        ├── InvalidDid              not a did:key for an Ed25519 public key
-        ├── BadSignature            missing, malformed or not matching the signed fields
-        └── KeystoreError           keystore file unreadable, corrupt or too open
+    ├── IdentityError
+    │   ├── InvalidDid              not a did:key for an Ed25519 public key
+    │   ├── BadSignature            missing, malformed or not matching the signed fields
+    │   └── KeystoreError           keystore file unreadable, corrupt or too open
+    └── HubError                    the message hub cannot do what was asked
+        ├── BrokerUnavailable       no broker answers at that address
+        ├── BrokerStartFailed       the local broker could not be started
+        └── EnvelopeRejected        a received message dropped (its ``reason`` says why)
 """
 
 from __future__ import annotations
 
 __all__ = [
     "BadSignature",
+    "BrokerStartFailed",
+    "BrokerUnavailable",
+    "EnvelopeRejected",
+    "HubError",
+    "InvalidBrokerUrl",
     "EscrowClosed",
     "EscrowError",
     "EscrowExists",
@@ -150,3 +160,27 @@ class BadSignature(IdentityError):
 
 class KeystoreError(IdentityError):
     """The keystore file cannot be used (unreadable, corrupt, or readable by others)."""
+
+
+class InvalidBrokerUrl(InputError):
+    """A broker address that is not ``mqtt://host:port``."""
+
+
+class HubError(TamcError):
+    """The message hub cannot do what was asked."""
+
+
+class BrokerUnavailable(HubError):
+    """No MQTT broker answered at the address."""
+
+
+class BrokerStartFailed(HubError):
+    """The local broker (mosquitto or embedded) could not be started."""
+
+
+class EnvelopeRejected(HubError):
+    """A received envelope that is dropped. ``reason`` is one of ``REJECT_REASONS`` in hub.envelope."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        super().__init__(f"{reason}: {detail}")

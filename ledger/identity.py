@@ -9,6 +9,7 @@ spaces, UTF-8; changing any field, adding one or removing one breaks the signatu
 from __future__ import annotations
 
 import base64
+import functools
 import json
 from typing import Any
 
@@ -60,7 +61,15 @@ def did_from_public_key(public_key: bytes) -> str:
 
 def public_key_from_did(did: str) -> VerifyKey:
     """Decode a ``did:key`` id to the Ed25519 key it names, or raise ``InvalidDid``."""
-    if not isinstance(did, str) or not did.startswith("did:key:z"):
+    if not isinstance(did, str):
+        raise InvalidDid(f"{did!r} is not a did:key id (expected 'did:key:z6Mk…')")
+    return _public_key(did)
+
+
+@functools.lru_cache(maxsize=8192)
+def _public_key(did: str) -> VerifyKey:
+    # cached: a receiver sees the same few senders again and again, and base58 decoding is slow
+    if not did.startswith("did:key:z"):
         raise InvalidDid(f"{did!r} is not a did:key id (expected 'did:key:z6Mk…')")
     try:
         raw = _b58decode(did.removeprefix("did:key:z"))

@@ -1,0 +1,117 @@
+"""The envelope every hub message travels in: typed, signed by its sender, checked on receipt.
+
+Wire form (JSON object): ``v`` (protocol version, 1), ``type`` (one of ``BODY_TYPES``), ``id``
+(uuid4 hex, the de-duplication key), ``sender`` (``did:key`` of the signer), ``ts`` (milliseconds
+since the Unix epoch, sender's wall clock), ``body`` (the typed payload as JSON) and ``sig``
+(Ed25519, base64url, over the canonical JSON of every other field). See docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections import OrderedDict
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from core.errors import BadSignature, EnvelopeRejected, InvalidDid
+from hub.messages import BODY_TYPES, Body
+from ledger.identity import Identity, sign_document, verify_document
+
+__all__ = ["PROTOCOL_VERSION", "REJECT_REASONS", "Envelope", "ReplayGuard", "now_ms", "open_envelope", "seal"]
+
+PROTOCOL_VERSION = 1
+REJECT_REASONS = ("malformed", "unsigned", "bad_signature", "unknown_type", "stale", "duplicate")
+"""Why a receiver drops an envelope; each is counted separately (``Hub.stats``)."""
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Envelope(BaseModel):
+    """A checked envelope: the signature matched ``sender`` and ``body`` parsed as its ``type``."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    v: Literal[1]
+    type: str
+    id: str
+    sender: str
+    ts: int
+    body: Body
+
+
+def seal(body: Body, identity: Identity, *, ts: int | None = None, envelope_id: str | None = None) -> bytes:
+    """Wrap ``body`` in an envelope signed by ``identity``; returns the bytes to publish."""
+    doc = {
+        "v": PROTOCOL_VERSION,
+        "type": body.TYPE,
+        "id": envelope_id or uuid.uuid4().hex,
+        "ts": now_ms() if ts is None else ts,
+        "body": body.model_dump(mode="json"),
+    }
+    return json.dumps(sign_document(doc, identity), separators=(",", ":")).encode("utf-8")
+
+
+def open_envelope(payload: bytes) -> Envelope:
+    """Parse and verify one received payload, or raise ``EnvelopeRejected`` with the reason."""
+    try:
+        doc = json.loads(payload)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise EnvelopeRejected("malformed", f"not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise EnvelopeRejected("malformed", "an envelope is a JSON object")
+    if not doc.get("sig"):
+        raise EnvelopeRejected("unsigned", f"envelope {doc.get('id')!r} carries no signature")
+    try:
+        verify_document(doc)
+    except (BadSignature, InvalidDid) as exc:
+        raise EnvelopeRejected("bad_signature", str(exc)) from None
+    body_type = BODY_TYPES.get(doc.get("type"))  # type: ignore[arg-type]
+    if body_type is None:
+        raise EnvelopeRejected("unknown_type", f"type {doc.get('type')!r} is not one of {sorted(BODY_TYPES)}")
+    if doc.get("v") != PROTOCOL_VERSION or not isinstance(doc.get("ts"), int) or not isinstance(doc.get("id"), str):
+        raise EnvelopeRejected("malformed", f"needs v={PROTOCOL_VERSION}, an integer ts and a string id")
+    try:
+        body = body_type.model_validate(doc.get("body"))
+    except ValidationError as exc:
+        raise EnvelopeRejected("malformed", f"{doc['type']} body: {exc.errors(include_url=False)[0]['msg']}") from None
+    return Envelope(v=PROTOCOL_VERSION, type=doc["type"], id=doc["id"], sender=doc["sender"], ts=doc["ts"], body=body)
+
+
+class ReplayGuard:
+    """Refuses envelopes older than ``max_age_ms`` (or too far in the future) and ids seen before.
+
+    Ids are remembered only for the age window: anything older is refused as stale anyway, so the
+    memory stays bounded by the message rate times the window.
+    """
+
+    def __init__(self, max_age_ms: int = 30_000, max_skew_ms: int = 5_000) -> None:
+        self.max_age_ms = max_age_ms
+        self.max_skew_ms = max_skew_ms
+        self._seen: OrderedDict[str, int] = OrderedDict()
+
+    def check(self, env: Envelope, *, now: int | None = None, exempt_from_age: bool = False) -> None:
+        now = now_ms() if now is None else now
+        self._forget(now)
+        if not exempt_from_age:
+            if env.ts < now - self.max_age_ms:
+                raise EnvelopeRejected("stale", f"envelope {env.id} is {(now - env.ts) / 1000:.1f} s old")
+            if env.ts > now + self.max_skew_ms:
+                raise EnvelopeRejected("stale", f"envelope {env.id} is dated {(env.ts - now) / 1000:.1f} s ahead")
+        if env.id in self._seen:
+            raise EnvelopeRejected("duplicate", f"envelope {env.id} was already received")
+        self._seen[env.id] = max(env.ts, now) if exempt_from_age else env.ts
+
+    def _forget(self, now: int) -> None:
+        horizon = now - self.max_age_ms
+        seen = self._seen
+        while seen:
+            first = next(iter(seen))
+            if seen[first] >= horizon:
+                break
+            seen.popitem(last=False)
+

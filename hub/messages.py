@@ -1,0 +1,123 @@
+"""The typed bodies of hub envelopes: one pydantic model per message ``type``.
+
+Times that two processes must agree on (bid deadline, accept-by, job deadline) are wall-clock
+milliseconds since the Unix epoch; simulated hours are derived from them with the market's
+``speed`` carried in the call for proposals, so a node in its own process follows the market's clock.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from core.money import Micros
+from machines.driver import Telemetry
+from machines.job import JobSpec
+
+__all__ = [
+    "BODY_TYPES",
+    "Bid",
+    "Body",
+    "CallForProposals",
+    "JobClosed",
+    "JobEvent",
+    "Presence",
+    "TelemetryReport",
+]
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    TYPE: ClassVar[str]
+
+
+class CallForProposals(Body):
+    """A requester asks every machine of ``job.kind`` serving ``job.region`` for a price."""
+
+    TYPE: ClassVar[str] = "cfp"
+    job: JobSpec
+    reserve: Micros
+    """The most the requester will pay; bids above it are ignored."""
+    bid_deadline: int
+    """Bids received after this instant (epoch ms) are not considered."""
+    deadline_at: int
+    """The job must be finished by this instant (epoch ms)."""
+    speed: float = Field(default=1.0, gt=0)
+    """Simulated seconds per real second of the market that posted the job (1 = real time)."""
+
+
+class Bid(Body):
+    TYPE: ClassVar[str] = "bid"
+    job_id: str
+    machine_id: str
+    price: Micros
+    eta_h: float = Field(ge=0)
+    """Simulated hours from now until the job would be finished."""
+    cost: Micros
+    """The machine's own variable cost of the job (energy, wear, consumables, travel)."""
+    path: Literal["rules", "llm"] = "rules"
+    """Which path made the decision: the rule engine or the model (checked by the rules)."""
+    reason: str = ""
+
+
+class Award(Body):
+    TYPE: ClassVar[str] = "award"
+    job_id: str
+    machine_id: str
+    price: Micros
+    accept_by: int
+    """The winner must accept before this instant (epoch ms) or the runner-up is asked."""
+    attempt: int = Field(ge=1)
+    takeover: bool = False
+    """True when another machine dropped out of the job and this one is asked to finish it."""
+
+
+class JobClosed(Body):
+    """The requester's last word on a job; every bidder may forget it after this."""
+
+    TYPE: ClassVar[str] = "closed"
+    job_id: str
+    outcome: Literal["paid", "refunded", "expired"]
+    machine_id: str | None = None
+    price: Micros | None = None
+    posting: str | None = None
+
+
+EventKind = Literal["accepted", "declined", "funded", "started", "progress", "done", "failed", "paid"]
+
+
+class JobEvent(Body):
+    """A step of a contracted job: machines send accepted…failed, the requester funded and paid."""
+
+    TYPE: ClassVar[str] = "event"
+    job_id: str
+    machine_id: str
+    kind: EventKind
+    progress: float = Field(default=0.0, ge=0, le=1)
+    detail: str = ""
+    posting: str | None = None
+    """Ledger posting id for funded and paid."""
+
+
+class Presence(Body):
+    """Retained on ``machines/{id}/presence``; the broker publishes the offline one as the last will."""
+
+    TYPE: ClassVar[str] = "presence"
+    machine_id: str
+    state: Literal["online", "offline"]
+    session: str
+    """Random per connection: an offline notice only counts for the session it names."""
+    kind: str
+    region: str
+    territory: tuple[str, ...]
+
+
+class TelemetryReport(Body):
+    TYPE: ClassVar[str] = "telemetry"
+    telemetry: Telemetry
+
+
+BODY_TYPES: dict[str, type[Body]] = {
+    t.TYPE: t for t in (CallForProposals, Bid, Award, JobClosed, JobEvent, Presence, TelemetryReport)
+}

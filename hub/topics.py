@@ -1,0 +1,55 @@
+"""Topic names, in one place. Every topic starts with ``tamc/v1/``; ids become single topic levels."""
+
+from __future__ import annotations
+
+from core.errors import InputError
+
+__all__ = [
+    "ALL_PRESENCE",
+    "PREFIX",
+    "award",
+    "bids",
+    "cfp",
+    "control",
+    "events",
+    "presence",
+    "telemetry",
+]
+
+PREFIX = "tamc/v1"
+ALL_PRESENCE = f"{PREFIX}/machines/+/presence"
+
+
+def _level(value: str, what: str) -> str:
+    if not value or any(c in value for c in "/+#\0"):
+        raise InputError(f"{what} {value!r} cannot be an MQTT topic level: it must be non-empty, without / + # or NUL")
+    return value
+
+
+def cfp(region: str, kind: str) -> str:
+    return f"{PREFIX}/market/{_level(region, 'region')}/{_level(kind, 'kind')}/cfp"
+
+
+def bids(job_id: str) -> str:
+    return f"{PREFIX}/jobs/{_level(job_id, 'job id')}/bids"
+
+
+def award(job_id: str) -> str:
+    """Awards and the final ``closed`` notice: every bidder listens here until the job closes."""
+    return f"{PREFIX}/jobs/{_level(job_id, 'job id')}/award"
+
+
+def events(job_id: str) -> str:
+    return f"{PREFIX}/jobs/{_level(job_id, 'job id')}/events"
+
+
+def telemetry(machine_id: str) -> str:
+    return f"{PREFIX}/machines/{_level(machine_id, 'machine id')}/telemetry"
+
+
+def presence(machine_id: str) -> str:
+    return f"{PREFIX}/machines/{_level(machine_id, 'machine id')}/presence"
+
+
+def control(machine_id: str) -> str:
+    return f"{PREFIX}/machines/{_level(machine_id, 'machine id')}/control"

@@ -1,0 +1,224 @@
+"""The MQTT transport: one paho-mqtt 2 connection that publishes sealed envelopes and hands
+checked ones to local handlers.
+
+Every received payload is verified once per connection (signature, type, age, replay), then given
+to each local handler whose pattern matches; what fails is dropped and counted in ``stats`` by
+reason. Several agents can share one ``Hub`` (one socket and thread for a whole simulated fleet);
+a machine that needs a last will of its own gets its own ``Hub``.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
+
+from core.errors import BrokerUnavailable, EnvelopeRejected, InvalidBrokerUrl
+from hub.envelope import Envelope, ReplayGuard, open_envelope
+
+__all__ = ["BrokerAddress", "Handler", "Hub", "parse_broker_url"]
+
+log = logging.getLogger("tamc.hub")
+
+Handler = Callable[[str, Envelope], None]
+RETAINED_STATE_TYPES = frozenset({"presence", "telemetry"})
+"""Retained state is judged by its id (replay) but not its age: it is old by design."""
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+
+def parse_broker_url(url: str) -> BrokerAddress:
+    """``mqtt://host:port`` (port defaults to 1883) or raise ``InvalidBrokerUrl``."""
+    parts = urlsplit(url if "://" in url else f"mqtt://{url}")
+    try:
+        port = parts.port or 1883
+    except ValueError:
+        raise InvalidBrokerUrl(f"{url!r}: the port must be a number from 1 to 65535") from None
+    if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
+        raise InvalidBrokerUrl(f"{url!r} is not a broker address; write it as mqtt://host:port")
+    return BrokerAddress(parts.hostname, port)
+
+
+def _nodelay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
+    # Nagle's algorithm holds small request/reply packets back ~40 ms each; turn it off.
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (OSError, AttributeError):  # unix socket or websocket wrapper
+        pass
+
+
+class Hub:
+    def __init__(
+        self,
+        url: str,
+        *,
+        name: str = "tamc",
+        will: tuple[str, bytes] | None = None,
+        max_age_ms: int = 30_000,
+        keepalive_s: int = 10,
+    ) -> None:
+        self.address = parse_broker_url(url)
+        self.name = name
+        self.stats: Counter[str] = Counter()
+        self._guard = ReplayGuard(max_age_ms=max_age_ms)
+        self._lock = threading.Lock()
+        self._handlers: dict[str, list[Handler]] = {}
+        self._connected = threading.Event()
+        self._closing = False
+        self._keepalive = keepalive_s
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"{name}-{uuid.uuid4().hex[:8]}",
+            protocol=mqtt.MQTTv311,
+            clean_session=True,
+        )
+        client.on_socket_open = _nodelay
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.reconnect_delay_set(min_delay=1, max_delay=8)
+        client.max_inflight_messages_set(1000)
+        client.max_queued_messages_set(0)
+        if will:
+            client.will_set(will[0], will[1], qos=1, retain=True)
+        self._client = client
+
+    # -- connection ---------------------------------------------------------------------------
+
+    def connect(self, timeout_s: float = 10.0) -> Hub:
+        """Connect, retrying with exponential backoff (tenacity) until ``timeout_s``; then paho's
+        network thread keeps the connection, reconnecting with backoff and re-subscribing."""
+        host, port = self.address.host, self.address.port
+        try:
+            for attempt in Retrying(
+                retry=retry_if_exception_type(OSError),
+                wait=wait_exponential(multiplier=0.05, max=2.0),
+                stop=stop_after_delay(timeout_s),
+                reraise=False,
+            ):
+                with attempt:
+                    if attempt.retry_state.attempt_number > 1:
+                        log.info("hub=%s reconnect attempt=%d broker=%s", self.name, attempt.retry_state.attempt_number, self.address.url)
+                    self._client.connect(host, port, keepalive=self._keepalive)
+        except RetryError as exc:
+            cause = exc.last_attempt.exception()
+            raise BrokerUnavailable(
+                f"no MQTT broker answers at {self.address.url} ({cause}); start one or pass --broker with a reachable address"
+            ) from None
+        self._client.loop_start()
+        if not self._connected.wait(timeout_s):
+            self.close()
+            raise BrokerUnavailable(f"the broker at {self.address.url} accepted the socket but did not acknowledge the connection")
+        return self
+
+    def close(self) -> None:
+        """Disconnect cleanly (no last will) and stop the network thread."""
+        self._closing = True
+        try:
+            self._client.disconnect()
+        finally:
+            self._client.loop_stop()
+            self._connected.clear()
+
+    def __enter__(self) -> Hub:
+        return self.connect()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def wait_connected(self, timeout_s: float) -> bool:
+        return self._connected.wait(timeout_s)
+
+    # -- publish and subscribe ---------------------------------------------------------------
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        """Send a sealed envelope with QoS 1 (at least once; receivers drop the repeats)."""
+        self.stats["sent"] += 1
+        info = self._client.publish(topic, payload, qos=1, retain=retain)
+        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            log.warning("hub=%s publish failed topic=%s rc=%s", self.name, topic, info.rc)
+
+    def subscribe(self, pattern: str, handler: Handler) -> None:
+        with self._lock:
+            handlers = self._handlers.setdefault(pattern, [])
+            first = not handlers
+            handlers.append(handler)
+        if first:
+            self._client.subscribe(pattern, qos=1)
+
+    def unsubscribe(self, pattern: str, handler: Handler) -> None:
+        with self._lock:
+            handlers = self._handlers.get(pattern, [])
+            if handler in handlers:
+                handlers.remove(handler)
+            last = pattern in self._handlers and not handlers
+            if last:
+                del self._handlers[pattern]
+        if last:
+            self._client.unsubscribe(pattern)
+
+    # -- paho callbacks (network thread) ----------------------------------------------------
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        if reason.is_failure:
+            log.error("hub=%s broker refused the connection reason=%s", self.name, reason)
+            return
+        with self._lock:
+            patterns = list(self._handlers)
+        for pattern in patterns:  # a clean session forgets subscriptions; restore them
+            client.subscribe(pattern, qos=1)
+        if self.stats["connects"]:
+            log.info("hub=%s reconnected broker=%s resubscribed=%d", self.name, self.address.url, len(patterns))
+        self.stats["connects"] += 1
+        self._connected.set()
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        self._connected.clear()
+        if not self._closing:
+            self.stats["disconnects"] += 1
+            log.warning("hub=%s lost the broker reason=%s; reconnecting with backoff", self.name, reason)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        self.stats["received"] += 1
+        try:
+            env = open_envelope(msg.payload)
+            with self._lock:
+                self._guard.check(env, exempt_from_age=env.type in RETAINED_STATE_TYPES)
+                handlers = [h for p, hs in self._handlers.items() if mqtt.topic_matches_sub(p, msg.topic) for h in hs]
+        except EnvelopeRejected as exc:
+            self.stats[f"dropped_{exc.reason}"] += 1
+            log.debug("hub=%s dropped topic=%s reason=%s", self.name, msg.topic, exc)
+            return
+        self.stats["accepted"] += 1
+        for handler in handlers:
+            try:
+                handler(msg.topic, env)
+            except Exception:
+                self.stats["handler_errors"] += 1
+                log.exception("hub=%s handler failed topic=%s type=%s", self.name, msg.topic, env.type)
+
+    def dropped(self) -> dict[str, int]:
+        """Dropped envelopes by reason (only reasons that occurred)."""
+        return {k.removeprefix("dropped_"): v for k, v in self.stats.items() if k.startswith("dropped_")}
