@@ -18,7 +18,7 @@ from machines.job import JobSpec
 from machines.profile import MachineProfile, Point
 from machines.work import WorkEstimate, estimate
 
-__all__ = ["CostBreakdown", "Decision", "MachineStatus", "MarketContext", "Rule", "decide"]
+__all__ = ["CostBreakdown", "Decision", "MachineStatus", "MarketContext", "Rule", "decide", "job_cost"]
 
 BPS = 10_000
 
@@ -59,6 +59,12 @@ class CostBreakdown(_Frozen):
     def total(self) -> int:
         return self.energy + self.wear + self.consumables + self.travel + self.fixed + self.overhead
 
+    @property
+    def variable(self) -> int:
+        """What this one job uses up (energy, wear, consumables, travel): the cost in welfare terms.
+        Fixed costs and overhead are paid whether or not the job is done."""
+        return self.energy + self.wear + self.consumables + self.travel
+
 
 class Rule(_Frozen):
     code: str
@@ -97,7 +103,7 @@ def decide(
     if refusals:
         return _decline(refusals, eta_h=eta)
 
-    cost = _cost(profile, work, market)
+    cost = job_cost(profile, work, market)
     fired: list[Rule] = []
     base = -(-cost.total * (BPS + policy.margin_bps) // BPS)
     fired.append(Rule(code="price.margin", detail=f"+{policy.margin_bps / 100:g}% margin on cost {format_units(cost.total)}"))
@@ -170,7 +176,9 @@ def _dynamic_refusals(profile: MachineProfile, job: JobSpec, status: MachineStat
     return out
 
 
-def _cost(profile: MachineProfile, work: WorkEstimate, market: MarketContext) -> CostBreakdown:
+def job_cost(profile: MachineProfile, work: WorkEstimate, market: MarketContext) -> CostBreakdown:
+    """What ``work`` costs the machine: cash out (energy, consumables, travel), wear, and its share of
+    fixed costs and overhead."""
     price_kwh = market.energy_price_per_kwh
     wear_per_hour = profile.purchase_price * profile.wear_pct_per_hour / 100
     energy = round(work.work_kwh * price_kwh)

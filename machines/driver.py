@@ -101,6 +101,20 @@ class SimDriver:
         self._state, self._job, self._job_hours, self._done_hours = MachineState.WORKING, job_id, hours, 0.0
         self._route = list(route or [])
 
+    def finish_job(self) -> None:
+        """Book the rest of the current job now: the node's timer, not the clock's rounding, says
+        when a job is done."""
+        self._advance()
+        if self._state is MachineState.WORKING:
+            self._work(self._job_hours - self._done_hours)
+            self._state, self._job, self._route = MachineState.IDLE, None, []
+
+    def abort_job(self) -> None:
+        """Stop the current job where it is (failure or cancellation)."""
+        self._advance()
+        if self._state is MachineState.WORKING:
+            self._state, self._job, self._route = MachineState.IDLE, None, []
+
     def maintain(self) -> None:
         """Service the machine: wear back to zero."""
         self._advance()

@@ -1,0 +1,342 @@
+"""The requester agent: the buyer's side of the contract net, on its own mailbox thread.
+
+For each job: announce a call for proposals, collect signed bids until the bid deadline (or until
+every machine online for the job has answered), rank them (price, then finish time), award the
+best, wait for acceptance or move to the runner-up, fund escrow, follow the work, and pay. When
+the contractor drops out (its last will says offline, or it reports failure) the next bidder is
+asked to take over at the same price: the escrow stays, so the requester is charged once.
+
+A job always ends in exactly one of three outcomes, announced with a ``closed`` message: ``paid``
+(done and paid), ``refunded`` (funded, not done), ``expired`` (never contracted).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agents import settlement
+from core.errors import LedgerError
+from hub import topics
+from hub.envelope import Envelope, now_ms, seal
+from hub.mailbox import Mailbox, Timer
+from hub.messages import Award, Bid, Body, CallForProposals, JobClosed, JobEvent, Presence
+from hub.transport import Hub
+from ledger import Identity, Ledger
+from machines.job import JobSpec
+
+__all__ = ["JobOutcome", "Requester", "RequesterConfig"]
+
+log = logging.getLogger("tamc.requester")
+
+Outcome = Literal["paid", "refunded", "expired"]
+
+
+class RequesterConfig(BaseModel):
+    bid_window_s: float = Field(default=0.25, gt=0)
+    """Real seconds machines have to bid."""
+    accept_window_s: float = Field(default=0.25, gt=0)
+    """Real seconds the winner has to accept before the runner-up is asked."""
+    speed: float = Field(default=1.0, gt=0)
+    """Simulated seconds per real second, announced in every call for proposals."""
+    grace_h: float = Field(default=0.25, ge=0)
+    """Simulated hours past the deadline before an unfinished job is refunded."""
+
+
+class JobOutcome(BaseModel):
+    """How a job ended, for the requester and for the market's metrics."""
+
+    model_config = ConfigDict(frozen=True)
+
+    job_id: str
+    kind: str
+    region: str
+    outcome: Outcome
+    machine_id: str | None = None
+    price: int | None = None
+    value: int = 0
+    """What the job was worth to the requester (private: never sent to machines)."""
+    bids: int = 0
+    awards: int = 0
+    takeovers: int = 0
+    accept_latency_ms: float | None = None
+    """CFP sent → first acceptance received, real milliseconds."""
+    reason: str = ""
+
+
+@dataclass
+class _Run:
+    job: JobSpec
+    reserve: int
+    value: int
+    cfp: CallForProposals
+    posted: float
+    bids: dict[str, Bid] = field(default_factory=dict)
+    ranked: list[Bid] = field(default_factory=list)
+    excluded: set[str] = field(default_factory=set)
+    state: Literal["bidding", "awarding", "contracted", "closed"] = "bidding"
+    attempt: int = 0
+    machine: str | None = None
+    machine_did: str | None = None
+    price: int | None = None
+    funded: bool = False
+    escrow_posting: str | None = None
+    started: bool = False
+    takeovers: int = 0
+    accept_latency_ms: float | None = None
+    timer: Timer | None = None
+    watchdog: Timer | None = None
+
+    def cancel(self) -> None:
+        if self.timer:
+            self.timer.cancel()
+            self.timer = None
+
+
+class Requester:
+    def __init__(
+        self,
+        identity: Identity,
+        hub: Hub,
+        ledger: Ledger,
+        wallet: str,
+        *,
+        config: RequesterConfig | None = None,
+        mailbox: Mailbox | None = None,
+        on_outcome: Callable[[JobOutcome], None] | None = None,
+    ) -> None:
+        self.identity = identity
+        self.hub = hub
+        self.ledger = ledger
+        self.wallet = wallet
+        self.config = config or RequesterConfig()
+        self.mailbox = mailbox or Mailbox("requester")
+        self._own_mailbox = mailbox is None
+        self.on_outcome = on_outcome
+        self.outcomes: dict[str, JobOutcome] = {}
+        self.awards_sent: dict[str, list[str]] = {}
+        """job id -> machine ids awarded, in order (for audits: never two live at once)."""
+        self._runs: dict[str, _Run] = {}
+        self._online: dict[str, Presence] = {}
+        self._registry: dict[str, str] = {}
+
+    def start(self) -> Requester:
+        self.hub.subscribe(topics.ALL_PRESENCE, self._deliver)
+        return self
+
+    def stop(self) -> None:
+        self.hub.unsubscribe(topics.ALL_PRESENCE, self._deliver)
+        if self._own_mailbox:
+            self.mailbox.close()
+
+    @property
+    def open_jobs(self) -> int:
+        return len(self._runs)
+
+    def post(self, job: JobSpec, *, reserve: int, value: int = 0) -> None:
+        """Put a job out to tender (from any thread); its ``JobOutcome`` arrives via ``on_outcome``."""
+        self.mailbox.post(self._post, job, reserve, value)
+
+    # -- receiving ---------------------------------------------------------------------------
+
+    def _deliver(self, topic: str, env: Envelope) -> None:
+        self.mailbox.post(self._handle, env)
+
+    def _handle(self, env: Envelope) -> None:
+        body = env.body
+        if isinstance(body, Bid):
+            self._on_bid(env, body)
+        elif isinstance(body, JobEvent):
+            self._on_event(env, body)
+        elif isinstance(body, Presence):
+            self._on_presence(body, env.sender)
+
+    def _is_machine(self, machine_id: str, did: str) -> bool:
+        """A bid counts only if signed by the did the machine registered in the ledger with."""
+        if self._registry.get(machine_id) == did:
+            return True
+        owner = settlement.machine_owner(self.ledger, machine_id)
+        if owner is not None:
+            self._registry[machine_id] = owner
+        return owner == did
+
+    # -- tender ------------------------------------------------------------------------------
+
+    def _post(self, job: JobSpec, reserve: int, value: int) -> None:
+        if job.id in self._runs or job.id in self.outcomes:
+            log.warning("job=%s posted twice; the second post is ignored", job.id)
+            return
+        now = now_ms()
+        c = self.config
+        cfp = CallForProposals(
+            job=job, reserve=reserve, speed=c.speed,
+            bid_deadline=now + round(c.bid_window_s * 1000),
+            deadline_at=now + round(job.deadline_h * 3600 / c.speed * 1000),
+        )
+        run = _Run(job=job, reserve=reserve, value=value, cfp=cfp, posted=time.perf_counter())
+        self._runs[job.id] = run
+        self.hub.subscribe(topics.bids(job.id), self._deliver)
+        self.hub.subscribe(topics.events(job.id), self._deliver)
+        self._publish(topics.cfp(job.region, job.kind.value), cfp)
+        run.timer = self.mailbox.call_later(c.bid_window_s, self._close_bidding, run)
+        grace_s = c.grace_h * 3600 / c.speed
+        run.watchdog = self.mailbox.call_later((cfp.deadline_at - now) / 1000 + grace_s, self._overdue, run)
+
+    def _eligible(self, job: JobSpec) -> int:
+        return sum(1 for p in self._online.values() if p.kind == job.kind.value and job.region in p.territory)
+
+    def _on_bid(self, env: Envelope, bid: Bid) -> None:
+        run = self._runs.get(bid.job_id)
+        if run is None or run.state != "bidding" or now_ms() > run.cfp.bid_deadline:
+            return
+        if bid.price > run.reserve or not self._is_machine(bid.machine_id, env.sender):
+            log.info("job=%s bid from %s refused (over reserve or unregistered signer)", bid.job_id, bid.machine_id)
+            return
+        run.bids[bid.machine_id] = bid
+        if len(run.bids) >= self._eligible(run.job):  # everyone who could answer has: no need to wait
+            self._close_bidding(run)
+
+    def _close_bidding(self, run: _Run) -> None:
+        if run.state != "bidding":
+            return
+        run.cancel()
+        self.hub.unsubscribe(topics.bids(run.job.id), self._deliver)
+        run.ranked = sorted(run.bids.values(), key=lambda b: (b.price, b.eta_h, b.machine_id))
+        run.state = "awarding"
+        self._award_next(run)
+
+    def _award_next(self, run: _Run) -> None:
+        takeover = run.funded
+        candidates = [b for b in run.ranked if b.machine_id not in run.excluded]
+        if not candidates:
+            if run.funded:
+                self._close(run, "refunded", reason="no machine left to take the job over")
+            else:
+                self._close(run, "expired", reason="no bids" if not run.bids else "no bidder accepted")
+            return
+        bid = candidates[0]
+        run.attempt += 1
+        run.state = "awarding"
+        run.machine, run.machine_did = bid.machine_id, self._registry.get(bid.machine_id)
+        price = run.price if takeover and run.price is not None else bid.price
+        run.price = price
+        accept_by = now_ms() + round(self.config.accept_window_s * 1000)
+        self.awards_sent.setdefault(run.job.id, []).append(bid.machine_id)
+        if takeover:
+            run.takeovers += 1
+        self._publish(topics.award(run.job.id), Award(
+            job_id=run.job.id, machine_id=bid.machine_id, price=price, accept_by=accept_by,
+            attempt=run.attempt, takeover=takeover,
+        ))
+        run.timer = self.mailbox.call_later(self.config.accept_window_s, self._accept_timeout, run, run.attempt)
+
+    def _accept_timeout(self, run: _Run, attempt: int) -> None:
+        if run.state == "awarding" and run.attempt == attempt and run.machine:
+            log.info("job=%s machine=%s did not accept in time; asking the next bidder", run.job.id, run.machine)
+            run.excluded.add(run.machine)
+            self._award_next(run)
+
+    # -- the contract ------------------------------------------------------------------------
+
+    def _on_event(self, env: Envelope, event: JobEvent) -> None:
+        run = self._runs.get(event.job_id)
+        if run is None or run.state == "closed" or event.machine_id != run.machine or env.sender != run.machine_did:
+            return  # not the machine holding the job now (a late or replaced one), or not signed by it
+        if event.kind == "accepted" and run.state == "awarding":
+            run.cancel()
+            run.state = "contracted"
+            if run.accept_latency_ms is None:
+                run.accept_latency_ms = (time.perf_counter() - run.posted) * 1000
+            self._fund(run)
+        elif event.kind == "declined" and run.state == "awarding":
+            run.cancel()
+            run.excluded.add(event.machine_id)
+            self._award_next(run)
+        elif event.kind == "started":
+            run.started = True
+        elif event.kind == "failed" and run.state == "contracted":
+            self._drop_contractor(run, f"reported failure: {event.detail}")
+        elif event.kind == "done" and run.state == "contracted" and run.funded:
+            self._pay(run)
+
+    def _fund(self, run: _Run) -> None:
+        assert run.machine is not None and run.price is not None
+        if not run.funded:  # a takeover finds the escrow already holding the price
+            try:
+                run.escrow_posting = settlement.fund_job(self.ledger, run.job.id, self.wallet, run.price)
+            except LedgerError as exc:
+                log.warning("job=%s cannot be funded: %s", run.job.id, exc)
+                self._close(run, "expired", reason=f"requester could not fund it: {exc}")
+                return
+            run.funded = True
+        self._publish(topics.events(run.job.id), JobEvent(
+            job_id=run.job.id, machine_id=run.machine, kind="funded", posting=run.escrow_posting))
+
+    def _pay(self, run: _Run) -> None:
+        assert run.machine is not None
+        posting = settlement.pay_job(self.ledger, run.job.id, run.machine)
+        self._publish(topics.events(run.job.id), JobEvent(job_id=run.job.id, machine_id=run.machine, kind="paid", posting=posting))
+        self._close(run, "paid", posting=posting)
+
+    def _drop_contractor(self, run: _Run, why: str) -> None:
+        log.info("job=%s machine=%s dropped out (%s); runner-up takes over", run.job.id, run.machine, why)
+        if run.machine:
+            run.excluded.add(run.machine)
+        run.started = False
+        self._award_next(run)
+
+    def _on_presence(self, presence: Presence, sender: str) -> None:
+        if not self._is_machine(presence.machine_id, sender):
+            return
+        if presence.state == "online":
+            self._online[presence.machine_id] = presence
+            return
+        seen = self._online.get(presence.machine_id)
+        if seen is None or seen.session != presence.session:
+            return  # an offline notice for an older session: the machine is back already
+        del self._online[presence.machine_id]
+        for run in list(self._runs.values()):
+            if run.machine == presence.machine_id and run.state in ("awarding", "contracted"):
+                run.cancel()
+                self._drop_contractor(run, "went offline")
+
+    def _overdue(self, run: _Run) -> None:
+        if run.state != "closed":
+            log.info("job=%s is past its deadline unfinished", run.job.id)
+            if run.funded:
+                self._close(run, "refunded", reason="not finished by the deadline")
+            else:
+                self._close(run, "expired", reason="not contracted by the deadline")
+
+    def _close(self, run: _Run, outcome: Outcome, *, reason: str = "", posting: str | None = None) -> None:
+        if outcome == "refunded":
+            posting = settlement.refund_job(self.ledger, run.job.id)
+        run.cancel()
+        if run.watchdog:
+            run.watchdog.cancel()
+        run.state = "closed"
+        paid = outcome == "paid"
+        self._publish(topics.award(run.job.id), JobClosed(
+            job_id=run.job.id, outcome=outcome, machine_id=run.machine if paid else None,
+            price=run.price if paid else None, posting=posting,
+        ))
+        for topic in (topics.bids(run.job.id), topics.events(run.job.id)):
+            self.hub.unsubscribe(topic, self._deliver)
+        del self._runs[run.job.id]
+        result = JobOutcome(
+            job_id=run.job.id, kind=run.job.kind.value, region=run.job.region, outcome=outcome,
+            machine_id=run.machine if paid else None, price=run.price if paid else None, value=run.value,
+            bids=len(run.bids), awards=run.attempt, takeovers=run.takeovers,
+            accept_latency_ms=run.accept_latency_ms, reason=reason,
+        )
+        self.outcomes[run.job.id] = result
+        if self.on_outcome:
+            self.on_outcome(result)
+
+    def _publish(self, topic: str, body: Body) -> None:
+        self.hub.publish(topic, seal(body, self.identity))

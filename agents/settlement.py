@@ -1,0 +1,148 @@
+"""Every money movement of a job, in one place, each under an idempotency key derived from the job,
+so a re-delivered message or a restarted process repeats a posting instead of doubling it.
+
+Accounts: ``machine:{id}`` (the machine's wallet, owned by its did: the registry a requester checks
+a bid's signer against), ``reserve:{id}`` (its wear reserve), ``holder:{name}`` (stakeholders),
+``requester:{name}``, and the sinks ``utility:energy`` and ``supplier:materials``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from pydantic import BaseModel, ConfigDict
+
+from agents.rules import CostBreakdown
+from core.errors import EscrowExists, SharesAlreadyIssued, UnknownAccount
+from ledger import AccountKind, Ledger
+
+__all__ = [
+    "ENERGY",
+    "MATERIALS",
+    "JobCosts",
+    "fund_job",
+    "holder",
+    "machine_owner",
+    "machine_wallet",
+    "open_requester",
+    "pay_job",
+    "refund_job",
+    "register_machine",
+    "reserve",
+    "settle_costs",
+]
+
+ENERGY = "utility:energy"
+MATERIALS = "supplier:materials"
+
+
+def machine_wallet(machine_id: str) -> str:
+    return f"machine:{machine_id}"
+
+
+def reserve(machine_id: str) -> str:
+    return f"reserve:{machine_id}"
+
+
+def holder(name: str) -> str:
+    return name if name.startswith("holder:") else f"holder:{name}"
+
+
+class JobCosts(BaseModel):
+    """What a finished job cost the machine in cash and wear, and the rest that goes to its owners."""
+
+    model_config = ConfigDict(frozen=True)
+
+    price: int
+    energy: int
+    wear: int
+    consumables: int
+
+    @classmethod
+    def of(cls, price: int, cost: CostBreakdown) -> JobCosts:
+        return cls(price=price, energy=cost.energy + cost.travel, wear=cost.wear, consumables=cost.consumables)
+
+    @property
+    def paid_out(self) -> int:
+        return self.energy + self.wear + self.consumables
+
+    @property
+    def to_owners(self) -> int:
+        return max(self.price - self.paid_out, 0)
+
+
+def _open(ledger: Ledger, account: str, kind: AccountKind = AccountKind.WALLET, owner: str | None = None) -> None:
+    try:
+        ledger.account(account)
+    except UnknownAccount:
+        ledger.open_account(account, kind=kind, owner=owner)
+
+
+def register_machine(ledger: Ledger, machine_id: str, did: str, holders: Mapping[str, int]) -> None:
+    """Open the machine's wallet (owned by ``did``) and reserve, and issue its shares once.
+    Safe to repeat: a machine restarting registers again and nothing changes."""
+    try:
+        existing = ledger.account(machine_wallet(machine_id))
+    except UnknownAccount:
+        ledger.open_account(machine_wallet(machine_id), owner=did)
+    else:
+        if existing.owner != did:
+            raise UnknownAccount(
+                f"machine {machine_id!r} is registered to {existing.owner}, not {did}; use that machine's key"
+            )
+    for account in (reserve(machine_id), ENERGY, MATERIALS, *(holder(h) for h in holders)):
+        _open(ledger, account, AccountKind.SYSTEM if account in (ENERGY, MATERIALS) else AccountKind.WALLET)
+    try:
+        ledger.issue_shares(machine_id, {holder(h): u for h, u in holders.items()}, key=f"shares:{machine_id}")
+    except SharesAlreadyIssued:
+        pass
+
+
+def machine_owner(ledger: Ledger, machine_id: str) -> str | None:
+    """The did a machine registered with, or None if it never did."""
+    try:
+        return ledger.account(machine_wallet(machine_id)).owner
+    except UnknownAccount:
+        return None
+
+
+def open_requester(ledger: Ledger, name: str, did: str, budget: int) -> str:
+    account = f"requester:{name}"
+    _open(ledger, account, owner=did)
+    if budget:
+        ledger.mint(account, budget, key=f"budget:{name}", memo="requester budget")
+    return account
+
+
+def fund_job(ledger: Ledger, job_id: str, payer: str, price: int) -> str:
+    """Hold the price in escrow; the posting id goes into the ``funded`` event."""
+    try:
+        return ledger.open_escrow(job_id, payer, price, key=f"escrow:{job_id}", memo=f"job {job_id}").id
+    except EscrowExists:  # opened earlier under this very key: a retry after a crash
+        posting = ledger.posting(f"escrow:{job_id}")
+        if posting is None:
+            raise
+        return posting.id
+
+
+def pay_job(ledger: Ledger, job_id: str, machine_id: str) -> str:
+    return ledger.release_escrow(job_id, machine_wallet(machine_id), key=f"release:{job_id}", memo=f"job {job_id} done").id
+
+
+def refund_job(ledger: Ledger, job_id: str) -> str:
+    return ledger.refund_escrow(job_id, key=f"refund:{job_id}", memo=f"job {job_id} not done").id
+
+
+def settle_costs(ledger: Ledger, job_id: str, machine_id: str, costs: JobCosts) -> None:
+    """The machine pays its energy and materials, puts wear into its reserve, and splits the rest
+    among its shareholders pro rata."""
+    wallet = machine_wallet(machine_id)
+    for dest, amount, what in (
+        (ENERGY, costs.energy, "energy"),
+        (reserve(machine_id), costs.wear, "wear"),
+        (MATERIALS, costs.consumables, "materials"),
+    ):
+        if amount:
+            ledger.transfer(wallet, dest, amount, key=f"{what}:{job_id}:{machine_id}", memo=f"job {job_id} {what}")
+    if costs.to_owners:
+        ledger.split_revenue(machine_id, wallet, costs.to_owners, key=f"split:{job_id}:{machine_id}", memo=f"job {job_id}")
