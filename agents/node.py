@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -74,6 +75,8 @@ class NodeStats:
     cfps: int = 0
     bids: int = 0
     declined_cfps: int = 0
+    declines: Counter[str] = field(default_factory=Counter)
+    """Rule codes that made the machine stay silent, e.g. ``decline.queue``."""
     awards: int = 0
     accepted: int = 0
     done: int = 0
@@ -134,7 +137,17 @@ class MachineNode:
         body = Presence(machine_id=p.id, state=state, session=self.session, kind=p.kind.value, region=p.region, territory=p.territory)
         return seal(body, self.identity)
 
+    def use_clock(self, clock: ScaledClock) -> None:
+        """Follow ``clock`` (the market's, in one process); idle machines only."""
+        self.clock = clock
+        self.driver = SimDriver(self.profile, clock)
+
     def start(self) -> MachineNode:
+        """Join the market. A node on a hub of its own connects it with a last will saying offline;
+        on a shared, connected hub it has none and says offline itself when stopped."""
+        if not self.hub.connected:
+            self.hub.set_will(topics.presence(self.id), self.presence("offline"))
+            self.hub.connect()
         for topic in self._cfp_topics:
             self.hub.subscribe(topic, self._deliver)
         self.hub.publish(topics.presence(self.id), self.presence("online"), retain=True)
@@ -179,8 +192,11 @@ class MachineNode:
         if self.driver is not None:
             t = self.driver.telemetry()
             position, battery, wear = t.position, t.battery_pct, t.wear_pct
-        for c in active:  # a vehicle ends its queue at the last dropoff
-            if c.job.dropoff is not None and c is not self._running:
+        vehicle = self.profile.vehicle
+        for c in active:  # a vehicle ends its queue at the last dropoff, with that much less charge
+            if vehicle is not None and c is not self._running and battery is not None:
+                km = estimate(self.profile, c.job, position=position).total_km
+                battery = max(battery - 100 * km * vehicle.energy_kwh_per_km / vehicle.battery_kwh, 0.0)
                 position = c.job.dropoff
         return MachineStatus(wear_pct=wear, queue_len=len(active), queue_hours=hours, position=position, battery_pct=battery)
 
@@ -197,14 +213,14 @@ class MachineNode:
     def _on_cfp(self, env: Envelope, cfp: CallForProposals) -> None:
         self.stats.cfps += 1
         if self.clock is None:  # a node in its own process follows the clock of the market it hears
-            self.clock = ScaledClock(cfp.speed)
-            self.driver = SimDriver(self.profile, self.clock)
+            self.use_clock(ScaledClock(cfp.speed))
         job = cfp.job
         if now_ms() > cfp.bid_deadline or job.id in self._jobs:
             return
         decision = self.decide(self._remaining(job, cfp.deadline_at, cfp.speed))
         if decision.action != "bid" or decision.price is None or decision.cost is None or decision.price > cfp.reserve:
             self.stats.declined_cfps += 1
+            self.stats.declines.update({r.code for r in decision.rules if r.code.startswith("decline")} or {"decline.reserve"})
             return
         self._jobs[job.id] = Followed(cfp, env.sender)
         self.hub.subscribe(topics.award(job.id), self._deliver)
@@ -236,7 +252,7 @@ class MachineNode:
         if body.machine_id != self.id:
             if contract and contract.state in ("accepted", "funded"):
                 contract.state = "withdrawn"  # our accept came too late; the job went to another machine
-                contract.cancel_timers()
+                self._stop_running(contract)
             return
         self.stats.awards += 1
         if contract and contract.state in ACTIVE:
@@ -299,6 +315,20 @@ class MachineNode:
         if not ready:
             return
         contract = min(ready, key=lambda c: c.deadline_at)  # earliest deadline first
+        self._running = contract
+        t = self.driver.telemetry()
+        work = estimate(self.profile, contract.job, position=t.position)
+        vehicle = self.profile.vehicle
+        charge_h = vehicle.charge_hours(work.total_km, t.battery_pct or 0.0) if vehicle else 0.0
+        if charge_h > 0:  # parked, the driver charges; start when the battery holds the route
+            contract.timers.append(self.mailbox.call_later(self.clock.real_seconds(charge_h), self._begin, contract))
+        else:
+            self._begin(contract)
+
+    def _begin(self, contract: Contract) -> None:
+        assert self.driver is not None and self.clock is not None
+        if contract.state != "funded" or self._running is not contract:
+            return
         t = self.driver.telemetry()
         work = estimate(self.profile, contract.job, position=t.position)
         contract.hours = work.total_hours
@@ -306,7 +336,6 @@ class MachineNode:
         route = [p for p in (contract.job.pickup, contract.job.dropoff) if p is not None]
         self.driver.start_job(contract.job.id, max(work.total_hours, 1e-9), route=route)
         contract.state = "running"
-        self._running = contract
         self._publish_event(contract.job.id, "started")
         self._publish_telemetry()
         real = self.clock.real_seconds(work.total_hours)

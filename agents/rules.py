@@ -99,7 +99,8 @@ def decide(
 
     work = estimate(profile, job, position=status.position)
     refusals = _dynamic_refusals(profile, job, status, work)
-    eta = round(status.queue_hours + work.total_hours, 4)
+    charge_h = _charge_hours(profile, work, status)
+    eta = round(status.queue_hours + charge_h + work.total_hours, 4)
     if refusals:
         return _decline(refusals, eta_h=eta)
 
@@ -107,6 +108,8 @@ def decide(
     fired: list[Rule] = []
     base = -(-cost.total * (BPS + policy.margin_bps) // BPS)
     fired.append(Rule(code="price.margin", detail=f"+{policy.margin_bps / 100:g}% margin on cost {format_units(cost.total)}"))
+    if charge_h:
+        fired.append(Rule(code="time.charge", detail=f"charges {charge_h * 60:.0f} min first"))
 
     demand = BPS + (market.demand_index_bps - BPS) * policy.demand_sensitivity_bps // BPS
     demand += status.queue_len * policy.backlog_bps_per_job
@@ -162,18 +165,22 @@ def _static_refusals(profile: MachineProfile, job: JobSpec, status: MachineStatu
 
 def _dynamic_refusals(profile: MachineProfile, job: JobSpec, status: MachineStatus, work: WorkEstimate) -> list[Rule]:
     out = []
-    finish = status.queue_hours + work.total_hours
+    finish = status.queue_hours + _charge_hours(profile, work, status) + work.total_hours
     if finish > job.deadline_h:
         out.append(Rule(code="decline.deadline", detail=f"would finish in {finish:.2f} h, deadline is {job.deadline_h:g} h"))
     wear_after = status.wear_pct + work.wear_pct(profile)
     if wear_after > profile.policy.wear_limit_pct:
         out.append(Rule(code="decline.wear", detail=f"wear would reach {wear_after:.2f}%, limit {profile.policy.wear_limit_pct:g}%: maintenance due"))
-    if profile.vehicle is not None:
-        battery = 100.0 if status.battery_pct is None else status.battery_pct
-        reach = profile.vehicle.range_km * battery / 100
-        if work.total_km > reach:
-            out.append(Rule(code="decline.range", detail=f"route {work.total_km:.1f} km exceeds the {reach:.1f} km left in the battery"))
+    if profile.vehicle is not None and work.total_km > profile.vehicle.range_km:
+        out.append(Rule(code="decline.range", detail=f"route {work.total_km:.1f} km exceeds the {profile.vehicle.range_km:.1f} km of a full battery"))
     return out
+
+
+def _charge_hours(profile: MachineProfile, work: WorkEstimate, status: MachineStatus) -> float:
+    """A vehicle short of charge for the route charges first; that time counts toward the deadline."""
+    if profile.vehicle is None:
+        return 0.0
+    return profile.vehicle.charge_hours(work.total_km, 100.0 if status.battery_pct is None else status.battery_pct)
 
 
 def job_cost(profile: MachineProfile, work: WorkEstimate, market: MarketContext) -> CostBreakdown:

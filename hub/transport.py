@@ -71,7 +71,6 @@ class Hub:
         url: str,
         *,
         name: str = "tamc",
-        will: tuple[str, bytes] | None = None,
         max_age_ms: int = 30_000,
         keepalive_s: int = 10,
     ) -> None:
@@ -97,9 +96,12 @@ class Hub:
         client.reconnect_delay_set(min_delay=1, max_delay=8)
         client.max_inflight_messages_set(1000)
         client.max_queued_messages_set(0)
-        if will:
-            client.will_set(will[0], will[1], qos=1, retain=True)
         self._client = client
+
+    def set_will(self, topic: str, payload: bytes) -> None:
+        """What the broker publishes (retained) if this connection dies without saying goodbye.
+        Set before ``connect``."""
+        self._client.will_set(topic, payload, qos=1, retain=True)
 
     # -- connection ---------------------------------------------------------------------------
 

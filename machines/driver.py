@@ -177,7 +177,7 @@ class SimDriver:
         self._heat(hours, working=False)
         v = self.profile.vehicle
         if v is not None and self._battery is not None and self._battery < 100.0:
-            kwh = min(CHARGE_KW * hours, (100.0 - self._battery) * v.battery_kwh / 100)
+            kwh = min(v.charge_kw * hours, (100.0 - self._battery) * v.battery_kwh / 100)
             self._battery += 100 * kwh / v.battery_kwh
             self._energy += kwh
 

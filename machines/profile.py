@@ -75,10 +75,17 @@ class VehicleSpec(_Model):
     payload_kg: float = Field(ge=0)
     seats: int = Field(default=0, ge=0)
     home: Point
+    charge_kw: float = Field(default=7.0, gt=0)
+    """Charging power while parked between jobs."""
 
     @property
     def range_km(self) -> float:
         return self.battery_kwh / self.energy_kwh_per_km
+
+    def charge_hours(self, km: float, battery_pct: float) -> float:
+        """Hours of charging before a ``km`` trip can start from ``battery_pct`` (0 if it has enough)."""
+        short_kwh = km * self.energy_kwh_per_km - self.battery_kwh * max(battery_pct, 0.0) / 100
+        return max(short_kwh, 0.0) / self.charge_kw
 
 
 class Policy(_Model):

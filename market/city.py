@@ -1,0 +1,296 @@
+"""Run a simulated city: a broker, a ledger, a fleet of machine nodes and a requester per region,
+a day of demand fed on a clock that runs ``speed`` times faster than real time, and the report.
+
+Everything crosses the real broker and lands in the real ledger; only time is scaled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agents import settlement
+from agents.node import MachineNode
+from agents.requester import JobOutcome, Requester, RequesterConfig
+from core.clock import ScaledClock
+from core.money import format_units
+from hub.broker import RunningBroker, start_broker
+from hub.transport import Hub
+from ledger import Identity, Keystore, Ledger
+from machines.profile import MachineProfile
+from market.demand import DemandModel, JobRequest, generate_jobs
+from market.fleet import build_fleet, stakeholders
+from market.regions import DEFAULT_REGIONS, Region
+from market.welfare import fcfs_dispatch, hindsight_optimum
+
+__all__ = ["MachineReport", "MarketConfig", "MarketReport", "Snapshot", "run_market"]
+
+log = logging.getLogger("tamc.market")
+
+
+class MarketConfig(BaseModel):
+    seed: int = 7
+    hours: float = Field(default=24.0, gt=0)
+    machines: int = Field(default=12, ge=1)
+    speed: float = Field(default=3600.0, gt=0)
+    """Simulated seconds per real second: 3600 runs an hour in a second."""
+    load: float = Field(default=0.85, gt=0)
+    broker: str | None = None
+    """mqtt://host:port of an existing broker; None starts a private one."""
+    data_dir: Path = Path(".tamc")
+    bid_window_s: float = 0.03
+    accept_window_s: float = 0.05
+    fail_rate: float = Field(default=0.0, ge=0, le=1)
+    """Share of jobs a machine fails half-way (to exercise takeovers)."""
+    drain_s: float = 60.0
+    """Real seconds to wait after the last arrival for open jobs to close."""
+
+
+class MachineReport(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    machine_id: str
+    kind: str
+    region: str
+    jobs: int
+    busy_hours: float
+    utilization: float
+    revenue: int
+    costs: int
+    profit: int
+    wear_pct: float
+
+
+class MarketReport(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    run_id: str
+    seed: int
+    hours: float
+    broker: str
+    machines: list[MachineReport]
+    posted: int
+    paid: int
+    expired: int
+    refunded: int
+    takeovers: int
+    double_awards: int
+    """Jobs that had two machines accepted and working at once (must be 0)."""
+    fleet_utilization: float
+    revenue: int
+    costs: int
+    profit: int
+    welfare: int
+    optimum_welfare: int
+    efficiency: float
+    baseline_welfare: int
+    baseline_efficiency: float
+    baseline_filled: int
+    baseline_utilization: float
+    accept_latency_ms_p50: float | None
+    accept_latency_ms_p99: float | None
+    dropped: dict[str, int]
+    wall_s: float
+    machine_days_per_s: float
+    ledger_url: str
+    outcomes: list[JobOutcome] = Field(default_factory=list, repr=False)
+
+
+class Snapshot(BaseModel):
+    """What the live view shows while the city runs."""
+
+    sim_hours: float
+    horizon_h: float
+    posted: int
+    total: int
+    paid: int
+    expired: int
+    refunded: int
+    open: int
+    busy: int
+    machines: int
+    revenue: int
+
+
+@contextlib.contextmanager
+def _broker(url: str | None) -> Iterator[RunningBroker]:
+    if url:
+        yield RunningBroker("external", url)
+    else:
+        with start_broker() as b:
+            yield b
+
+
+def run_market(config: MarketConfig, *, on_progress: Callable[[Snapshot], None] | None = None,
+               regions: tuple[Region, ...] = DEFAULT_REGIONS) -> MarketReport:
+    started = time.perf_counter()
+    run_id = uuid.uuid4().hex[:6]
+    fleet = build_fleet(config.machines, regions)
+    requests = generate_jobs(fleet, regions, config.hours, seed=config.seed,
+                             model=DemandModel(load=config.load), prefix=f"{run_id}-")
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    ledger_url = f"sqlite:///{(config.data_dir / 'ledger.db').resolve()}"
+    ledger = Ledger(ledger_url)
+    keys = Keystore(config.data_dir / "keys.json")
+    outcomes: list[JobOutcome] = []
+    lock = threading.Lock()
+
+    def record(o: JobOutcome) -> None:
+        with lock:
+            outcomes.append(o)
+
+    with _broker(config.broker) as broker:
+        hubs: list[Hub] = []
+        nodes: list[MachineNode] = []
+        requesters: dict[str, Requester] = {}
+        try:
+            for index, profile in enumerate(fleet):
+                identity = keys.get_or_create(profile.id)
+                settlement.register_machine(ledger, profile.id, identity.did, stakeholders(index))
+                fails = frozenset(r.job.id for r in requests if _hash_share(r.job.id, profile.id) < config.fail_rate)
+                # each machine its own connection, so the broker can announce its death by last will
+                hub = Hub(broker.url, name=profile.id)
+                hubs.append(hub)
+                nodes.append(MachineNode(profile, identity, hub, ledger=ledger, fail_jobs=fails))
+            for node in nodes:
+                node.start()
+            rc = RequesterConfig(bid_window_s=config.bid_window_s, accept_window_s=config.accept_window_s, speed=config.speed)
+            for region in regions:
+                identity = keys.get_or_create(f"requester-{region.name}")
+                budget = sum(r.reserve for r in requests if r.job.region == region.name)
+                wallet = settlement.open_requester(ledger, f"{region.name}-{run_id}", identity.did, budget)
+                hub = Hub(broker.url, name=f"requester-{region.name}").connect()
+                hubs.append(hub)
+                requesters[region.name] = Requester(identity, hub, ledger, wallet, config=rc, on_outcome=record).start()
+            time.sleep(0.2)  # let presence and subscriptions settle before the first call
+            clock = ScaledClock(config.speed)  # the day starts now
+            for node in nodes:
+                node.use_clock(clock)
+            _feed(requests, requesters, clock, config, nodes, outcomes, on_progress)
+            deadline = time.monotonic() + config.drain_s
+            while any(r.open_jobs for r in requesters.values()) and time.monotonic() < deadline:
+                _report_progress(on_progress, clock, config, requests, len(requests), outcomes, requesters, nodes)
+                time.sleep(0.1)
+            time.sleep(0.2)  # the last 'paid' events reach the machines, which settle their costs
+            _wait_settled(nodes, outcomes, timeout_s=10)
+            run_hours = clock.hours()
+        finally:
+            for node in nodes:
+                node.stop()
+            for r in requesters.values():
+                r.stop()
+            time.sleep(0.05)
+            dropped: Counter[str] = Counter()
+            for hub in hubs:
+                dropped.update(hub.dropped())
+                hub.close()
+    return _report(run_id, config, broker.kind, fleet, nodes, requests, outcomes, requesters, run_hours,
+                   dict(dropped), time.perf_counter() - started, ledger_url)
+
+
+def _hash_share(job_id: str, machine_id: str) -> float:
+    import hashlib
+
+    digest = hashlib.sha256(f"{job_id}/{machine_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def _feed(requests: list[JobRequest], requesters: dict[str, Requester], clock: ScaledClock, config: MarketConfig,
+          nodes: list[MachineNode], outcomes: list[JobOutcome], on_progress: Callable[[Snapshot], None] | None) -> None:
+    next_view = 0.0
+    for i, req in enumerate(requests):
+        while (wait := clock.real_seconds(req.at_h - clock.hours())) > 0:
+            if time.monotonic() >= next_view:
+                _report_progress(on_progress, clock, config, requests, i, outcomes, requesters, nodes)
+                next_view = time.monotonic() + 0.1
+            time.sleep(min(wait, 0.05))
+        requesters[req.job.region].post(req.job, reserve=req.reserve, value=req.value)
+    while clock.hours() < config.hours:
+        _report_progress(on_progress, clock, config, requests, len(requests), outcomes, requesters, nodes)
+        time.sleep(min(clock.real_seconds(config.hours - clock.hours()), 0.1))
+
+
+def _report_progress(on_progress: Callable[[Snapshot], None] | None, clock: ScaledClock, config: MarketConfig,
+                     requests: list[JobRequest], posted: int, outcomes: list[JobOutcome],
+                     requesters: dict[str, Requester], nodes: list[MachineNode]) -> None:
+    if on_progress is None:
+        return
+    counts = Counter(o.outcome for o in outcomes)
+    on_progress(Snapshot(
+        sim_hours=clock.hours(), horizon_h=config.hours, posted=posted, total=len(requests),
+        paid=counts["paid"], expired=counts["expired"], refunded=counts["refunded"],
+        open=sum(r.open_jobs for r in requesters.values()),
+        busy=sum(1 for n in nodes if n._running is not None), machines=len(nodes),
+        revenue=sum(o.price or 0 for o in outcomes if o.outcome == "paid"),
+    ))
+
+
+def _wait_settled(nodes: list[MachineNode], outcomes: list[JobOutcome], timeout_s: float) -> None:
+    paid = sum(1 for o in outcomes if o.outcome == "paid")
+    deadline = time.monotonic() + timeout_s
+    while sum(n.stats.paid for n in nodes) < paid and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    return values[min(len(values) - 1, round(q * (len(values) - 1)))]
+
+
+def _report(run_id: str, config: MarketConfig, broker_kind: str, fleet: list[MachineProfile], nodes: list[MachineNode],
+            requests: list[JobRequest], outcomes: list[JobOutcome], requesters: dict[str, Requester],
+            run_hours: float, dropped: dict[str, int], wall_s: float, ledger_url: str) -> MarketReport:
+    machines = []
+    for node in nodes:
+        s = node.stats
+        wear = node.driver.telemetry().wear_pct if node.driver else 0.0
+        machines.append(MachineReport(
+            machine_id=node.id, kind=node.profile.kind.value, region=node.profile.region, jobs=s.paid,
+            busy_hours=round(s.busy_hours, 4), utilization=round(min(s.busy_hours / run_hours, 1.0), 4),
+            revenue=s.revenue, costs=s.costs, profit=s.revenue - s.costs, wear_pct=round(wear, 4),
+        ))
+    counts = Counter(o.outcome for o in outcomes)
+    costs_by_job = {job: c.paid_out for n in nodes for job, c in n.stats.settled}
+    welfare = sum(o.value - costs_by_job.get(o.job_id, 0) for o in outcomes if o.outcome == "paid")
+    optimum = hindsight_optimum(requests, fleet, run_hours)
+    baseline = fcfs_dispatch(requests, fleet)
+    latencies = [o.accept_latency_ms for o in outcomes if o.accept_latency_ms is not None]
+    busy = sum(m.busy_hours for m in machines)
+    return MarketReport(
+        run_id=run_id, seed=config.seed, hours=config.hours, broker=broker_kind, machines=machines,
+        posted=len(requests), paid=counts["paid"], expired=counts["expired"], refunded=counts["refunded"],
+        takeovers=sum(o.takeovers for o in outcomes), double_awards=_double_awards(nodes),
+        fleet_utilization=round(busy / (run_hours * len(nodes)), 4),
+        revenue=sum(m.revenue for m in machines), costs=sum(m.costs for m in machines),
+        profit=sum(m.profit for m in machines), welfare=welfare, optimum_welfare=optimum.welfare,
+        efficiency=round(welfare / optimum.welfare, 4) if optimum.welfare else 1.0,
+        baseline_welfare=baseline.welfare,
+        baseline_efficiency=round(baseline.welfare / optimum.welfare, 4) if optimum.welfare else 1.0,
+        baseline_filled=baseline.filled,
+        baseline_utilization=round(baseline.busy_hours / (run_hours * len(nodes)), 4),
+        accept_latency_ms_p50=_percentile(latencies, 0.5), accept_latency_ms_p99=_percentile(latencies, 0.99),
+        dropped=dropped, wall_s=round(wall_s, 2),
+        machine_days_per_s=round(len(nodes) * run_hours / 24 / wall_s, 4),
+        ledger_url=ledger_url, outcomes=sorted(outcomes, key=lambda o: o.job_id),
+    )
+
+
+def _double_awards(nodes: list[MachineNode]) -> int:
+    """Jobs that more than one machine finished and was paid for (the protocol must make this 0)."""
+    paid = Counter(job for n in nodes for job, _ in n.stats.settled)
+    return sum(1 for c in paid.values() if c > 1)
+
+
+def describe(report: MarketReport) -> str:
+    return (f"{report.paid}/{report.posted} jobs paid, revenue {format_units(report.revenue)}, "
+            f"efficiency {report.efficiency:.1%} of optimum (baseline {report.baseline_efficiency:.1%})")

@@ -1,0 +1,140 @@
+"""Welfare yardsticks for a run: the hindsight optimum and a first-come-first-served dispatcher.
+
+Welfare of a filled job = its value to the requester − the variable cost (energy, wear,
+consumables, travel) of the machine that did it; prices are transfers and cancel out.
+
+**Hindsight optimum** (an upper bound): with every job of the run known in advance, choose for
+each job at most one machine to maximise total welfare, subject to, for every machine and every
+window [a, a + L) on an hourly grid (L = 1, 2, 4, 8, 16 h and the whole run), the work of the jobs
+whose whole [arrival, deadline] lies inside the window fitting in L hours. A pair (job, machine)
+is allowed when the machine's own rules accept the job from idle at home (capability, material,
+size, range, territory, deadline) and the requester's reserve covers the machine's least price
+(its full cost or its floor): owners' policies bind the optimum too. Solved exactly as a 0/1
+program with scipy's ``milp`` (HiGHS). The window constraints are necessary, not sufficient, for
+a schedule: the bound may be slightly above any feasible plan, so efficiency is understated.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+from scipy.optimize import Bounds, LinearConstraint, milp
+from scipy.sparse import coo_matrix
+
+from agents.rules import MachineStatus, decide
+from machines.profile import MachineProfile, Point
+from market.demand import JobRequest
+
+__all__ = ["Pair", "WelfareResult", "fcfs_dispatch", "hindsight_optimum", "pair_terms"]
+
+WINDOWS_H = (1, 2, 4, 8, 16)
+
+
+class WelfareResult(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    welfare: int
+    filled: int
+    busy_hours: float
+    assignment: dict[str, str]
+    """job id -> machine id."""
+
+
+@dataclass(frozen=True)
+class Pair:
+    hours: float
+    cost: int
+    """Variable cost, micro-units."""
+    welfare: int
+
+
+def _home(profile: MachineProfile) -> Point | None:
+    return profile.vehicle.home if profile.vehicle else None
+
+
+def pair_terms(profile: MachineProfile, request: JobRequest, *, position: Point | None = None, queue_hours: float = 0.0) -> Pair | None:
+    """Hours, variable cost and welfare of ``profile`` doing ``request``, or None if its rules
+    refuse it or the reserve does not cover its least price."""
+    job = request.job.model_copy(update={"max_price": None})
+    d = decide(profile, job, MachineStatus(position=position or _home(profile), queue_hours=queue_hours))
+    if d.action != "bid" or d.cost is None or d.eta_h is None:
+        return None
+    if request.reserve < max(d.cost.total, profile.policy.price_floor):
+        return None
+    return Pair(hours=d.eta_h - queue_hours, cost=d.cost.variable, welfare=request.value - d.cost.variable)
+
+
+def hindsight_optimum(requests: Sequence[JobRequest], fleet: Sequence[MachineProfile], run_hours: float) -> WelfareResult:
+    cols: list[tuple[int, int, Pair]] = []
+    for j, req in enumerate(requests):
+        for i, prof in enumerate(fleet):
+            pair = pair_terms(prof, req)
+            if pair is not None and pair.welfare > 0:
+                cols.append((j, i, pair))
+    if not cols:
+        return WelfareResult(welfare=0, filled=0, busy_hours=0.0, assignment={})
+    n = len(cols)
+    rows, colidx, vals, upper = [], [], [], []
+    r = 0
+    for j in range(len(requests)):  # each job at most once
+        members = [k for k, (jj, _, _) in enumerate(cols) if jj == j]
+        if members:
+            rows += [r] * len(members)
+            colidx += members
+            vals += [1.0] * len(members)
+            upper.append(1.0)
+            r += 1
+    horizon = math.ceil(run_hours)
+    windows = {(a, min(a + length, horizon)) for length in WINDOWS_H for a in range(0, horizon)} | {(0, horizon)}
+    for i in range(len(fleet)):
+        mine = [(k, requests[j], p) for k, (j, ii, p) in enumerate(cols) if ii == i]
+        for a, b in sorted(windows):
+            inside = [(k, p) for k, req, p in mine if req.at_h >= a and req.at_h + req.job.deadline_h <= b]
+            if not inside or sum(p.hours for _, p in inside) <= b - a:
+                continue  # cannot bind
+            rows += [r] * len(inside)
+            colidx += [k for k, _ in inside]
+            vals += [p.hours for _, p in inside]
+            upper.append(float(b - a))
+            r += 1
+    a_matrix = coo_matrix((vals, (rows, colidx)), shape=(r, n)).tocsr()
+    c = -np.array([p.welfare for _, _, p in cols], dtype=float)
+    res = milp(c, constraints=LinearConstraint(a_matrix, -np.inf, np.array(upper)), integrality=np.ones(n),
+               bounds=Bounds(0, 1), options={"time_limit": 60})
+    if res.x is None:
+        raise RuntimeError(f"the hindsight optimum could not be solved: {res.message}")
+    chosen = [cols[k] for k in range(n) if res.x[k] > 0.5]
+    return WelfareResult(
+        welfare=sum(p.welfare for _, _, p in chosen), filled=len(chosen),
+        busy_hours=sum(p.hours for _, _, p in chosen),
+        assignment={requests[j].job.id: fleet[i].id for j, i, _ in chosen},
+    )
+
+
+def fcfs_dispatch(requests: Sequence[JobRequest], fleet: Sequence[MachineProfile]) -> WelfareResult:
+    """The baseline: jobs in arrival order, each to the machine that can start it soonest and still
+    meet its deadline (ties to the fleet's order), at once and for good; no prices compared."""
+    free_at = [0.0] * len(fleet)
+    position = [_home(p) for p in fleet]
+    welfare, busy, assignment = 0, 0.0, {}
+    for req in sorted(requests, key=lambda r: r.at_h):
+        best: tuple[float, int, Pair] | None = None
+        for i, prof in enumerate(fleet):
+            wait = max(free_at[i] - req.at_h, 0.0)
+            pair = pair_terms(prof, req, position=position[i], queue_hours=wait)
+            if pair is not None and (best is None or req.at_h + wait < best[0]):
+                best = (req.at_h + wait, i, pair)
+        if best is None:
+            continue
+        start, i, pair = best
+        free_at[i] = start + pair.hours
+        if req.job.dropoff is not None:
+            position[i] = req.job.dropoff
+        welfare += pair.welfare
+        busy += pair.hours
+        assignment[req.job.id] = fleet[i].id
+    return WelfareResult(welfare=welfare, filled=len(assignment), busy_hours=busy, assignment=assignment)
