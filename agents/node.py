@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from agents import settlement
-from agents.rules import CostBreakdown, Decision, MachineStatus, MarketContext, decide, job_cost
+from agents.rules import CostBreakdown, Decision, MachineStatus, MarketContext, Rule, decide, job_cost
 from core.clock import ScaledClock
 from hub import topics
 from hub.envelope import Envelope, now_ms, seal
@@ -39,6 +39,10 @@ ACTIVE = ("accepted", "funded", "running")
 FORGET_AFTER_S = 60.0
 FUND_WAIT_S = 10.0
 """Real seconds after accepting that a machine keeps the slot for a requester that has not funded."""
+
+
+def _hours_left(deadline_at: int, speed: float) -> float:
+    return (deadline_at - now_ms()) / 1000 * speed / 3600
 
 
 @dataclass
@@ -178,11 +182,14 @@ class MachineNode:
 
     # -- bidding -----------------------------------------------------------------------------
 
-    def status(self) -> MachineStatus:
-        """Wear, battery and position now; the queue of accepted work ahead of a new job."""
+    def status(self, deadline_at: int | None = None) -> MachineStatus:
+        """Wear, battery and position now, and the work that would run before a new job due at
+        ``deadline_at``: the job in hand plus queued jobs due no later (the queue runs earliest
+        deadline first)."""
         active = [c for c in self._contracts() if c.state in ACTIVE]
-        hours = sum(c.hours or self._hours(c.job) for c in active if c is not self._running)
-        if self._running is not None and self.clock is not None:
+        ahead = [c for c in active if c is not self._running and (deadline_at is None or c.deadline_at <= deadline_at)]
+        hours = 0.0
+        if self._running is not None:
             t = self.driver.telemetry() if self.driver else None
             done = t.progress if t and t.job_id == self._running.job.id else 0.0
             hours += self._running.hours * (1 - done)
@@ -192,11 +199,14 @@ class MachineNode:
         if self.driver is not None:
             t = self.driver.telemetry()
             position, battery, wear = t.position, t.battery_pct, t.wear_pct
+        if self._running is not None and self._running.job.dropoff is not None:
+            position = self._running.job.dropoff
         vehicle = self.profile.vehicle
-        for c in active:  # a vehicle ends its queue at the last dropoff, with that much less charge
-            if vehicle is not None and c is not self._running and battery is not None:
-                km = estimate(self.profile, c.job, position=position).total_km
-                battery = max(battery - 100 * km * vehicle.energy_kwh_per_km / vehicle.battery_kwh, 0.0)
+        for c in sorted(ahead, key=lambda c: c.deadline_at):  # a vehicle drives from dropoff to pickup, using charge
+            work = estimate(self.profile, c.job, position=position)
+            hours += work.total_hours
+            if vehicle is not None and battery is not None:
+                battery = max(battery - 100 * work.total_km * vehicle.energy_kwh_per_km / vehicle.battery_kwh, 0.0)
                 position = c.job.dropoff
         return MachineStatus(wear_pct=wear, queue_len=len(active), queue_hours=hours, position=position, battery_pct=battery)
 
@@ -206,9 +216,23 @@ class MachineNode:
     def _hours(self, job: JobSpec, position: Point | None = None) -> float:
         return estimate(self.profile, job, position=position).total_hours
 
-    def decide(self, job: JobSpec) -> Decision:
-        """The bidding decision. The rule engine today; the LLM agent's issue wraps this."""
-        return decide(self.profile, job, self.status(), self.market)
+    def decide(self, job: JobSpec, deadline_at: int, speed: float) -> Decision:
+        """The bidding decision: the rule engine (the LLM agent's issue wraps this), then a check
+        that slotting the job in by its deadline leaves every job already accepted on time."""
+        decision = decide(self.profile, job, self.status(deadline_at), self.market)
+        if decision.action != "bid" or decision.eta_h is None:
+            return decision
+        finish = decision.eta_h
+        later = sorted((c for c in self._contracts() if c.state in ("accepted", "funded") and c.deadline_at > deadline_at),
+                       key=lambda c: c.deadline_at)
+        position = job.dropoff
+        for c in later:
+            finish += estimate(self.profile, c.job, position=position).total_hours
+            position = c.job.dropoff or position
+            if finish > _hours_left(c.deadline_at, speed):
+                rule = Rule(code="decline.deadline", detail=f"would make accepted job {c.job.id} late")
+                return Decision(action="decline", eta_h=decision.eta_h, rules=(rule,), reason=f"decline: {rule.detail}")
+        return decision
 
     def _on_cfp(self, env: Envelope, cfp: CallForProposals) -> None:
         self.stats.cfps += 1
@@ -217,7 +241,7 @@ class MachineNode:
         job = cfp.job
         if now_ms() > cfp.bid_deadline or job.id in self._jobs:
             return
-        decision = self.decide(self._remaining(job, cfp.deadline_at, cfp.speed))
+        decision = self.decide(self._remaining(job, cfp.deadline_at, cfp.speed), cfp.deadline_at, cfp.speed)
         if decision.action != "bid" or decision.price is None or decision.cost is None or decision.price > cfp.reserve:
             self.stats.declined_cfps += 1
             self.stats.declines.update({r.code for r in decision.rules if r.code.startswith("decline")} or {"decline.reserve"})
@@ -232,9 +256,8 @@ class MachineNode:
         self.stats.bids += 1
 
     def _remaining(self, job: JobSpec, deadline_at: int, speed: float) -> JobSpec:
-        """The job with its deadline counted from now (simulated hours left), no reserve."""
-        hours_left = (deadline_at - now_ms()) / 1000 * speed / 3600
-        return job.model_copy(update={"deadline_h": max(hours_left, 1e-9)})
+        """The job with its deadline counted from now, in simulated hours."""
+        return job.model_copy(update={"deadline_h": max(_hours_left(deadline_at, speed), 1e-9)})
 
     # -- award and acceptance ----------------------------------------------------------------
 
@@ -261,7 +284,8 @@ class MachineNode:
         if now_ms() > body.accept_by:
             return
         cfp = followed.cfp
-        decision = self.decide(self._remaining(cfp.job.model_copy(update={"max_price": None}), cfp.deadline_at, cfp.speed))
+        decision = self.decide(self._remaining(cfp.job.model_copy(update={"max_price": None}), cfp.deadline_at, cfp.speed),
+                               cfp.deadline_at, cfp.speed)
         least = max(decision.cost.total, self.profile.policy.price_floor) if decision.cost else None
         if decision.action != "bid" or least is None or body.price < least:
             why = decision.reason if decision.action != "bid" else f"price {body.price} below our least {least}"

@@ -113,7 +113,9 @@ def generate_jobs(
         # mean hours one job takes, sampled, so the arrival rate matches the machines' capacity
         samples = [_make_job(rng, "sample", region, machines, 1e6) for _ in range(64)]
         mean_h = sum(estimate(typical, j, position=region.center).total_hours for j in samples) / len(samples)
-        rate = model.load * len(machines) / max(mean_h, 1e-6)  # jobs per hour, on average
+        # a machine serving several regions lends each an equal share of its hours
+        capacity = sum(1 / sum(1 for r in regions if r.name in m.territory) for m in machines)
+        rate = model.load * capacity / max(mean_h, 1e-6)  # jobs per hour, on average
         hour = 0.0
         while hour < hours:
             n = _poisson(rng, rate * HOURLY_SHAPE[int(hour) % 24] * min(1.0, hours - hour))
