@@ -89,11 +89,15 @@ def _start_mosquitto(binary: str, port: int) -> RunningBroker:
         "log_type error\nlog_type warning\n",
         "utf-8",
     )
-    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    errors = workdir / "stderr.txt"
+    with errors.open("wb") as err_file:
+        proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=err_file)
     if not wait_for_port("127.0.0.1", port, 10.0):
         proc.kill()
-        err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-        raise BrokerStartFailed(f"mosquitto did not listen on 127.0.0.1:{port}: {err.strip() or 'no output'}")
+        proc.wait(5)
+        err = errors.read_text("utf-8", errors="replace").strip()
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise BrokerStartFailed(f"mosquitto did not listen on 127.0.0.1:{port}: {err or 'no output'}")
 
     def stop() -> None:
         proc.terminate()

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from rich.console import Console
 
 app = typer.Typer(
     name="tamc",
@@ -39,8 +40,6 @@ def _friendly(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except TamcError as exc:
-            from rich.console import Console
-
             Console(stderr=True).print(f"[bold red]error:[/] {type(exc).__name__}: {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(2 if isinstance(exc, InputError) else 1) from None
 
@@ -148,9 +147,60 @@ def keys_list(keystore: KeystoreOpt = Path("tamc-keys.json")) -> None:
         print(f"{name}\t{store.get(name).did}")
 
 
+@app.command()
+@_friendly
+def demo(
+    seed: Annotated[int, typer.Option(help="Seed of the demand stream.")] = 7,
+    hours: Annotated[float, typer.Option(help="Simulated hours of demand.")] = 24.0,
+    machines: Annotated[int, typer.Option("--machines", help="Machines in the fleet (kinds and regions rotate).")] = 12,
+    broker: Annotated[str | None, typer.Option(help="Use this broker (mqtt://host:port) instead of starting one.")] = None,
+    speed: Annotated[float, typer.Option(help="Simulated seconds per real second.")] = 3600.0,
+    load: Annotated[float, typer.Option(help="Offered work as a share of the fleet's capacity.")] = 0.85,
+    data_dir: Annotated[Path, typer.Option("--data-dir", envvar="TAMC_DATA", help="Ledger and keys live here.")] = Path(".tamc"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON, as the last line.")] = False,
+) -> None:
+    """Run a city: a fleet negotiating a simulated day of jobs over MQTT, paid through the ledger."""
+    import logging
+
+    from rich.live import Live
+
+    from market.city import MarketConfig, describe, run_market
+    from tamc.views import live_view, report_tables
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
+    config = MarketConfig(seed=seed, hours=hours, machines=machines, broker=broker, speed=speed, load=load, data_dir=data_dir)
+    console = _console()
+    err = Console(stderr=True) if as_json else console
+    err.print(f"TAMC demo: {machines} machines, {hours:g} simulated hours at {speed:g}× real time, seed {seed}; "
+              f"{'broker ' + broker if broker else 'starting a private broker'}", highlight=False)
+    with Live(console=err, refresh_per_second=8, transient=True) as live:
+        report = run_market(config, on_progress=lambda s: live.update(live_view(s)))
+    err.print(f"done: {describe(report)}", highlight=False)
+    if as_json:
+        print(json.dumps(report.model_dump(mode="json", exclude={"outcomes"}), separators=(",", ":")))
+        return
+    for item in report_tables(report):
+        console.print(item, highlight=False)
+
+
+@app.command()
+@_friendly
+def agent(
+    machine: Annotated[str, typer.Option("--machine", help="Profile id (from --profiles) or a .toml file.")],
+    broker: Annotated[str, typer.Option(help="The shared broker, mqtt://host:port.")],
+    ledger: Annotated[str | None, typer.Option(help="Ledger database URL [default: sqlite in --data-dir].")] = None,
+    holders: Annotated[str, typer.Option(help="Shareholders on first registration, name=units,...")] = "owner=100",
+    profiles: ProfilesOpt = None,
+    data_dir: Annotated[Path, typer.Option("--data-dir", envvar="TAMC_DATA", help="Keys (and the default ledger) live here.")] = Path(".tamc"),
+) -> None:
+    """Run one machine node as its own process against a shared broker, until stopped."""
+    from tamc.node_process import run_agent
+
+    run_agent(machine, broker, ledger_url=ledger, holders=holders, profiles=profiles, data_dir=data_dir)
+
+
 def _console() -> Any:
     """A console 120 columns wide when piped (rich's 80 would fold the tables), else the terminal's."""
-    from rich.console import Console
 
     console = Console()
     return console if console.is_terminal else Console(width=120)

@@ -84,3 +84,47 @@ def funded(ledger: Ledger) -> Callable[..., Ledger]:
         return ledger
 
     return fund
+
+
+# -- the hub: a real broker, started by the tests on a free port --------------------------------
+
+BROKER_CHOICE = os.environ.get("TAMC_TEST_BROKER", "auto")
+"""``auto`` (mosquitto when installed, else the embedded amqtt broker), ``mosquitto`` or ``embedded``."""
+
+
+def _broker_kind() -> str:
+    from hub.broker import find_mosquitto
+
+    if BROKER_CHOICE != "auto":
+        return BROKER_CHOICE
+    return "mosquitto" if find_mosquitto() else "embedded"
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    from hub.broker import find_mosquitto
+
+    kind = _broker_kind()
+    where = f" ({find_mosquitto()})" if kind == "mosquitto" else " (amqtt, in process: mosquitto is not installed)"
+    return f"hub tests run on broker: {kind}{where}"
+
+
+@pytest.fixture(scope="session")
+def broker_url() -> Iterator[str]:
+    """One private broker for the session, on a free loopback port with its own config."""
+    from hub.broker import start_broker
+
+    kind = _broker_kind()
+    if IN_CI and kind != "mosquitto":
+        pytest.fail("CI must run the hub tests on mosquitto: .ci/run installs it")
+    with start_broker(kind) as broker:  # type: ignore[arg-type]
+        yield broker.url
+
+
+@pytest.fixture
+def shm_ledger(tmp_path: Path) -> Iterator[Ledger]:
+    """A SQLite ledger for market tests (file-backed, so other processes can share it)."""
+    folder = Path(tempfile.mkdtemp(dir="/dev/shm")) if os.path.isdir("/dev/shm") else tmp_path
+    book = Ledger(f"sqlite:///{folder / 'ledger.db'}")
+    yield book
+    book.close()
+    shutil.rmtree(folder, ignore_errors=True)

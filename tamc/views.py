@@ -1,0 +1,53 @@
+"""What ``tamc demo`` shows: a live line while the city runs and the closing tables."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+
+from core.money import format_units
+from market.city import MarketReport, Snapshot
+
+__all__ = ["live_view", "report_tables"]
+
+
+def live_view(s: Snapshot) -> Table:
+    bar_width = 30
+    done = min(s.sim_hours / s.horizon_h, 1.0)
+    clock = f"[bold]hour {s.sim_hours:5.1f}[/] / {s.horizon_h:g}" if done < 1 else f"[bold]closing {s.open} open jobs[/]"
+    bar = "█" * round(done * bar_width) + "░" * (bar_width - round(done * bar_width))
+    t = Table.grid(padding=(0, 2))
+    t.add_row(
+        clock, bar,
+        f"jobs {s.posted}/{s.total}", f"[green]paid {s.paid}[/]", f"[yellow]expired {s.expired}[/]",
+        f"[red]refunded {s.refunded}[/]", f"open {s.open}", f"busy {s.busy}/{s.machines}",
+        f"revenue {format_units(s.revenue)}",
+    )
+    return t
+
+
+def report_tables(r: MarketReport) -> list[Any]:
+    machines = Table(title=f"Machines after {r.hours:g} simulated hours (seed {r.seed}, broker: {r.broker})")
+    for col in ("machine", "kind", "region", "jobs", "utilization", "revenue", "costs", "profit", "wear %"):
+        machines.add_column(col, justify="left" if col in ("machine", "kind", "region") else "right")
+    for m in r.machines:
+        machines.add_row(m.machine_id, m.kind, m.region, str(m.jobs), f"{m.utilization:.0%}", format_units(m.revenue),
+                         format_units(m.costs), format_units(m.profit), f"{m.wear_pct:.3f}")
+    machines.add_row("[bold]fleet[/]", "", "", f"[bold]{r.paid}[/]", f"[bold]{r.fleet_utilization:.0%}[/]",
+                     f"[bold]{format_units(r.revenue)}[/]", f"[bold]{format_units(r.costs)}[/]",
+                     f"[bold]{format_units(r.profit)}[/]", "")
+    market = Table(title="The market against its yardsticks", show_header=True)
+    for col in ("", "jobs filled", "welfare", "of optimum", "fleet utilization"):
+        market.add_column(col, justify="left" if not col else "right")
+    market.add_row("contract net over MQTT", str(r.paid), format_units(r.welfare), f"{r.efficiency:.1%}", f"{r.fleet_utilization:.0%}")
+    market.add_row("first-come-first-served", str(r.baseline_filled), format_units(r.baseline_welfare),
+                   f"{r.baseline_efficiency:.1%}", f"{r.baseline_utilization:.0%}")
+    market.add_row("hindsight optimum (bound)", "", format_units(r.optimum_welfare), "100%", "")
+    drops = ", ".join(f"{k} {v}" for k, v in sorted(r.dropped.items())) or "none"
+    latency = f"{r.accept_latency_ms_p50:.1f} / {r.accept_latency_ms_p99:.1f} ms" if r.accept_latency_ms_p50 is not None else "n/a"
+    summary = (f"{r.posted} jobs posted: {r.paid} paid, {r.expired} expired unfilled, {r.refunded} refunded; "
+               f"{r.takeovers} takeovers; jobs paid twice: {r.double_awards}; envelopes dropped: {drops}; "
+               f"CFP→accept p50/p99 {latency}; {r.wall_s:.1f} s wall, {r.machine_days_per_s:.2f} machine-days/s; "
+               f"ledger {r.ledger_url}")
+    return [machines, market, summary]

@@ -1,0 +1,272 @@
+"""The contract net end to end, in one process, over the real broker and a real ledger: machine
+nodes and a requester negotiate, escrow, work, pay and split; dropouts are taken over."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from agents import settlement
+from agents.node import MachineNode
+from agents.requester import JobOutcome, Requester, RequesterConfig
+from core.clock import ScaledClock
+from hub import topics
+from hub.envelope import Envelope, seal
+from hub.messages import Bid, CallForProposals, JobEvent, Presence
+from hub.transport import Hub
+from ledger import Identity, Ledger, split_pro_rata
+from machines import JobSpec, load_profiles
+from machines.profile import MachineProfile
+
+PROFILES = load_profiles()
+SPEED = 3600.0
+BUDGET = 1_000_000_000
+PRINT = dict(kind="printer_3d", capability="print", region="north", deadline_h=8, material="PLA",
+             size_mm=(80, 60, 40), amount=40)  # 2 h on a Prusa
+
+
+def printer(machine_id: str, margin_bps: int) -> MachineProfile:
+    base = PROFILES["prusa-01"]
+    return base.model_copy(update={"id": machine_id, "policy": base.policy.model_copy(update={"margin_bps": margin_bps})})
+
+
+@dataclass
+class City:
+    broker_url: str
+    ledger: Ledger
+    clock: ScaledClock = field(default_factory=lambda: ScaledClock(SPEED))
+    hubs: list[Hub] = field(default_factory=list)
+    nodes: dict[str, MachineNode] = field(default_factory=dict)
+    outcomes: list[JobOutcome] = field(default_factory=list)
+    events: list[tuple[str, JobEvent]] = field(default_factory=list)
+    requester: Requester | None = None
+    wallet: str = ""
+
+    def hub(self, name: str, *, connect: bool = True) -> Hub:
+        hub = Hub(self.broker_url, name=name)
+        self.hubs.append(hub)
+        return hub.connect() if connect else hub
+
+    def machine(self, profile: MachineProfile, *, fail_jobs: frozenset[str] = frozenset()) -> MachineNode:
+        identity = Identity.generate()
+        settlement.register_machine(self.ledger, profile.id, identity.did, {"alice": 60, "bob": 40})
+        node = MachineNode(profile, identity, self.hub(profile.id, connect=False), ledger=self.ledger,
+                           clock=self.clock, fail_jobs=fail_jobs).start()
+        self.nodes[profile.id] = node
+        return node
+
+    def open_requester(self, **config: float) -> Requester:
+        identity = Identity.generate()
+        self.wallet = settlement.open_requester(self.ledger, f"r-{identity.did[-6:]}", identity.did, BUDGET)
+        cfg = RequesterConfig(**{"speed": SPEED, "bid_window_s": 0.2, "accept_window_s": 0.3, **config})
+        self.requester = Requester(identity, self.hub("requester"), self.ledger, self.wallet, config=cfg,
+                                   on_outcome=self.outcomes.append).start()
+        watcher = self.hub("watcher")
+        watcher.subscribe(f"{topics.PREFIX}/jobs/+/events", lambda t, e: self.events.append((t, e.body)))  # type: ignore[arg-type]
+        time.sleep(0.3)  # presence and subscriptions reach the broker
+        return self.requester
+
+    def wait(self, n: int = 1, timeout: float = 20.0) -> list[JobOutcome]:
+        deadline = time.monotonic() + timeout
+        while len(self.outcomes) < n and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(self.outcomes) >= n, f"only {len(self.outcomes)} of {n} jobs closed in {timeout} s"
+        return self.outcomes
+
+    def settled(self, machine_id: str, timeout: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.nodes[machine_id].stats.settled and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def kinds(self, job_id: str) -> list[tuple[str, str]]:
+        return [(e.machine_id, e.kind) for _, e in self.events if e.job_id == job_id and e.kind != "progress"]
+
+
+@pytest.fixture
+def city(broker_url: str, shm_ledger: Ledger) -> Iterator[City]:
+    c = City(broker_url, shm_ledger)
+    yield c
+    for node in c.nodes.values():
+        node.stop()
+    if c.requester:
+        c.requester.stop()
+    for hub in c.hubs:
+        hub.close()
+
+
+def job(job_id: str, **changes: object) -> JobSpec:
+    return JobSpec.model_validate({**PRINT, "id": job_id, **changes})
+
+
+def test_bid_round_trip_signed_by_the_machine(city: City) -> None:
+    node = city.machine(printer("prusa-a", 2000))
+    bids: list[Envelope] = []
+    rx = city.hub("observer")
+    rx.subscribe(topics.bids("rt-1"), lambda t, e: bids.append(e))
+    tx_id = Identity.generate()
+    time.sleep(0.2)
+    from hub.envelope import now_ms
+
+    cfp = CallForProposals(job=job("rt-1"), reserve=50_000_000, bid_deadline=now_ms() + 2_000,
+                           deadline_at=now_ms() + 8_000, speed=SPEED)
+    city.hubs[0].publish(topics.cfp("north", "printer_3d"), seal(cfp, tx_id))
+    deadline = time.monotonic() + 5
+    while not bids and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(bids) == 1
+    bid = bids[0]
+    assert bid.sender == node.identity.did
+    assert isinstance(bid.body, Bid) and bid.body.machine_id == "prusa-a"
+    expected = node.decide(city.nodes["prusa-a"]._remaining(cfp.job, cfp.deadline_at, SPEED), cfp.deadline_at, SPEED)
+    assert bid.body.price == expected.price
+    assert bid.body.cost == expected.cost.variable  # type: ignore[union-attr]
+
+
+def test_job_is_done_paid_and_split_to_the_micro_unit(city: City) -> None:
+    city.machine(printer("prusa-a", 2000))
+    city.machine(printer("prusa-b", 4000))
+    requester = city.open_requester()
+    requester.post(job("j-ok"), reserve=50_000_000, value=60_000_000)
+    [outcome] = city.wait()
+    assert outcome.outcome == "paid" and outcome.machine_id == "prusa-a" and outcome.bids == 2
+    city.settled("prusa-a")
+    assert [k for m, k in city.kinds("j-ok")] == ["accepted", "funded", "started", "done", "paid"]
+    [(job_id, costs)] = city.nodes["prusa-a"].stats.settled
+    led = city.ledger
+    price = outcome.price
+    assert price is not None and costs.price == price
+    assert led.balance(city.wallet) == BUDGET - price
+    assert led.balance("escrow:j-ok") == 0
+    assert led.balance("machine:prusa-a") == 0
+    assert led.balance("utility:energy") == costs.energy
+    assert led.balance("reserve:prusa-a") == costs.wear
+    assert led.balance("supplier:materials") == costs.consumables
+    shares = split_pro_rata(price - costs.paid_out, {"holder:alice": 60, "holder:bob": 40})
+    assert led.balance("holder:alice") == shares["holder:alice"]
+    assert led.balance("holder:bob") == shares["holder:bob"]
+    assert led.audit() == []
+
+
+def test_silent_winner_is_passed_over_for_the_runner_up(city: City) -> None:
+    # A registered machine that bids low and then never answers its award.
+    ghost = Identity.generate()
+    settlement.register_machine(city.ledger, "ghost", ghost.did, {"alice": 1})
+    ghost_hub = city.hub("ghost")
+
+    def lowball(topic: str, env: Envelope) -> None:
+        cfp = env.body
+        assert isinstance(cfp, CallForProposals)
+        ghost_hub.publish(topics.bids(cfp.job.id), seal(Bid(job_id=cfp.job.id, machine_id="ghost", price=1_000_000, eta_h=1, cost=1), ghost))
+
+    ghost_hub.subscribe(topics.cfp("north", "printer_3d"), lowball)
+    ghost_presence = Presence(machine_id="ghost", state="online", session="g", kind="printer_3d", region="north", territory=("north",))
+    ghost_hub.publish(topics.presence("ghost"), seal(ghost_presence, ghost), retain=True)
+    city.machine(printer("prusa-a", 2000))
+    requester = city.open_requester(bid_window_s=0.3)
+    requester.post(job("j-ghost"), reserve=50_000_000, value=60_000_000)
+    [outcome] = city.wait()
+    assert outcome.outcome == "paid" and outcome.machine_id == "prusa-a"
+    assert requester.awards_sent["j-ghost"] == ["ghost", "prusa-a"]
+    city.settled("prusa-a")
+    assert city.ledger.balance("machine:ghost") == 0
+    ghost_hub.publish(topics.presence("ghost"), b"", retain=True)  # clear the retained notice
+    assert city.ledger.balance(city.wallet) == BUDGET - (outcome.price or 0)
+
+
+def test_failure_mid_job_hands_it_to_the_runner_up_and_charges_once(city: City) -> None:
+    city.machine(printer("prusa-a", 2000), fail_jobs=frozenset({"j-fail"}))
+    city.machine(printer("prusa-b", 4000))
+    requester = city.open_requester()
+    requester.post(job("j-fail"), reserve=50_000_000, value=60_000_000)
+    [outcome] = city.wait()
+    assert outcome.outcome == "paid" and outcome.machine_id == "prusa-b" and outcome.takeovers == 1
+    assert requester.awards_sent["j-fail"] == ["prusa-a", "prusa-b"]
+    kinds = city.kinds("j-fail")
+    assert ("prusa-a", "failed") in kinds and ("prusa-b", "done") in kinds
+    assert ("prusa-a", "done") not in kinds
+    city.settled("prusa-b")
+    led = city.ledger
+    assert led.balance(city.wallet) == BUDGET - (outcome.price or 0)  # charged once, at the contract price
+    assert led.balance("machine:prusa-a") == 0 and not city.nodes["prusa-a"].stats.settled
+    assert [j for j, _ in city.nodes["prusa-b"].stats.settled] == ["j-fail"]
+
+
+def test_redelivered_and_late_messages_change_nothing(city: City) -> None:
+    node = city.machine(printer("prusa-a", 2000))
+    requester = city.open_requester()
+    requester.post(job("j-idem"), reserve=50_000_000, value=60_000_000)
+    [outcome] = city.wait()
+    city.settled("prusa-a")
+    before = city.ledger.balances()
+    postings = len(city.ledger.statement(city.wallet))
+    # the machine says 'done' again, freshly signed; a stranger claims it too; the requester re-posts the job
+    done = JobEvent(job_id="j-idem", machine_id="prusa-a", kind="done", progress=1.0)
+    city.hubs[0].publish(topics.events("j-idem"), seal(done, node.identity))
+    city.hubs[0].publish(topics.events("j-idem"), seal(done, Identity.generate()))
+    requester.post(job("j-idem"), reserve=50_000_000, value=60_000_000)
+    time.sleep(0.5)
+    assert city.ledger.balances() == before
+    assert len(city.ledger.statement(city.wallet)) == postings
+    assert len(city.outcomes) == 1 and outcome.outcome == "paid"
+
+
+def test_no_bids_expires_and_an_impossible_deadline_refunds(city: City) -> None:
+    city.machine(printer("prusa-a", 2000))
+    requester = city.open_requester(grace_h=0.0)
+    requester.post(job("j-cheap"), reserve=100_000, value=200_000)  # under every machine's floor
+    requester.post(job("j-mill", kind="cnc_mill", capability="mill", material="aluminium"), reserve=50_000_000)
+    outcomes = {o.job_id: o for o in city.wait(2)}
+    assert outcomes["j-cheap"].outcome == "expired" and outcomes["j-cheap"].reason == "no bids"
+    assert outcomes["j-mill"].outcome == "expired"
+    assert city.ledger.balance(city.wallet) == BUDGET
+
+
+def test_job_past_its_deadline_is_refunded_in_full(city: City) -> None:
+    city.machine(printer("prusa-a", 2000))
+    requester = city.open_requester(grace_h=0.0)
+    # 2 h of printing, 2.05 h deadline: the machine accepts; a 0.1 h slowdown makes it late
+    node = city.nodes["prusa-a"]
+    node.clock = ScaledClock(SPEED * 0.9)  # its clock runs slow: it finishes after the deadline
+    node.driver = None
+    node.use_clock(node.clock)
+    requester.post(job("j-late", deadline_h=2.05), reserve=50_000_000, value=60_000_000)
+    [outcome] = city.wait(timeout=10)
+    assert outcome.outcome == "refunded" and outcome.reason == "not finished by the deadline"
+    assert city.ledger.balance(city.wallet) == BUDGET
+    assert city.ledger.escrow("j-late").state.value == "refunded"
+
+
+def test_offline_notice_for_an_old_session_is_ignored(city: City) -> None:
+    node = city.machine(printer("prusa-a", 2000))
+    requester = city.open_requester()
+    stale = node.presence("offline")
+    node.session = "new-session"  # the machine reconnected since that notice was signed
+    city.hubs[0].publish(topics.presence("prusa-a"), node.presence("online"), retain=True)
+    time.sleep(0.2)
+    city.hubs[0].publish(topics.presence("prusa-a"), stale, retain=True)
+    time.sleep(0.2)
+    assert "prusa-a" in requester._online
+
+
+def test_many_jobs_in_flight_close_exactly_once(city: City) -> None:
+    for i, margin in enumerate((2000, 2500, 3000)):
+        city.machine(printer(f"prusa-{i}", margin))
+    requester = city.open_requester(bid_window_s=0.05, accept_window_s=0.1)
+    posted = [job(f"j-many-{i}", amount=4, deadline_h=3) for i in range(30)]
+    done = threading.Event()
+    for j in posted:
+        requester.post(j, reserve=50_000_000, value=60_000_000)
+    outcomes = city.wait(30, timeout=30)
+    done.set()
+    assert sorted(o.job_id for o in outcomes) == sorted(j.id for j in posted)
+    assert all(o.outcome in ("paid", "expired") for o in outcomes)
+    paid = [o for o in outcomes if o.outcome == "paid"]
+    assert paid, "at least some of the jobs must be filled"
+    time.sleep(0.5)
+    settled = [j for n in city.nodes.values() for j, _ in n.stats.settled]
+    assert sorted(settled) == sorted(o.job_id for o in paid)  # each paid job settled by one machine only
+    assert city.ledger.balance(city.wallet) == BUDGET - sum(o.price or 0 for o in paid)

@@ -1,0 +1,187 @@
+"""The hub: envelopes are signed and checked, and a receiver on a real broker drops and counts
+what it must not act on."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+
+from core.errors import BrokerUnavailable, EnvelopeRejected, InvalidBrokerUrl
+from hub import topics
+from hub.broker import free_port, start_broker
+from hub.envelope import Envelope, ReplayGuard, now_ms, open_envelope, seal
+from hub.messages import Bid, Presence
+from hub.transport import Hub, parse_broker_url
+from ledger import Identity
+
+ALICE = Identity.from_seed(b"a" * 32)
+MALLORY = Identity.from_seed(b"m" * 32)
+BID = Bid(job_id="j1", machine_id="prusa-01", price=5_000_000, eta_h=2.0, cost=3_000_000)
+
+
+def _tamper(payload: bytes, **changes: object) -> bytes:
+    doc = json.loads(payload)
+    for path, value in changes.items():
+        target = doc
+        *parents, leaf = path.split("__")
+        for p in parents:
+            target = target[p]
+        target[leaf] = value
+    return json.dumps(doc).encode()
+
+
+def test_sealed_envelope_opens_with_its_sender_and_typed_body() -> None:
+    env = open_envelope(seal(BID, ALICE))
+    assert env.sender == ALICE.did
+    assert env.type == "bid"
+    assert env.body == BID
+    assert abs(env.ts - now_ms()) < 5_000
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"not json", "malformed"),
+        (b"[1, 2]", "malformed"),
+        (_tamper(seal(BID, ALICE), body__price=1), "bad_signature"),  # a forged price
+        (_tamper(seal(BID, ALICE), sender=MALLORY.did), "bad_signature"),  # claims another sender
+        (_tamper(seal(BID, ALICE), sig=""), "unsigned"),
+        (_tamper(seal(BID, ALICE), sender="did:key:nope"), "bad_signature"),
+    ],
+)
+def test_bad_envelopes_are_rejected_with_a_reason(payload: bytes, reason: str) -> None:
+    with pytest.raises(EnvelopeRejected) as info:
+        open_envelope(payload)
+    assert info.value.reason == reason
+
+
+def test_unknown_type_and_bad_body_are_rejected_even_when_signed() -> None:
+    from ledger.identity import sign_document
+
+    doc = sign_document({"v": 1, "type": "teleport", "id": "x", "ts": now_ms(), "body": {}}, ALICE)
+    with pytest.raises(EnvelopeRejected) as info:
+        open_envelope(json.dumps(doc).encode())
+    assert info.value.reason == "unknown_type"
+    doc = sign_document({"v": 1, "type": "bid", "id": "x", "ts": now_ms(), "body": {"price": -1}}, ALICE)
+    with pytest.raises(EnvelopeRejected) as info:
+        open_envelope(json.dumps(doc).encode())
+    assert info.value.reason == "malformed"
+
+
+def test_replay_guard_refuses_stale_future_and_repeated_ids_and_forgets_old_ones() -> None:
+    guard = ReplayGuard(max_age_ms=1_000, max_skew_ms=500)
+    now = 10_000_000
+    fresh = open_envelope(seal(BID, ALICE, ts=now))
+    guard.check(fresh, now=now)
+    with pytest.raises(EnvelopeRejected, match="duplicate"):
+        guard.check(fresh, now=now + 10)
+    with pytest.raises(EnvelopeRejected, match="stale"):
+        guard.check(open_envelope(seal(BID, ALICE, ts=now - 2_000)), now=now)
+    with pytest.raises(EnvelopeRejected, match="ahead"):
+        guard.check(open_envelope(seal(BID, ALICE, ts=now + 2_000)), now=now)
+    guard.check(open_envelope(seal(BID, ALICE, ts=now + 5_000)), now=now + 5_000)
+    assert fresh.id not in guard._seen  # memory is bounded by the age window
+
+
+def test_broker_urls_are_checked() -> None:
+    assert parse_broker_url("mqtt://127.0.0.1:1884").port == 1884
+    assert parse_broker_url("localhost").port == 1883
+    for bad in ("http://x:1", "mqtt://:1883", "mqtt://h:99999"):
+        with pytest.raises(InvalidBrokerUrl):
+            parse_broker_url(bad)
+
+
+def test_no_broker_is_a_clear_error() -> None:
+    with pytest.raises(BrokerUnavailable, match="no MQTT broker answers"):
+        Hub(f"mqtt://127.0.0.1:{free_port()}").connect(timeout_s=0.5)
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.got: list[tuple[str, Envelope]] = []
+        self.event = threading.Event()
+
+    def __call__(self, topic: str, env: Envelope) -> None:
+        self.got.append((topic, env))
+        self.event.set()
+
+    def wait_for(self, n: int, timeout: float = 5.0) -> list[tuple[str, Envelope]]:
+        deadline = time.monotonic() + timeout
+        while len(self.got) < n and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return self.got
+
+
+def _settle(hub: Hub, total: int, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while hub.stats["received"] < total and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def test_receiver_drops_and_counts_forged_replayed_stale_and_unsigned(broker_url: str) -> None:
+    inbox = Inbox()
+    topic = topics.bids("j1")
+    with Hub(broker_url, name="receiver") as rx, Hub(broker_url, name="sender") as tx:
+        rx.subscribe(topic, inbox)
+        time.sleep(0.2)
+        good = seal(BID, ALICE)
+        tx.publish(topic, good)
+        tx.publish(topic, good)  # replayed byte for byte
+        tx.publish(topic, _tamper(seal(BID, ALICE), body__price=1))  # forged
+        tx.publish(topic, _tamper(seal(BID, ALICE), sender=MALLORY.did))  # impersonation
+        tx.publish(topic, seal(BID, ALICE, ts=now_ms() - 120_000))  # stale
+        tx.publish(topic, _tamper(seal(BID, ALICE), sig=""))  # unsigned
+        tx.publish(topic, b"\x00garbage")
+        _settle(rx, 7)
+        assert [env.body for _, env in inbox.got] == [BID]
+        assert rx.dropped() == {"duplicate": 1, "bad_signature": 2, "stale": 1, "unsigned": 1, "malformed": 1}
+        assert rx.stats["accepted"] == 1
+
+
+def test_retained_presence_is_delivered_to_late_subscribers_but_only_once(broker_url: str) -> None:
+    body = Presence(machine_id="m-retained", state="online", session="s1", kind="drone", region="north", territory=("north",))
+    with Hub(broker_url, name="tx") as tx:
+        tx.publish(topics.presence("m-retained"), seal(body, ALICE), retain=True)
+        time.sleep(0.1)
+    inbox = Inbox()
+    with Hub(broker_url, name="late") as rx:
+        rx.subscribe(topics.ALL_PRESENCE, inbox)
+        got = inbox.wait_for(1)
+        assert any(env.body == body for _, env in got)
+        rx.unsubscribe(topics.ALL_PRESENCE, inbox)
+        rx.subscribe(topics.ALL_PRESENCE, inbox)  # the broker sends the retained copy again
+        _settle(rx, 2 * len(got))
+        assert sum(1 for _, env in inbox.got if env.body == body) == 1
+        assert rx.dropped().get("duplicate", 0) >= 1
+
+
+def test_hub_reconnects_and_resubscribes_after_the_broker_restarts() -> None:
+    port = free_port()
+    inbox = Inbox()
+    with start_broker(port=port) as first:
+        rx = Hub(first.url, name="survivor").connect()
+        rx.subscribe(topics.bids("after-restart"), inbox)
+        time.sleep(0.1)
+    assert not rx.wait_connected(0.2) or not rx.connected
+    with start_broker(port=port) as second:
+        assert rx.wait_connected(15), "the hub did not reconnect to the restarted broker"
+        time.sleep(0.3)  # the resubscription reaches the broker
+        with Hub(second.url, name="tx") as tx:
+            tx.publish(topics.bids("after-restart"), seal(BID, ALICE))
+            assert inbox.wait_for(1)
+        assert rx.stats["connects"] == 2 and rx.stats["disconnects"] >= 1
+        rx.close()
+
+
+def test_embedded_broker_carries_signed_messages_when_mosquitto_is_absent() -> None:
+    inbox = Inbox()
+    with start_broker("embedded") as broker:
+        assert broker.kind == "embedded"
+        with Hub(broker.url, name="rx") as rx, Hub(broker.url, name="tx") as tx:
+            rx.subscribe(topics.bids("j1"), inbox)
+            time.sleep(0.3)
+            tx.publish(topics.bids("j1"), seal(BID, ALICE))
+            assert [env.body for _, env in inbox.wait_for(1)] == [BID]
