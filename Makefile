@@ -16,13 +16,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/tamc machines
-	$(BIN)/tamc quote prusa-01 $(JOBS)/print-bracket.json
-	$(BIN)/tamc quote shapeoko-01 $(JOBS)/mill-plate.json
-	$(BIN)/tamc quote glowforge-01 $(JOBS)/cut-sign.json
-	$(BIN)/tamc quote taxi-01 $(JOBS)/ride-station.json
-	$(BIN)/tamc quote drone-01 $(JOBS)/drone-parcel.json
-	$(BIN)/tamc quote bambu-02 $(JOBS)/print-bracket.json
+	$(BIN)/tamc demo
 
 test: $(STAMP)
 	$(BIN)/ruff check .

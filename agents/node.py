@@ -22,7 +22,7 @@ from core.clock import ScaledClock
 from hub import topics
 from hub.envelope import Envelope, now_ms, seal
 from hub.mailbox import Mailbox, Timer
-from hub.messages import Award, Bid, Body, CallForProposals, JobClosed, JobEvent, Presence, TelemetryReport
+from hub.messages import Award, Bid, Body, CallForProposals, EventKind, JobClosed, JobEvent, Presence, TelemetryReport
 from hub.transport import Hub
 from ledger import Identity, Ledger
 from machines.driver import SimDriver
@@ -432,8 +432,8 @@ class MachineNode:
             followed.contract.cancel_timers()
             self.hub.unsubscribe(topics.events(job_id), self._deliver)
 
-    def _publish_event(self, job_id: str, kind: str, *, progress: float = 0.0, detail: str = "") -> None:
-        event = JobEvent(job_id=job_id, machine_id=self.id, kind=kind, progress=progress, detail=detail)  # type: ignore[arg-type]
+    def _publish_event(self, job_id: str, kind: EventKind, *, progress: float = 0.0, detail: str = "") -> None:
+        event = JobEvent(job_id=job_id, machine_id=self.id, kind=kind, progress=progress, detail=detail)
         self._publish(topics.events(job_id), event)
         if self.on_event:
             self.on_event(self.id, event)

@@ -8,6 +8,7 @@ a bid's signer against), ``reserve:{id}`` (its wear reserve), ``holder:{name}`` 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 
 from pydantic import BaseModel, ConfigDict
@@ -92,10 +93,8 @@ def register_machine(ledger: Ledger, machine_id: str, did: str, holders: Mapping
             )
     for account in (reserve(machine_id), ENERGY, MATERIALS, *(holder(h) for h in holders)):
         _open(ledger, account, AccountKind.SYSTEM if account in (ENERGY, MATERIALS) else AccountKind.WALLET)
-    try:
+    with contextlib.suppress(SharesAlreadyIssued):
         ledger.issue_shares(machine_id, {holder(h): u for h, u in holders.items()}, key=f"shares:{machine_id}")
-    except SharesAlreadyIssued:
-        pass
 
 
 def machine_owner(ledger: Ledger, machine_id: str) -> str | None:

@@ -1,16 +1,17 @@
 """The envelope every hub message travels in: typed, signed by its sender, checked on receipt.
 
 Wire form (JSON object): ``v`` (protocol version, 1), ``type`` (one of ``BODY_TYPES``), ``id``
-(uuid4 hex, the de-duplication key), ``sender`` (``did:key`` of the signer), ``ts`` (milliseconds
+(unique string, the de-duplication key), ``sender`` (``did:key`` of the signer), ``ts`` (milliseconds
 since the Unix epoch, sender's wall clock), ``body`` (the typed payload as JSON) and ``sig``
 (Ed25519, base64url, over the canonical JSON of every other field). See docs/protocol.md.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 import time
-import uuid
 from collections import OrderedDict
 from typing import Literal
 
@@ -25,6 +26,15 @@ __all__ = ["PROTOCOL_VERSION", "REJECT_REASONS", "Envelope", "ReplayGuard", "now
 PROTOCOL_VERSION = 1
 REJECT_REASONS = ("malformed", "unsigned", "bad_signature", "unknown_type", "stale", "duplicate")
 """Why a receiver drops an envelope; each is counted separately (``Hub.stats``)."""
+
+
+_ID_PREFIX = os.urandom(8).hex()
+_ID_COUNTER = itertools.count()
+
+
+def new_envelope_id() -> str:
+    """Unique without a system call per message: 64 random bits per process, then a counter."""
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):x}"
 
 
 def now_ms() -> int:
@@ -49,7 +59,7 @@ def seal(body: Body, identity: Identity, *, ts: int | None = None, envelope_id: 
     doc = {
         "v": PROTOCOL_VERSION,
         "type": body.TYPE,
-        "id": envelope_id or uuid.uuid4().hex,
+        "id": envelope_id or new_envelope_id(),
         "ts": now_ms() if ts is None else ts,
         "body": body.model_dump(mode="json"),
     }

@@ -20,6 +20,7 @@ __all__ = [
     "Bid",
     "Body",
     "CallForProposals",
+    "EventKind",
     "JobClosed",
     "JobEvent",
     "Presence",

@@ -9,6 +9,7 @@ a machine that needs a last will of its own gets its own ``Hub``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import threading
@@ -59,10 +60,8 @@ def parse_broker_url(url: str) -> BrokerAddress:
 
 def _nodelay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
     # Nagle's algorithm holds small request/reply packets back ~40 ms each; turn it off.
-    try:
+    with contextlib.suppress(OSError, AttributeError):  # a unix socket or websocket wrapper has no such option
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except (OSError, AttributeError):  # unix socket or websocket wrapper
-        pass
 
 
 class Hub:
@@ -80,6 +79,7 @@ class Hub:
         self._guard = ReplayGuard(max_age_ms=max_age_ms)
         self._lock = threading.Lock()
         self._handlers: dict[str, list[Handler]] = {}
+        self._wildcards: list[str] = []
         self._connected = threading.Event()
         self._closing = False
         self._keepalive = keepalive_s
@@ -167,6 +167,8 @@ class Hub:
             handlers = self._handlers.setdefault(pattern, [])
             first = not handlers
             handlers.append(handler)
+            if first and ("+" in pattern or "#" in pattern):
+                self._wildcards.append(pattern)
         if first:
             self._client.subscribe(pattern, qos=1)
 
@@ -178,6 +180,8 @@ class Hub:
             last = pattern in self._handlers and not handlers
             if last:
                 del self._handlers[pattern]
+                if pattern in self._wildcards:
+                    self._wildcards.remove(pattern)
         if last:
             self._client.unsubscribe(pattern)
 
@@ -205,10 +209,11 @@ class Hub:
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         self.stats["received"] += 1
         try:
-            env = open_envelope(msg.payload)
+            env = open_envelope(bytes(msg.payload))
             with self._lock:
                 self._guard.check(env, exempt_from_age=env.type in RETAINED_STATE_TYPES)
-                handlers = [h for p, hs in self._handlers.items() if mqtt.topic_matches_sub(p, msg.topic) for h in hs]
+                handlers = list(self._handlers.get(msg.topic, ()))  # most patterns are exact topics
+                handlers += [h for p in self._wildcards if mqtt.topic_matches_sub(p, msg.topic) for h in self._handlers[p]]
         except EnvelopeRejected as exc:
             self.stats[f"dropped_{exc.reason}"] += 1
             log.debug("hub=%s dropped topic=%s reason=%s", self.name, msg.topic, exc)

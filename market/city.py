@@ -24,7 +24,7 @@ from core.clock import ScaledClock
 from core.money import format_units
 from hub.broker import RunningBroker, start_broker
 from hub.transport import Hub
-from ledger import Identity, Keystore, Ledger
+from ledger import Keystore, Ledger
 from machines.profile import MachineProfile
 from market.demand import DemandModel, JobRequest, generate_jobs
 from market.fleet import build_fleet, stakeholders

@@ -88,7 +88,7 @@ def _make_job(rng: random.Random, job_id: str, region: Region, machines: list[Ma
     size = tuple(round(d * rng.uniform(0.2, 0.8), 1) for d in volume)
     return JobSpec(
         id=job_id, kind=kind, capability=capability, region=region.name, deadline_h=deadline_h,
-        material=material, size_mm=size, amount=round(hours * rate, 2),  # type: ignore[arg-type]
+        material=material, size_mm=size, amount=round(hours * rate, 2),
     )
 
 

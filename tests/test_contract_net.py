@@ -135,7 +135,7 @@ def test_job_is_done_paid_and_split_to_the_micro_unit(city: City) -> None:
     assert outcome.outcome == "paid" and outcome.machine_id == "prusa-a" and outcome.bids == 2
     city.settled("prusa-a")
     assert [k for m, k in city.kinds("j-ok")] == ["accepted", "funded", "started", "done", "paid"]
-    [(job_id, costs)] = city.nodes["prusa-a"].stats.settled
+    [(_job_id, costs)] = city.nodes["prusa-a"].stats.settled
     led = city.ledger
     price = outcome.price
     assert price is not None and costs.price == price

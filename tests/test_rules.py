@@ -124,7 +124,7 @@ def test_ceiling_caps_and_reserve_caps() -> None:
         ("prusa-01", {**PRINT, "region": "south"}, None, "decline.territory", "'south' is outside territory north"),
         ("drone-01", {**PARCEL, "dropoff": {"x_km": 5, "y_km": 30}}, None, "decline.range", "exceeds the 25.0 km"),
         ("taxi-01", {**RIDE, "dropoff": {"x_km": 2, "y_km": 400}}, None, "decline.range", "exceeds the 333.3 km of a full battery"),
-        ("taxi-01", {**RIDE, "deadline_h": 1.2}, MachineStatus(battery_pct=5), "decline.deadline", "deadline is 1.2 h"),
+        ("taxi-01", {**RIDE, "deadline_h": 1.03}, MachineStatus(battery_pct=5), "decline.deadline", "deadline is 1.03 h"),
         ("prusa-01", {**PRINT, "max_price": "4.00"}, None, "decline.reserve", "reserve 4.00 is below our least price 4.935"),
     ],
 )
@@ -154,7 +154,7 @@ def test_every_failing_constraint_is_listed() -> None:
 def test_vehicle_short_of_charge_charges_first_and_says_so() -> None:
     taxi = PROFILES["taxi-01"]
     d = decide(taxi, JobSpec.model_validate(RIDE), MachineStatus(battery_pct=5))
-    # 30 km × 0.18 kWh/km = 5.4 kWh needed, 3 kWh in the battery: 2.4 kWh at 7 kW = 0.3429 h, then 1 h of driving
+    # 30 km × 0.18 kWh/km = 5.4 kWh needed, 3 kWh in the battery: 2.4 kWh at 50 kW = 0.048 h, then 1 h of driving
     assert d.action == "bid"
-    assert d.eta_h == pytest.approx(1.3429, abs=1e-4)
-    assert any(r.code == "time.charge" and "charges 21 min first" in r.detail for r in d.rules)
+    assert d.eta_h == pytest.approx(1.048, abs=1e-4)
+    assert any(r.code == "time.charge" and "charges 3 min first" in r.detail for r in d.rules)

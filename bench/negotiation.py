@@ -1,0 +1,230 @@
+"""Contract-net throughput on a real mosquitto: N machine nodes, J jobs, K in flight.
+
+For each (N, K): TAMC (signed envelopes, validation, rule-engine decisions, escrow in a SQLite
+ledger on tmpfs) and, on the same broker, a bare paho client pair exchanging the same message
+pattern (CFP → N bids → award → accepted → funded → started → done → paid → closed) with no
+signing, no validation and no decisions. Each configuration runs in its own process so its peak
+memory is its own. Prints one JSON object per configuration and a summary as the last line.
+
+    .venv/bin/python bench/negotiation.py [--quick]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+CONFIGS = [(10, 1), (10, 8), (50, 1), (50, 8), (200, 1), (200, 8)]
+SPEED = 3.6e6  # a job's simulated hour takes a millisecond: execution is all but instant
+
+
+def _jobs(n: int, quick: bool) -> int:
+    base = 60 if quick else 300
+    return base if n <= 50 else base // 2
+
+
+def run_tamc(url: str, n: int, k: int, jobs: int) -> dict[str, float]:
+    from agents import settlement
+    from agents.node import MachineNode
+    from agents.requester import JobOutcome, Requester, RequesterConfig
+    from hub.mailbox import Mailbox
+    from hub.transport import Hub
+    from ledger import Identity, Ledger
+    from machines import JobSpec, load_profiles
+
+    folder = tempfile.mkdtemp(dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    ledger = Ledger(f"sqlite:///{folder}/ledger.db")
+    base = load_profiles()["prusa-01"]
+    nodes_hub = Hub(url, name="nodes").connect()  # one connection for the whole simulated fleet
+    mailbox = Mailbox("nodes")
+    nodes = []
+    for i in range(n):
+        policy = base.policy.model_copy(update={"margin_bps": 2000 + i * 10, "max_queue": 10_000})
+        profile = base.model_copy(update={"id": f"m{i:03d}", "policy": policy})
+        identity = Identity.generate()
+        settlement.register_machine(ledger, profile.id, identity.did, {"owner": 1})
+        nodes.append(MachineNode(profile, identity, nodes_hub, mailbox=mailbox, progress_steps=1).start())
+    rid = Identity.generate()
+    wallet = settlement.open_requester(ledger, "bench", rid.did, 10**15)
+    req_hub = Hub(url, name="requester").connect()
+    done = threading.Event()
+    outcomes: list[JobOutcome] = []
+    posted = [0]
+    requester: Requester
+
+    def post_next() -> None:
+        i = posted[0]
+        posted[0] += 1
+        job = JobSpec(id=f"b{n}-{k}-{i}", kind="printer_3d", capability="print", region="north", deadline_h=1000,
+                      material="PLA", size_mm=(10, 10, 10), amount=1)
+        requester.post(job, reserve=10**9, value=2 * 10**9)
+
+    def on_outcome(o: JobOutcome) -> None:
+        outcomes.append(o)
+        if posted[0] < jobs:
+            post_next()
+        if len(outcomes) == jobs:
+            done.set()
+
+    requester = Requester(rid, req_hub, ledger, wallet, on_outcome=on_outcome,
+                          config=RequesterConfig(speed=SPEED, bid_window_s=5.0, accept_window_s=5.0)).start()
+    time.sleep(1.0)  # retained presence of all nodes reaches the requester: it can close bidding early
+    t0 = time.perf_counter()
+    for _ in range(min(k, jobs)):
+        post_next()
+    done.wait(600)
+    wall = time.perf_counter() - t0
+    lat = sorted(o.accept_latency_ms or 0.0 for o in outcomes)
+    sent = nodes_hub.stats["sent"] + req_hub.stats["sent"]
+    received = nodes_hub.stats["received"] + req_hub.stats["received"]
+    for node in nodes:
+        node.stop()
+    requester.stop()
+    nodes_hub.close()
+    req_hub.close()
+    paid = sum(1 for o in outcomes if o.outcome == "paid")
+    return {
+        "jobs_per_s": round(len(outcomes) / wall, 1), "paid": paid, "jobs": len(outcomes),
+        "accept_p50_ms": round(lat[len(lat) // 2], 2), "accept_p99_ms": round(lat[min(len(lat) - 1, int(0.99 * len(lat)))], 2),
+        "publishes_per_job": round(sent / jobs, 1), "deliveries_per_job": round(received / jobs, 1),
+    }
+
+
+def run_bare(url: str, n: int, k: int, jobs: int) -> dict[str, float]:
+    """The same pattern with bare paho: JSON bodies of similar size, nothing signed or checked."""
+    import socket
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    host, port = url.removeprefix("mqtt://").split(":")
+    pad = "x" * 180  # about the size of a signature and sender did
+
+    def client(name: str) -> mqtt.Client:
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bare-{name}-{os.getpid()}")
+        c.on_socket_open = lambda cl, ud, s: s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        c.max_inflight_messages_set(1000)
+        return c
+
+    fleet, req = client("fleet"), client("req")
+    lock = threading.Lock()
+    state: dict[str, dict[str, object]] = {}
+    finished = threading.Event()
+    posted = [0]
+    latencies: list[float] = []
+    count = [0]
+
+    def post_next() -> None:
+        i = posted[0]
+        posted[0] += 1
+        jid = f"x{n}-{k}-{i}"
+        state[jid] = {"bids": [], "t0": time.perf_counter()}
+        req.publish("bare/market/north/printer/cfp", json.dumps({"job": jid, "pad": pad}), qos=1)
+
+    def on_fleet(c: mqtt.Client, ud: object, msg: mqtt.MQTTMessage) -> None:
+        body = json.loads(msg.payload)
+        parts = msg.topic.split("/")
+        if parts[-1] == "cfp":
+            for m in range(n):
+                c.publish(f"bare/jobs/{body['job']}/bids", json.dumps({"machine": m, "price": 100 + m, "pad": pad}), qos=1)
+        elif parts[-1] == "award" and not body.get("closed"):
+            c.publish(f"bare/jobs/{parts[2]}/events", json.dumps({"kind": "accepted", "machine": body["machine"], "pad": pad}), qos=1)
+        elif parts[-1] == "events" and body["kind"] == "funded":
+            for kind in ("started", "done"):
+                c.publish(f"bare/jobs/{parts[2]}/events", json.dumps({"kind": kind, "machine": body["machine"], "pad": pad}), qos=1)
+
+    def on_req(c: mqtt.Client, ud: object, msg: mqtt.MQTTMessage) -> None:
+        body = json.loads(msg.payload)
+        jid = msg.topic.split("/")[2]
+        with lock:
+            st = state[jid]
+            if msg.topic.endswith("bids"):
+                bids = st["bids"]
+                assert isinstance(bids, list)
+                bids.append(body)
+                if len(bids) == n:
+                    best = min(bids, key=lambda b: b["price"])
+                    c.publish(f"bare/jobs/{jid}/award", json.dumps({"machine": best["machine"], "pad": pad}), qos=1)
+            elif body["kind"] == "accepted":
+                latencies.append((time.perf_counter() - float(st["t0"])) * 1000)  # type: ignore[arg-type]
+                c.publish(f"bare/jobs/{jid}/events", json.dumps({"kind": "funded", "machine": body["machine"], "pad": pad}), qos=1)
+            elif body["kind"] == "done":
+                c.publish(f"bare/jobs/{jid}/events", json.dumps({"kind": "paid", "machine": body["machine"], "pad": pad}), qos=1)
+                c.publish(f"bare/jobs/{jid}/award", json.dumps({"machine": -1, "closed": True, "pad": pad}), qos=1)
+                count[0] += 1
+                if posted[0] < jobs:
+                    post_next()
+                if count[0] == jobs:
+                    finished.set()
+
+    fleet.on_message = on_fleet
+    req.on_message = on_req
+    for c in (fleet, req):
+        c.connect(host, int(port))
+        c.loop_start()
+    fleet.subscribe([("bare/market/north/printer/cfp", 1), ("bare/jobs/+/award", 1), ("bare/jobs/+/events", 1)])
+    req.subscribe([("bare/jobs/+/bids", 1), ("bare/jobs/+/events", 1)])
+    time.sleep(0.5)
+    t0 = time.perf_counter()
+    with lock:
+        for _ in range(min(k, jobs)):
+            post_next()
+    finished.wait(600)
+    wall = time.perf_counter() - t0
+    for c in (fleet, req):
+        c.loop_stop()
+        c.disconnect()
+    latencies.sort()
+    return {"jobs_per_s": round(count[0] / wall, 1), "accept_p50_ms": round(latencies[len(latencies) // 2], 2),
+            "accept_p99_ms": round(latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], 2)}
+
+
+def one(url: str, n: int, k: int, jobs: int) -> None:
+    tamc = run_tamc(url, n, k, jobs)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    bare = run_bare(url, n, k, jobs)
+    print(json.dumps({"n": n, "k": k, "jobs": jobs, "tamc": tamc, "bare_paho": bare, "tamc_peak_rss_mb": round(peak_mb, 1),
+                      "ratio": round(tamc["jobs_per_s"] / bare["jobs_per_s"], 3)}))
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--one":
+        _, _, url, n, k, jobs = sys.argv
+        one(url, int(n), int(k), int(jobs))
+        return
+    from hub.broker import start_broker
+
+    quick = "--quick" in sys.argv
+    results = []
+    with start_broker("mosquitto") as broker:
+        for n, k in CONFIGS:
+            out = subprocess.run([sys.executable, __file__, "--one", broker.url, str(n), str(k), str(_jobs(n, quick))],
+                                 capture_output=True, text=True, timeout=1200)
+            if out.returncode != 0:
+                raise SystemExit(f"N={n} K={k} failed:\n{out.stderr}")
+            line = out.stdout.strip().splitlines()[-1]
+            print(line, flush=True)
+            results.append(json.loads(line))
+    target = next(r for r in results if r["n"] == 50 and r["k"] == 8)
+    print(json.dumps({
+        "bench": "negotiation", "broker": "mosquitto",
+        "results": {f"N{r['n']}_K{r['k']}": {"tamc_jobs_per_s": r["tamc"]["jobs_per_s"], "bare_jobs_per_s": r["bare_paho"]["jobs_per_s"],
+                                            "ratio": r["ratio"], "accept_p50_ms": r["tamc"]["accept_p50_ms"],
+                                            "accept_p99_ms": r["tamc"]["accept_p99_ms"],
+                                            "publishes_per_job": r["tamc"]["publishes_per_job"],
+                                            "peak_rss_mb": r["tamc_peak_rss_mb"]} for r in results},
+        "target": "ratio >= 0.5 at N=50, K=8", "ratio_at_target": target["ratio"], "met": target["ratio"] >= 0.5,
+    }))
+
+
+if __name__ == "__main__":
+    main()
