@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hub.broker import start_broker  # noqa: E402
-from market.city import MarketConfig, run_market  # noqa: E402
+from hub.broker import start_broker
+from market.city import MarketConfig, run_market
 
 SEEDS = (1, 2, 3, 4, 5)
 SCENARIOS = {"normal": 0.85, "overload": 1.6}
