@@ -31,6 +31,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/rules.py
 	$(BIN)/python bench/cli_startup.py
 	$(BIN)/python bench/ledger.py
+	$(BIN)/python bench/negotiation.py
+	$(BIN)/python bench/market.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

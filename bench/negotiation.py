@@ -64,7 +64,7 @@ def run_tamc(url: str, n: int, k: int, jobs: int) -> dict[str, float]:
     def post_next() -> None:
         i = posted[0]
         posted[0] += 1
-        job = JobSpec(id=f"b{n}-{k}-{i}", kind="printer_3d", capability="print", region="north", deadline_h=1000,
+        job = JobSpec(id=f"b{n}-{k}-{i}", kind="printer_3d", capability="print", region="north", deadline_h=1e6,  # ~17 real minutes at SPEED
                       material="PLA", size_mm=(10, 10, 10), amount=1)
         requester.post(job, reserve=10**9, value=2 * 10**9)
 
