@@ -19,6 +19,7 @@ from typing import Literal
 from agents import settlement
 from agents.rules import CostBreakdown, Decision, MachineStatus, MarketContext, Rule, decide, job_cost
 from core.clock import ScaledClock
+from core.errors import EscrowNotFound
 from hub import topics
 from hub.envelope import Envelope, now_ms, seal
 from hub.mailbox import Mailbox, Timer
@@ -162,11 +163,15 @@ class MachineNode:
         takeover (as if the machine had dropped out)."""
         for topic in self._cfp_topics:
             self.hub.unsubscribe(topic, self._deliver)
-        for job_id in list(self._jobs):
-            self._forget(job_id)
-        self.hub.publish(topics.presence(self.id), self.presence("offline"), retain=True)
+        self.mailbox.call(self._leave)  # on the mailbox thread: the node's state is touched by it alone
         if self._own_mailbox:
             self.mailbox.close()
+
+    def _leave(self) -> None:
+        for job_id in list(self._jobs):
+            self._forget(job_id)
+        self._running = None
+        self.hub.publish(topics.presence(self.id), self.presence("offline"), retain=True)
 
     def _deliver(self, topic: str, env: Envelope) -> None:
         self.mailbox.post(self._handle, env)
@@ -189,16 +194,14 @@ class MachineNode:
         active = [c for c in self._contracts() if c.state in ACTIVE]
         ahead = [c for c in active if c is not self._running and (deadline_at is None or c.deadline_at <= deadline_at)]
         hours = 0.0
-        if self._running is not None:
-            t = self.driver.telemetry() if self.driver else None
-            done = t.progress if t and t.job_id == self._running.job.id else 0.0
-            hours += self._running.hours * (1 - done)
-        position = None
-        battery = None
+        position = battery = None
         wear = 0.0
         if self.driver is not None:
             t = self.driver.telemetry()
             position, battery, wear = t.position, t.battery_pct, t.wear_pct
+            if self._running is not None:
+                done = t.progress if t.job_id == self._running.job.id else 0.0
+                hours += self._running.hours * (1 - done)
         if self._running is not None and self._running.job.dropoff is not None:
             position = self._running.job.dropoff
         vehicle = self.profile.vehicle
@@ -267,6 +270,8 @@ class MachineNode:
             return  # not a job we bid on, or not from the requester that posted it
         contract = followed.contract
         if isinstance(body, JobClosed):
+            if contract and contract.state == "done" and body.outcome == "paid" and body.machine_id == self.id:
+                self._settle(contract)  # the 'paid' event may arrive after this, or not at all
             if contract and contract.state in ACTIVE:
                 contract.state = "cancelled"
                 self._stop_running(contract)
@@ -317,8 +322,6 @@ class MachineNode:
             self._settle(contract)
 
     def _escrow_holds(self, contract: Contract) -> bool:
-        from core.errors import EscrowNotFound
-
         assert self.ledger is not None
         try:
             escrow = self.ledger.escrow(contract.job.id)

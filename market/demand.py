@@ -111,8 +111,9 @@ def generate_jobs(
         typical = machines[0]
         home = MachineStatus(position=region.center)
         # mean hours one job takes, sampled, so the arrival rate matches the machines' capacity
+        # (a vehicle starts where its last job ended: somewhere in the region, not at its home)
         samples = [_make_job(rng, "sample", region, machines, 1e6) for _ in range(64)]
-        mean_h = sum(estimate(typical, j, position=region.center).total_hours for j in samples) / len(samples)
+        mean_h = sum(estimate(typical, j, position=region.random_point(rng)).total_hours for j in samples) / len(samples)
         # a machine serving several regions lends each an equal share of its hours
         capacity = sum(1 / sum(1 for r in regions if r.name in m.territory) for m in machines)
         rate = model.load * capacity / max(mean_h, 1e-6)  # jobs per hour, on average

@@ -5,7 +5,7 @@ consumables, travel) of the machine that did it; prices are transfers and cancel
 
 **Hindsight optimum** (an upper bound): with every job of the run known in advance, choose for
 each job at most one machine to maximise total welfare, subject to, for every machine and every
-window [a, a + L) on an hourly grid (L = 1, 2, 4, 8, 16 h and the whole run), the work of the jobs
+window [a, a + L) on a quarter-hour grid (L from half an hour to 16 h, and the whole run), the work of the jobs
 whose whole [arrival, deadline] lies inside the window fitting in L hours. A pair (job, machine)
 is allowed when the machine's own rules accept the job from idle at home (capability, material,
 size, range, territory, deadline) and the requester's reserve covers the machine's least price
@@ -32,7 +32,8 @@ from market.demand import JobRequest
 
 __all__ = ["Pair", "WelfareResult", "fcfs_dispatch", "hindsight_optimum", "pair_terms"]
 
-WINDOWS_H = (1, 2, 4, 8, 16)
+WINDOWS_H = (0.5, 1, 1.5, 2, 3, 4, 6, 8, 12, 16)
+GRID_H = 0.25
 
 
 class WelfareResult(BaseModel):
@@ -90,7 +91,8 @@ def hindsight_optimum(requests: Sequence[JobRequest], fleet: Sequence[MachinePro
             upper.append(1.0)
             r += 1
     horizon = math.ceil(run_hours)
-    windows = {(a, min(a + length, horizon)) for length in WINDOWS_H for a in range(0, horizon)} | {(0, horizon)}
+    starts = [i * GRID_H for i in range(int(horizon / GRID_H))]
+    windows = {(a, min(a + length, horizon)) for length in WINDOWS_H for a in starts} | {(0.0, float(horizon))}
     for i in range(len(fleet)):
         mine = [(k, requests[j], p) for k, (j, ii, p) in enumerate(cols) if ii == i]
         for a, b in sorted(windows):

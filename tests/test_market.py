@@ -23,8 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def day(broker_url: str, tmp_path_factory: pytest.TempPathFactory) -> MarketReport:
-    # seed 1, 24 h, 12 machines: 511 jobs; 3% of job/machine pairs fail half-way, forcing takeovers
-    config = MarketConfig(seed=1, hours=24, machines=12, broker=broker_url, fail_rate=0.03,
+    # seed 1, 24 h, 12 machines at full load: 514 jobs; 3% of job/machine pairs fail half-way, forcing takeovers
+    config = MarketConfig(seed=1, hours=24, machines=12, load=1.0, broker=broker_url, fail_rate=0.03,
                           data_dir=tmp_path_factory.mktemp("city"))
     return run_market(config)
 
