@@ -23,7 +23,8 @@ from hub.broker import start_broker
 from market.city import MarketConfig, run_market
 
 SEEDS = (1, 2, 3, 4, 5)
-SCENARIOS = {"normal": 0.85, "overload": 1.6}
+SCENARIOS = {"normal": (0.85, False), "overload": (1.5, True)}
+"""Name -> (load, flat): a day shaped by nights and peaks, and demand above capacity all day."""
 
 
 def main() -> None:
@@ -31,9 +32,9 @@ def main() -> None:
     hours = 6.0 if "--quick" in sys.argv else 24.0
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in SCENARIOS}
     with start_broker() as broker, tempfile.TemporaryDirectory() as tmp:
-        for name, load in SCENARIOS.items():
+        for name, (load, flat) in SCENARIOS.items():
             for seed in SEEDS:
-                r = run_market(MarketConfig(seed=seed, hours=hours, load=load, broker=broker.url,
+                r = run_market(MarketConfig(seed=seed, hours=hours, load=load, flat_demand=flat, broker=broker.url,
                                             data_dir=Path(tmp) / f"{name}-{seed}"))
                 row = {"scenario": name, "seed": seed, "load": load, "jobs": r.posted, "paid": r.paid,
                        "efficiency": r.efficiency, "baseline_efficiency": r.baseline_efficiency,

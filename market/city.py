@@ -26,7 +26,7 @@ from hub.broker import RunningBroker, start_broker
 from hub.transport import Hub
 from ledger import Keystore, Ledger
 from machines.profile import MachineProfile
-from market.demand import DemandModel, JobRequest, generate_jobs
+from market.demand import FLAT, HOURLY_SHAPE, DemandModel, JobRequest, generate_jobs
 from market.fleet import build_fleet, stakeholders
 from market.regions import DEFAULT_REGIONS, Region
 from market.welfare import fcfs_dispatch, hindsight_optimum
@@ -43,6 +43,8 @@ class MarketConfig(BaseModel):
     speed: float = Field(default=3600.0, gt=0)
     """Simulated seconds per real second: 3600 runs an hour in a second."""
     load: float = Field(default=0.85, gt=0)
+    flat_demand: bool = False
+    """Keep demand at ``load`` all day instead of following the day's shape (nights, peaks)."""
     broker: str | None = None
     """mqtt://host:port of an existing broker; None starts a private one."""
     data_dir: Path = Path(".tamc")
@@ -62,7 +64,9 @@ class MachineReport(BaseModel):
     region: str
     jobs: int
     busy_hours: float
+    """Hours of the jobs it finished (some may end after the demand stops)."""
     utilization: float
+    """Share of the hours of demand the machine spent working (driving included)."""
     revenue: int
     costs: int
     profit: int
@@ -134,8 +138,8 @@ def run_market(config: MarketConfig, *, on_progress: Callable[[Snapshot], None] 
     started = time.perf_counter()
     run_id = uuid.uuid4().hex[:6]
     fleet = build_fleet(config.machines, regions)
-    requests = generate_jobs(fleet, regions, config.hours, seed=config.seed,
-                             model=DemandModel(load=config.load), prefix=f"{run_id}-")
+    model = DemandModel(load=config.load, hourly=FLAT if config.flat_demand else HOURLY_SHAPE)
+    requests = generate_jobs(fleet, regions, config.hours, seed=config.seed, model=model, prefix=f"{run_id}-")
     config.data_dir.mkdir(parents=True, exist_ok=True)
     ledger_url = f"sqlite:///{(config.data_dir / 'ledger.db').resolve()}"
     ledger = Ledger(ledger_url)
@@ -175,6 +179,8 @@ def run_market(config: MarketConfig, *, on_progress: Callable[[Snapshot], None] 
             for node in nodes:
                 node.use_clock(clock)
             _feed(requests, requesters, clock, config, nodes, outcomes, on_progress)
+            # hours each machine worked while there was demand (the drain after it does not count)
+            worked = {n.id: n.mailbox.call(lambda n=n: n.driver.telemetry().operating_hours if n.driver else 0.0) for n in nodes}
             deadline = time.monotonic() + config.drain_s
             while any(r.open_jobs for r in requesters.values()) and time.monotonic() < deadline:
                 _report_progress(on_progress, clock, config, requests, len(requests), outcomes, requesters, nodes)
@@ -192,7 +198,7 @@ def run_market(config: MarketConfig, *, on_progress: Callable[[Snapshot], None] 
             for hub in hubs:
                 dropped.update(hub.dropped())
                 hub.close()
-    return _report(run_id, config, broker.kind, fleet, nodes, requests, outcomes, requesters, run_hours,
+    return _report(run_id, config, broker.kind, fleet, nodes, requests, outcomes, worked, run_hours,
                    dict(dropped), time.perf_counter() - started, ledger_url)
 
 
@@ -248,7 +254,7 @@ def _percentile(values: list[float], q: float) -> float | None:
 
 
 def _report(run_id: str, config: MarketConfig, broker_kind: str, fleet: list[MachineProfile], nodes: list[MachineNode],
-            requests: list[JobRequest], outcomes: list[JobOutcome], requesters: dict[str, Requester],
+            requests: list[JobRequest], outcomes: list[JobOutcome], worked: dict[str, float],
             run_hours: float, dropped: dict[str, int], wall_s: float, ledger_url: str) -> MarketReport:
     machines = []
     for node in nodes:
@@ -256,28 +262,28 @@ def _report(run_id: str, config: MarketConfig, broker_kind: str, fleet: list[Mac
         wear = node.driver.telemetry().wear_pct if node.driver else 0.0
         machines.append(MachineReport(
             machine_id=node.id, kind=node.profile.kind.value, region=node.profile.region, jobs=s.paid,
-            busy_hours=round(s.busy_hours, 4), utilization=round(min(s.busy_hours / run_hours, 1.0), 4),
+            busy_hours=round(s.busy_hours, 4), utilization=round(min(worked[node.id] / config.hours, 1.0), 4),
             revenue=s.revenue, costs=s.costs, profit=s.revenue - s.costs, wear_pct=round(wear, 4),
         ))
     counts = Counter(o.outcome for o in outcomes)
     costs_by_job = {job: c.paid_out for n in nodes for job, c in n.stats.settled}
     welfare = sum(o.value - costs_by_job.get(o.job_id, 0) for o in outcomes if o.outcome == "paid")
     optimum = hindsight_optimum(requests, fleet, run_hours)
-    baseline = fcfs_dispatch(requests, fleet)
+    baseline = fcfs_dispatch(requests, fleet, horizon_h=config.hours)
     latencies = [o.accept_latency_ms for o in outcomes if o.accept_latency_ms is not None]
-    busy = sum(m.busy_hours for m in machines)
+    busy = sum(min(worked[n.id], config.hours) for n in nodes)
     return MarketReport(
         run_id=run_id, seed=config.seed, hours=config.hours, broker=broker_kind, machines=machines,
         posted=len(requests), paid=counts["paid"], expired=counts["expired"], refunded=counts["refunded"],
         takeovers=sum(o.takeovers for o in outcomes), double_awards=_double_awards(nodes),
-        fleet_utilization=round(busy / (run_hours * len(nodes)), 4),
+        fleet_utilization=round(busy / (config.hours * len(nodes)), 4),
         revenue=sum(m.revenue for m in machines), costs=sum(m.costs for m in machines),
         profit=sum(m.profit for m in machines), welfare=welfare, optimum_welfare=optimum.welfare,
         efficiency=round(welfare / optimum.welfare, 4) if optimum.welfare else 1.0,
         baseline_welfare=baseline.welfare,
         baseline_efficiency=round(baseline.welfare / optimum.welfare, 4) if optimum.welfare else 1.0,
         baseline_filled=baseline.filled,
-        baseline_utilization=round(baseline.busy_hours / (run_hours * len(nodes)), 4),
+        baseline_utilization=round(baseline.busy_hours / (config.hours * len(nodes)), 4),
         accept_latency_ms_p50=_percentile(latencies, 0.5), accept_latency_ms_p99=_percentile(latencies, 0.99),
         dropped=dropped, wall_s=round(wall_s, 2),
         machine_days_per_s=round(len(nodes) * run_hours / 24 / wall_s, 4),

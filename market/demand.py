@@ -22,13 +22,14 @@ from machines.profile import MachineProfile
 from machines.work import estimate
 from market.regions import Region
 
-__all__ = ["HOURLY_SHAPE", "DemandModel", "JobRequest", "generate_jobs"]
+__all__ = ["FLAT", "HOURLY_SHAPE", "DemandModel", "JobRequest", "generate_jobs"]
 
 HOURLY_SHAPE = (
     0.3, 0.2, 0.2, 0.2, 0.3, 0.5, 0.9, 1.5, 1.7, 1.4, 1.2, 1.2,
     1.3, 1.2, 1.1, 1.1, 1.3, 1.6, 1.7, 1.4, 1.0, 0.8, 0.6, 0.4,
 )
 """Relative arrival rate by hour of the day (mean 1)."""
+FLAT = (1.0,) * 24
 
 MEAN_WORK_H = {"printer_3d": 2.5, "cnc_mill": 1.5, "laser_cutter": 0.75}
 """Typical hours of work per fabrication job; vehicle jobs are as long as their trips."""
@@ -39,6 +40,8 @@ class DemandModel(BaseModel):
 
     load: float = Field(default=0.85, gt=0)
     """Offered work as a share of the fleet's machine-hours (1.0 = exactly the capacity)."""
+    hourly: tuple[float, ...] = Field(default=HOURLY_SHAPE, min_length=24, max_length=24)
+    """Relative arrival rate by hour of the day; ``FLAT`` keeps demand at ``load`` all day."""
     deadline_factor: tuple[float, float] = (3.0, 8.0)
     """A job's deadline is its work time times a factor in this range (plus half an hour)."""
     value_factor: tuple[float, float] = (1.3, 3.0)
@@ -119,7 +122,7 @@ def generate_jobs(
         rate = model.load * capacity / max(mean_h, 1e-6)  # jobs per hour, on average
         hour = 0.0
         while hour < hours:
-            n = _poisson(rng, rate * HOURLY_SHAPE[int(hour) % 24] * min(1.0, hours - hour))
+            n = _poisson(rng, rate * model.hourly[int(hour) % 24] * min(1.0, hours - hour))
             for at in sorted(hour + rng.random() * min(1.0, hours - hour) for _ in range(n)):
                 probe = _make_job(rng, "probe", region, machines, 1e6)
                 work_h = estimate(typical, probe, position=region.center).total_hours

@@ -117,9 +117,10 @@ def hindsight_optimum(requests: Sequence[JobRequest], fleet: Sequence[MachinePro
     )
 
 
-def fcfs_dispatch(requests: Sequence[JobRequest], fleet: Sequence[MachineProfile]) -> WelfareResult:
+def fcfs_dispatch(requests: Sequence[JobRequest], fleet: Sequence[MachineProfile], *, horizon_h: float | None = None) -> WelfareResult:
     """The baseline: jobs in arrival order, each to the machine that can start it soonest and still
-    meet its deadline (ties to the fleet's order), at once and for good; no prices compared."""
+    meet its deadline (ties to the fleet's order), at once and for good; no prices compared.
+    ``busy_hours`` counts work done before ``horizon_h`` (all of it without one)."""
     free_at = [0.0] * len(fleet)
     position = [_home(p) for p in fleet]
     welfare, busy, assignment = 0, 0.0, {}
@@ -137,6 +138,7 @@ def fcfs_dispatch(requests: Sequence[JobRequest], fleet: Sequence[MachineProfile
         if req.job.dropoff is not None:
             position[i] = req.job.dropoff
         welfare += pair.welfare
-        busy += pair.hours
+        end = start + pair.hours
+        busy += max(0.0, min(end, horizon_h) - start) if horizon_h is not None else pair.hours
         assignment[req.job.id] = fleet[i].id
     return WelfareResult(welfare=welfare, filled=len(assignment), busy_hours=busy, assignment=assignment)
