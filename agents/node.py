@@ -142,6 +142,11 @@ class MachineNode:
         body = Presence(machine_id=p.id, state=state, session=self.session, kind=p.kind.value, region=p.region, territory=p.territory)
         return seal(body, self.identity)
 
+    @property
+    def busy(self) -> bool:
+        """Working on (or charging for) a job."""
+        return self._running is not None
+
     def use_clock(self, clock: ScaledClock) -> None:
         """Follow ``clock`` (the market's, in one process); idle machines only."""
         self.clock = clock

@@ -7,7 +7,9 @@ Everything crosses the real broker and lands in the real ledger; only time is sc
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
+import os
 import threading
 import time
 import uuid
@@ -21,6 +23,7 @@ from agents import settlement
 from agents.node import MachineNode
 from agents.requester import JobOutcome, Requester, RequesterConfig
 from core.clock import ScaledClock
+from core.errors import InputError
 from core.money import format_units
 from hub.broker import RunningBroker, start_broker
 from hub.transport import Hub
@@ -85,6 +88,8 @@ class MarketReport(BaseModel):
     paid: int
     expired: int
     refunded: int
+    unfinished: int
+    """Jobs still open when the drain time ran out (0 unless the run was cut short)."""
     takeovers: int
     double_awards: int
     """Jobs that had two machines accepted and working at once (must be 0)."""
@@ -126,11 +131,15 @@ class Snapshot(BaseModel):
 
 @contextlib.contextmanager
 def _broker(url: str | None) -> Iterator[RunningBroker]:
+    """The broker at ``url``, or a private one: ``TAMC_BROKER=embedded`` skips mosquitto."""
     if url:
         yield RunningBroker("external", url)
-    else:
-        with start_broker() as b:
-            yield b
+        return
+    prefer = os.environ.get("TAMC_BROKER", "auto")
+    if prefer not in ("auto", "mosquitto", "embedded"):
+        raise InputError(f"TAMC_BROKER={prefer!r}: use auto, mosquitto or embedded")
+    with start_broker(prefer) as b:  # type: ignore[arg-type]
+        yield b
 
 
 def run_market(config: MarketConfig, *, on_progress: Callable[[Snapshot], None] | None = None,
@@ -198,13 +207,13 @@ def run_market(config: MarketConfig, *, on_progress: Callable[[Snapshot], None] 
             for hub in hubs:
                 dropped.update(hub.dropped())
                 hub.close()
+            ledger.close()
     return _report(run_id, config, broker.kind, fleet, nodes, requests, outcomes, worked, run_hours,
                    dict(dropped), time.perf_counter() - started, ledger_url)
 
 
 def _hash_share(job_id: str, machine_id: str) -> float:
-    import hashlib
-
+    """A fixed pseudo-random share in [0, 1) for a job on a machine: which jobs fail is seeded."""
     digest = hashlib.sha256(f"{job_id}/{machine_id}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
 
@@ -234,7 +243,7 @@ def _report_progress(on_progress: Callable[[Snapshot], None] | None, clock: Scal
         sim_hours=clock.hours(), horizon_h=config.hours, posted=posted, total=len(requests),
         paid=counts["paid"], expired=counts["expired"], refunded=counts["refunded"],
         open=sum(r.open_jobs for r in requesters.values()),
-        busy=sum(1 for n in nodes if n._running is not None), machines=len(nodes),
+        busy=sum(1 for n in nodes if n.busy), machines=len(nodes),
         revenue=sum(o.price or 0 for o in outcomes if o.outcome == "paid"),
     ))
 
@@ -275,6 +284,7 @@ def _report(run_id: str, config: MarketConfig, broker_kind: str, fleet: list[Mac
     return MarketReport(
         run_id=run_id, seed=config.seed, hours=config.hours, broker=broker_kind, machines=machines,
         posted=len(requests), paid=counts["paid"], expired=counts["expired"], refunded=counts["refunded"],
+        unfinished=len(requests) - len(outcomes),
         takeovers=sum(o.takeovers for o in outcomes), double_awards=_double_awards(nodes),
         fleet_utilization=round(busy / (config.hours * len(nodes)), 4),
         revenue=sum(m.revenue for m in machines), costs=sum(m.costs for m in machines),

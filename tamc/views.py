@@ -46,7 +46,8 @@ def report_tables(r: MarketReport) -> list[Any]:
     market.add_row("hindsight optimum (bound)", "", format_units(r.optimum_welfare), "100%", "")
     drops = ", ".join(f"{k} {v}" for k, v in sorted(r.dropped.items())) or "none"
     latency = f"{r.accept_latency_ms_p50:.1f} / {r.accept_latency_ms_p99:.1f} ms" if r.accept_latency_ms_p50 is not None else "n/a"
-    summary = (f"{r.posted} jobs posted: {r.paid} paid, {r.expired} expired unfilled, {r.refunded} refunded; "
+    unfinished = f", {r.unfinished} STILL OPEN (drain time ran out)" if r.unfinished else ""
+    summary = (f"{r.posted} jobs posted: {r.paid} paid, {r.expired} expired unfilled, {r.refunded} refunded{unfinished}; "
                f"{r.takeovers} takeovers; jobs paid twice: {r.double_awards}; envelopes dropped: {drops}; "
                f"CFP→accept p50/p99 {latency}; {r.wall_s:.1f} s wall, {r.machine_days_per_s:.2f} machine-days/s; "
                f"ledger {r.ledger_url}")

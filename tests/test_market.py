@@ -31,7 +31,7 @@ def day(broker_url: str, tmp_path_factory: pytest.TempPathFactory) -> MarketRepo
 
 def test_a_seeded_day_of_500_jobs_closes_every_job_exactly_once(day: MarketReport) -> None:
     assert day.posted >= 500
-    assert day.paid + day.expired + day.refunded == day.posted
+    assert day.paid + day.expired + day.refunded == day.posted and day.unfinished == 0
     ids = [o.job_id for o in day.outcomes]
     assert len(ids) == len(set(ids)) == day.posted
     assert day.double_awards == 0
