@@ -64,6 +64,7 @@ class JobOutcome(BaseModel):
     bids: int = 0
     awards: int = 0
     takeovers: int = 0
+    """Awards made after a funded contractor dropped out (a declined takeover offer counts too)."""
     accept_latency_ms: float | None = None
     """CFP sent → first acceptance received, real milliseconds."""
     reason: str = ""
