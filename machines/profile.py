@@ -103,7 +103,8 @@ class Policy(_Model):
     """Wear above which the machine takes no work until maintained."""
     territory: tuple[str, ...] = ()
     """Regions it serves; empty means its home region only."""
-    max_queue: int = Field(default=3, ge=0)
+    max_queue: int = Field(default=8, ge=0)
+    """Most jobs accepted and not finished; the node also refuses a job that would make one late."""
     busy_hours_per_day: float = Field(default=8.0, gt=0, le=24)
     """Expected working hours a day, over which fixed daily costs are spread."""
     demand_sensitivity_bps: int = Field(default=5000, ge=0, le=10_000)

@@ -117,7 +117,7 @@ def test_ceiling_caps_and_reserve_caps() -> None:
         ("prusa-01", {**PRINT, "size_mm": (300, 100, 100)}, None, "decline.capacity", "does not fit"),
         ("drone-01", {**PARCEL, "payload_kg": 3}, None, "decline.capacity", "payload 3 kg exceeds 2.5 kg"),
         ("taxi-01", {**RIDE, "passengers": 5}, None, "decline.capacity", "5 passengers exceed 4 seats"),
-        ("prusa-01", PRINT, MachineStatus(queue_len=3), "decline.queue", "queue full (3 of 3"),
+        ("prusa-01", PRINT, MachineStatus(queue_len=8), "decline.queue", "queue full (8 of 8"),
         ("prusa-01", {**PRINT, "deadline_h": 4}, None, "decline.deadline", "finish in 5.00 h, deadline is 4 h"),
         ("prusa-01", PRINT, MachineStatus(queue_hours=20), "decline.deadline", "finish in 25.00 h"),
         ("prusa-01", PRINT, MachineStatus(wear_pct=79.98), "decline.wear", "wear would reach 80.03%, limit 80%"),
