@@ -1,7 +1,9 @@
 """A machine node: the machine's side of the contract net, on its own mailbox thread.
 
-It hears calls for proposals for its kind in its territory, prices them with the rule engine
-(the LLM agent plugs in at ``decide`` in its own issue), bids or stays silent, accepts an award
+It hears calls for proposals for its kind in its territory, prices them with the rule engine, and,
+when it has a model, asks its LLM agent for a bid off the mailbox thread: the answer is checked by
+the rules (``agents.guard``) and a timer falls back to the rule engine's own decision before the
+bid deadline, whatever the model does. It bids or stays silent, accepts an award
 only if it can still keep the deadline, waits for escrow, runs the job on its driver with progress
 events, and when paid settles its costs and pays its shareholders. Every step checks who sent the
 message: awards and payments only count from the requester that posted the job.
@@ -11,12 +13,15 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Literal
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Literal
 
 from agents import settlement
+from agents.guard import BidDecision, BidProposal, ModelUse, from_rules, guard
 from agents.rules import CostBreakdown, Decision, MachineStatus, MarketContext, Rule, decide, job_cost
 from core.clock import ScaledClock
 from core.errors import EscrowNotFound
@@ -26,10 +31,17 @@ from hub.mailbox import Mailbox, Timer
 from hub.messages import Award, Bid, Body, CallForProposals, EventKind, JobClosed, JobEvent, Presence, TelemetryReport
 from hub.transport import Hub
 from ledger import Identity, Ledger
-from machines.driver import SimDriver
+from machines.driver import SimDriver, Telemetry
 from machines.job import JobSpec
 from machines.profile import MachineProfile, Point
 from machines.work import estimate
+from tools.deps import BidRecord, MachineDeps, OpenCall
+
+if TYPE_CHECKING:
+    from agents.llm import BackgroundLoop
+    from agents.machine_agent import MachineAgent
+    from ledger.governance import Governance
+    from tools.memory import Memory
 
 __all__ = ["Contract", "MachineNode", "NodeStats"]
 
@@ -40,6 +52,10 @@ ACTIVE = ("accepted", "funded", "running")
 FORGET_AFTER_S = 60.0
 FUND_WAIT_S = 10.0
 """Real seconds after accepting that a machine keeps the slot for a requester that has not funded."""
+BID_MARGIN_S = 0.015
+"""Real seconds kept before a bid deadline to publish the rule engine's bid if the model is late."""
+MIN_MODEL_BUDGET_S = 0.005
+HISTORY = 200
 
 
 def _hours_left(deadline_at: int, speed: float) -> float:
@@ -70,7 +86,7 @@ class Followed:
     """A job this machine bid on, followed on its award topic until the requester closes it (a
     machine that lost, or dropped out, may still be asked to take it over)."""
 
-    cfp: CallForProposals
+    call: OpenCall
     requester: str
     contract: Contract | None = None
 
@@ -94,10 +110,30 @@ class NodeStats:
     consumables: int = 0
     to_owners: int = 0
     settled: list[tuple[str, settlement.JobCosts]] = field(default_factory=list)
+    paths: Counter[str] = field(default_factory=Counter)
+    """Decisions by the path that made them: rules, llm, llm-clamped, rules-fallback, rules-fast-path."""
+    model_calls: int = 0
+    """Requests sent to the model."""
+    model_decisions: int = 0
+    """Decisions the model was asked for (one may take several requests)."""
+    input_tokens: int = 0
+    output_tokens: int = 0
+    model_latency_ms: list[float] = field(default_factory=list)
+    model_errors: Counter[str] = field(default_factory=Counter)
+    """Why the model's answer was not used: timeout, invalid output, model error, transport error."""
 
     @property
     def costs(self) -> int:
         return self.energy + self.wear_cost + self.consumables
+
+    def count_model(self, use: ModelUse) -> None:
+        self.model_decisions += 1
+        self.model_calls += use.calls
+        self.input_tokens += use.input_tokens
+        self.output_tokens += use.output_tokens
+        self.model_latency_ms.append(use.latency_ms)
+        if use.error:
+            self.model_errors[use.error.split(":", 1)[0]] += 1
 
 
 class MachineNode:
@@ -114,6 +150,10 @@ class MachineNode:
         fail_jobs: frozenset[str] = frozenset(),
         progress_steps: int = 4,
         on_event: Callable[[str, JobEvent], None] | None = None,
+        agent: MachineAgent | None = None,
+        loop: BackgroundLoop | None = None,
+        memory: Memory | None = None,
+        governance: Governance | None = None,
     ) -> None:
         self.profile = profile
         self.id = profile.id
@@ -133,6 +173,21 @@ class MachineNode:
         self._jobs: dict[str, Followed] = {}
         self._running: Contract | None = None
         self._cfp_topics = [topics.cfp(region, profile.kind.value) for region in profile.territory]
+        self.agent = agent
+        self.loop = loop
+        if agent is not None and loop is None:
+            from agents.llm import shared_loop
+
+            self.loop = shared_loop()
+        self.memory = memory
+        self.governance = governance
+        self._calls: dict[str, OpenCall] = {}
+        """Calls heard and not yet answered (the model may be pricing them)."""
+        self._pending: dict[str, Decision] = {}
+        """Calls waiting for the model, with the rule engine's decision to fall back on."""
+        self._history: deque[BidRecord] = deque(maxlen=HISTORY)
+        self._records: dict[str, BidRecord] = {}
+        self._telemetry_log: deque[Telemetry] = deque(maxlen=HISTORY)
 
     # -- life --------------------------------------------------------------------------------
 
@@ -247,21 +302,145 @@ class MachineNode:
         if self.clock is None:  # a node in its own process follows the clock of the market it hears
             self.use_clock(ScaledClock(cfp.speed))
         job = cfp.job
-        if now_ms() > cfp.bid_deadline or job.id in self._jobs:
+        if now_ms() > cfp.bid_deadline or job.id in self._jobs or job.id in self._calls:
             return
-        decision = self.decide(self._remaining(job, cfp.deadline_at, cfp.speed), cfp.deadline_at, cfp.speed)
-        if decision.action != "bid" or decision.price is None or decision.cost is None or decision.price > cfp.reserve:
+        call = OpenCall(job=job, requester=env.sender, reserve=cfp.reserve, bid_deadline=cfp.bid_deadline,
+                        deadline_at=cfp.deadline_at, speed=cfp.speed)
+        self._calls[job.id] = call
+        rules = self._rule_decision(call)
+        if self.agent is None or self.loop is None:
+            self._answer(call, from_rules(rules, "rules"))
+        elif rules.action != "bid":
+            self._answer(call, from_rules(rules, "rules-fast-path", f"the rules refuse, no model can change that: {rules.reason}"))
+        elif self.agent.is_routine(rules, call, self.status(call.deadline_at), self.market, self.profile.policy):
+            self._answer(call, from_rules(rules, "rules-fast-path", f"routine job: {rules.reason}"))
+        else:
+            self._ask_model(call, rules)
+
+    def _rule_decision(self, call: OpenCall) -> Decision:
+        return self.decide(self._remaining(call.job, call.deadline_at, call.speed), call.deadline_at, call.speed)
+
+    def _ask_model(self, call: OpenCall, rules: Decision) -> None:
+        """Hand the call to the model on the agent loop; a timer answers with the rules if it is late."""
+        assert self.agent is not None and self.loop is not None
+        budget = (call.bid_deadline - now_ms()) / 1000 - BID_MARGIN_S
+        if budget < MIN_MODEL_BUDGET_S:
+            self._answer(call, from_rules(rules, "rules-fallback", f"no time to ask the model ({budget * 1000:.0f} ms left); {rules.reason}"))
+            return
+        job_id = call.job.id
+        self._pending[job_id] = rules
+        self.mailbox.call_later(budget + BID_MARGIN_S / 3, self._model_late, job_id, budget)
+        future = self.loop.submit(self.agent.propose_bid(self.deps(), call, rules, budget))
+        future.add_done_callback(lambda f: self.mailbox.post(self._model_answered, job_id, f))
+
+    def _model_answered(self, job_id: str, future: Future[tuple[BidProposal | None, ModelUse]]) -> None:
+        assert self.agent is not None
+        try:
+            proposal, use = future.result()
+        except Exception as exc:  # a bug in the agent path must not cost the bid
+            log.exception("machine=%s job=%s model path failed", self.id, job_id)
+            proposal, use = None, ModelUse(model=self.agent.label, error=f"agent error: {type(exc).__name__}: {exc}")
+        self.stats.count_model(use)
+        rules = self._pending.pop(job_id, None)
+        call = self._calls.get(job_id)
+        if rules is None or call is None:
+            return  # answered already: the model was late, or a stakeholder bid by hand
+        if proposal is None:
+            self._answer(call, from_rules(rules, "rules-fallback", f"{use.error}; {rules.reason}", use))
+        else:
+            self._answer(call, guard(rules, proposal, self.profile.policy, call.reserve, use))
+
+    def _model_late(self, job_id: str, budget: float) -> None:
+        rules = self._pending.pop(job_id, None)
+        call = self._calls.get(job_id)
+        if rules is None or call is None:
+            return
+        use = ModelUse(model=self.agent.label if self.agent else "", error=f"timeout: no answer within the {budget:.2f} s budget")
+        self._answer(call, from_rules(rules, "rules-fallback", f"{use.error}; {rules.reason}", use))
+
+    def _answer(self, call: OpenCall, decision: BidDecision) -> None:
+        """Publish the decision on a call (or stay silent), and remember it."""
+        job = call.job
+        self._calls.pop(job.id, None)
+        self._pending.pop(job.id, None)
+        self.stats.paths[decision.path] += 1
+        bid = decision.action == "bid" and decision.price is not None and decision.price <= call.reserve
+        record = BidRecord(job_id=job.id, capability=job.capability, region=job.region, at=datetime.now(UTC),
+                           action="bid" if bid else "decline", price=decision.price if bid else None, path=decision.path,
+                           reason=decision.why, outcome="pending" if bid else "declined")
+        self._history.append(record)
+        log.info("machine=%s job=%s action=%s price=%s path=%s why=%s", self.id, job.id, record.action, record.price,
+                 decision.path, decision.why)
+        if not bid:
             self.stats.declined_cfps += 1
-            self.stats.declines.update({r.code for r in decision.rules if r.code.startswith("decline")} or {"decline.reserve"})
+            codes = {r.code for r in decision.rules.rules if r.code.startswith("decline")} if decision.rules.action == "decline" else set()
+            self.stats.declines.update(codes or ({"decline.model"} if decision.path.startswith("llm") else {"decline.reserve"}))
             return
-        self._jobs[job.id] = Followed(cfp, env.sender)
+        assert decision.price is not None
+        self._records[job.id] = record
+        self._send_bid(call, decision.price, decision.eta_h or 0.0, decision.variable_cost, decision.why, decision.path)
+
+    def _send_bid(self, call: OpenCall, price: int, eta_h: float, cost: int, reason: str, path: str) -> None:
+        job = call.job
+        self._jobs[job.id] = Followed(call, call.requester)
         self.hub.subscribe(topics.award(job.id), self._deliver)
         # if the requester never closes the job (it died), stop following it well after its deadline
-        self.mailbox.call_later((cfp.deadline_at - now_ms()) / 1000 + FORGET_AFTER_S, self._forget, job.id)
-        bid = Bid(job_id=job.id, machine_id=self.id, price=decision.price, eta_h=decision.eta_h or 0.0,
-                  cost=decision.cost.variable, reason=decision.reason)
+        self.mailbox.call_later((call.deadline_at - now_ms()) / 1000 + FORGET_AFTER_S, self._forget, job.id)
+        bid = Bid(job_id=job.id, machine_id=self.id, price=price, eta_h=eta_h, cost=cost, path=path, reason=reason[:500])
         self.hub.publish(topics.bids(job.id), seal(bid, self.identity))
         self.stats.bids += 1
+
+    # -- the machine as its tools see it (MachinePort); callable from any thread ----------------
+
+    def deps(self, actor: str = "agent") -> MachineDeps:
+        return MachineDeps(machine=self, ledger=self.ledger, hub=self.hub, memory=self.memory, governance=self.governance, actor=actor)
+
+    def telemetry(self) -> Telemetry | None:
+        return self.mailbox.call(self._telemetry_now)  # type: ignore[no-any-return]
+
+    def _telemetry_now(self) -> Telemetry | None:
+        if self.driver is not None:
+            return self.driver.telemetry()
+        return self._telemetry_log[-1] if self._telemetry_log else None
+
+    def telemetry_history(self) -> list[Telemetry]:
+        return self.mailbox.call(lambda: list(self._telemetry_log))  # type: ignore[no-any-return]
+
+    def machine_status(self) -> MachineStatus:
+        return self.mailbox.call(self.status)  # type: ignore[no-any-return]
+
+    def open_call(self, job_id: str) -> OpenCall | None:
+        return self.mailbox.call(self._calls.get, job_id)  # type: ignore[no-any-return]
+
+    def open_calls(self) -> list[OpenCall]:
+        return self.mailbox.call(lambda: list(self._calls.values()))  # type: ignore[no-any-return]
+
+    def rule_decision(self, call: OpenCall) -> Decision:
+        return self.mailbox.call(self._rule_decision, call)  # type: ignore[no-any-return]
+
+    def bid_history(self) -> list[BidRecord]:
+        return self.mailbox.call(lambda: [r.model_copy() for r in self._history])  # type: ignore[no-any-return]
+
+    def submit_bid(self, job_id: str, price: int, eta_h: float, reason: str, path: str) -> None:
+        self.mailbox.call(self._manual_bid, job_id, price, eta_h, reason, path)
+
+    def decline_call(self, job_id: str, reason: str) -> None:
+        self.mailbox.call(self._manual_decline, job_id, reason)
+
+    def _manual_bid(self, job_id: str, price: int, eta_h: float, reason: str, path: str) -> None:
+        call = self._calls.get(job_id)
+        if call is None or now_ms() > call.bid_deadline:
+            return
+        rules = self._rule_decision(call)
+        self._pending.pop(job_id, None)
+        self._answer(call, BidDecision(action="bid", price=price, eta_h=eta_h, path=path, why=reason, rules=rules))
+
+    def _manual_decline(self, job_id: str, reason: str) -> None:
+        call = self._calls.get(job_id)
+        if call is None:
+            return
+        rules = self._pending.pop(job_id, None) or self._rule_decision(call)
+        self._answer(call, BidDecision(action="decline", path="llm", why=f"declined: {reason}", rules=rules))
 
     def _remaining(self, job: JobSpec, deadline_at: int, speed: float) -> JobSpec:
         """The job with its deadline counted from now, in simulated hours."""
@@ -273,6 +452,7 @@ class MachineNode:
         followed = self._jobs.get(body.job_id)
         if followed is None or env.sender != followed.requester:
             return  # not a job we bid on, or not from the requester that posted it
+        self._note_outcome(body)
         contract = followed.contract
         if isinstance(body, JobClosed):
             if contract and contract.state == "done" and body.outcome == "paid" and body.machine_id == self.id:
@@ -293,7 +473,7 @@ class MachineNode:
             return
         if now_ms() > body.accept_by:
             return
-        cfp = followed.cfp
+        cfp = followed.call
         decision = self.decide(self._remaining(cfp.job.model_copy(update={"max_price": None}), cfp.deadline_at, cfp.speed),
                                cfp.deadline_at, cfp.speed)
         least = max(decision.cost.total, self.profile.policy.price_floor) if decision.cost else None
@@ -309,6 +489,23 @@ class MachineNode:
         contract.timers.append(self.mailbox.call_later((body.accept_by - now_ms()) / 1000 + FUND_WAIT_S, self._unfunded, contract))
         self.stats.accepted += 1
         self._publish_event(body.job_id, "accepted", detail="takeover" if body.takeover else "")
+
+    def _note_outcome(self, body: Award | JobClosed) -> None:
+        """Keep who won a job we bid on, and at what price: the answer to "why did we lose?"."""
+        record = self._records.get(body.job_id)
+        if record is None:
+            return
+        if isinstance(body, Award):
+            record.outcome = "won" if body.machine_id == self.id else "lost"
+            record.winner, record.winning_price = body.machine_id, body.price
+            return
+        if body.machine_id is None and record.outcome == "pending":
+            record.outcome = "no-award"
+        if self.memory is not None:
+            won = f"won at {record.winning_price}" if record.outcome == "won" else (
+                f"lost to {record.winner} at {record.winning_price}" if record.outcome == "lost" else record.outcome)
+            self.memory.remember(f"job {record.job_id} ({record.capability}, {record.region}): we bid {record.price} "
+                                 f"via {record.path}; {won}", kind="job_outcome", source="market")
 
     # -- execution ---------------------------------------------------------------------------
 
@@ -432,6 +629,8 @@ class MachineNode:
 
     def _forget(self, job_id: str) -> None:
         """Stop following a job: the requester closed it, or the machine is leaving."""
+        self._calls.pop(job_id, None)
+        self._records.pop(job_id, None)
         followed = self._jobs.pop(job_id, None)
         if followed is None:
             return
@@ -448,7 +647,9 @@ class MachineNode:
 
     def _publish_telemetry(self) -> None:
         if self.driver is not None:
-            self._publish(topics.telemetry(self.id), TelemetryReport(telemetry=self.driver.telemetry()), retain=True)
+            t = self.driver.telemetry()
+            self._telemetry_log.append(t)
+            self._publish(topics.telemetry(self.id), TelemetryReport(telemetry=t), retain=True)
 
     def _publish(self, topic: str, body: Body, *, retain: bool = False) -> None:
         self.hub.publish(topic, seal(body, self.identity), retain=retain)

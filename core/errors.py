@@ -28,15 +28,21 @@ raised. ::
     │   ├── InvalidDid              not a did:key for an Ed25519 public key
     │   ├── BadSignature            missing, malformed or not matching the signed fields
     │   └── KeystoreError           keystore file unreadable, corrupt or too open
-    └── HubError                    the message hub cannot do what was asked
-        ├── BrokerUnavailable       no broker answers at that address
-        ├── BrokerStartFailed       the local broker could not be started
-        └── EnvelopeRejected        a received message dropped (its ``reason`` says why)
+    ├── HubError                    the message hub cannot do what was asked
+    │   ├── BrokerUnavailable       no broker answers at that address
+    │   ├── BrokerStartFailed       the local broker could not be started
+    │   └── EnvelopeRejected        a received message dropped (its ``reason`` says why)
+    ├── PolicyRefused               a tool refused an action its owners' policy forbids; nothing moved
+    │   └── ApprovalRequired        allowed only with the holders' vote: a proposal was opened
+    ├── GovernanceError             a proposal or vote that cannot be taken (unknown, closed, not a holder)
+    └── ModelError                  the language model cannot be used as configured
+        └── InvalidModelConfig      a model setting that does not name a usable model
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "ApprovalRequired",
     "BadSignature",
     "BrokerStartFailed",
     "BrokerUnavailable",
@@ -45,6 +51,7 @@ __all__ = [
     "EscrowError",
     "EscrowExists",
     "EscrowNotFound",
+    "GovernanceError",
     "HubError",
     "IdempotencyConflict",
     "IdentityError",
@@ -54,10 +61,13 @@ __all__ = [
     "InvalidBrokerUrl",
     "InvalidDid",
     "InvalidJobSpec",
+    "InvalidModelConfig",
     "InvalidProfile",
     "KeystoreError",
     "LedgerError",
+    "ModelError",
     "NoShareholders",
+    "PolicyRefused",
     "ShareError",
     "SharesAlreadyIssued",
     "TamcError",
@@ -184,3 +194,34 @@ class EnvelopeRejected(HubError):
     def __init__(self, reason: str, detail: str) -> None:
         self.reason = reason
         super().__init__(f"{reason}: {detail}")
+
+
+class PolicyRefused(TamcError):
+    """A tool refused an action because the machine's policy forbids it, whatever the model asked.
+
+    ``code`` is a stable id (``policy.floor``, ``policy.payee``, ...) and nothing was written."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        self.code = code
+        self.detail = detail
+        super().__init__(f"{code}: {detail}")
+
+
+class ApprovalRequired(PolicyRefused):
+    """The action needs the holders' approval; ``proposal_id`` is the proposal opened for it."""
+
+    def __init__(self, code: str, detail: str, proposal_id: str) -> None:
+        self.proposal_id = proposal_id
+        super().__init__(code, f"{detail}; proposal {proposal_id} asks the holders to approve it")
+
+
+class GovernanceError(TamcError):
+    """A proposal or vote that cannot be taken: unknown proposal, closed, or not a holder."""
+
+
+class ModelError(TamcError):
+    """The language model cannot be used as configured."""
+
+
+class InvalidModelConfig(ModelError, InputError):
+    """A model setting that names no usable model: say ``rules``, a model string, or a base URL and a name."""

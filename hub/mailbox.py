@@ -56,7 +56,9 @@ class Mailbox:
         return timer
 
     def call(self, fn: Callable[..., Any], *args: Any, timeout: float = 10.0) -> Any:
-        """Run ``fn(*args)`` on the mailbox thread and wait for its result (for callers outside it)."""
+        """Run ``fn(*args)`` on the mailbox thread and wait for its result (at once if already on it)."""
+        if threading.current_thread() is self._thread:
+            return fn(*args)
         done = threading.Event()
         box: dict[str, Any] = {}
 

@@ -57,8 +57,9 @@ class Bid(Body):
     """Simulated hours from now until the job would be finished."""
     cost: Micros
     """The machine's own variable cost of the job (energy, wear, consumables, travel)."""
-    path: Literal["rules", "llm"] = "rules"
-    """Which path made the decision: the rule engine or the model (checked by the rules)."""
+    path: Literal["rules", "llm", "llm-clamped", "rules-fallback", "rules-fast-path"] = "rules"
+    """Which path made the decision (see ``agents.guard.DecisionPath``): the rule engine alone, or
+    the model checked by the rules."""
     reason: str = ""
 
 

@@ -34,7 +34,10 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.pool import StaticPool
 
-__all__ = ["accounts", "balances", "connect", "entries", "escrows", "metadata", "postings", "share_classes", "transaction"]
+__all__ = [
+    "accounts", "balances", "connect", "entries", "escrows", "metadata", "postings", "proposals", "share_classes",
+    "transaction", "votes",
+]
 
 metadata = MetaData()
 
@@ -96,6 +99,34 @@ share_classes = Table(
     Column("machine_id", String(200), primary_key=True),
     Column("total_units", BigInteger, nullable=False),
     Column("issue_key", String(300), nullable=False),
+)
+
+proposals = Table(
+    "proposals",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("key", String(300), nullable=False, unique=True),
+    Column("machine_id", String(200), nullable=False),
+    Column("kind", String(30), nullable=False),
+    Column("title", Text, nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("evidence", Text, nullable=False),
+    Column("opened_by", String(200), nullable=False),
+    Column("opened_at", DateTime(timezone=True), nullable=False),
+    Column("closes_at", DateTime(timezone=True), nullable=False),
+    Column("weights", Text, nullable=False),
+    Column("state", String(12), nullable=False),
+    Index("ix_proposals_machine", "machine_id", "state"),
+)
+
+votes = Table(
+    "votes",
+    metadata,
+    Column("proposal_id", String(36), ForeignKey("proposals.id"), primary_key=True),
+    Column("holder", String(200), primary_key=True),
+    Column("choice", String(8), nullable=False),
+    Column("weight", BigInteger, nullable=False),
+    Column("cast_at", DateTime(timezone=True), nullable=False),
 )
 
 T = TypeVar("T")

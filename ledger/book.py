@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import func, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
 from core.errors import (
     EscrowClosed,
@@ -66,6 +66,11 @@ class Ledger:
 
     def close(self) -> None:
         self._engine.dispose()
+
+    @property
+    def engine(self) -> Engine:
+        """The database engine, for stores that keep their tables beside the ledger's (governance)."""
+        return self._engine
 
     # -- accounts -------------------------------------------------------------------------
 
@@ -270,18 +275,22 @@ class Ledger:
         """Everything minted minus everything burnt."""
         return -self.balances(asset).get(ISSUANCE, 0)
 
-    def statement(self, account: str, *, asset: str = MONEY, limit: int = 50) -> list[StatementLine]:
-        """The latest ``limit`` movements of ``account``, newest first."""
+    def statement(self, account: str, *, asset: str = MONEY, limit: int | None = 50, since: datetime | None = None) -> list[StatementLine]:
+        """The latest ``limit`` movements of ``account`` (all with ``None``), newest first, from ``since`` on."""
 
         def run(conn: Connection) -> list[StatementLine]:
             self._require_accounts(conn, {account})
-            rows = conn.execute(
-                select(entries.c.posting_id, entries.c.asset, entries.c.amount, postings.c.kind, postings.c.memo, postings.c.created_at)
+            query = (
+                select(entries.c.posting_id, entries.c.asset, entries.c.amount, postings.c.key, postings.c.kind,
+                       postings.c.memo, postings.c.created_at)
                 .join(postings, postings.c.id == entries.c.posting_id)
                 .where(entries.c.account_id == account, entries.c.asset == asset)
                 .order_by(entries.c.id.desc())
                 .limit(limit)
             )
+            if since is not None:
+                query = query.where(postings.c.created_at >= since)
+            rows = conn.execute(query)
             return [StatementLine(**{**r._mapping, "created_at": _aware(r.created_at)}) for r in rows]
 
         return _db.transaction(self._engine, run, write=False)

@@ -71,6 +71,8 @@ class Escrow(_Record):
 
 class StatementLine(_Record):
     posting_id: str
+    key: str = ""
+    """The posting's idempotency key, which names what it was for (``release:{job}``, ``expense:…``)."""
     kind: str
     memo: str
     created_at: datetime

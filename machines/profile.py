@@ -115,6 +115,12 @@ class Policy(_Model):
     demand_max_bps: int = Field(default=20000, gt=0)
     price_tick: Micros = Field(default=10_000, gt=0)
     """Bids are rounded up to a multiple of this (0.01 unit)."""
+    expense_limit: Money = 50_000_000
+    """The most the machine's agent may pay for one expense on its own; above it, holders approve."""
+    expense_daily_limit: Money = 200_000_000
+    """The most it may pay in expenses on its own in any 24 hours, so small payments cannot add up."""
+    payees: tuple[str, ...] = ("utility:energy", "supplier:materials", "supplier:maintenance")
+    """Ledger accounts the agent may pay expenses to; anyone else needs a vote."""
 
 
 class MachineProfile(_Model):

@@ -1,0 +1,157 @@
+"""The machine's LLM agent: one pydantic-ai agent per role (bidding, chat, governance) over the
+machine's toolsets, with the machine's profile and policy rendered into its instructions.
+
+Bidding is on the critical path, so the agent only proposes: ``propose_bid`` runs the model within
+the call's time budget (transient errors retried with tenacity, never past the budget) and returns
+``None`` with the reason on any timeout, error, invalid output or refusal; the caller then uses the
+rule engine, and ``agents.guard`` checks whatever the model said. Every call's requests, tokens and
+latency are counted in a ``ModelUse``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from agents.guard import BidProposal, ModelUse
+from agents.llm import ModelConfig, build_model, transient_errors
+from agents.rules import Decision, MachineStatus, MarketContext
+from machines.profile import Policy
+from prompts import render
+from tools import MachineDeps, OpenCall, bidding_tools, governance_tools, memory_tools, telemetry_tools, wallet_tools
+
+if TYPE_CHECKING:
+    from pydantic_ai import Agent
+    from pydantic_ai.messages import ModelMessage
+    from pydantic_ai.models import Model
+
+__all__ = ["MachineAgent"]
+
+BID_TOOLS = {"current_state", "telemetry_history", "balance", "earnings", "evaluate_job", "rule_quote", "recall", "open_proposals"}
+"""What the bidding role may call: reading only. It answers with its decision, which the rules check."""
+
+
+class MachineAgent:
+    """The LLM side of a machine. One instance can serve many machines: the machine is in the deps."""
+
+    def __init__(self, config: ModelConfig, model: Model | None = None) -> None:
+        from pydantic_ai import Agent
+
+        self.config = config
+        self.model = model if model is not None else build_model(config)
+        if self.model is None:
+            raise ValueError("MachineAgent needs a model; with 'rules' the node uses the rule engine alone")
+        self.label = config.label() if model is None else getattr(self.model, "model_name", config.model)
+        read_only = [t.filtered(_only(BID_TOOLS)) for t in (telemetry_tools, wallet_tools, bidding_tools, memory_tools, governance_tools)]
+        self.bidder: Agent[MachineDeps, BidProposal] = Agent(
+            self.model, deps_type=MachineDeps, output_type=BidProposal, instructions=_instructions("bidding"),
+            toolsets=read_only, retries=1, name="bidder", defer_model_check=True,
+        )
+        everything = [telemetry_tools, wallet_tools, bidding_tools, governance_tools, memory_tools]
+        self.chatter: Agent[MachineDeps, str] = Agent(
+            self.model, deps_type=MachineDeps, output_type=str, instructions=_instructions("chat"),
+            toolsets=everything, retries=2, name="chat", defer_model_check=True,
+        )
+        self.governor: Agent[MachineDeps, str] = Agent(
+            self.model, deps_type=MachineDeps, output_type=str, instructions=_instructions("governance"),
+            toolsets=[telemetry_tools, wallet_tools.filtered(_only({"balance", "statement", "earnings"})), governance_tools, memory_tools],
+            retries=2, name="governance", defer_model_check=True,
+        )
+
+    # -- bidding -------------------------------------------------------------------------------
+
+    def is_routine(self, rules: Decision, call: OpenCall, status: MachineStatus, market: MarketContext, policy: Policy) -> bool:
+        """A job the rule engine prices well enough alone: one it would bid on, small, with no free
+        text, on a queue less than half full, in an ordinary market."""
+        if not self.config.fast_path or rules.action != "bid" or rules.price is None:
+            return False
+        return (
+            not call.job.description.strip()
+            and rules.price <= self.config.routine_max_price
+            and 8_000 <= market.demand_index_bps <= 12_500
+            and status.queue_len * 2 < max(policy.max_queue, 1)
+        )
+
+    async def propose_bid(self, deps: MachineDeps, call: OpenCall, rules: Decision, budget_s: float) -> tuple[BidProposal | None, ModelUse]:
+        """Ask the model for a bid within ``budget_s`` seconds; ``None`` and the reason if it fails."""
+        from pydantic_ai.exceptions import AgentRunError, UnexpectedModelBehavior
+        from pydantic_ai.usage import RunUsage, UsageLimits
+        from tenacity import (
+            AsyncRetrying,
+            retry_if_exception_type,
+            stop_after_attempt,
+            stop_after_delay,
+            wait_exponential,
+        )
+
+        started = time.perf_counter()
+        usage = RunUsage()
+        use = ModelUse(model=self.label)
+        prompt = render("bid_request", job=call.job, job_json=call.job.model_dump(mode="json", exclude_none=True),
+                        requester=call.requester, reserve=call.reserve, budget_s=budget_s, rules=rules)
+        proposal: BidProposal | None = None
+        try:
+            async with asyncio.timeout(budget_s):
+                retrying = AsyncRetrying(
+                    stop=stop_after_delay(budget_s) | stop_after_attempt(3), reraise=True,
+                    wait=wait_exponential(multiplier=0.05, max=0.5), retry=retry_if_exception_type(transient_errors()),
+                )
+                async for attempt in retrying:
+                    with attempt:
+                        result = await self.bidder.run(prompt, deps=deps, usage=usage, usage_limits=UsageLimits(request_limit=6))
+                proposal = result.output
+        except TimeoutError:
+            use.error = f"timeout: no answer within the {budget_s:.2f} s budget"
+        except UnexpectedModelBehavior as exc:
+            use.error = f"invalid output: {_short(exc)}"
+        except AgentRunError as exc:
+            use.error = f"model error: {type(exc).__name__}: {_short(exc)}"
+        except (OSError, ValueError) as exc:
+            use.error = f"transport error: {type(exc).__name__}: {_short(exc)}"
+        use.calls = usage.requests
+        use.input_tokens = usage.input_tokens
+        use.output_tokens = usage.output_tokens
+        use.latency_ms = round((time.perf_counter() - started) * 1000, 2)
+        return proposal, use
+
+    # -- chat and governance -------------------------------------------------------------------
+
+    async def chat(self, deps: MachineDeps, question: str, history: Sequence[ModelMessage] = ()) -> tuple[str, list[ModelMessage], ModelUse]:
+        """Answer a stakeholder; returns the answer, the new messages to keep, and what it cost."""
+        started = time.perf_counter()
+        result = await self.chatter.run(render("chat_request", question=question, actor=deps.actor), deps=deps,
+                                        message_history=list(history), timeout=self.config.chat_timeout_s)
+        u = result.usage
+        use = ModelUse(model=self.label, calls=u.requests, input_tokens=u.input_tokens, output_tokens=u.output_tokens,
+                       latency_ms=round((time.perf_counter() - started) * 1000, 2))
+        return result.output, result.new_messages(), use
+
+    async def govern(self, deps: MachineDeps) -> tuple[str, ModelUse]:
+        """Review the machine's condition and money and open the proposals the evidence supports."""
+        started = time.perf_counter()
+        result = await self.governor.run(render("governance_request"), deps=deps, timeout=self.config.chat_timeout_s)
+        u = result.usage
+        return result.output, ModelUse(model=self.label, calls=u.requests, input_tokens=u.input_tokens,
+                                       output_tokens=u.output_tokens, latency_ms=round((time.perf_counter() - started) * 1000, 2))
+
+
+def _only(names: set[str]) -> Any:
+    def keep(ctx: Any, tool_def: Any) -> bool:
+        return bool(tool_def.name in names)
+
+    return keep
+
+
+def _instructions(role: str) -> Any:
+    def instructions(ctx: Any) -> str:
+        deps: MachineDeps = ctx.deps
+        return render(role, profile=deps.machine.profile, actor=deps.actor)
+
+    return instructions
+
+
+def _short(exc: BaseException, limit: int = 200) -> str:
+    text = str(exc).replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,128 @@
+"""What a tool may reach: the machine it serves, its ledger, hub, memory and governance.
+
+``MachineDeps`` is the ``RunContext`` dependency of every toolset. The machine is reached through
+``MachinePort``, a narrow protocol the market node implements (and a standalone machine does in
+the chat command and in tests), so tools never touch a node's internals. Every action a tool takes
+or refuses is appended to ``actions``: the audit trail of one agent run.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict
+
+from agents.rules import Decision, MachineStatus, MarketContext
+from machines.driver import Telemetry
+from machines.job import JobSpec
+from machines.profile import MachineProfile, Policy
+
+if TYPE_CHECKING:
+    from hub.transport import Hub
+    from ledger import Ledger
+    from ledger.governance import Governance
+    from tools.memory import Memory
+
+__all__ = ["BidRecord", "MachineDeps", "MachinePort", "OpenCall", "ToolAction"]
+
+Outcome = Literal["pending", "won", "lost", "declined", "no-award"]
+
+
+class OpenCall(BaseModel):
+    """A call for proposals the machine heard and may still bid on."""
+
+    model_config = ConfigDict(frozen=True)
+
+    job: JobSpec
+    requester: str
+    reserve: int
+    bid_deadline: int
+    """Epoch ms after which bids are not counted."""
+    deadline_at: int
+    """Epoch ms by which the job must be finished."""
+    speed: float = 1.0
+
+
+class BidRecord(BaseModel):
+    """What the machine did with one call, and how it ended: the memory behind "why did we lose?"."""
+
+    job_id: str
+    capability: str
+    region: str
+    at: datetime
+    action: Literal["bid", "decline"]
+    price: int | None = None
+    path: str = "rules"
+    reason: str = ""
+    outcome: Outcome = "pending"
+    winner: str | None = None
+    winning_price: int | None = None
+
+
+class ToolAction(BaseModel):
+    """One thing a tool did or refused, for the run's audit trail."""
+
+    tool: str
+    ok: bool
+    detail: str
+    code: str = ""
+    at: datetime
+
+
+class MachinePort(Protocol):
+    """The machine as tools see it."""
+
+    @property
+    def profile(self) -> MachineProfile: ...
+
+    @property
+    def market(self) -> MarketContext: ...
+
+    def telemetry(self) -> Telemetry | None: ...
+
+    def telemetry_history(self) -> list[Telemetry]: ...
+
+    def machine_status(self) -> MachineStatus: ...
+
+    def open_call(self, job_id: str) -> OpenCall | None: ...
+
+    def open_calls(self) -> list[OpenCall]: ...
+
+    def rule_decision(self, call: OpenCall) -> Decision:
+        """The rule engine's decision on ``call`` with the machine's state and schedule now."""
+
+    def bid_history(self) -> list[BidRecord]: ...
+
+    def submit_bid(self, job_id: str, price: int, eta_h: float, reason: str, path: str) -> None:
+        """Publish a bid that the bidding tool has already checked against policy."""
+
+    def decline_call(self, job_id: str, reason: str) -> None:
+        """Do not bid on this call."""
+
+
+@dataclass
+class MachineDeps:
+    machine: MachinePort
+    ledger: Ledger | None = None
+    hub: Hub | None = None
+    memory: Memory | None = None
+    governance: Governance | None = None
+    actor: str = "agent"
+    """Who is asking: ``agent`` on its own, or the stakeholder in a chat."""
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    """Makes a repeated tool call within one run idempotent (a model that calls a payment twice pays once)."""
+    actions: list[ToolAction] = field(default_factory=list)
+
+    @property
+    def policy(self) -> Policy:
+        return self.machine.profile.policy
+
+    @property
+    def machine_id(self) -> str:
+        return self.machine.profile.id
+
+    def record(self, tool: str, ok: bool, detail: str, code: str = "") -> None:
+        self.actions.append(ToolAction(tool=tool, ok=ok, detail=detail, code=code, at=datetime.now(UTC)))

@@ -1,0 +1,106 @@
+"""Governance tools: the machine's open proposals and their tallies, and proposals it makes itself.
+
+The machine may propose maintenance, a price policy or a territory; its holders decide. A proposal
+carries the evidence the machine read (telemetry, wallet) so holders can check it. Tallies and
+proposals of other machines are refused.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic_ai import FunctionToolset, RunContext
+
+from core.errors import GovernanceError, InputError, PolicyRefused
+from core.money import format_units, parse_units
+from ledger.governance import Governance, Proposal
+from tools.deps import MachineDeps
+from tools.telemetry import machine_state
+
+__all__ = ["governance_tools", "propose"]
+
+OwnKind = Literal["maintenance", "pricing", "territory"]
+
+
+def _gov(deps: MachineDeps) -> Governance:
+    if deps.governance is None:
+        raise PolicyRefused("governance.none", "this machine has no governance configured")
+    return deps.governance
+
+
+def describe(deps: MachineDeps, p: Proposal) -> dict[str, Any]:
+    tally = _gov(deps).tally(p.id)
+    return {"id": p.id, "kind": p.kind.value, "title": p.title, "state": p.state, "opened_by": p.opened_by,
+            "closes_at": p.closes_at.isoformat(), "evidence": list(p.evidence), "payload": p.payload,
+            "tally": {"yes": tally.yes, "no": tally.no, "abstain": tally.abstain, "of": tally.total}}
+
+
+def propose(deps: MachineDeps, kind: OwnKind, title: str, rationale: str, *, budget: int | None = None,
+            margin_bps: int | None = None, regions: list[str] | None = None) -> Proposal:
+    """Open a proposal of the machine's own, backed by what its telemetry says now."""
+    gov = _gov(deps)
+    payload: dict[str, Any] = {"rationale": rationale.strip()[:600]}
+    if kind == "maintenance":
+        if budget is None or budget <= 0:
+            raise InputError("a maintenance proposal needs a positive budget")
+        payload["budget"] = budget
+    elif kind == "pricing":
+        if margin_bps is None or not 0 <= margin_bps <= 100_000:
+            raise InputError("a pricing proposal needs margin_bps between 0 and 100000")
+        payload["margin_bps"] = margin_bps
+    elif kind == "territory":
+        if not regions or any(not r.strip() for r in regions):
+            raise InputError("a territory proposal needs the regions to serve")
+        payload["regions"] = sorted({r.strip() for r in regions})
+    else:
+        raise InputError(f"the machine may propose maintenance, pricing or territory, not {kind!r}")
+    state = machine_state(deps)
+    evidence = [f"wear {state.get('wear_pct', '?')}% of limit {deps.policy.wear_limit_pct:g}%"]
+    if "temperatures_c" in state:
+        evidence.append("temperatures " + ", ".join(f"{k} {v} °C" for k, v in state["temperatures_c"].items()))
+    key = f"{kind}:{deps.machine_id}:" + ":".join(f"{k}={v}" for k, v in sorted(payload.items()) if k != "rationale")
+    return gov.open(deps.machine_id, kind, title.strip()[:300] or kind, key=key, opened_by=deps.actor,
+                    payload=payload, evidence=evidence)
+
+
+governance_tools = FunctionToolset[MachineDeps](id="governance")
+
+
+@governance_tools.tool
+def open_proposals(ctx: RunContext[MachineDeps]) -> list[dict[str, Any]]:
+    """This machine's open proposals (its own and its holders'), with the vote tallies in share units."""
+    try:
+        found = _gov(ctx.deps).proposals(ctx.deps.machine_id, state="open")
+    except PolicyRefused as exc:
+        return [{"error": str(exc)}]
+    ctx.deps.record("open_proposals", True, f"{len(found)} open")
+    return [describe(ctx.deps, p) for p in found]
+
+
+@governance_tools.tool
+def vote_tally(ctx: RunContext[MachineDeps], proposal_id: str) -> dict[str, Any]:
+    """The tally of one of this machine's proposals."""
+    try:
+        p = _gov(ctx.deps).get(proposal_id)
+        if p.machine_id != ctx.deps.machine_id:
+            raise PolicyRefused("governance.other_machine", f"proposal {proposal_id} belongs to another machine")
+    except (GovernanceError, PolicyRefused) as exc:
+        ctx.deps.record("vote_tally", False, str(exc), getattr(exc, "code", "governance"))
+        return {"error": str(exc)}
+    ctx.deps.record("vote_tally", True, proposal_id)
+    return describe(ctx.deps, p)
+
+
+@governance_tools.tool(name="propose")
+def propose_tool(ctx: RunContext[MachineDeps], kind: OwnKind, title: str, rationale: str, budget: str | None = None,
+                 margin_bps: int | None = None, regions: list[str] | None = None) -> dict[str, Any]:
+    """Ask the holders to approve maintenance (with a budget in units), a new margin, or a territory."""
+    try:
+        p = propose(ctx.deps, kind, title, rationale, budget=parse_units(budget) if budget else None,
+                    margin_bps=margin_bps, regions=regions)
+    except (InputError, PolicyRefused, GovernanceError) as exc:
+        ctx.deps.record("propose", False, str(exc), getattr(exc, "code", "input"))
+        return {"opened": False, "why": str(exc)}
+    ctx.deps.record("propose", True, f"{p.kind.value} {p.id}")
+    return {"opened": True, **describe(ctx.deps, p),
+            **({"budget": format_units(p.payload["budget"])} if "budget" in p.payload else {})}
