@@ -60,6 +60,19 @@ class MachineAgent:
             retries=2, name="governance", defer_model_check=True,
         )
 
+    async def aclose(self) -> None:
+        """Close the model's HTTP client (its pooled connections belong to the loop that used them)."""
+        client = getattr(self.model, "client", None)
+        close = getattr(client, "close", None)
+        if close is not None:
+            await close()
+
+    def close(self) -> None:
+        """Close from synchronous code, on the shared loop the model calls ran on."""
+        from agents.llm import shared_loop
+
+        shared_loop().run(self.aclose(), timeout=5)
+
     # -- bidding -------------------------------------------------------------------------------
 
     def is_routine(self, rules: Decision, call: OpenCall, status: MachineStatus, market: MarketContext, policy: Policy) -> bool:

@@ -154,6 +154,7 @@ class MachineNode:
         loop: BackgroundLoop | None = None,
         memory: Memory | None = None,
         governance: Governance | None = None,
+        auto_bid: bool = True,
     ) -> None:
         self.profile = profile
         self.id = profile.id
@@ -181,6 +182,8 @@ class MachineNode:
             self.loop = shared_loop()
         self.memory = memory
         self.governance = governance
+        self.auto_bid = auto_bid
+        """False holds each call open until its bid deadline for a person (or their chat) to bid by hand."""
         self._calls: dict[str, OpenCall] = {}
         """Calls heard and not yet answered (the model may be pricing them)."""
         self._pending: dict[str, Decision] = {}
@@ -307,6 +310,9 @@ class MachineNode:
         call = OpenCall(job=job, requester=env.sender, reserve=cfp.reserve, bid_deadline=cfp.bid_deadline,
                         deadline_at=cfp.deadline_at, speed=cfp.speed)
         self._calls[job.id] = call
+        if not self.auto_bid:
+            self.mailbox.call_later((cfp.bid_deadline - now_ms()) / 1000, self._expire_call, job.id)
+            return
         rules = self._rule_decision(call)
         if self.agent is None or self.loop is None:
             self._answer(call, from_rules(rules, "rules"))
@@ -357,6 +363,13 @@ class MachineNode:
             return
         use = ModelUse(model=self.agent.label if self.agent else "", error=f"timeout: no answer within the {budget:.2f} s budget")
         self._answer(call, from_rules(rules, "rules-fallback", f"{use.error}; {rules.reason}", use))
+
+    def _expire_call(self, job_id: str) -> None:
+        call = self._calls.get(job_id)
+        if call is not None:
+            rule = Rule(code="decline.manual", detail="held for a bid by hand; none came before the deadline")
+            decision = Decision(action="decline", rules=(rule,), reason=f"decline: {rule.detail}")
+            self._answer(call, from_rules(decision, "rules"))
 
     def _answer(self, call: OpenCall, decision: BidDecision) -> None:
         """Publish the decision on a call (or stay silent), and remember it."""

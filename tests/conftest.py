@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from city import City
 from sqlalchemy import create_engine, text
 
 from ledger import Ledger
@@ -128,3 +129,32 @@ def shm_ledger(tmp_path: Path) -> Iterator[Ledger]:
     yield book
     book.close()
     shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def city(broker_url: str, shm_ledger: Ledger) -> Iterator[City]:
+    """A market on the test broker and a tmpfs ledger; everything in it is stopped afterwards."""
+
+    c = City(broker_url, shm_ledger)
+    yield c
+    for node in c.nodes.values():
+        node.stop()
+    if c.requester:
+        c.requester.stop()
+    for hub in c.hubs:
+        hub.close()
+    for close in c.closers:
+        close()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_real_models() -> Iterator[None]:
+    """No test reaches a hosted model: requests from real model classes are refused unless a test
+    lifts the ban for the local stand-in, and no provider key or endpoint leaks in from the shell."""
+    from pydantic_ai import models
+
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "GROQ_API_KEY", "TAMC_MODEL",
+                 "TAMC_MODEL_BASE_URL", "TAMC_MODEL_API_KEY"):
+        os.environ.pop(name, None)
+    models.ALLOW_MODEL_REQUESTS = False
+    yield

@@ -1,0 +1,88 @@
+"""A small market for tests: machines, a requester and observers on the real broker and ledger."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from agents import settlement
+from agents.node import MachineNode
+from agents.requester import JobOutcome, Requester, RequesterConfig
+from core.clock import ScaledClock
+from hub import topics
+from hub.messages import JobEvent
+from hub.transport import Hub
+from ledger import Identity, Ledger
+from machines import JobSpec, load_profiles
+from machines.profile import MachineProfile
+
+PROFILES = load_profiles()
+SPEED = 3600.0
+BUDGET = 1_000_000_000
+PRINT = dict(kind="printer_3d", capability="print", region="north", deadline_h=8, material="PLA",
+             size_mm=(80, 60, 40), amount=40)  # 2 h on a Prusa
+
+
+def printer(machine_id: str, margin_bps: int) -> MachineProfile:
+    base = PROFILES["prusa-01"]
+    return base.model_copy(update={"id": machine_id, "policy": base.policy.model_copy(update={"margin_bps": margin_bps})})
+
+
+@dataclass
+class City:
+    broker_url: str
+    ledger: Ledger
+    clock: ScaledClock = field(default_factory=lambda: ScaledClock(SPEED))
+    hubs: list[Hub] = field(default_factory=list)
+    nodes: dict[str, MachineNode] = field(default_factory=dict)
+    outcomes: list[JobOutcome] = field(default_factory=list)
+    events: list[tuple[str, JobEvent]] = field(default_factory=list)
+    requester: Requester | None = None
+    closers: list[Callable[[], object]] = field(default_factory=list)
+    """Called last on teardown (model clients, stores)."""
+    wallet: str = ""
+
+    def hub(self, name: str, *, connect: bool = True) -> Hub:
+        hub = Hub(self.broker_url, name=name)
+        self.hubs.append(hub)
+        return hub.connect() if connect else hub
+
+    def machine(self, profile: MachineProfile, *, fail_jobs: frozenset[str] = frozenset(), **node_options: Any) -> MachineNode:
+        identity = Identity.generate()
+        settlement.register_machine(self.ledger, profile.id, identity.did, {"alice": 60, "bob": 40})
+        node = MachineNode(profile, identity, self.hub(profile.id, connect=False), ledger=self.ledger,
+                           clock=self.clock, fail_jobs=fail_jobs, **node_options).start()
+        self.nodes[profile.id] = node
+        return node
+
+    def open_requester(self, **config: float) -> Requester:
+        identity = Identity.generate()
+        self.wallet = settlement.open_requester(self.ledger, f"r-{identity.did[-6:]}", identity.did, BUDGET)
+        cfg = RequesterConfig(**{"speed": SPEED, "bid_window_s": 0.2, "accept_window_s": 0.3, **config})
+        self.requester = Requester(identity, self.hub("requester"), self.ledger, self.wallet, config=cfg,
+                                   on_outcome=self.outcomes.append).start()
+        watcher = self.hub("watcher")
+        watcher.subscribe(f"{topics.PREFIX}/jobs/+/events", lambda t, e: self.events.append((t, e.body)))  # type: ignore[arg-type]
+        time.sleep(0.3)  # presence and subscriptions reach the broker
+        return self.requester
+
+    def wait(self, n: int = 1, timeout: float = 20.0) -> list[JobOutcome]:
+        deadline = time.monotonic() + timeout
+        while len(self.outcomes) < n and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(self.outcomes) >= n, f"only {len(self.outcomes)} of {n} jobs closed in {timeout} s"
+        return self.outcomes
+
+    def settled(self, machine_id: str, timeout: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.nodes[machine_id].stats.settled and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def kinds(self, job_id: str) -> list[tuple[str, str]]:
+        return [(e.machine_id, e.kind) for _, e in self.events if e.job_id == job_id and e.kind != "progress"]
+
+
+def job(job_id: str, **changes: object) -> JobSpec:
+    return JobSpec.model_validate({**PRINT, "id": job_id, **changes})

@@ -1,0 +1,144 @@
+"""The machine's LLM agent on the critical path, end to end: a CFP over the real broker, the agent's
+model behind the real openai client over HTTP (a local stand-in), and the bid that reaches the
+requester's topic. Whatever the model does — a good answer, a price out of policy, malformed JSON,
+a 500, an answer slower than the deadline — a valid decision is published before the bid deadline,
+and it says which path made it and why."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+from city import SPEED, City, job, printer
+from openai_standin import StandIn, call, fail, standin_server, turns
+from pydantic_ai import models
+
+from agents.llm import ModelConfig
+from agents.machine_agent import MachineAgent
+from agents.node import MachineNode
+from hub import topics
+from hub.envelope import Envelope, now_ms, seal
+from hub.messages import Bid, CallForProposals
+from ledger import Identity
+
+RESERVE = 80_000_000
+WINDOW_MS = 700
+DESCRIBED = "Bracket for a bike rack, matte finish please."
+
+
+@pytest.fixture
+def standin() -> Iterator[StandIn]:
+    with models.override_allow_model_requests(True), standin_server() as server:  # loopback only
+        yield server
+
+
+def llm_node(city: City, standin: StandIn, machine_id: str = "prusa-llm", **options: object) -> MachineNode:
+    agent = MachineAgent(ModelConfig(model="standin", base_url=standin.base_url))
+    city.closers.append(agent.close)
+    return city.machine(printer(machine_id, 2000), agent=agent, **options)  # type: ignore[arg-type]
+
+
+def offer(city: City, job_id: str, *, window_ms: int = WINDOW_MS, region: str = "north", **changes: object) -> tuple[CallForProposals, list[tuple[float, Bid]]]:
+    """Publish a CFP for a described (so never routine) print job; collect bids with their arrival times."""
+    bids: list[tuple[float, Bid]] = []
+    rx = city.hub(f"observer-{job_id}")
+    rx.subscribe(topics.bids(job_id), lambda t, e: bids.append((now_ms(), e.body)))  # type: ignore[arg-type]
+    time.sleep(0.15)
+    spec = job(job_id, description=DESCRIBED, **changes)
+    cfp = CallForProposals(job=spec, reserve=RESERVE, bid_deadline=now_ms() + window_ms, deadline_at=now_ms() + 8_000, speed=SPEED)
+    rx.publish(topics.cfp(region, "printer_3d"), seal(cfp, Identity.generate()))
+    return cfp, bids
+
+
+def wait_for(bids: list[tuple[float, Bid]], until_ms: int) -> None:
+    while not bids and now_ms() < until_ms + 300:
+        time.sleep(0.01)
+
+
+def final(price: str, rationale: str = "fair price", eta: float = 2.0) -> dict[str, object]:
+    return {"action": "bid", "price": price, "eta_h": eta, "rationale": rationale}
+
+
+def the_bid(bids: list[tuple[float, Bid]], cfp: CallForProposals) -> Bid:
+    wait_for(bids, cfp.bid_deadline)
+    assert len(bids) == 1, f"expected one bid, got {len(bids)}"
+    arrived, bid = bids[0]
+    assert arrived <= cfp.bid_deadline, f"bid arrived {arrived - cfp.bid_deadline} ms after the deadline"
+    return bid
+
+
+def test_model_bid_with_a_tool_call_is_published_as_llm(city: City, standin: StandIn) -> None:
+    node = llm_node(city, standin)
+    standin.script = turns(call("evaluate_job", {"job_id": "llm-1"}), call("final_result", final("31.00", "busy week, fair margin")))
+    cfp, bids = offer(city, "llm-1")
+    bid = the_bid(bids, cfp)
+    assert (bid.path, bid.price) == ("llm", 31_000_000)
+    assert "busy week" in bid.reason
+    assert len(standin.requests) == 2  # the tool call, then the answer
+    tool_result = next(m for m in standin.requests[1]["messages"] if m["role"] == "tool")
+    assert '"feasible":true' in tool_result["content"].replace(" ", "")
+    stats = node.stats
+    assert stats.paths["llm"] == 1 and stats.model_calls == 2 and stats.input_tokens > 0 and stats.output_tokens == 24
+    record = node.bid_history()[-1]
+    assert (record.job_id, record.path, record.price) == ("llm-1", "llm", 31_000_000)
+
+
+def test_price_under_the_floor_is_clamped_to_the_least_price(city: City, standin: StandIn) -> None:
+    node = llm_node(city, standin)
+    standin.script = turns(call("final_result", final("0.50", "win at any cost")))
+    cfp, bids = offer(city, "llm-2")
+    bid = the_bid(bids, cfp)
+    rules = node.decide(job("llm-2"), cfp.deadline_at, SPEED)
+    assert rules.cost is not None
+    least = max(rules.cost.total, node.profile.policy.price_floor)
+    assert bid.path == "llm-clamped"
+    assert least <= bid.price < least + node.profile.policy.price_tick
+    assert "raised to" in bid.reason
+
+
+def test_price_over_the_reserve_is_lowered_to_it(city: City, standin: StandIn) -> None:
+    llm_node(city, standin)
+    standin.script = turns(call("final_result", final("900.00")))
+    cfp, bids = offer(city, "llm-3")
+    bid = the_bid(bids, cfp)
+    assert (bid.path, bid.price) == ("llm-clamped", RESERVE)
+
+
+@pytest.mark.parametrize(
+    ("case", "script", "error"),
+    [
+        ("malformed-json", turns(call("final_result", '{"action": "bid", "price": ')), "invalid output"),
+        ("http-500", turns(fail(500)), "model error"),
+        ("slower-than-deadline", turns(call("final_result", final("30.00"), delay_s=3.0)), "timeout"),
+        ("refusal", turns(call("final_result", {"action": "maybe"})), "invalid output"),
+    ],
+)
+def test_model_failures_fall_back_to_the_rules_before_the_deadline(city: City, standin: StandIn, case: str, script: object, error: str) -> None:
+    node = llm_node(city, standin, f"prusa-{case}")
+    standin.script = script  # type: ignore[assignment]
+    cfp, bids = offer(city, f"fb-{case}")
+    bid = the_bid(bids, cfp)
+    rules = node.decide(job(f"fb-{case}"), cfp.deadline_at, SPEED)
+    assert bid.path == "rules-fallback"
+    assert bid.price == rules.price
+    assert error in bid.reason
+    assert node.stats.paths == {"rules-fallback": 1}
+    if case == "http-500":
+        assert len(standin.requests) >= 2, "a 500 is retried while the budget lasts"
+
+
+def test_routine_jobs_skip_the_model(city: City, standin: StandIn) -> None:
+    node = llm_node(city, standin)
+    standin.script = turns(fail(500))
+    bids: list[Envelope] = []
+    rx = city.hub("observer-routine")
+    rx.subscribe(topics.bids("plain-1"), lambda t, e: bids.append(e))
+    time.sleep(0.15)
+    cfp = CallForProposals(job=job("plain-1"), reserve=RESERVE, bid_deadline=now_ms() + WINDOW_MS, deadline_at=now_ms() + 8_000, speed=SPEED)
+    rx.publish(topics.cfp("north", "printer_3d"), seal(cfp, Identity.generate()))
+    deadline = time.monotonic() + 2
+    while not bids and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [b.body.path for b in bids] == ["rules-fast-path"]  # type: ignore[attr-defined]
+    assert standin.requests == [] and node.stats.model_calls == 0
