@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from agents.guard import BidProposal, ModelUse
-from agents.llm import ModelConfig, build_model, transient_errors
+from agents.llm import BackgroundLoop, ModelConfig, build_model, shared_loop, transient_errors
 from agents.rules import Decision, MachineStatus, MarketContext
 from machines.profile import Policy
 from prompts import render
@@ -60,6 +60,11 @@ class MachineAgent:
             retries=2, name="governance", defer_model_check=True,
         )
 
+    @property
+    def runner(self) -> BackgroundLoop:
+        """The loop model calls run on, for callers in synchronous code: ``agent.runner.run(agent.chat(...))``."""
+        return shared_loop()
+
     async def aclose(self) -> None:
         """Close the model's HTTP client (its pooled connections belong to the loop that used them)."""
         client = getattr(self.model, "client", None)
@@ -69,9 +74,7 @@ class MachineAgent:
 
     def close(self) -> None:
         """Close from synchronous code, on the shared loop the model calls ran on."""
-        from agents.llm import shared_loop
-
-        shared_loop().run(self.aclose(), timeout=5)
+        self.runner.run(self.aclose(), timeout=5)
 
     # -- bidding -------------------------------------------------------------------------------
 

@@ -35,6 +35,8 @@ __all__ = [
 
 ENERGY = "utility:energy"
 MATERIALS = "supplier:materials"
+MAINTENANCE = "supplier:maintenance"
+"""Technicians and parts: where the machine's agent pays maintenance expenses."""
 
 
 def machine_wallet(machine_id: str) -> str:
@@ -91,8 +93,8 @@ def register_machine(ledger: Ledger, machine_id: str, did: str, holders: Mapping
             raise UnknownAccount(
                 f"machine {machine_id!r} is registered to {existing.owner}, not {did}; use that machine's key"
             )
-    for account in (reserve(machine_id), ENERGY, MATERIALS, *(holder(h) for h in holders)):
-        _open(ledger, account, AccountKind.SYSTEM if account in (ENERGY, MATERIALS) else AccountKind.WALLET)
+    for account in (reserve(machine_id), ENERGY, MATERIALS, MAINTENANCE, *(holder(h) for h in holders)):
+        _open(ledger, account, AccountKind.SYSTEM if account in (ENERGY, MATERIALS, MAINTENANCE) else AccountKind.WALLET)
     with contextlib.suppress(SharesAlreadyIssued):
         ledger.issue_shares(machine_id, {holder(h): u for h, u in holders.items()}, key=f"shares:{machine_id}")
 

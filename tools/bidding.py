@@ -106,6 +106,7 @@ def rule_quote(ctx: RunContext[MachineDeps], job_id: str) -> dict[str, Any]:
     try:
         call = _call(ctx.deps, job_id)
     except PolicyRefused as exc:
+        ctx.deps.record("rule_quote", False, str(exc), exc.code)
         return {"error": str(exc)}
     rules = ctx.deps.machine.rule_decision(call)
     ctx.deps.record("rule_quote", True, job_id)
