@@ -225,6 +225,7 @@ def test_small_expenses_add_up_to_the_daily_limit(market: Market) -> None:
     pay = ("pay_expense", {"amount": each, "payee": settlement.MAINTENANCE, "memo": "parts"})
     _, got, deps = chat(market, script(pay, pay))  # the same call twice in one run pays once
     assert market.ledger.balance(settlement.MAINTENANCE) == policy.expense_limit
+    assert got["pay_expense"]["repeat"] is True and [a.ok for a in deps.actions] == [True, True]
     for i in range(1, n):
         chat(market, script(("pay_expense", {"amount": each, "payee": settlement.MAINTENANCE, "memo": f"parts {i}"})))
     assert market.ledger.balance(settlement.MAINTENANCE) == n * policy.expense_limit
