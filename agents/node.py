@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Literal
 from agents import settlement
 from agents.guard import BidDecision, BidProposal, ModelUse, from_rules, guard
 from agents.rules import CostBreakdown, Decision, MachineStatus, MarketContext, Rule, decide, job_cost
+from agents.snapshot import MachineSnapshot
 from core.clock import ScaledClock
 from core.errors import EscrowNotFound
 from hub import topics
@@ -404,6 +405,20 @@ class MachineNode:
         self.stats.bids += 1
 
     # -- the machine as its tools see it (MachinePort); callable from any thread ----------------
+
+    def snapshot(self) -> MachineSnapshot:
+        """The machine's state to save, so stakeholders can ask about it after it stops."""
+
+        def take() -> MachineSnapshot:
+            log_ = list(self._telemetry_log)
+            now_t = self._telemetry_now()
+            if now_t is not None and (not log_ or log_[-1] != now_t):
+                log_.append(now_t)
+            active = sum(1 for c in self._contracts() if c.state in ACTIVE)
+            return MachineSnapshot(profile=self.profile, at=datetime.now(UTC), telemetry=log_[-HISTORY:],
+                                   bids=[r.model_copy() for r in self._history], queue_len=active)
+
+        return self.mailbox.call(take)  # type: ignore[no-any-return]
 
     def deps(self, actor: str = "agent") -> MachineDeps:
         return MachineDeps(machine=self, ledger=self.ledger, hub=self.hub, memory=self.memory, governance=self.governance, actor=actor)

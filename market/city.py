@@ -20,21 +20,26 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from agents import settlement
+from agents.llm import ModelConfig
+from agents.machine_agent import MachineAgent
 from agents.node import MachineNode
 from agents.requester import JobOutcome, Requester, RequesterConfig
+from agents.snapshot import save_snapshot
 from core.clock import ScaledClock
 from core.errors import InputError
 from core.money import format_units
 from hub.broker import RunningBroker, start_broker
 from hub.transport import Hub
 from ledger import Keystore, Ledger
+from ledger.governance import Governance
 from machines.profile import MachineProfile
 from market.demand import FLAT, HOURLY_SHAPE, DemandModel, JobRequest, generate_jobs
 from market.fleet import build_fleet, stakeholders
 from market.regions import DEFAULT_REGIONS, Region
 from market.welfare import fcfs_dispatch, hindsight_optimum
+from tools.memory import NoteMemory
 
-__all__ = ["MachineReport", "MarketConfig", "MarketReport", "Snapshot", "run_market"]
+__all__ = ["MachineReport", "MarketConfig", "MarketReport", "ModelReport", "Snapshot", "run_market"]
 
 log = logging.getLogger("tamc.market")
 
@@ -57,6 +62,8 @@ class MarketConfig(BaseModel):
     """Share of jobs a machine fails half-way (to exercise takeovers)."""
     drain_s: float = 60.0
     """Real seconds to wait after the last arrival for open jobs to close."""
+    model: ModelConfig = ModelConfig()
+    """The machines' LLM agent; ``rules`` (the default) runs on the rule engine alone."""
 
 
 class MachineReport(BaseModel):
@@ -74,6 +81,24 @@ class MachineReport(BaseModel):
     costs: int
     profit: int
     wear_pct: float
+
+
+class ModelReport(BaseModel):
+    """What the machines' model did on the bidding path, over the whole run."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model: str
+    asked: int
+    """Decisions the model was asked for (routine jobs and refusals skip it)."""
+    calls: int
+    """Requests sent to the model (a decision with tool calls takes several)."""
+    input_tokens: int
+    output_tokens: int
+    latency_ms_p50: float | None
+    latency_ms_p99: float | None
+    errors: dict[str, int]
+    """Why answers were not used: timeout, invalid output, model error, transport error."""
 
 
 class MarketReport(BaseModel):
@@ -110,6 +135,9 @@ class MarketReport(BaseModel):
     wall_s: float
     machine_days_per_s: float
     ledger_url: str
+    decisions: dict[str, int] = Field(default_factory=dict)
+    """Bid decisions by the path that made them (rules, llm, llm-clamped, rules-fallback, rules-fast-path)."""
+    model: ModelReport | None = None
     outcomes: list[JobOutcome] = Field(default_factory=list, repr=False)
 
 
@@ -153,6 +181,8 @@ def run_market(config: MarketConfig, *, on_progress: Callable[[Snapshot], None] 
     ledger_url = f"sqlite:///{(config.data_dir / 'ledger.db').resolve()}"
     ledger = Ledger(ledger_url)
     keys = Keystore(config.data_dir / "keys.json")
+    governance = Governance(ledger)
+    agent = MachineAgent(config.model) if config.model.uses_model else None
     outcomes: list[JobOutcome] = []
     lock = threading.Lock()
 
@@ -172,7 +202,8 @@ def run_market(config: MarketConfig, *, on_progress: Callable[[Snapshot], None] 
                 # each machine its own connection, so the broker can announce its death by last will
                 hub = Hub(broker.url, name=profile.id)
                 hubs.append(hub)
-                nodes.append(MachineNode(profile, identity, hub, ledger=ledger, fail_jobs=fails))
+                nodes.append(MachineNode(profile, identity, hub, ledger=ledger, fail_jobs=fails, agent=agent,
+                                         governance=governance, memory=NoteMemory()))
             for node in nodes:
                 node.start()
             rc = RequesterConfig(bid_window_s=config.bid_window_s, accept_window_s=config.accept_window_s, speed=config.speed)
@@ -199,7 +230,13 @@ def run_market(config: MarketConfig, *, on_progress: Callable[[Snapshot], None] 
             run_hours = clock.hours()
         finally:
             for node in nodes:
+                try:
+                    save_snapshot(config.data_dir, node.snapshot())
+                except (OSError, TimeoutError) as exc:
+                    log.warning("machine=%s state not saved: %s", node.id, exc)
                 node.stop()
+            if agent is not None:
+                agent.close()
             for r in requesters.values():
                 r.stop()
             time.sleep(0.05)
@@ -281,6 +318,20 @@ def _report(run_id: str, config: MarketConfig, broker_kind: str, fleet: list[Mac
     baseline = fcfs_dispatch(requests, fleet, horizon_h=config.hours)
     latencies = [o.accept_latency_ms for o in outcomes if o.accept_latency_ms is not None]
     busy = sum(min(worked[n.id], config.hours) for n in nodes)
+    paths: Counter[str] = Counter()
+    for n in nodes:
+        paths.update(n.stats.paths)
+    model = None
+    if config.model.uses_model:
+        model_ms = [ms for n in nodes for ms in n.stats.model_latency_ms]
+        errors: Counter[str] = Counter()
+        for n in nodes:
+            errors.update(n.stats.model_errors)
+        model = ModelReport(
+            model=config.model.label(), asked=sum(n.stats.model_decisions for n in nodes), calls=sum(n.stats.model_calls for n in nodes),
+            input_tokens=sum(n.stats.input_tokens for n in nodes), output_tokens=sum(n.stats.output_tokens for n in nodes),
+            latency_ms_p50=_percentile(model_ms, 0.5), latency_ms_p99=_percentile(model_ms, 0.99), errors=dict(errors),
+        )
     return MarketReport(
         run_id=run_id, seed=config.seed, hours=config.hours, broker=broker_kind, machines=machines,
         posted=len(requests), paid=counts["paid"], expired=counts["expired"], refunded=counts["refunded"],
@@ -297,7 +348,7 @@ def _report(run_id: str, config: MarketConfig, broker_kind: str, fleet: list[Mac
         accept_latency_ms_p50=_percentile(latencies, 0.5), accept_latency_ms_p99=_percentile(latencies, 0.99),
         dropped=dropped, wall_s=round(wall_s, 2),
         machine_days_per_s=round(len(nodes) * run_hours / 24 / wall_s, 4),
-        ledger_url=ledger_url, outcomes=sorted(outcomes, key=lambda o: o.job_id),
+        ledger_url=ledger_url, decisions=dict(paths), model=model, outcomes=sorted(outcomes, key=lambda o: o.job_id),
     )
 
 
@@ -308,5 +359,11 @@ def _double_awards(nodes: list[MachineNode]) -> int:
 
 
 def describe(report: MarketReport) -> str:
-    return (f"{report.paid}/{report.posted} jobs paid, revenue {format_units(report.revenue)}, "
+    text = (f"{report.paid}/{report.posted} jobs paid, revenue {format_units(report.revenue)}, "
             f"efficiency {report.efficiency:.1%} of optimum (baseline {report.baseline_efficiency:.1%})")
+    m = report.model
+    if m is None:
+        return text + "; bids by the rule engine (no model configured)"
+    p50 = f"{m.latency_ms_p50:.0f} ms" if m.latency_ms_p50 is not None else "n/a"
+    return text + (f"; model {m.model}: asked {m.asked} times, {m.calls} calls, {m.input_tokens}+{m.output_tokens} tokens, "
+                   f"p50 {p50}, {report.decisions.get('rules-fallback', 0)} fallbacks")

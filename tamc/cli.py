@@ -147,16 +147,26 @@ def keys_list(keystore: KeystoreOpt = Path("tamc-keys.json")) -> None:
         print(f"{name}\t{store.get(name).did}")
 
 
+ModelOpt = Annotated[str | None, typer.Option("--model", help="'rules' (no model), a pydantic-ai model string such as 'openai-chat:gpt-4o-mini', or the model's name at --base-url [default: $TAMC_MODEL or rules]")]
+BaseUrlOpt = Annotated[str | None, typer.Option("--base-url", help="OpenAI-compatible endpoint, e.g. http://localhost:11434/v1 (Ollama) [default: $TAMC_MODEL_BASE_URL]")]
+ApiKeyOpt = Annotated[str | None, typer.Option("--api-key", help="Key for --base-url [default: $TAMC_MODEL_API_KEY]")]
+DataDirOpt = Annotated[Path, typer.Option("--data-dir", envvar="TAMC_DATA", help="Ledger, keys and saved machine state live here.")]
+
+
 @app.command()
 @_friendly
 def demo(
     seed: Annotated[int, typer.Option(help="Seed of the demand stream.")] = 7,
-    hours: Annotated[float, typer.Option(help="Simulated hours of demand.")] = 24.0,
+    hours: Annotated[float | None, typer.Option(help="Simulated hours of demand [default: 24; 2 with a model].")] = None,
     machines: Annotated[int, typer.Option("--machines", help="Machines in the fleet (kinds and regions rotate).")] = 12,
     broker: Annotated[str | None, typer.Option(help="Use this broker (mqtt://host:port) instead of starting one.")] = None,
-    speed: Annotated[float, typer.Option(help="Simulated seconds per real second.")] = 3600.0,
+    speed: Annotated[float | None, typer.Option(help="Simulated seconds per real second [default: 3600; 120 with a model].")] = None,
     load: Annotated[float, typer.Option(help="Offered work as a share of the fleet's capacity.")] = 0.85,
-    data_dir: Annotated[Path, typer.Option("--data-dir", envvar="TAMC_DATA", help="Ledger and keys live here.")] = Path(".tamc"),
+    bid_window: Annotated[float | None, typer.Option("--bid-window", help="Real seconds machines have to bid [default: 0.03; 2 with a model].")] = None,
+    model: ModelOpt = None,
+    base_url: BaseUrlOpt = None,
+    api_key: ApiKeyOpt = None,
+    data_dir: DataDirOpt = Path(".tamc"),
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON, as the last line.")] = False,
 ) -> None:
     """Run a city: a fleet negotiating a simulated day of jobs over MQTT, paid through the ledger."""
@@ -164,15 +174,24 @@ def demo(
 
     from rich.live import Live
 
+    from agents.llm import ModelConfig, build_model
     from market.city import MarketConfig, describe, run_market
     from tamc.views import live_view, report_tables
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
-    config = MarketConfig(seed=seed, hours=hours, machines=machines, broker=broker, speed=speed, load=load, data_dir=data_dir)
+    model_config = ModelConfig.from_env(model, base_url, api_key)
+    build_model(model_config)  # a bad model setting fails here, before the city starts
+    llm = model_config.uses_model  # a model needs time to answer: a slower clock and a longer bid window
+    hours = hours if hours is not None else (2.0 if llm else 24.0)
+    speed = speed if speed is not None else (120.0 if llm else 3600.0)
+    bid_window = bid_window if bid_window is not None else (2.0 if llm else 0.03)
+    config = MarketConfig(seed=seed, hours=hours, machines=machines, broker=broker, speed=speed, load=load, data_dir=data_dir,
+                          bid_window_s=bid_window, model=model_config)
     console = _console()
     err = Console(stderr=True) if as_json else console
     err.print(f"TAMC demo: {machines} machines, {hours:g} simulated hours at {speed:g}× real time, seed {seed}; "
-              f"{'broker ' + broker if broker else 'starting a private broker'}", highlight=False)
+              f"{'broker ' + broker if broker else 'starting a private broker'}; bids by {model_config.label()}"
+              + ("" if llm else ", the rule engine (offline: no model configured)"), highlight=False)
     with Live(console=err, refresh_per_second=8, transient=True) as live:
         report = run_market(config, on_progress=lambda s: live.update(live_view(s)))
     err.print(f"done: {describe(report)}", highlight=False)
@@ -185,13 +204,70 @@ def demo(
 
 @app.command()
 @_friendly
+def chat(
+    machine: Annotated[str, typer.Argument(help="Machine id (one run by 'tamc demo' or 'tamc agent' with this --data-dir).")],
+    stakeholder: Annotated[str, typer.Option("--as", envvar="TAMC_STAKEHOLDER", help="Your name as a shareholder of the machine.")],
+    message: Annotated[str | None, typer.Option("--message", "-m", help="Ask one question and exit; without it, read questions from stdin.")] = None,
+    ledger: Annotated[str | None, typer.Option(help="Ledger database URL [default: sqlite in --data-dir].")] = None,
+    model: ModelOpt = None,
+    base_url: BaseUrlOpt = None,
+    api_key: ApiKeyOpt = None,
+    data_dir: DataDirOpt = Path(".tamc"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print each answer as JSON.")] = False,
+) -> None:
+    """Talk with a machine you hold shares of: earnings, wear, lost jobs, maintenance, proposals."""
+    import sys
+
+    from agents.chat import ChatHistory, MachineChat
+    from agents.llm import ModelConfig
+    from agents.snapshot import SnapshotMachine, load_snapshot
+    from ledger import Ledger
+    from ledger.governance import Governance
+    from tools.deps import MachineDeps
+
+    snapshot = load_snapshot(data_dir, machine)
+    book = Ledger(ledger or f"sqlite:///{(data_dir / 'ledger.db').resolve()}")
+    port = SnapshotMachine(snapshot)
+    governance = Governance(book)
+    model_config = ModelConfig.from_env(model, base_url, api_key)
+    agent = None
+    if model_config.uses_model:
+        from agents.machine_agent import MachineAgent
+
+        agent = MachineAgent(model_config)
+    session = MachineChat(lambda who: MachineDeps(machine=port, ledger=book, governance=governance, actor=who),
+                          ChatHistory(data_dir / "chat"), agent)
+    console = _console()
+    questions = [message] if message is not None else (line for line in sys.stdin)
+    if message is None and sys.stdin.isatty():
+        console.print(f"Talking with {machine} as {stakeholder} ({model_config.label()}); state saved {snapshot.at:%Y-%m-%d %H:%M} UTC. "
+                      "Empty line or Ctrl-D ends.", highlight=False)
+    try:
+        for question in questions:
+            if not question.strip():
+                if message is None and sys.stdin.isatty():
+                    break
+                continue
+            answer = session.ask(stakeholder, question)
+            if as_json:
+                print(answer.model_dump_json())
+            else:
+                console.print(answer.text, markup=False, highlight=False, soft_wrap=True)
+    finally:
+        if agent is not None:
+            agent.close()
+        book.close()
+
+
+@app.command()
+@_friendly
 def agent(
     machine: Annotated[str, typer.Option("--machine", help="Profile id (from --profiles) or a .toml file.")],
     broker: Annotated[str, typer.Option(help="The shared broker, mqtt://host:port.")],
     ledger: Annotated[str | None, typer.Option(help="Ledger database URL [default: sqlite in --data-dir].")] = None,
     holders: Annotated[str, typer.Option(help="Shareholders on first registration, name=units,...")] = "owner=100",
     profiles: ProfilesOpt = None,
-    data_dir: Annotated[Path, typer.Option("--data-dir", envvar="TAMC_DATA", help="Keys (and the default ledger) live here.")] = Path(".tamc"),
+    data_dir: DataDirOpt = Path(".tamc"),
 ) -> None:
     """Run one machine node as its own process against a shared broker, until stopped."""
     from tamc.node_process import run_agent

@@ -51,4 +51,27 @@ def report_tables(r: MarketReport) -> list[Any]:
                f"{r.takeovers} takeovers; jobs paid twice: {r.double_awards}; envelopes dropped: {drops}; "
                f"CFP→accept p50/p99 {latency}; {r.wall_s:.1f} s wall, {r.machine_days_per_s:.2f} machine-days/s; "
                f"ledger {r.ledger_url}")
-    return [machines, market, summary]
+    decisions = Table(title="Bidding decisions by path", show_header=True)
+    for col in ("path", "decisions", "what it means"):
+        decisions.add_column(col, justify="right" if col == "decisions" else "left")
+    for path, meaning in PATHS.items():
+        if r.decisions.get(path):
+            decisions.add_row(path, str(r.decisions[path]), meaning)
+    if r.model is None:
+        model = "model: none configured; every bid is the rule engine's (tamc demo --model … to run LLM agents)"
+    else:
+        u = r.model
+        lat = f"{u.latency_ms_p50:.0f} / {u.latency_ms_p99:.0f} ms" if u.latency_ms_p50 is not None and u.latency_ms_p99 is not None else "n/a"
+        errors = ", ".join(f"{k} {v}" for k, v in sorted(u.errors.items())) or "none"
+        model = (f"model {u.model}: asked for {u.asked} decisions, {u.calls} requests, {u.input_tokens} input + "
+                 f"{u.output_tokens} output tokens, latency p50/p99 {lat}; answers not used: {errors}")
+    return [machines, market, decisions, model, summary]
+
+
+PATHS = {
+    "rules": "no model configured: the rule engine decided",
+    "rules-fast-path": "routine job, or one the rules refuse: the model was not asked",
+    "llm": "the model's decision, inside policy as given",
+    "llm-clamped": "the model's decision, changed by the rules (price band, refusal)",
+    "rules-fallback": "the model failed (timeout, error, invalid output): the rule engine decided",
+}

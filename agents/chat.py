@@ -1,0 +1,263 @@
+"""Stakeholders talk with their machine.
+
+With a model, the chat agent answers from tool calls (earnings from the ledger, wear from
+telemetry). Without one, or when the model fails, the common questions — earnings, wear, why a
+job was lost, whether to approve maintenance, balance, proposals — are answered straight from the
+same tools, and the answer says it is in offline mode. Only holders of the machine's shares may
+chat, and each one's conversation is kept apart, in a file per machine and stakeholder.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import BaseModel
+
+from agents.guard import ModelUse
+from agents.settlement import holder, machine_wallet, reserve
+from core.errors import InputError, PolicyRefused
+from core.money import format_units
+from tools.deps import MachineDeps
+from tools.governance import describe
+from tools.telemetry import machine_state
+from tools.wallet import Period, earnings
+
+if TYPE_CHECKING:
+    from pydantic_ai.messages import ModelMessage
+
+    from agents.machine_agent import MachineAgent
+
+__all__ = ["OFFLINE_NOTE", "ChatAnswer", "ChatHistory", "MachineChat", "answer_offline"]
+
+log = logging.getLogger("tamc.chat")
+
+OFFLINE_NOTE = "[offline mode: no model configured; answers come straight from the machine's tools]"
+KEEP_MESSAGES = 200
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+
+
+class ChatAnswer(BaseModel):
+    text: str
+    mode: Literal["llm", "offline"]
+    sources: list[str]
+    """The tools the answer rests on."""
+    model: ModelUse | None = None
+
+
+class ChatHistory:
+    """Each stakeholder's conversation with each machine, as pydantic-ai messages in a JSON file."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def path(self, machine_id: str, stakeholder: str) -> Path:
+        if not _NAME.match(stakeholder):
+            raise InputError(f"stakeholder name {stakeholder!r} must be lowercase letters, digits, '.', '_' or '-'")
+        return self.folder / machine_id / f"{stakeholder}.json"
+
+    def load(self, machine_id: str, stakeholder: str) -> list[ModelMessage]:
+        from pydantic_ai.messages import ModelMessagesTypeAdapter
+
+        path = self.path(machine_id, stakeholder)
+        if not path.exists():
+            return []
+        try:
+            return list(ModelMessagesTypeAdapter.validate_json(path.read_bytes()))
+        except ValueError:
+            log.warning("chat history %s is unreadable; starting a new one", path)
+            return []
+
+    def append(self, machine_id: str, stakeholder: str, messages: list[ModelMessage]) -> None:
+        from pydantic_ai.messages import ModelMessagesTypeAdapter, ModelRequest, UserPromptPart
+
+        kept = self.load(machine_id, stakeholder) + messages
+        if len(kept) > KEEP_MESSAGES:  # cut at a question, never between a tool call and its result
+            starts = [i for i, m in enumerate(kept) if isinstance(m, ModelRequest) and any(isinstance(p, UserPromptPart) for p in m.parts)]
+            cut = next((i for i in starts if len(kept) - i <= KEEP_MESSAGES), len(kept))
+            kept = kept[cut:]
+        path = self.path(machine_id, stakeholder)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(ModelMessagesTypeAdapter.dump_json(kept))
+        tmp.replace(path)
+
+
+class MachineChat:
+    """One machine's chat: who may ask, the model or the offline answers, and the history."""
+
+    def __init__(self, deps: Callable[[str], MachineDeps], history: ChatHistory, agent: MachineAgent | None = None) -> None:
+        self._deps = deps
+        self.history = history
+        self.agent = agent
+
+    def ask(self, stakeholder: str, question: str) -> ChatAnswer:
+        question = question.strip()
+        if not question:
+            raise InputError("ask a question: the message is empty")
+        if len(question) > 4000:
+            raise InputError(f"a message is at most 4000 characters, got {len(question)}")
+        deps = self._deps(stakeholder)
+        _require_stakeholder(deps, stakeholder)
+        machine_id = deps.machine_id
+        past = self.history.load(machine_id, stakeholder)
+        if self.agent is not None:
+            try:
+                text, new, use = self.agent.runner.run(self.agent.chat(deps, question, past))
+            except Exception as exc:  # the model failed: answer offline, and say why
+                log.warning("machine=%s chat model failed: %s", machine_id, exc)
+                text, sources = answer_offline(deps, question)
+                note = f"[model unavailable ({type(exc).__name__}); offline answer from the tools]"
+                answer = ChatAnswer(text=f"{note}\n{text}", mode="offline", sources=sources)
+            else:
+                self.history.append(machine_id, stakeholder, new)
+                return ChatAnswer(text=text, mode="llm", sources=sorted({a.tool for a in deps.actions}), model=use)
+        else:
+            text, sources = answer_offline(deps, question)
+            answer = ChatAnswer(text=f"{OFFLINE_NOTE}\n{text}", mode="offline", sources=sources)
+        self.history.append(machine_id, stakeholder, _exchange(question, answer.text))
+        return answer
+
+
+def _require_stakeholder(deps: MachineDeps, stakeholder: str) -> None:
+    if deps.ledger is None:
+        return
+    holders = deps.ledger.cap_table(deps.machine_id)
+    if holder(stakeholder) not in holders:
+        names = ", ".join(h.removeprefix("holder:") for h in holders if h.startswith("holder:")) or "none"
+        raise PolicyRefused("chat.not_stakeholder",
+                            f"{stakeholder!r} holds no shares of {deps.machine_id}; only its stakeholders ({names}) may chat with it")
+
+
+def _exchange(question: str, answer: str) -> list[ModelMessage]:
+    from pydantic_ai.messages import ModelRequest, ModelResponse, TextPart, UserPromptPart
+
+    return [ModelRequest(parts=[UserPromptPart(question)]), ModelResponse(parts=[TextPart(answer)], model_name="offline")]
+
+
+# -- offline answers ----------------------------------------------------------------------------
+
+def answer_offline(deps: MachineDeps, question: str) -> tuple[str, list[str]]:
+    """Answer a common question from the tools alone; returns the text and the tools it used."""
+    q = question.lower()
+    if _has(q, "lose", "lost", "losing", "lose?"):
+        return _why_lost(deps), ["bid_history"]
+    if _has(q, "approve", "maintenance", "maintain", "service", "repair"):
+        return _maintenance(deps), ["current_state", "balance", "open_proposals"]
+    if _has(q, "earn", "earned", "earnings", "revenue", "income", "made", "profit", "paid"):
+        return _earnings(deps, _period(q)), ["earnings"]
+    if _has(q, "wear", "worn", "condition", "health", "temperature", "temperatures", "battery", "state", "status"):
+        return _condition(deps), ["current_state"]
+    if _has(q, "balance", "wallet", "cash", "money", "reserve"):
+        return _balance(deps), ["balance"]
+    if _has(q, "proposal", "proposals", "vote", "votes", "tally"):
+        return _proposals(deps), ["open_proposals"]
+    return ("Offline, I can answer: how much did you earn (today, this week, this month)? what is your wear? "
+            "why did you lose the last job? should we approve maintenance? what is your balance? which proposals are open?"), []
+
+
+def _has(q: str, *words: str) -> bool:
+    found = set(re.findall(r"[a-z]+", q))
+    return any(w in found for w in words)
+
+
+def _period(q: str) -> Period:
+    if _has(q, "today", "day", "daily"):
+        return "day"
+    if _has(q, "month", "monthly"):
+        return "month"
+    if _has(q, "ever", "total", "all"):
+        return "all"
+    return "week"
+
+
+def _earnings(deps: MachineDeps, period: Period) -> str:
+    try:
+        e = earnings(deps, period)
+    except PolicyRefused as exc:
+        return f"I cannot read my wallet: {exc.detail}."
+    span = {"day": "in the last 24 hours", "week": "in the last 7 days", "month": "in the last 30 days", "all": "since I started"}[period]
+    return (f"{span.capitalize()} I was paid {e['revenue']} units for {e['jobs_paid']} jobs. I paid {e['energy']} for energy "
+            f"and {e['materials']} for materials, put {e['wear_reserve']} into my maintenance reserve and spent {e['expenses']} "
+            f"on expenses: {e['net_after_costs']} after costs, of which {e['to_owners']} went to my stakeholders. (source: ledger)")
+
+
+def _condition(deps: MachineDeps) -> str:
+    s = machine_state(deps)
+    if "wear_pct" not in s:
+        return f"I have no telemetry yet: {s.get('telemetry', 'not reported')}."
+    parts = [f"My wear is {s['wear_pct']}% against a limit of {s['wear_limit_pct']:g}% ({s['wear_headroom_pct']} points of headroom)."]
+    if s["temperatures_c"]:
+        parts.append("Temperatures: " + ", ".join(f"{k} {v} °C" for k, v in s["temperatures_c"].items()) + ".")
+    if "battery_pct" in s:
+        parts.append(f"Battery {s['battery_pct']}%.")
+    parts.append(f"I am {s['state']}, with {s['queue_jobs']} jobs queued; {s['energy_used_kwh']} kWh used over "
+                 f"{s['operating_hours']} operating hours. (source: telemetry at {s['at']})")
+    return " ".join(parts)
+
+
+def _why_lost(deps: MachineDeps) -> str:
+    history = deps.machine.bid_history()
+    lost = [r for r in history if r.outcome == "lost"]
+    if not lost:
+        bids = [r for r in history if r.action == "bid"]
+        if not bids:
+            return "I have not bid on any job yet, so I have lost none. (source: bid history)"
+        won = sum(r.outcome == "won" for r in bids)
+        return f"I have not lost a job I bid on recently: of my last {len(bids)} bids I won {won}. (source: bid history)"
+    r = lost[-1]
+    assert r.price is not None
+    gap = ""
+    if r.winning_price is not None:
+        diff = r.price - r.winning_price
+        gap = (f" {r.winner} won at {format_units(r.winning_price)}, {format_units(diff)} below my price." if diff > 0
+               else f" {r.winner} won at {format_units(r.winning_price)}, not cheaper than mine: the requester ranks the ETA too.")
+    return (f"I lost job {r.job_id} ({r.capability} in {r.region}): I bid {format_units(r.price)} via {r.path} "
+            f"({r.reason}).{gap} I lost {len(lost)} of my last {sum(1 for x in history if x.action == 'bid')} bids. (source: bid history)")
+
+
+def _maintenance(deps: MachineDeps) -> str:
+    s = machine_state(deps)
+    limit = deps.policy.wear_limit_pct
+    wear = s.get("wear_pct")
+    lines = []
+    if wear is None:
+        lines.append("I have no telemetry yet, so I cannot judge my wear.")
+    elif wear >= 0.8 * limit:
+        lines.append(f"Yes: my wear is {wear}% against a limit of {limit:g}%; above the limit I must stop taking work.")
+    else:
+        lines.append(f"Not yet: my wear is {wear}% against a limit of {limit:g}% ({round(limit - wear, 3)} points of headroom); "
+                     f"I would ask at {0.8 * limit:g}%.")
+    if deps.ledger is not None:
+        lines.append(f"My maintenance reserve holds {format_units(deps.ledger.balance(reserve(deps.machine_id)))} units.")
+    if deps.governance is not None:
+        open_ = [p for p in deps.governance.proposals(deps.machine_id, state="open") if p.kind.value == "maintenance"]
+        for p in open_:
+            d = describe(deps, p)
+            t = d["tally"]
+            lines.append(f"Proposal {p.id} '{p.title}' is open: yes {t['yes']}, no {t['no']} of {t['of']} shares.")
+    return " ".join(lines) + " (sources: telemetry, ledger, governance)"
+
+
+def _balance(deps: MachineDeps) -> str:
+    if deps.ledger is None:
+        return "I have no ledger configured."
+    mid = deps.machine_id
+    return (f"My wallet holds {format_units(deps.ledger.balance(machine_wallet(mid)))} units and my maintenance reserve "
+            f"{format_units(deps.ledger.balance(reserve(mid)))}. (source: ledger)")
+
+
+def _proposals(deps: MachineDeps) -> str:
+    if deps.governance is None:
+        return "I have no governance configured."
+    open_ = deps.governance.proposals(deps.machine_id, state="open")
+    if not open_:
+        return "No proposal is open. (source: governance)"
+    out = []
+    for p in open_:
+        t = describe(deps, p)["tally"]
+        out.append(f"{p.id} ({p.kind.value}) '{p.title}': yes {t['yes']}, no {t['no']}, abstain {t['abstain']} of {t['of']} shares")
+    return "Open: " + "; ".join(out) + ". (source: governance)"
