@@ -101,6 +101,7 @@ class MachineChat:
         if len(question) > 4000:
             raise InputError(f"a message is at most 4000 characters, got {len(question)}")
         deps = self._deps(stakeholder)
+        self.history.path(deps.machine_id, stakeholder)  # a name that cannot be a file name is refused first
         _require_stakeholder(deps, stakeholder)
         machine_id = deps.machine_id
         past = self.history.load(machine_id, stakeholder)
