@@ -166,6 +166,7 @@ def demo(
     model: ModelOpt = None,
     base_url: BaseUrlOpt = None,
     api_key: ApiKeyOpt = None,
+    fast_path: Annotated[bool, typer.Option("--fast-path/--no-fast-path", help="Let routine jobs skip the model.")] = True,
     data_dir: DataDirOpt = Path(".tamc"),
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON, as the last line.")] = False,
 ) -> None:
@@ -179,7 +180,7 @@ def demo(
     from tamc.views import live_view, report_tables
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
-    model_config = ModelConfig.from_env(model, base_url, api_key)
+    model_config = ModelConfig.from_env(model, base_url, api_key, fast_path=fast_path)
     build_model(model_config)  # a bad model setting fails here, before the city starts
     llm = model_config.uses_model  # a model needs time to answer: a slower clock and a longer bid window
     hours = hours if hours is not None else (2.0 if llm else 24.0)
