@@ -382,9 +382,14 @@ class MachineNode:
         record = BidRecord(job_id=job.id, capability=job.capability, region=job.region, at=datetime.now(UTC),
                            action="bid" if bid else "decline", price=decision.price if bid else None, path=decision.path,
                            reason=decision.why, outcome="pending" if bid else "declined")
+        if decision.model is not None:
+            use = decision.model
+            record.model_calls, record.input_tokens, record.output_tokens, record.model_ms = (
+                use.calls, use.input_tokens, use.output_tokens, use.latency_ms)
         self._history.append(record)
-        log.info("machine=%s job=%s action=%s price=%s path=%s why=%s", self.id, job.id, record.action, record.price,
-                 decision.path, decision.why)
+        log.info("machine=%s job=%s action=%s price=%s path=%s model_calls=%d tokens=%d+%d model_ms=%.1f why=%s", self.id,
+                 job.id, record.action, record.price, decision.path, record.model_calls, record.input_tokens,
+                 record.output_tokens, record.model_ms, decision.why)
         if not bid:
             self.stats.declined_cfps += 1
             codes = {r.code for r in decision.rules.rules if r.code.startswith("decline")} if decision.rules.action == "decline" else set()

@@ -268,12 +268,18 @@ def agent(
     ledger: Annotated[str | None, typer.Option(help="Ledger database URL [default: sqlite in --data-dir].")] = None,
     holders: Annotated[str, typer.Option(help="Shareholders on first registration, name=units,...")] = "owner=100",
     profiles: ProfilesOpt = None,
+    model: ModelOpt = None,
+    base_url: BaseUrlOpt = None,
+    api_key: ApiKeyOpt = None,
+    fast_path: Annotated[bool, typer.Option("--fast-path/--no-fast-path", help="Let routine jobs skip the model.")] = True,
     data_dir: DataDirOpt = Path(".tamc"),
 ) -> None:
     """Run one machine node as its own process against a shared broker, until stopped."""
+    from agents.llm import ModelConfig
     from tamc.node_process import run_agent
 
-    run_agent(machine, broker, ledger_url=ledger, holders=holders, profiles=profiles, data_dir=data_dir)
+    run_agent(machine, broker, ledger_url=ledger, holders=holders, profiles=profiles, data_dir=data_dir,
+              model=ModelConfig.from_env(model, base_url, api_key, fast_path=fast_path))
 
 
 def _console() -> Any:

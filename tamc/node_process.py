@@ -12,16 +12,23 @@ import threading
 from pathlib import Path
 
 from agents import settlement
+from agents.llm import ModelConfig
+from agents.machine_agent import MachineAgent
 from agents.node import MachineNode
+from agents.snapshot import save_snapshot
 from core.errors import InputError
 from hub.messages import JobEvent
 from hub.transport import Hub, parse_broker_url
 from ledger import Keystore, Ledger
+from ledger.governance import Governance
 from machines.loader import find_profile, load_profile
+from tools.memory import NoteMemory
 
 __all__ = ["parse_holders", "run_agent"]
 
 log = logging.getLogger("tamc.agent")
+
+SNAPSHOT_EVERY_S = 10.0
 
 
 def parse_holders(text: str) -> dict[str, int]:
@@ -38,8 +45,10 @@ def parse_holders(text: str) -> dict[str, int]:
 
 
 def run_agent(machine: str, broker_url: str, *, ledger_url: str | None, holders: str, profiles: Path | None,
-              data_dir: Path, stop: threading.Event | None = None) -> None:
+              data_dir: Path, model: ModelConfig | None = None, stop: threading.Event | None = None) -> None:
     parse_broker_url(broker_url)  # a bad address fails here, before anything is registered
+    model = model or ModelConfig()
+    agent = MachineAgent(model) if model.uses_model else None  # a bad model setting fails here too
     profile = load_profile(machine) if machine.endswith(".toml") else find_profile(machine, profiles)
     data_dir.mkdir(parents=True, exist_ok=True)
     ledger = Ledger(ledger_url or f"sqlite:///{(data_dir / 'ledger.db').resolve()}")
@@ -50,18 +59,25 @@ def run_agent(machine: str, broker_url: str, *, ledger_url: str | None, holders:
         print(json.dumps({"machine": machine_id, "job": event.job_id, "event": event.kind,
                           "progress": event.progress, "detail": event.detail}), flush=True)
 
-    node = MachineNode(profile, identity, Hub(broker_url, name=profile.id), ledger=ledger, on_event=show)
+    node = MachineNode(profile, identity, Hub(broker_url, name=profile.id), ledger=ledger, on_event=show, agent=agent,
+                       governance=Governance(ledger), memory=NoteMemory())
     stop = stop or threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     node.start()
-    print(json.dumps({"machine": profile.id, "did": identity.did, "broker": broker_url, "state": "online"}), flush=True)
+    print(json.dumps({"machine": profile.id, "did": identity.did, "broker": broker_url, "state": "online",
+                      "bids_by": model.label()}), flush=True)
     try:
-        stop.wait()
+        while not stop.wait(SNAPSHOT_EVERY_S):
+            save_snapshot(data_dir, node.snapshot())  # what 'tamc chat' reads
     finally:
+        save_snapshot(data_dir, node.snapshot())
         node.stop()
         node.hub.close()
+        if agent is not None:
+            agent.close()
         print(json.dumps({"machine": profile.id, "state": "offline", "stats": {
             "bids": node.stats.bids, "done": node.stats.done, "paid": node.stats.paid, "revenue": node.stats.revenue,
+            "paths": dict(node.stats.paths), "model_calls": node.stats.model_calls,
         }}), flush=True)
         sys.stdout.flush()

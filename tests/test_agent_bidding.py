@@ -82,6 +82,7 @@ def test_model_bid_with_a_tool_call_is_published_as_llm(city: City, standin: Sta
     assert stats.paths["llm"] == 1 and stats.model_calls == 2 and stats.input_tokens > 0 and stats.output_tokens == 24
     record = node.bid_history()[-1]
     assert (record.job_id, record.path, record.price) == ("llm-1", "llm", 31_000_000)
+    assert (record.model_calls, record.output_tokens) == (2, 24) and record.input_tokens > 0 and 0 < record.model_ms < WINDOW_MS
 
 
 def test_price_under_the_floor_is_clamped_to_the_least_price(city: City, standin: StandIn) -> None:
@@ -124,6 +125,8 @@ def test_model_failures_fall_back_to_the_rules_before_the_deadline(city: City, s
     assert bid.price == rules.price
     assert error in bid.reason
     assert node.stats.paths == {"rules-fallback": 1}
+    record = node.bid_history()[-1]
+    assert record.path == "rules-fallback" and error in record.reason and record.model_ms < WINDOW_MS
     if case == "http-500":
         assert len(standin.requests) >= 2, "a 500 is retried while the budget lasts"
 

@@ -289,3 +289,24 @@ def test_injected_instructions_change_nothing_the_rules_would_not_allow(market: 
     assert [(a.tool, a.ok, a.code) for a in deps.actions][1:] == [("pay_expense", False, "policy.payee"),
                                                                   ("pay_expense", False, "policy.expense_limit")]
     assert market.balances() == before
+
+
+def test_governance_role_proposes_maintenance_from_the_evidence(market: Market) -> None:
+    """The governance agent reads the machine's state and open proposals, and asks for maintenance."""
+
+    def steward(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        turn = sum(isinstance(m, ModelResponse) for m in messages)
+        steps = [("current_state", {}), ("open_proposals", {}),
+                 ("propose", {"kind": "maintenance", "title": "Service the extruder", "rationale": "wear rising", "budget": "60.00"})]
+        if turn < len(steps):
+            return ModelResponse(parts=[ToolCallPart(*steps[turn])])
+        return ModelResponse(parts=[TextPart("Proposed extruder service.")])
+
+    agent = MachineAgent(ModelConfig(model="function"), model=FunctionModel(steward))
+    deps = market.node.deps()
+    report, use = agent.runner.run(agent.govern(deps))
+    assert report == "Proposed extruder service." and use.calls == 4
+    (proposal,) = market.governance.proposals(market.node.id, state="open")
+    assert proposal.kind.value == "maintenance" and proposal.payload["budget"] == 60_000_000 and proposal.opened_by == "agent"
+    assert proposal.evidence[0].startswith("wear ") and "of limit 80%" in proposal.evidence[0]
+    assert [a.tool for a in deps.actions] == ["current_state", "open_proposals", "propose"]

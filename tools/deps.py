@@ -60,6 +60,11 @@ class BidRecord(BaseModel):
     outcome: Outcome = "pending"
     winner: str | None = None
     winning_price: int | None = None
+    model_calls: int = 0
+    """Requests this decision sent to the model, its tokens and how long the model took (0 when not asked)."""
+    input_tokens: int = 0
+    output_tokens: int = 0
+    model_ms: float = 0.0
 
 
 class ToolAction(BaseModel):
