@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/ledger.py
 	$(BIN)/python bench/negotiation.py
 	$(BIN)/python bench/market.py
+	$(BIN)/python bench/agent.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
