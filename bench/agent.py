@@ -34,6 +34,7 @@ def main() -> None:
     n = 50 if quick else 300
     from datetime import UTC, datetime
 
+    from openai_standin import call, standin_server, turns
     from pydantic_ai import models
     from pydantic_ai.messages import ModelMessage, ModelResponse, ToolCallPart
     from pydantic_ai.models.function import AgentInfo, FunctionModel
@@ -45,7 +46,6 @@ def main() -> None:
     from agents.snapshot import MachineSnapshot, SnapshotMachine
     from hub.envelope import now_ms
     from machines import JobSpec, load_profiles
-    from openai_standin import call, standin_server, turns
     from tools import MachineDeps, OpenCall
 
     profile = load_profiles()["prusa-01"]
