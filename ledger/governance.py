@@ -21,7 +21,7 @@ from sqlalchemy.engine import Connection
 from core.errors import GovernanceError, InputError
 from ledger import _db
 from ledger._db import proposals, votes
-from ledger.book import Ledger
+from ledger.book import Ledger, _aware
 
 __all__ = ["Choice", "Governance", "Proposal", "ProposalKind", "Tally"]
 
@@ -162,7 +162,3 @@ def _proposal(row: Any) -> Proposal:
         evidence=tuple(json.loads(row.evidence)), opened_by=row.opened_by, opened_at=_aware(row.opened_at),
         closes_at=_aware(row.closes_at), weights=json.loads(row.weights), state=row.state,
     )
-
-
-def _aware(ts: datetime) -> datetime:
-    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
