@@ -12,20 +12,23 @@ message: awards and payments only count from the requester that posted the job.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from agents import settlement
 from agents.guard import BidDecision, BidProposal, ModelUse, from_rules, guard
-from agents.rules import CostBreakdown, Decision, MachineStatus, MarketContext, Rule, decide, job_cost
+from agents.memory.signals import DemandLog, outcome_item, price_signal, wear_item
+from agents.memory.store import MemoryItem
+from agents.rules import CostBreakdown, Decision, MachineStatus, MarketContext, MemorySignal, Rule, decide, job_cost
 from agents.snapshot import MachineSnapshot
 from core.clock import ScaledClock
-from core.errors import EscrowNotFound
+from core.errors import EscrowNotFound, MemoryStoreError
 from hub import topics
 from hub.envelope import Envelope, now_ms, seal
 from hub.mailbox import Mailbox, Timer
@@ -41,8 +44,8 @@ from tools.deps import BidRecord, MachineDeps, OpenCall
 if TYPE_CHECKING:
     from agents.llm import BackgroundLoop
     from agents.machine_agent import MachineAgent
+    from agents.memory import MachineMemory
     from ledger.governance import Governance
-    from tools.memory import Memory
 
 __all__ = ["Contract", "MachineNode", "NodeStats"]
 
@@ -57,6 +60,7 @@ BID_MARGIN_S = 0.015
 """Real seconds kept before a bid deadline to publish the rule engine's bid if the model is late."""
 MIN_MODEL_BUDGET_S = 0.005
 HISTORY = 200
+MEMORY_WARN_EVERY_S = 60.0
 
 
 def _hours_left(deadline_at: int, speed: float) -> float:
@@ -74,6 +78,7 @@ class Contract:
     state: ContractState = "accepted"
     hours: float = 0.0
     cost: CostBreakdown | None = None
+    wear_at_start: float = 0.0
     timers: list[Timer] = field(default_factory=list)
 
     def cancel_timers(self) -> None:
@@ -122,6 +127,11 @@ class NodeStats:
     model_latency_ms: list[float] = field(default_factory=list)
     model_errors: Counter[str] = field(default_factory=Counter)
     """Why the model's answer was not used: timeout, invalid output, model error, transport error."""
+    memory_priced: int = 0
+    """Bids priced with a memory signal (similar past jobs)."""
+    memory_records: int = 0
+    memory_errors: int = 0
+    """Memory operations that failed; the machine went on without memory for them."""
 
     @property
     def costs(self) -> int:
@@ -153,7 +163,7 @@ class MachineNode:
         on_event: Callable[[str, JobEvent], None] | None = None,
         agent: MachineAgent | None = None,
         loop: BackgroundLoop | None = None,
-        memory: Memory | None = None,
+        memory: MachineMemory | None = None,
         governance: Governance | None = None,
         auto_bid: bool = True,
     ) -> None:
@@ -182,6 +192,8 @@ class MachineNode:
 
             self.loop = shared_loop()
         self.memory = memory
+        self._demand = DemandLog()
+        self._memory_warned = 0.0
         self.governance = governance
         self.auto_bid = auto_bid
         """False holds each call open until its bid deadline for a person (or their chat) to bid by hand."""
@@ -210,6 +222,8 @@ class MachineNode:
         """Follow ``clock`` (the market's, in one process); idle machines only."""
         self.clock = clock
         self.driver = SimDriver(self.profile, clock)
+        if self.memory is not None:
+            self.memory.clock = clock.now  # records and retention run on market time
 
     def start(self) -> MachineNode:
         """Join the market. A node on a hub of its own connects it with a last will saying offline;
@@ -234,6 +248,7 @@ class MachineNode:
     def _leave(self) -> None:
         for job_id in list(self._jobs):
             self._forget(job_id)
+        self._store(self._demand.flush())
         self._running = None
         self.hub.publish(topics.presence(self.id), self.presence("offline"), retain=True)
 
@@ -283,10 +298,11 @@ class MachineNode:
     def _hours(self, job: JobSpec, position: Point | None = None) -> float:
         return estimate(self.profile, job, position=position).total_hours
 
-    def decide(self, job: JobSpec, deadline_at: int, speed: float) -> Decision:
-        """The bidding decision: the rule engine (the LLM agent's issue wraps this), then a check
-        that slotting the job in by its deadline leaves every job already accepted on time."""
-        decision = decide(self.profile, job, self.status(deadline_at), self.market)
+    def decide(self, job: JobSpec, deadline_at: int, speed: float, memory: MemorySignal | None = None) -> Decision:
+        """The rule engine's decision (priced with what memory says of similar jobs, if anything),
+        then a check that slotting the job in by its deadline leaves every job already accepted on time."""
+        market = self.market if memory is None else self.market.model_copy(update={"memory": memory})
+        decision = decide(self.profile, job, self.status(deadline_at), market)
         if decision.action != "bid" or decision.eta_h is None:
             return decision
         finish = decision.eta_h
@@ -310,6 +326,11 @@ class MachineNode:
             return
         call = OpenCall(job=job, requester=env.sender, reserve=cfp.reserve, bid_deadline=cfp.bid_deadline,
                         deadline_at=cfp.deadline_at, speed=cfp.speed)
+        self._count_demand(job, "calls")
+        if self.memory is not None and self._rule_decision(call).action == "bid":
+            signal = self._with_memory("price from memory", price_signal, self.memory, job, self.profile.policy)
+            if signal is not None:
+                call = call.model_copy(update={"memory": signal})
         self._calls[job.id] = call
         if not self.auto_bid:
             self.mailbox.call_later((cfp.bid_deadline - now_ms()) / 1000, self._expire_call, job.id)
@@ -325,7 +346,7 @@ class MachineNode:
             self._ask_model(call, rules)
 
     def _rule_decision(self, call: OpenCall) -> Decision:
-        return self.decide(self._remaining(call.job, call.deadline_at, call.speed), call.deadline_at, call.speed)
+        return self.decide(self._remaining(call.job, call.deadline_at, call.speed), call.deadline_at, call.speed, call.memory)
 
     def _ask_model(self, call: OpenCall, rules: Decision) -> None:
         """Hand the call to the model on the agent loop; a timer answers with the rules if it is late."""
@@ -379,9 +400,10 @@ class MachineNode:
         self._pending.pop(job.id, None)
         self.stats.paths[decision.path] += 1
         bid = decision.action == "bid" and decision.price is not None and decision.price <= call.reserve
+        cost = decision.rules.cost.total if decision.rules.cost is not None else None
         record = BidRecord(job_id=job.id, capability=job.capability, region=job.region, at=datetime.now(UTC),
-                           action="bid" if bid else "decline", price=decision.price if bid else None, path=decision.path,
-                           reason=decision.why, outcome="pending" if bid else "declined")
+                           action="bid" if bid else "decline", price=decision.price if bid else None, cost=cost,
+                           path=decision.path, reason=decision.why, outcome="pending" if bid else "declined")
         if decision.model is not None:
             use = decision.model
             record.model_calls, record.input_tokens, record.output_tokens, record.model_ms = (
@@ -397,6 +419,9 @@ class MachineNode:
             return
         assert decision.price is not None
         self._records[job.id] = record
+        self._count_demand(job, "bids")
+        if any(r.code == "price.memory" for r in decision.rules.rules):
+            self.stats.memory_priced += 1
         self._send_bid(call, decision.price, decision.eta_h or 0.0, decision.variable_cost, decision.why, decision.path)
 
     def _send_bid(self, call: OpenCall, price: int, eta_h: float, cost: int, reason: str, path: str) -> None:
@@ -524,21 +549,23 @@ class MachineNode:
         self._publish_event(body.job_id, "accepted", detail="takeover" if body.takeover else "")
 
     def _note_outcome(self, body: Award | JobClosed) -> None:
-        """Keep who won a job we bid on, and at what price: the answer to "why did we lose?"."""
+        """Keep who won a job we bid on, and at what price — the answer to "why did we lose?" — and
+        remember the first outcome of each job (the prices similar jobs will be bid at learn from it)."""
         record = self._records.get(body.job_id)
-        if record is None:
+        if record is None or record.outcome != "pending":
             return
         if isinstance(body, Award):
             record.outcome = "won" if body.machine_id == self.id else "lost"
             record.winner, record.winning_price = body.machine_id, body.price
-            return
-        if body.machine_id is None and record.outcome == "pending":
+        elif body.machine_id is None:
             record.outcome = "no-award"
-        if self.memory is not None:
-            won = f"won at {record.winning_price}" if record.outcome == "won" else (
-                f"lost to {record.winner} at {record.winning_price}" if record.outcome == "lost" else record.outcome)
-            self.memory.remember(f"job {record.job_id} ({record.capability}, {record.region}): we bid {record.price} "
-                                 f"via {record.path}; {won}", kind="job_outcome", source="market")
+        else:
+            return
+        followed = self._jobs.get(body.job_id)
+        if record.outcome == "won" and followed is not None:
+            self._count_demand(followed.call.job, "wins")
+        if followed is not None:
+            self._store([outcome_item(followed.call.job, record)])
 
     # -- execution ---------------------------------------------------------------------------
 
@@ -596,6 +623,7 @@ class MachineNode:
         contract.hours = work.total_hours
         contract.cost = job_cost(self.profile, work, self.market)
         route = [p for p in (contract.job.pickup, contract.job.dropoff) if p is not None]
+        contract.wear_at_start = t.wear_pct
         self.driver.start_job(contract.job.id, max(work.total_hours, 1e-9), route=route)
         contract.state = "running"
         self._publish_event(contract.job.id, "started")
@@ -620,6 +648,8 @@ class MachineNode:
         assert self.driver is not None
         self.driver.finish_job()
         contract.state = "done"
+        wear = self.driver.telemetry().wear_pct
+        self._store([wear_item(contract.job.id, contract.job.capability, wear, wear - contract.wear_at_start, contract.hours)])
         self._running = None
         self.stats.done += 1
         self.stats.busy_hours += contract.hours
@@ -657,6 +687,34 @@ class MachineNode:
         s.consumables += costs.consumables
         s.to_owners += costs.to_owners
         s.settled.append((contract.job.id, costs))
+
+    # -- memory ------------------------------------------------------------------------------
+
+    def _now(self) -> datetime:
+        return self.clock.now() if self.clock is not None else datetime.now(UTC)
+
+    def _count_demand(self, job: JobSpec, what: str) -> None:
+        if self.memory is not None:
+            self._store(self._demand.count(self._now(), job.region, job.capability, what))
+
+    def _store(self, items: Sequence[MemoryItem | None]) -> None:
+        """Remember ``items`` at market time; a failing store is logged and skipped."""
+        now = self._now()
+        kept = [i if i.at is not None else i._replace(at=now) for i in items if i is not None]
+        if kept and self.memory is not None and self._with_memory("remember", self.memory.remember_many, kept) is not None:
+            self.stats.memory_records += len(kept)
+
+    def _with_memory(self, doing: str, fn: Callable[..., object], *args: object) -> Any:
+        """Run a memory operation; if the store fails, log it (at most once a minute) and return None."""
+        try:
+            return fn(*args)
+        except MemoryStoreError as exc:
+            self.stats.memory_errors += 1
+            now = time.monotonic()
+            if now - self._memory_warned > MEMORY_WARN_EVERY_S:
+                self._memory_warned = now
+                log.warning("machine=%s memory=%s failed=%s error=%s", self.id, doing, self.stats.memory_errors, exc)
+            return None
 
     # -- helpers -----------------------------------------------------------------------------
 

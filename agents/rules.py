@@ -18,13 +18,29 @@ from machines.job import JobSpec
 from machines.profile import MachineProfile, Point
 from machines.work import WorkEstimate, estimate
 
-__all__ = ["CostBreakdown", "Decision", "MachineStatus", "MarketContext", "Rule", "decide", "job_cost"]
+__all__ = ["CostBreakdown", "Decision", "MachineStatus", "MarketContext", "MemorySignal", "Rule", "decide", "job_cost"]
 
 BPS = 10_000
 
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True)
+
+
+class MemorySignal(_Frozen):
+    """What the machine's memory of similar past jobs says a price should be, as a ratio to cost.
+
+    Computed from stored outcomes (``agents.memory.signals``) before the rules run, so the rule
+    engine — and with it every fallback — prices from memory too, and stays pure."""
+
+    target_bps: int = Field(gt=0)
+    """Price over cost in basis points (13000 = price 1.3× cost)."""
+    samples: int
+    wins: int
+    detail: str
+    """Why, in one line: ``lost 5 of 6 similar jobs; winners bid 1.21× cost``."""
+    cases: tuple[str, ...] = ()
+    """The remembered jobs it rests on, as stored."""
 
 
 class MarketContext(_Frozen):
@@ -34,6 +50,9 @@ class MarketContext(_Frozen):
     """Micro-units per kWh (0.25 units by default)."""
     demand_index_bps: int = Field(default=BPS, gt=0)
     """Demand against supply for this kind and region: 10000 is balanced, 15000 is 1.5×."""
+    memory: MemorySignal | None = None
+    """The machine's own experience of similar jobs; when present (and the policy learns from
+    memory) it sets the demand factor in place of the market-wide index."""
 
 
 class MachineStatus(_Frozen):
@@ -111,11 +130,17 @@ def decide(
     if charge_h:
         fired.append(Rule(code="time.charge", detail=f"charges {charge_h * 60:.0f} min first"))
 
-    demand = BPS + (market.demand_index_bps - BPS) * policy.demand_sensitivity_bps // BPS
+    learned = market.memory if policy.learn_from_memory else None
+    if learned is not None:  # the demand factor that prices at the remembered ratio to cost
+        demand = -(-learned.target_bps * BPS // (BPS + policy.margin_bps))
+    else:
+        demand = BPS + (market.demand_index_bps - BPS) * policy.demand_sensitivity_bps // BPS
     demand += status.queue_len * policy.backlog_bps_per_job
     demand = min(max(demand, policy.demand_min_bps), policy.demand_max_bps)
     price = max(-(-base * demand // BPS), cost.total)
-    if demand != BPS:
+    if learned is not None:
+        fired.append(Rule(code="price.memory", detail=f"demand ×{demand / BPS:.2f} from memory: {learned.detail} (queue {status.queue_len})"))
+    elif demand != BPS:
         fired.append(Rule(code="price.demand", detail=f"demand ×{demand / BPS:.2f} (index {market.demand_index_bps / BPS:.2f}, queue {status.queue_len})"))
     price = -(-price // policy.price_tick) * policy.price_tick
 

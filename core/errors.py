@@ -35,8 +35,10 @@ raised. ::
     ├── PolicyRefused               a tool refused an action its owners' policy forbids; nothing moved
     │   └── ApprovalRequired        allowed only with the holders' vote: a proposal was opened
     ├── GovernanceError             a proposal or vote that cannot be taken (unknown, closed, not a holder)
-    └── ModelError                  the language model cannot be used as configured
-        └── InvalidModelConfig      a model setting that does not name a usable model
+    ├── ModelError                  the language model cannot be used as configured
+    │   └── InvalidModelConfig      a model setting that does not name a usable model
+    └── MemoryStoreError            the machine's vector memory cannot be used; bidding goes on without it
+        └── EmbeddingUnavailable    the local embedding model's files are not installed
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ __all__ = [
     "BadSignature",
     "BrokerStartFailed",
     "BrokerUnavailable",
+    "EmbeddingUnavailable",
     "EnvelopeRejected",
     "EscrowClosed",
     "EscrowError",
@@ -65,6 +68,7 @@ __all__ = [
     "InvalidProfile",
     "KeystoreError",
     "LedgerError",
+    "MemoryStoreError",
     "ModelError",
     "NoShareholders",
     "PolicyRefused",
@@ -225,3 +229,12 @@ class ModelError(TamcError):
 
 class InvalidModelConfig(ModelError, InputError):
     """A model setting that names no usable model: say ``rules``, a model string, or a base URL and a name."""
+
+
+class MemoryStoreError(TamcError):
+    """The machine's vector memory cannot be used (unreadable or corrupt store, no server at the URL,
+    no permission). The message names the store and what to do; the machine bids on without memory."""
+
+
+class EmbeddingUnavailable(MemoryStoreError):
+    """The local embedding model's files are missing: install them (the message gives the command)."""

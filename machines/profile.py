@@ -113,6 +113,15 @@ class Policy(_Model):
     """Price premium per job already queued: busy machines get dearer, spreading the load."""
     demand_min_bps: int = Field(default=8000, gt=0)
     demand_max_bps: int = Field(default=20000, gt=0)
+    """Bounds of the demand factor, whether it comes from the market index or from memory."""
+    learn_from_memory: bool = True
+    """Price from the outcomes of similar past jobs when memory holds enough of them."""
+    memory_min_samples: int = Field(default=3, ge=1)
+    """Similar past jobs (won or lost) needed before memory moves the price."""
+    memory_undercut_bps: int = Field(default=300, ge=0, le=5000)
+    """After losing most similar jobs: bid this far under the winners' median ratio to our cost."""
+    memory_raise_bps: int = Field(default=500, ge=0, le=5000)
+    """After winning most similar jobs: bid this far over our winning median ratio to cost."""
     price_tick: Micros = Field(default=10_000, gt=0)
     """Bids are rounded up to a multiple of this (0.01 unit)."""
     expense_limit: Money = 50_000_000

@@ -22,11 +22,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from agents import settlement
 from agents.llm import ModelConfig
 from agents.machine_agent import MachineAgent
+from agents.memory import MachineMemory
 from agents.node import MachineNode
 from agents.requester import JobOutcome, Requester, RequesterConfig
 from agents.snapshot import save_snapshot
 from core.clock import ScaledClock
-from core.errors import InputError
+from core.errors import InputError, MemoryStoreError
 from core.money import format_units
 from hub.broker import RunningBroker, start_broker
 from hub.transport import Hub
@@ -37,7 +38,6 @@ from market.demand import FLAT, HOURLY_SHAPE, DemandModel, JobRequest, generate_
 from market.fleet import build_fleet, stakeholders
 from market.regions import DEFAULT_REGIONS, Region
 from market.welfare import fcfs_dispatch, hindsight_optimum
-from tools.memory import NoteMemory
 
 __all__ = ["MachineReport", "MarketConfig", "MarketReport", "ModelReport", "Snapshot", "run_market"]
 
@@ -64,6 +64,10 @@ class MarketConfig(BaseModel):
     """Real seconds to wait after the last arrival for open jobs to close."""
     model: ModelConfig = ModelConfig()
     """The machines' LLM agent; ``rules`` (the default) runs on the rule engine alone."""
+    memory: bool = True
+    """Each machine keeps a vector memory (``{data_dir}/memory``, kept across runs) and prices from it."""
+    memory_url: str | None = None
+    """A Chroma server (``http://host:8000``) instead of the embedded store."""
 
 
 class MachineReport(BaseModel):
@@ -99,6 +103,23 @@ class ModelReport(BaseModel):
     latency_ms_p99: float | None
     errors: dict[str, int]
     """Why answers were not used: timeout, invalid output, model error, transport error."""
+
+
+class MemoryReport(BaseModel):
+    """What the machines' memory held and did over the run."""
+
+    model_config = ConfigDict(frozen=True)
+
+    store: str
+    """Where it lives, or ``off``."""
+    records: int
+    """Records held at the end, over all machines (earlier runs included)."""
+    added: int
+    priced: int
+    """Bids the rule engine priced from memory of similar jobs."""
+    errors: int
+    unavailable: str | None = None
+    """Why the store could not be used (the machines bid without memory)."""
 
 
 class MarketReport(BaseModel):
@@ -138,6 +159,7 @@ class MarketReport(BaseModel):
     decisions: dict[str, int] = Field(default_factory=dict)
     """Bid decisions by the path that made them (rules, llm, llm-clamped, rules-fallback, rules-fast-path)."""
     model: ModelReport | None = None
+    memory: MemoryReport | None = None
     outcomes: list[JobOutcome] = Field(default_factory=list, repr=False)
 
 
@@ -183,6 +205,7 @@ def run_market(config: MarketConfig, *, on_progress: Callable[[Snapshot], None] 
     keys = Keystore(config.data_dir / "keys.json")
     governance = Governance(ledger)
     agent = MachineAgent(config.model) if config.model.uses_model else None
+    memory = _MemoryOpener(config)
     outcomes: list[JobOutcome] = []
     lock = threading.Lock()
 
@@ -203,7 +226,7 @@ def run_market(config: MarketConfig, *, on_progress: Callable[[Snapshot], None] 
                 hub = Hub(broker.url, name=profile.id)
                 hubs.append(hub)
                 nodes.append(MachineNode(profile, identity, hub, ledger=ledger, fail_jobs=fails, agent=agent,
-                                         governance=governance, memory=NoteMemory()))
+                                         governance=governance, memory=memory.machine(profile.id)))
             for node in nodes:
                 node.start()
             rc = RequesterConfig(bid_window_s=config.bid_window_s, accept_window_s=config.accept_window_s, speed=config.speed)
@@ -245,8 +268,39 @@ def run_market(config: MarketConfig, *, on_progress: Callable[[Snapshot], None] 
                 dropped.update(hub.dropped())
                 hub.close()
             ledger.close()
-    return _report(run_id, config, broker.kind, fleet, nodes, requests, outcomes, worked, run_hours,
-                   dict(dropped), time.perf_counter() - started, ledger_url)
+    report = _report(run_id, config, broker.kind, fleet, nodes, requests, outcomes, worked, run_hours,
+                     dict(dropped), time.perf_counter() - started, ledger_url)
+    return report.model_copy(update={"memory": memory.report(nodes)})
+
+
+class _MemoryOpener:
+    """Opens each machine's memory; a store that cannot be used is reported once and the
+    machines run without memory."""
+
+    def __init__(self, config: MarketConfig) -> None:
+        self.store = None
+        self.unavailable: str | None = None
+        if config.memory:
+            from agents.memory import MemoryConfig, MemoryStore
+
+            self.store = MemoryStore(MemoryConfig(path=config.data_dir / "memory", url=config.memory_url))
+
+    def machine(self, machine_id: str) -> MachineMemory | None:
+        if self.store is None or self.unavailable:
+            return None
+        try:
+            return self.store.machine(machine_id)
+        except MemoryStoreError as exc:
+            self.unavailable = str(exc)
+            log.error("memory unavailable, machines bid without it: %s", exc)
+            return None
+
+    def report(self, nodes: list[MachineNode]) -> MemoryReport:
+        if self.store is None:
+            return MemoryReport(store="off", records=0, added=0, priced=0, errors=0)
+        return MemoryReport(store=self.store.where, records=sum(n.memory.count() for n in nodes if n.memory is not None),
+                            added=sum(n.stats.memory_records for n in nodes), priced=sum(n.stats.memory_priced for n in nodes),
+                            errors=sum(n.stats.memory_errors for n in nodes), unavailable=self.unavailable)
 
 
 def _hash_share(job_id: str, machine_id: str) -> float:

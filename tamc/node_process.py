@@ -14,15 +14,15 @@ from pathlib import Path
 from agents import settlement
 from agents.llm import ModelConfig
 from agents.machine_agent import MachineAgent
+from agents.memory import MemoryConfig, MemoryStore
 from agents.node import MachineNode
 from agents.snapshot import save_snapshot
-from core.errors import InputError
+from core.errors import InputError, MemoryStoreError
 from hub.messages import JobEvent
 from hub.transport import Hub, parse_broker_url
 from ledger import Keystore, Ledger
 from ledger.governance import Governance
 from machines.loader import find_profile, load_profile
-from tools.memory import NoteMemory
 
 __all__ = ["parse_holders", "run_agent"]
 
@@ -45,7 +45,8 @@ def parse_holders(text: str) -> dict[str, int]:
 
 
 def run_agent(machine: str, broker_url: str, *, ledger_url: str | None, holders: str, profiles: Path | None,
-              data_dir: Path, model: ModelConfig | None = None, stop: threading.Event | None = None) -> None:
+              data_dir: Path, model: ModelConfig | None = None, stop: threading.Event | None = None,
+              memory: bool = True, memory_url: str | None = None) -> None:
     parse_broker_url(broker_url)  # a bad address fails here, before anything is registered
     model = model or ModelConfig()
     agent = MachineAgent(model) if model.uses_model else None  # a bad model setting fails here too
@@ -59,14 +60,22 @@ def run_agent(machine: str, broker_url: str, *, ledger_url: str | None, holders:
         print(json.dumps({"machine": machine_id, "job": event.job_id, "event": event.kind,
                           "progress": event.progress, "detail": event.detail}), flush=True)
 
+    store, memory_state = None, "off"
+    if memory:
+        try:
+            store = MemoryStore(MemoryConfig(path=data_dir / "memory", url=memory_url)).machine(profile.id)
+            memory_state = f"{store.where} ({store.count()} records)"
+        except MemoryStoreError as exc:  # bid without memory, and say why
+            memory_state = f"unavailable: {exc}"
+            log.error("machine=%s memory unavailable: %s", profile.id, exc)
     node = MachineNode(profile, identity, Hub(broker_url, name=profile.id), ledger=ledger, on_event=show, agent=agent,
-                       governance=Governance(ledger), memory=NoteMemory())
+                       governance=Governance(ledger), memory=store)
     stop = stop or threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     node.start()
     print(json.dumps({"machine": profile.id, "did": identity.did, "broker": broker_url, "state": "online",
-                      "bids_by": model.label()}), flush=True)
+                      "bids_by": model.label(), "memory": memory_state}), flush=True)
     try:
         while not stop.wait(SNAPSHOT_EVERY_S):
             save_snapshot(data_dir, node.snapshot())  # what 'tamc chat' reads

@@ -14,6 +14,7 @@ import pytest
 from city import City
 from sqlalchemy import create_engine, text
 
+from agents.memory import MemoryConfig, MemoryStore
 from ledger import Ledger
 
 PG_URL = os.environ.get("TAMC_TEST_POSTGRES_URL", "")
@@ -129,6 +130,12 @@ def shm_ledger(tmp_path: Path) -> Iterator[Ledger]:
     yield book
     book.close()
     shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def memory_store(tmp_path: Path) -> MemoryStore:
+    """An embedded chromadb memory store in the test's own folder."""
+    return MemoryStore(MemoryConfig(path=tmp_path / "memory"))
 
 
 @pytest.fixture

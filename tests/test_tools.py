@@ -19,6 +19,7 @@ from agents import settlement
 from agents.guard import BidProposal
 from agents.llm import ModelConfig
 from agents.machine_agent import BID_TOOLS, MachineAgent
+from agents.memory import MemoryStore
 from agents.node import MachineNode
 from core.money import format_units
 from hub import topics
@@ -26,7 +27,6 @@ from hub.envelope import Envelope, now_ms, seal
 from hub.messages import CallForProposals
 from ledger import Identity, Ledger
 from ledger.governance import Governance
-from tools import NoteMemory
 
 RESERVE = 80_000_000
 WALLET = 500_000_000
@@ -37,11 +37,11 @@ class Market:
     """A printer holding calls open for bids by hand, with money, governance and memory; and a
     watcher of every bid published."""
 
-    def __init__(self, city: City) -> None:
+    def __init__(self, city: City, store: MemoryStore) -> None:
         self.city = city
         self.ledger: Ledger = city.ledger
         self.governance = Governance(city.ledger)
-        self.memory = NoteMemory()
+        self.memory = store.machine("prusa-tools")
         self.node: MachineNode = city.machine(printer("prusa-tools", 2000), auto_bid=False, governance=self.governance, memory=self.memory)
         self.wallet = settlement.machine_wallet(self.node.id)
         self.ledger.mint(self.wallet, WALLET, key="fund-tools")
@@ -76,8 +76,8 @@ class Market:
 
 
 @pytest.fixture
-def market(city: City) -> Market:
-    return Market(city)
+def market(city: City, memory_store: MemoryStore) -> Market:
+    return Market(city, memory_store)
 
 
 def script(*calls: tuple[str, dict[str, Any]], answer: str = "done") -> Callable[[list[ModelMessage], AgentInfo], ModelResponse]:

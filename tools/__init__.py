@@ -9,7 +9,7 @@ toolset wrappers hand the refusal back to the model as data, so it can explain i
 from tools.bidding import bidding_tools
 from tools.deps import BidRecord, MachineDeps, MachinePort, OpenCall, ToolAction
 from tools.governance import governance_tools
-from tools.memory import Memory, MemoryRecord, NoteMemory, memory_tools
+from tools.memory import memory_tools
 from tools.telemetry import telemetry_tools
 from tools.wallet import wallet_tools
 
@@ -18,9 +18,6 @@ __all__ = [
     "BidRecord",
     "MachineDeps",
     "MachinePort",
-    "Memory",
-    "MemoryRecord",
-    "NoteMemory",
     "OpenCall",
     "ToolAction",
     "bidding_tools",

@@ -15,16 +15,16 @@ from typing import TYPE_CHECKING, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
-from agents.rules import Decision, MachineStatus, MarketContext
+from agents.rules import Decision, MachineStatus, MarketContext, MemorySignal
 from machines.driver import Telemetry
 from machines.job import JobSpec
 from machines.profile import MachineProfile, Policy
 
 if TYPE_CHECKING:
+    from agents.memory import MachineMemory
     from hub.transport import Hub
     from ledger import Ledger
     from ledger.governance import Governance
-    from tools.memory import Memory
 
 __all__ = ["BidRecord", "MachineDeps", "MachinePort", "OpenCall", "ToolAction"]
 
@@ -44,6 +44,8 @@ class OpenCall(BaseModel):
     deadline_at: int
     """Epoch ms by which the job must be finished."""
     speed: float = 1.0
+    memory: MemorySignal | None = None
+    """What memory of similar past jobs said when the call came (the rules price with it)."""
 
 
 class BidRecord(BaseModel):
@@ -55,6 +57,8 @@ class BidRecord(BaseModel):
     at: datetime
     action: Literal["bid", "decline"]
     price: int | None = None
+    cost: int | None = None
+    """The rule engine's full cost of the job when we bid (for price-to-cost ratios in memory)."""
     path: str = "rules"
     reason: str = ""
     outcome: Outcome = "pending"
@@ -113,7 +117,7 @@ class MachineDeps:
     machine: MachinePort
     ledger: Ledger | None = None
     hub: Hub | None = None
-    memory: Memory | None = None
+    memory: MachineMemory | None = None
     governance: Governance | None = None
     actor: str = "agent"
     """Who is asking: ``agent`` on its own, or the stakeholder in a chat."""

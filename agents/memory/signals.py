@@ -1,0 +1,185 @@
+"""What memory tells the machine: a price from similar past jobs, its wear trend, the demand it saw.
+
+Each signal is computed from stored records only — the same memory gives the same answer — so the
+rule engine can price with it on the critical path and the fallback path learns as the model does.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime
+from statistics import median
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+from agents.memory.store import MemoryItem, MemoryKind
+from agents.rules import BPS, MemorySignal
+from core.money import format_units
+from machines.job import JobSpec
+from machines.profile import Policy
+
+if TYPE_CHECKING:
+    from agents.memory.store import MachineMemory
+    from tools.deps import BidRecord
+
+__all__ = ["DemandLog", "WearTrend", "job_text", "outcome_item", "price_signal", "wear_item", "wear_trend"]
+
+SIMILAR = 12
+"""Past jobs a price signal looks at."""
+LOSING, WINNING = 1 / 3, 2 / 3
+
+
+def job_text(job: JobSpec) -> str:
+    """The job as memory embeds it: its structured fields only. The requester's free-text
+    description is left out, so nothing a requester writes is stored or steers similarity."""
+    parts = [f"{job.kind.value} job, {job.capability}, region {job.region}"]
+    if job.material is not None and job.size_mm is not None:
+        parts.append(f"{job.material} {'×'.join(f'{d:g}' for d in job.size_mm)} mm, amount {job.amount:g}")
+    if job.pickup is not None and job.dropoff is not None:
+        km = job.pickup.distance_to(job.dropoff)
+        parts.append(f"{km:.1f} km trip, {job.payload_kg:g} kg, {job.passengers} passengers")
+    parts.append(f"deadline {job.deadline_h:g} h")
+    return ", ".join(parts)
+
+
+def outcome_item(job: JobSpec, record: BidRecord) -> MemoryItem | None:
+    """The memory of a job we bid on, once its outcome is known."""
+    if record.price is None or record.outcome not in ("won", "lost", "no-award"):
+        return None
+    cost = record.cost or 0
+    ratio = f" ({record.price / cost:.2f}× our cost {format_units(cost)})" if cost else ""
+    if record.outcome == "won":
+        how = f"won at {format_units(record.price)}, profit {format_units(record.price - cost)}" if cost else "won"
+    elif record.outcome == "lost" and record.winning_price is not None:
+        wr = f" ({record.winning_price / cost:.2f}× our cost)" if cost else ""
+        how = f"lost to {record.winner} at {format_units(record.winning_price)}{wr}"
+    else:
+        how = "no machine was awarded it"
+    text = f"job {record.job_id}: {job_text(job)}. We bid {format_units(record.price)}{ratio} via {record.path}; {how}."
+    meta: dict[str, Any] = {"job_id": record.job_id, "capability": job.capability, "region": job.region,
+                            "outcome": record.outcome, "price": record.price, "cost": cost, "path": record.path}
+    if record.winning_price is not None:
+        meta.update(winning_price=record.winning_price, winner=record.winner or "")
+    if record.outcome == "won" and cost:
+        meta["profit"] = record.price - cost
+    return MemoryItem(text, MemoryKind.JOB_OUTCOME, "market", meta)
+
+
+def price_signal(memory: MachineMemory, job: JobSpec, policy: Policy, *, k: int = SIMILAR) -> MemorySignal | None:
+    """The price-to-cost ratio the outcomes of the ``k`` most similar past jobs point to, or None
+    when memory holds too few of them (or the policy does not learn from memory).
+
+    Lost most of them: just under the winners' median ratio. Won most: a step over our own winning
+    median — the machine keeps raising while it keeps winning. In between: hold at the ratio that
+    won. The rule engine then keeps the result inside the policy's demand bounds, floor and ceiling."""
+    if not policy.learn_from_memory:
+        return None
+    found = memory.recall(job_text(job), k=k, kind=MemoryKind.JOB_OUTCOME, capability=job.capability)
+    samples = [r for r in found if r.metadata.get("outcome") in ("won", "lost") and r.metadata.get("cost", 0) > 0]
+    if len(samples) < policy.memory_min_samples:
+        return None
+    won = [r.metadata["price"] / r.metadata["cost"] for r in samples if r.metadata["outcome"] == "won"]
+    beaten = [r.metadata["winning_price"] / r.metadata["cost"] for r in samples
+              if r.metadata["outcome"] == "lost" and r.metadata.get("winning_price")]
+    rate = len(won) / len(samples)
+    head = f"won {len(won)} of {len(samples)} similar jobs"
+    if rate <= LOSING and beaten:
+        ref = median(beaten)
+        target = ref * (BPS - policy.memory_undercut_bps) / BPS
+        detail = f"{head}; winners bid {ref:.2f}× cost, so {target:.2f}×"
+    elif rate >= WINNING and won:
+        ref = median(won)
+        target = ref * (BPS + policy.memory_raise_bps) / BPS
+        detail = f"{head} at {ref:.2f}× cost, so try {target:.2f}×"
+    elif won:
+        target = median(won)
+        detail = f"{head}; hold at the {target:.2f}× cost that won"
+    else:
+        return None
+    return MemorySignal(target_bps=max(round(target * BPS), 1), samples=len(samples), wins=len(won), detail=detail,
+                        cases=tuple(f"[{r.ref}] {r.text}" for r in samples[:5]))
+
+
+# -- wear -----------------------------------------------------------------------------------------
+
+def wear_item(job_id: str, capability: str, wear_pct: float, delta: float, hours: float) -> MemoryItem:
+    text = f"wear {wear_pct:.2f}% after job {job_id} ({capability}, {hours:.2f} h of work, +{delta:.3f} points)"
+    return MemoryItem(text, MemoryKind.WEAR, "telemetry",
+                      {"job_id": job_id, "capability": capability, "wear_pct": round(wear_pct, 4), "delta": round(delta, 4), "hours": round(hours, 4)})
+
+
+class WearTrend(BaseModel):
+    """Wear over the last observations, for a maintenance proposal and for stakeholders."""
+
+    observations: list[tuple[str, datetime, float]]
+    """(memory ref, time, wear %) oldest first."""
+    per_job: float
+    """Least-squares slope: wear points gained per job."""
+    accelerating: bool
+    """The later half of the jobs wore the machine faster than the earlier half."""
+    jobs_to_limit: int | None
+    rising: bool
+    summary: str
+
+    @property
+    def refs(self) -> list[str]:
+        return [ref for ref, _, _ in self.observations]
+
+
+def wear_trend(memory: MachineMemory, limit_pct: float, *, last: int = 20) -> WearTrend | None:
+    """The trend of the last ``last`` wear observations; None with fewer than three."""
+    obs = memory.recent(kind=MemoryKind.WEAR, limit=last)
+    if len(obs) < 3:
+        return None
+    ys = [float(r.metadata.get("wear_pct", 0.0)) for r in obs]
+    n = len(ys)
+    mx = (n - 1) / 2
+    my = sum(ys) / n
+    slope = sum((i - mx) * (y - my) for i, y in enumerate(ys)) / sum((i - mx) ** 2 for i in range(n))
+    deltas = [float(r.metadata.get("delta", 0.0)) for r in obs]
+    half = n // 2
+    accelerating = sum(deltas[half:]) / (n - half) > 1.1 * (sum(deltas[:half]) / half) if half and sum(deltas[:half]) > 0 else False
+    rising = slope > 0 and ys[-1] > ys[0]
+    to_limit = int((limit_pct - ys[-1]) / slope) if rising and ys[-1] < limit_pct else (0 if ys[-1] >= limit_pct else None)
+    summary = (f"wear went from {ys[0]:.2f}% to {ys[-1]:.2f}% over the last {n} jobs ({slope:+.3f} points a job"
+               f"{', accelerating' if accelerating else ''})")
+    if to_limit is not None:
+        summary += f"; at this rate the {limit_pct:g}% limit is {to_limit} jobs away"
+    summary += " [" + ", ".join(r.ref for r in obs) + "]"
+    return WearTrend(observations=[(r.ref, r.at, y) for r, y in zip(obs, ys, strict=True)], per_job=round(slope, 4),
+                     accelerating=accelerating, jobs_to_limit=to_limit, rising=rising, summary=summary)
+
+
+# -- demand ---------------------------------------------------------------------------------------
+
+class DemandLog:
+    """Calls seen, bids and wins per market hour, region and capability; each finished hour becomes
+    one demand record (fill rates by hour of day for pricing and relocation)."""
+
+    def __init__(self) -> None:
+        self._hour: datetime | None = None
+        self._counts: Counter[tuple[str, str, str]] = Counter()
+
+    def count(self, at: datetime, region: str, capability: str, what: str) -> list[MemoryItem]:
+        """Count ``what`` (calls, bids, wins); returns the records of an hour that just ended."""
+        hour = at.replace(minute=0, second=0, microsecond=0)
+        done = self.flush() if self._hour is not None and hour != self._hour else []
+        self._hour = hour
+        self._counts[(region, capability, what)] += 1
+        return done
+
+    def flush(self) -> list[MemoryItem]:
+        if self._hour is None or not self._counts:
+            return []
+        hour, counts = self._hour, self._counts
+        self._counts = Counter()
+        items = []
+        for region, capability in sorted({(r, c) for r, c, _ in counts}):
+            calls, bids, wins = (counts[(region, capability, w)] for w in ("calls", "bids", "wins"))
+            text = (f"demand {capability} in {region}, {hour:%Y-%m-%d} {hour:%H}:00–{hour.hour + 1:02d}:00: {calls} calls seen, "
+                    f"we bid on {bids}, won {wins}")
+            items.append(MemoryItem(text, MemoryKind.DEMAND, "market",
+                                    {"capability": capability, "region": region, "hour": hour.hour, "calls": calls,
+                                     "bids": bids, "wins": wins}, hour))
+        return items
