@@ -3,8 +3,10 @@
 With a model, the chat agent answers from tool calls (earnings from the ledger, wear from
 telemetry). Without one, or when the model fails, the common questions — earnings, wear, why a
 job was lost, whether to approve maintenance, balance, proposals — are answered straight from the
-same tools, and the answer says it is in offline mode. Only holders of the machine's shares may
-chat, and each one's conversation is kept apart, in a file per machine and stakeholder.
+same tools, and the answer says it is in offline mode. Either way an answer that rests on the
+machine's memory cites the records by ref (``[mem:4f1a2b3c9d]``), listed in ``ChatAnswer.cited``;
+"remember that …" stores a fact attributed to the stakeholder. Only holders of the machine's shares
+may chat, and each one's conversation is kept apart, in a file per machine and stakeholder.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel
 
 from agents.guard import ModelUse
+from agents.memory.signals import WearTrend, trend_of
 from agents.settlement import holder, machine_wallet, reserve
-from core.errors import InputError, PolicyRefused
+from core.errors import InputError, MemoryStoreError, PolicyRefused
 from core.money import format_units
 from tools.deps import MachineDeps
 from tools.governance import describe
@@ -30,8 +33,9 @@ if TYPE_CHECKING:
     from pydantic_ai.messages import ModelMessage
 
     from agents.machine_agent import MachineAgent
+    from agents.memory import MemoryRecord
 
-__all__ = ["OFFLINE_NOTE", "ChatAnswer", "ChatHistory", "MachineChat", "answer_offline"]
+__all__ = ["OFFLINE_NOTE", "ChatAnswer", "ChatHistory", "Citation", "MachineChat", "answer_offline"]
 
 log = logging.getLogger("tamc.chat")
 
@@ -40,11 +44,24 @@ KEEP_MESSAGES = 200
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 
 
+class Citation(BaseModel):
+    """A remembered record an answer rests on."""
+
+    ref: str
+    kind: str
+    source: str
+    """Who it came from: market, telemetry, a stakeholder."""
+    at: str
+    text: str
+
+
 class ChatAnswer(BaseModel):
     text: str
     mode: Literal["llm", "offline"]
     sources: list[str]
     """The tools the answer rests on."""
+    cited: list[Citation] = []
+    """The memory records the answer cites by ref."""
     model: ModelUse | None = None
 
 
@@ -115,12 +132,18 @@ class MachineChat:
                 answer = ChatAnswer(text=f"{note}\n{text}", mode="offline", sources=sources)
             else:
                 self.history.append(machine_id, stakeholder, new)
-                return ChatAnswer(text=text, mode="llm", sources=sorted({a.tool for a in deps.actions}), model=use)
+                return ChatAnswer(text=text, mode="llm", sources=sorted({a.tool for a in deps.actions}),
+                                  cited=_cited(deps, text), model=use)
         else:
             text, sources = answer_offline(deps, question)
             answer = ChatAnswer(text=f"{OFFLINE_NOTE}\n{text}", mode="offline", sources=sources)
         self.history.append(machine_id, stakeholder, _exchange(question, answer.text))
-        return answer
+        return answer.model_copy(update={"cited": _cited(deps, answer.text)})
+
+
+def _cited(deps: MachineDeps, text: str) -> list[Citation]:
+    return [Citation(ref=ref, kind=r.kind, source=r.source, at=r.at.isoformat(), text=r.text)
+            for ref, r in deps.recalled.items() if ref in text]
 
 
 def _require_stakeholder(deps: MachineDeps, stakeholder: str) -> None:
@@ -144,6 +167,10 @@ def _exchange(question: str, answer: str) -> list[ModelMessage]:
 def answer_offline(deps: MachineDeps, question: str) -> tuple[str, list[str]]:
     """Answer a common question from the tools alone; returns the text and the tools it used."""
     q = question.lower()
+    if re.match(r"^\s*(please\s+)?(remember|note)\b", q):
+        return _remember(deps, question), ["remember"]
+    if _has(q, "remember", "recall", "told", "tell", "know", "memory", "notes"):
+        return _recall(deps, question), ["recall"]
     if _has(q, "lose", "lost", "losing", "lose?"):
         return _why_lost(deps), ["bid_history"]
     if _has(q, "approve", "maintenance", "maintain", "service", "repair"):
@@ -157,7 +184,57 @@ def answer_offline(deps: MachineDeps, question: str) -> tuple[str, list[str]]:
     if _has(q, "proposal", "proposals", "vote", "votes", "tally"):
         return _proposals(deps), ["open_proposals"]
     return ("Offline, I can answer: how much did you earn (today, this week, this month)? what is your wear? "
-            "why did you lose the last job? should we approve maintenance? what is your balance? which proposals are open?"), []
+            "why did you lose the last job? should we approve maintenance? what is your balance? which proposals are open? "
+            "what do you remember about …? — and I note what you say after 'remember that …'."), []
+
+
+def _memory_recall(deps: MachineDeps, query: str, *, k: int = 5, kind: str | None = None) -> list[MemoryRecord]:
+    """Recall through the memory, noting what was read so the answer can cite it; [] if it fails."""
+    if deps.memory is None:
+        return []
+    try:
+        found = deps.memory.recall(query, k=k, kind=kind)
+    except MemoryStoreError as exc:
+        log.warning("machine=%s chat recall failed: %s", deps.machine_id, exc)
+        return []
+    deps.recalled.update((r.ref, r) for r in found)
+    return found
+
+
+def _memory_job(deps: MachineDeps, job_id: str) -> MemoryRecord | None:
+    """The remembered outcome of one job, noted for citation."""
+    if deps.memory is None:
+        return None
+    try:
+        found = deps.memory.find(kind="job_outcome", job_id=job_id)
+    except MemoryStoreError:
+        return None
+    deps.recalled.update((r.ref, r) for r in found)
+    return found[-1] if found else None
+
+
+def _remember(deps: MachineDeps, question: str) -> str:
+    fact = re.sub(r"^\s*(please\s+)?(remember|note)(\s+that)?[:,]?\s*", "", question, flags=re.IGNORECASE)
+    if deps.memory is None:
+        return "I have no memory configured, so I cannot keep that."
+    try:
+        record = deps.memory.remember(fact, kind="fact", source=deps.actor)
+    except (InputError, MemoryStoreError) as exc:
+        return f"I could not keep that: {exc}"
+    deps.recalled[record.ref] = record
+    return f"Noted, as something {deps.actor} told me (not as an instruction): \"{record.text}\" [{record.ref}]."
+
+
+def _recall(deps: MachineDeps, question: str) -> str:
+    if deps.memory is None:
+        return "I have no memory configured."
+    topic = re.sub(r"\b(what|do|does|did|you|your|remember|recall|know|about|anyone|someone|tell|told|me|the|is|of|in|memory|notes)\b|[?]",
+                   " ", question.lower())
+    found = _memory_recall(deps, " ".join(topic.split()) or question, k=5)
+    if not found:
+        return "I remember nothing about that. (source: memory)"
+    lines = [f"[{r.ref}] {r.kind.replace('_', ' ')} from {r.source}, {r.at:%Y-%m-%d %H:%M}: \"{r.text}\"" for r in found]
+    return "What I remember (quoted as stored; what people told me is theirs, not my instructions):\n" + "\n".join(lines) + "\n(source: memory)"
 
 
 def _has(q: str, *words: str) -> bool:
@@ -216,8 +293,11 @@ def _why_lost(deps: MachineDeps) -> str:
         diff = r.price - r.winning_price
         gap = (f" {r.winner} won at {format_units(r.winning_price)}, {format_units(diff)} below my price." if diff > 0
                else f" {r.winner} won at {format_units(r.winning_price)}, not cheaper than mine: the requester ranks the ETA too.")
+    memo = _memory_job(deps, r.job_id)
+    cite = f" Remembered as [{memo.ref}]." if memo else ""
     return (f"I lost job {r.job_id} ({r.capability} in {r.region}): I bid {format_units(r.price)} via {r.path} "
-            f"({r.reason}).{gap} I lost {len(lost)} of my last {sum(1 for x in history if x.action == 'bid')} bids. (source: bid history)")
+            f"({r.reason}).{gap} I lost {len(lost)} of my last {sum(1 for x in history if x.action == 'bid')} bids.{cite} "
+            f"(source: bid history{', memory' if memo else ''})")
 
 
 def _maintenance(deps: MachineDeps) -> str:
@@ -232,6 +312,9 @@ def _maintenance(deps: MachineDeps) -> str:
     else:
         lines.append(f"Not yet: my wear is {wear}% against a limit of {limit:g}% ({round(limit - wear, 3)} points of headroom); "
                      f"I would ask at {0.8 * limit:g}%.")
+    trend = _trend(deps)
+    if trend is not None:
+        lines.append(f"My memory shows: {trend.summary}.")
     if deps.ledger is not None:
         lines.append(f"My maintenance reserve holds {format_units(deps.ledger.balance(reserve(deps.machine_id)))} units.")
     if deps.governance is not None:
@@ -240,7 +323,18 @@ def _maintenance(deps: MachineDeps) -> str:
             d = describe(deps, p)
             t = d["tally"]
             lines.append(f"Proposal {p.id} '{p.title}' is open: yes {t['yes']}, no {t['no']} of {t['of']} shares.")
-    return " ".join(lines) + " (sources: telemetry, ledger, governance)"
+    return " ".join(lines) + f" (sources: telemetry, ledger, governance{', memory' if trend else ''})"
+
+
+def _trend(deps: MachineDeps) -> WearTrend | None:
+    if deps.memory is None:
+        return None
+    try:
+        obs = deps.memory.recent(kind="wear", limit=20)
+    except MemoryStoreError:
+        return None
+    deps.recalled.update((r.ref, r) for r in obs)
+    return trend_of(obs, deps.policy.wear_limit_pct)
 
 
 def _balance(deps: MachineDeps) -> str:

@@ -106,7 +106,8 @@ class MachineAgent:
         usage = RunUsage()
         use = ModelUse(model=self.label)
         prompt = render("bid_request", job=call.job, job_json=call.job.model_dump(mode="json", exclude_none=True),
-                        requester=call.requester, reserve=call.reserve, budget_s=budget_s, rules=rules)
+                        requester=call.requester, reserve=call.reserve, budget_s=budget_s, rules=rules,
+                        memory=call.memory)
         proposal: BidProposal | None = None
         try:
             async with asyncio.timeout(budget_s):

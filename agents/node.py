@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from agents import settlement
 from agents.guard import BidDecision, BidProposal, ModelUse, from_rules, guard
@@ -61,6 +61,8 @@ BID_MARGIN_S = 0.015
 MIN_MODEL_BUDGET_S = 0.005
 HISTORY = 200
 MEMORY_WARN_EVERY_S = 60.0
+MEMORY_BUDGET_S = 0.25
+"""Real seconds (at most half the bid window) a call waits for memory before the rules price without it."""
 
 
 def _hours_left(deadline_at: int, speed: float) -> float:
@@ -132,6 +134,8 @@ class NodeStats:
     memory_records: int = 0
     memory_errors: int = 0
     """Memory operations that failed; the machine went on without memory for them."""
+    memory_late: int = 0
+    """Calls priced without memory because its answer came too late for the bid."""
 
     @property
     def costs(self) -> int:
@@ -193,6 +197,8 @@ class MachineNode:
             self.loop = shared_loop()
         self.memory = memory
         self._demand = DemandLog()
+        self._recalling: set[str] = set()
+        """Calls waiting for memory's price signal."""
         self._memory_warned = 0.0
         self.governance = governance
         self.auto_bid = auto_bid
@@ -327,13 +333,47 @@ class MachineNode:
         call = OpenCall(job=job, requester=env.sender, reserve=cfp.reserve, bid_deadline=cfp.bid_deadline,
                         deadline_at=cfp.deadline_at, speed=cfp.speed)
         self._count_demand(job, "calls")
-        if self.memory is not None and self._rule_decision(call).action == "bid":
-            signal = self._with_memory("price from memory", price_signal, self.memory, job, self.profile.policy)
-            if signal is not None:
-                call = call.model_copy(update={"memory": signal})
         self._calls[job.id] = call
+        if self.memory is not None and self._rule_decision(call).action == "bid":
+            self._recall_prices(call)  # answered in _priced
+        else:
+            self._respond(call)
+
+    def _recall_prices(self, call: OpenCall) -> None:
+        """Ask memory what similar jobs went for, off the mailbox thread (awards and accepts are not
+        held up behind a vector search); answer when it returns, or without it once it is late."""
+        assert self.memory is not None
+        job_id = call.job.id
+        window = (call.bid_deadline - now_ms()) / 1000 - BID_MARGIN_S
+        self._recalling.add(job_id)
+        self.mailbox.call_later(max(min(MEMORY_BUDGET_S, window / 2), 0.0), self._priced, job_id, None)
+        future = self.memory.store.submit(price_signal, self.memory, call.job, self.profile.policy)
+        future.add_done_callback(lambda f: self.mailbox.post(self._priced, job_id, f))
+
+    def _priced(self, job_id: str, future: Future[MemorySignal | None] | None) -> None:
+        if job_id not in self._recalling:
+            return  # answered already (memory was late, or this is the timer after it answered)
+        self._recalling.discard(job_id)
+        call = self._calls.get(job_id)
+        if call is None:
+            return
+        if future is None:
+            self.stats.memory_late += 1
+        else:
+            try:
+                signal = future.result()
+            except MemoryStoreError as exc:
+                self._memory_failed("price from memory", exc)
+            else:
+                if signal is not None:
+                    call = call.model_copy(update={"memory": signal})
+                    self._calls[job_id] = call
+        self._respond(call)
+
+    def _respond(self, call: OpenCall) -> None:
+        """Answer a call: by hand, by the rules, or by the model within the rules."""
         if not self.auto_bid:
-            self.mailbox.call_later((cfp.bid_deadline - now_ms()) / 1000, self._expire_call, job.id)
+            self.mailbox.call_later((call.bid_deadline - now_ms()) / 1000, self._expire_call, call.job.id)
             return
         rules = self._rule_decision(call)
         if self.agent is None or self.loop is None:
@@ -698,23 +738,20 @@ class MachineNode:
             self._store(self._demand.count(self._now(), job.region, job.capability, what))
 
     def _store(self, items: Sequence[MemoryItem | None]) -> None:
-        """Remember ``items`` at market time; a failing store is logged and skipped."""
+        """Remember ``items`` at market time, written in the background (a failure is counted and logged)."""
         now = self._now()
         kept = [i if i.at is not None else i._replace(at=now) for i in items if i is not None]
-        if kept and self.memory is not None and self._with_memory("remember", self.memory.remember_many, kept) is not None:
+        if kept and self.memory is not None:
+            self.memory.remember_later(kept)
             self.stats.memory_records += len(kept)
 
-    def _with_memory(self, doing: str, fn: Callable[..., object], *args: object) -> Any:
-        """Run a memory operation; if the store fails, log it (at most once a minute) and return None."""
-        try:
-            return fn(*args)
-        except MemoryStoreError as exc:
-            self.stats.memory_errors += 1
-            now = time.monotonic()
-            if now - self._memory_warned > MEMORY_WARN_EVERY_S:
-                self._memory_warned = now
-                log.warning("machine=%s memory=%s failed=%s error=%s", self.id, doing, self.stats.memory_errors, exc)
-            return None
+    def _memory_failed(self, doing: str, exc: MemoryStoreError) -> None:
+        """Count a failed memory operation; log it at most once a minute. The machine goes on without it."""
+        self.stats.memory_errors += 1
+        now = time.monotonic()
+        if now - self._memory_warned > MEMORY_WARN_EVERY_S:
+            self._memory_warned = now
+            log.warning("machine=%s memory=%s failed=%s error=%s", self.id, doing, self.stats.memory_errors, exc)
 
     # -- helpers -----------------------------------------------------------------------------
 

@@ -16,13 +16,14 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from agents import settlement
 from agents.llm import ModelConfig
 from agents.machine_agent import MachineAgent
-from agents.memory import MachineMemory
+from agents.memory import MachineMemory, MemoryStore
 from agents.node import MachineNode
 from agents.requester import JobOutcome, Requester, RequesterConfig
 from agents.snapshot import save_snapshot
@@ -42,6 +43,9 @@ from market.welfare import fcfs_dispatch, hindsight_optimum
 __all__ = ["MachineReport", "MarketConfig", "MarketReport", "ModelReport", "Snapshot", "run_market"]
 
 log = logging.getLogger("tamc.market")
+
+
+MemoryMode = Literal["server", "embedded", "off"]
 
 
 class MarketConfig(BaseModel):
@@ -64,10 +68,13 @@ class MarketConfig(BaseModel):
     """Real seconds to wait after the last arrival for open jobs to close."""
     model: ModelConfig = ModelConfig()
     """The machines' LLM agent; ``rules`` (the default) runs on the rule engine alone."""
-    memory: bool = True
-    """Each machine keeps a vector memory (``{data_dir}/memory``, kept across runs) and prices from it."""
+    memory: MemoryMode = "server"
+    """Each machine keeps a vector memory in ``{data_dir}/memory`` (kept across runs) and prices from
+    it: ``server`` runs a Chroma server on that folder for the run (the embedded client's writes
+    hold the GIL and stall the other machines of this process), ``embedded`` opens it in process,
+    ``off`` keeps no memory."""
     memory_url: str | None = None
-    """A Chroma server (``http://host:8000``) instead of the embedded store."""
+    """A running Chroma server (``http://host:8000``) to use instead."""
 
 
 class MachineReport(BaseModel):
@@ -205,7 +212,6 @@ def run_market(config: MarketConfig, *, on_progress: Callable[[Snapshot], None] 
     keys = Keystore(config.data_dir / "keys.json")
     governance = Governance(ledger)
     agent = MachineAgent(config.model) if config.model.uses_model else None
-    memory = _MemoryOpener(config)
     outcomes: list[JobOutcome] = []
     lock = threading.Lock()
 
@@ -213,7 +219,7 @@ def run_market(config: MarketConfig, *, on_progress: Callable[[Snapshot], None] 
         with lock:
             outcomes.append(o)
 
-    with _broker(config.broker) as broker:
+    with _broker(config.broker) as broker, _MemoryOpener.open(config) as memory:
         hubs: list[Hub] = []
         nodes: list[MachineNode] = []
         requesters: dict[str, Requester] = {}
@@ -268,22 +274,51 @@ def run_market(config: MarketConfig, *, on_progress: Callable[[Snapshot], None] 
                 dropped.update(hub.dropped())
                 hub.close()
             ledger.close()
+            memory_report = memory.report(nodes)
     report = _report(run_id, config, broker.kind, fleet, nodes, requests, outcomes, worked, run_hours,
                      dict(dropped), time.perf_counter() - started, ledger_url)
-    return report.model_copy(update={"memory": memory.report(nodes)})
+    return report.model_copy(update={"memory": memory_report})
 
 
 class _MemoryOpener:
     """Opens each machine's memory; a store that cannot be used is reported once and the
     machines run without memory."""
 
-    def __init__(self, config: MarketConfig) -> None:
-        self.store = None
-        self.unavailable: str | None = None
-        if config.memory:
-            from agents.memory import MemoryConfig, MemoryStore
+    def __init__(self, store: MemoryStore | None, unavailable: str | None = None) -> None:
+        self.store = store
+        self.unavailable = unavailable
 
-            self.store = MemoryStore(MemoryConfig(path=config.data_dir / "memory", url=config.memory_url))
+    @classmethod
+    @contextlib.contextmanager
+    def open(cls, config: MarketConfig) -> Iterator[_MemoryOpener]:
+        from agents.memory import MemoryConfig, MemoryStore
+        from agents.memory.server import chroma_server
+
+        path = config.data_dir / "memory"
+        if config.memory == "off":
+            yield cls(None)
+        elif config.memory_url is not None or config.memory == "embedded":
+            opener = cls(MemoryStore(MemoryConfig(path=path, url=config.memory_url)))
+            yield opener
+            opener.close()
+        else:
+            try:
+                server = chroma_server(path)
+                url = server.__enter__()
+            except MemoryStoreError as exc:
+                log.error("%s", exc)
+                yield cls(MemoryStore(MemoryConfig(path=path)), unavailable=str(exc))
+                return
+            opener = cls(MemoryStore(MemoryConfig(path=path, url=url)))
+            try:
+                yield opener
+                opener.close()
+            finally:
+                server.__exit__(None, None, None)
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
 
     def machine(self, machine_id: str) -> MachineMemory | None:
         if self.store is None or self.unavailable:
@@ -298,9 +333,12 @@ class _MemoryOpener:
     def report(self, nodes: list[MachineNode]) -> MemoryReport:
         if self.store is None:
             return MemoryReport(store="off", records=0, added=0, priced=0, errors=0)
-        return MemoryReport(store=self.store.where, records=sum(n.memory.count() for n in nodes if n.memory is not None),
+        self.store.flush()  # what the machines queued is stored before the count
+        memories = [n.memory for n in nodes if n.memory is not None]
+        return MemoryReport(store=self.store.where, records=sum(m.count() for m in memories),
                             added=sum(n.stats.memory_records for n in nodes), priced=sum(n.stats.memory_priced for n in nodes),
-                            errors=sum(n.stats.memory_errors for n in nodes), unavailable=self.unavailable)
+                            errors=sum(n.stats.memory_errors for n in nodes) + sum(m.write_errors for m in memories),
+                            unavailable=self.unavailable)
 
 
 def _hash_share(job_id: str, machine_id: str) -> float:
@@ -415,6 +453,9 @@ def _double_awards(nodes: list[MachineNode]) -> int:
 def describe(report: MarketReport) -> str:
     text = (f"{report.paid}/{report.posted} jobs paid, revenue {format_units(report.revenue)}, "
             f"efficiency {report.efficiency:.1%} of optimum (baseline {report.baseline_efficiency:.1%})")
+    if report.memory is not None and report.memory.store != "off":
+        text += (f"; memory unavailable ({report.memory.unavailable})" if report.memory.unavailable
+                 else f"; {report.memory.priced} bids priced from memory")
     m = report.model
     if m is None:
         return text + "; bids by the rule engine (no model configured)"

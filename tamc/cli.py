@@ -151,6 +151,8 @@ ModelOpt = Annotated[str | None, typer.Option("--model", help="'rules' (no model
 BaseUrlOpt = Annotated[str | None, typer.Option("--base-url", help="OpenAI-compatible endpoint, e.g. http://localhost:11434/v1 (Ollama) [default: $TAMC_MODEL_BASE_URL]")]
 ApiKeyOpt = Annotated[str | None, typer.Option("--api-key", help="Key for --base-url [default: $TAMC_MODEL_API_KEY]")]
 DataDirOpt = Annotated[Path, typer.Option("--data-dir", envvar="TAMC_DATA", help="Ledger, keys and saved machine state live here.")]
+MemoryOpt = Annotated[bool, typer.Option("--memory/--no-memory", help="Keep each machine's vector memory (in --data-dir/memory) and price from it.")]
+MemoryUrlOpt = Annotated[str | None, typer.Option("--memory-url", envvar="TAMC_MEMORY_URL", help="A Chroma server (http://host:8000) instead of the embedded store.")]
 
 
 @app.command()
@@ -168,6 +170,9 @@ def demo(
     api_key: ApiKeyOpt = None,
     fast_path: Annotated[bool, typer.Option("--fast-path/--no-fast-path", help="Let routine jobs skip the model.")] = True,
     data_dir: DataDirOpt = Path(".tamc"),
+    memory: Annotated[str, typer.Option("--memory", help="server: a Chroma server on --data-dir/memory for the run; "
+                                        "embedded: the store in this process; off: no memory.")] = "server",
+    memory_url: MemoryUrlOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON, as the last line.")] = False,
 ) -> None:
     """Run a city: a fleet negotiating a simulated day of jobs over MQTT, paid through the ledger."""
@@ -186,8 +191,12 @@ def demo(
     hours = hours if hours is not None else (2.0 if llm else 24.0)
     speed = speed if speed is not None else (120.0 if llm else 3600.0)
     bid_window = bid_window if bid_window is not None else (2.0 if llm else 0.03)
+    if memory not in ("server", "embedded", "off"):
+        from core.errors import InputError
+
+        raise InputError(f"--memory {memory!r}: say server, embedded or off")
     config = MarketConfig(seed=seed, hours=hours, machines=machines, broker=broker, speed=speed, load=load, data_dir=data_dir,
-                          bid_window_s=bid_window, model=model_config)
+                          bid_window_s=bid_window, model=model_config, memory=memory, memory_url=memory_url)
     console = _console()
     err = Console(stderr=True) if as_json else console
     err.print(f"TAMC demo: {machines} machines, {hours:g} simulated hours at {speed:g}× real time, seed {seed}; "
@@ -214,6 +223,8 @@ def chat(
     base_url: BaseUrlOpt = None,
     api_key: ApiKeyOpt = None,
     data_dir: DataDirOpt = Path(".tamc"),
+    memory: MemoryOpt = True,
+    memory_url: MemoryUrlOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print each answer as JSON.")] = False,
 ) -> None:
     """Talk with a machine you hold shares of: earnings, wear, lost jobs, maintenance, proposals."""
@@ -236,9 +247,18 @@ def chat(
         from agents.machine_agent import MachineAgent
 
         agent = MachineAgent(model_config)
-    session = MachineChat(lambda who: MachineDeps(machine=port, ledger=book, governance=governance, actor=who),
-                          ChatHistory(data_dir / "chat"), agent)
     console = _console()
+    recall = None
+    if memory:
+        from agents.memory import MemoryConfig, MemoryStore
+        from core.errors import MemoryStoreError
+
+        try:
+            recall = MemoryStore(MemoryConfig(path=data_dir / "memory", url=memory_url)).machine(machine)
+        except MemoryStoreError as exc:
+            Console(stderr=True).print(f"memory unavailable, answering without it: {exc}", markup=False, highlight=False)
+    session = MachineChat(lambda who: MachineDeps(machine=port, ledger=book, governance=governance, memory=recall, actor=who),
+                          ChatHistory(data_dir / "chat"), agent)
     questions = [message] if message is not None else (line for line in sys.stdin)
     if message is None and sys.stdin.isatty():
         console.print(f"Talking with {machine} as {stakeholder} ({model_config.label()}); state saved {snapshot.at:%Y-%m-%d %H:%M} UTC. "
@@ -273,13 +293,15 @@ def agent(
     api_key: ApiKeyOpt = None,
     fast_path: Annotated[bool, typer.Option("--fast-path/--no-fast-path", help="Let routine jobs skip the model.")] = True,
     data_dir: DataDirOpt = Path(".tamc"),
+    memory: MemoryOpt = True,
+    memory_url: MemoryUrlOpt = None,
 ) -> None:
     """Run one machine node as its own process against a shared broker, until stopped."""
     from agents.llm import ModelConfig
     from tamc.node_process import run_agent
 
     run_agent(machine, broker, ledger_url=ledger, holders=holders, profiles=profiles, data_dir=data_dir,
-              model=ModelConfig.from_env(model, base_url, api_key, fast_path=fast_path))
+              model=ModelConfig.from_env(model, base_url, api_key, fast_path=fast_path), memory=memory, memory_url=memory_url)
 
 
 def _console() -> Any:

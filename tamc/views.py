@@ -65,7 +65,18 @@ def report_tables(r: MarketReport) -> list[Any]:
         errors = ", ".join(f"{k} {v}" for k, v in sorted(u.errors.items())) or "none"
         model = (f"model {u.model}: asked for {u.asked} decisions, {u.calls} requests, {u.input_tokens} input + "
                  f"{u.output_tokens} output tokens, latency p50/p99 {lat}; answers not used: {errors}")
-    return [machines, market, decisions, model, summary]
+    return [machines, market, decisions, model, memory_line(r), summary]
+
+
+def memory_line(r: MarketReport) -> str:
+    m = r.memory
+    if m is None or m.store == "off":
+        return "memory: off (--no-memory); prices follow the market index only"
+    if m.unavailable:
+        return f"memory: UNAVAILABLE, the machines bid without it — {m.unavailable}"
+    errors = f", {m.errors} store errors (bidding went on without memory for them)" if m.errors else ""
+    return (f"memory {m.store}: {m.records} records held ({m.added} added this run); "
+            f"{m.priced} bids priced from memory of similar jobs{errors}")
 
 
 PATHS = {

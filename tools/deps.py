@@ -21,7 +21,7 @@ from machines.job import JobSpec
 from machines.profile import MachineProfile, Policy
 
 if TYPE_CHECKING:
-    from agents.memory import MachineMemory
+    from agents.memory import MachineMemory, MemoryRecord
     from hub.transport import Hub
     from ledger import Ledger
     from ledger.governance import Governance
@@ -124,6 +124,8 @@ class MachineDeps:
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     """Makes a repeated tool call within one run idempotent (a model that calls a payment twice pays once)."""
     actions: list[ToolAction] = field(default_factory=list)
+    recalled: dict[str, MemoryRecord] = field(default_factory=dict)
+    """Memory records the run read, by ref: what an answer may cite."""
 
     @property
     def policy(self) -> Policy:

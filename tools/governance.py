@@ -1,7 +1,8 @@
 """Governance tools: the machine's open proposals and their tallies, and proposals it makes itself.
 
 The machine may propose maintenance, a price policy or a territory; its holders decide. A proposal
-carries the evidence the machine read (telemetry, wallet) so holders can check it. Tallies and
+carries the evidence the machine read (telemetry, and for maintenance the wear trend in its memory
+with the observations behind it) so holders can check it. Tallies and
 proposals of other machines are refused.
 """
 
@@ -11,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic_ai import FunctionToolset, RunContext
 
-from core.errors import GovernanceError, InputError, PolicyRefused
+from core.errors import GovernanceError, InputError, MemoryStoreError, PolicyRefused
 from core.money import format_units, parse_units
 from ledger.governance import Governance, Proposal
 from tools.deps import MachineDeps
@@ -58,9 +59,35 @@ def propose(deps: MachineDeps, kind: OwnKind, title: str, rationale: str, *, bud
     evidence = [f"wear {state.get('wear_pct', '?')}% of limit {deps.policy.wear_limit_pct:g}%"]
     if "temperatures_c" in state:
         evidence.append("temperatures " + ", ".join(f"{k} {v} °C" for k, v in state["temperatures_c"].items()))
-    key = f"{kind}:{deps.machine_id}:" + ":".join(f"{k}={v}" for k, v in sorted(payload.items()) if k != "rationale")
-    return gov.open(deps.machine_id, kind, title.strip()[:300] or kind, key=key, opened_by=deps.actor,
-                    payload=payload, evidence=evidence)
+    if kind == "maintenance" and deps.memory is not None:
+        evidence += _wear_evidence(deps, payload)
+    key = f"{kind}:{deps.machine_id}:" + ":".join(f"{k}={v}" for k, v in sorted(payload.items())
+                                                  if k not in ("rationale", "observations"))
+    p = gov.open(deps.machine_id, kind, title.strip()[:300] or kind, key=key, opened_by=deps.actor,
+                 payload=payload, evidence=evidence)
+    if kind == "maintenance" and deps.memory is not None:
+        try:
+            deps.memory.remember(f"maintenance proposed ({p.id}) by {deps.actor}: {p.title}; budget {format_units(payload['budget'])} units",
+                                 kind="maintenance", source=deps.actor, metadata={"proposal_id": p.id, "budget": payload["budget"]})
+        except (InputError, MemoryStoreError) as exc:
+            deps.record("remember", False, str(exc), "memory.error")
+    return p
+
+
+def _wear_evidence(deps: MachineDeps, payload: dict[str, Any]) -> list[str]:
+    """The wear trend memory shows, with the observations (memory refs) it rests on."""
+    from agents.memory.signals import wear_trend
+
+    assert deps.memory is not None
+    try:
+        trend = wear_trend(deps.memory, deps.policy.wear_limit_pct)
+    except MemoryStoreError as exc:
+        return [f"memory unavailable: {exc}"]
+    if trend is None:
+        return ["memory: fewer than three wear observations, no trend yet"]
+    payload["observations"] = trend.refs
+    return [f"memory: {trend.summary}",
+            "observations: " + "; ".join(f"{ref} {at:%Y-%m-%d %H:%M} {wear:.2f}%" for ref, at, wear in trend.observations)]
 
 
 governance_tools = FunctionToolset[MachineDeps](id="governance")

@@ -20,10 +20,10 @@ from machines.job import JobSpec
 from machines.profile import Policy
 
 if TYPE_CHECKING:
-    from agents.memory.store import MachineMemory
+    from agents.memory.store import MachineMemory, MemoryRecord
     from tools.deps import BidRecord
 
-__all__ = ["DemandLog", "WearTrend", "job_text", "outcome_item", "price_signal", "wear_item", "wear_trend"]
+__all__ = ["DemandLog", "WearTrend", "job_text", "outcome_item", "price_signal", "trend_of", "wear_item", "wear_trend"]
 
 SIMILAR = 12
 """Past jobs a price signal looks at."""
@@ -31,15 +31,15 @@ LOSING, WINNING = 1 / 3, 2 / 3
 
 
 def job_text(job: JobSpec) -> str:
-    """The job as memory embeds it: its structured fields only. The requester's free-text
-    description is left out, so nothing a requester writes is stored or steers similarity."""
-    parts = [f"{job.kind.value} job, {job.capability}, region {job.region}"]
-    if job.material is not None and job.size_mm is not None:
-        parts.append(f"{job.material} {'×'.join(f'{d:g}' for d in job.size_mm)} mm, amount {job.amount:g}")
+    """The job as memory embeds it: its structured fields only, rounded and short (embedding costs
+    per token). The requester's free-text description is left out, so nothing a requester writes
+    is stored or steers similarity."""
+    parts = [f"{job.kind.value} {job.capability} in {job.region}"]
+    if job.material is not None and job.size_mm is not None and job.amount is not None:
+        parts.append(f"{job.material} {'×'.join(f'{d:.0f}' for d in job.size_mm)} mm, {job.amount:.0f}")
     if job.pickup is not None and job.dropoff is not None:
-        km = job.pickup.distance_to(job.dropoff)
-        parts.append(f"{km:.1f} km trip, {job.payload_kg:g} kg, {job.passengers} passengers")
-    parts.append(f"deadline {job.deadline_h:g} h")
+        parts.append(f"{job.pickup.distance_to(job.dropoff):.0f} km, {job.payload_kg:.0f} kg, {job.passengers} passengers")
+    parts.append(f"due {job.deadline_h:.0f} h")
     return ", ".join(parts)
 
 
@@ -63,7 +63,7 @@ def outcome_item(job: JobSpec, record: BidRecord) -> MemoryItem | None:
         meta.update(winning_price=record.winning_price, winner=record.winner or "")
     if record.outcome == "won" and cost:
         meta["profit"] = record.price - cost
-    return MemoryItem(text, MemoryKind.JOB_OUTCOME, "market", meta)
+    return MemoryItem(text, MemoryKind.JOB_OUTCOME, "market", meta, key=job_text(job))
 
 
 def price_signal(memory: MachineMemory, job: JobSpec, policy: Policy, *, k: int = SIMILAR) -> MemorySignal | None:
@@ -75,7 +75,7 @@ def price_signal(memory: MachineMemory, job: JobSpec, policy: Policy, *, k: int 
     won. The rule engine then keeps the result inside the policy's demand bounds, floor and ceiling."""
     if not policy.learn_from_memory:
         return None
-    found = memory.recall(job_text(job), k=k, kind=MemoryKind.JOB_OUTCOME, capability=job.capability)
+    found = memory.similar_outcomes(job_text(job), job.capability, k=k)
     samples = [r for r in found if r.metadata.get("outcome") in ("won", "lost") and r.metadata.get("cost", 0) > 0]
     if len(samples) < policy.memory_min_samples:
         return None
@@ -104,9 +104,12 @@ def price_signal(memory: MachineMemory, job: JobSpec, policy: Policy, *, k: int 
 # -- wear -----------------------------------------------------------------------------------------
 
 def wear_item(job_id: str, capability: str, wear_pct: float, delta: float, hours: float) -> MemoryItem:
+    """A wear observation. It is embedded by its topic (``key``), not its numbers — a search for
+    wear finds it, the numbers are metadata — so one cached vector serves them all."""
     text = f"wear {wear_pct:.2f}% after job {job_id} ({capability}, {hours:.2f} h of work, +{delta:.3f} points)"
     return MemoryItem(text, MemoryKind.WEAR, "telemetry",
-                      {"job_id": job_id, "capability": capability, "wear_pct": round(wear_pct, 4), "delta": round(delta, 4), "hours": round(hours, 4)})
+                      {"job_id": job_id, "capability": capability, "wear_pct": round(wear_pct, 4), "delta": round(delta, 4), "hours": round(hours, 4)},
+                      key=f"wear of the machine after a {capability} job")
 
 
 class WearTrend(BaseModel):
@@ -129,7 +132,11 @@ class WearTrend(BaseModel):
 
 def wear_trend(memory: MachineMemory, limit_pct: float, *, last: int = 20) -> WearTrend | None:
     """The trend of the last ``last`` wear observations; None with fewer than three."""
-    obs = memory.recent(kind=MemoryKind.WEAR, limit=last)
+    return trend_of(memory.recent(kind=MemoryKind.WEAR, limit=last), limit_pct)
+
+
+def trend_of(obs: list[MemoryRecord], limit_pct: float) -> WearTrend | None:
+    """The trend of wear observations, oldest first."""
     if len(obs) < 3:
         return None
     ys = [float(r.metadata.get("wear_pct", 0.0)) for r in obs]
@@ -181,5 +188,6 @@ class DemandLog:
                     f"we bid on {bids}, won {wins}")
             items.append(MemoryItem(text, MemoryKind.DEMAND, "market",
                                     {"capability": capability, "region": region, "hour": hour.hour, "calls": calls,
-                                     "bids": bids, "wins": wins}, hour))
+                                     "bids": bids, "wins": wins}, hour,
+                                    key=f"demand for {capability} in {region} at {hour.hour:02d}:00"))
         return items
