@@ -133,9 +133,11 @@ def shm_ledger(tmp_path: Path) -> Iterator[Ledger]:
 
 
 @pytest.fixture
-def memory_store(tmp_path: Path) -> MemoryStore:
-    """An embedded chromadb memory store in the test's own folder."""
-    return MemoryStore(MemoryConfig(path=tmp_path / "memory"))
+def memory_store(tmp_path: Path) -> Iterator[MemoryStore]:
+    """An embedded chromadb memory store in the test's own folder (background writes flushed fast)."""
+    store = MemoryStore(MemoryConfig(path=tmp_path / "memory", write_delay_s=0.02))
+    yield store
+    store.close()
 
 
 @pytest.fixture

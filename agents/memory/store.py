@@ -58,8 +58,6 @@ _WIDEN_UNTIL = 1024
 _CACHE = 2048
 """Query embeddings kept (a call heard by several machines is embedded once)."""
 _BATCH = 256
-_LINGER_S = 1.0
-"""The writer gathers records this long (real seconds) before a write."""
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _FIELD = re.compile(r"[^a-zA-Z0-9_.-]")
 Meta = dict[str, str | int | float | bool]
@@ -105,6 +103,8 @@ class MemoryConfig(BaseModel):
     """Per machine; past it, the oldest records are folded into summaries."""
     keep_days: float = Field(default=30.0, gt=0)
     """Job outcomes, wear and demand older than this (market time) are folded into daily summaries."""
+    write_delay_s: float = Field(default=1.0, ge=0)
+    """Real seconds the background writer gathers records before one write (each write is a commit)."""
 
 
 class MemoryRecord(BaseModel):
@@ -242,7 +242,7 @@ class MemoryStore:
         while True:
             first = self._queue.get()
             batch = [first]
-            linger = time.monotonic() + _LINGER_S  # fewer, larger writes: each add costs a commit
+            linger = time.monotonic() + self.config.write_delay_s  # fewer, larger writes: each add costs a commit
             while first is not None and len(batch) < _BATCH:
                 try:
                     batch.append(self._queue.get(timeout=max(linger - time.monotonic(), 0.0)))
