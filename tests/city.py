@@ -75,9 +75,9 @@ class City:
         assert len(self.outcomes) >= n, f"only {len(self.outcomes)} of {n} jobs closed in {timeout} s"
         return self.outcomes
 
-    def settled(self, machine_id: str, timeout: float = 5.0) -> None:
+    def settled(self, machine_id: str, timeout: float = 5.0, *, jobs: int = 1) -> None:
         deadline = time.monotonic() + timeout
-        while not self.nodes[machine_id].stats.settled and time.monotonic() < deadline:
+        while len(self.nodes[machine_id].stats.settled) < jobs and time.monotonic() < deadline:
             time.sleep(0.02)
 
     def kinds(self, job_id: str) -> list[tuple[str, str]]:

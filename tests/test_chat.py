@@ -36,7 +36,7 @@ def worked(city: City) -> tuple[City, MachineNode, MachineNode]:
         requester.post(job(f"chat-{i}"), reserve=RESERVE, value=RESERVE)
     outcomes = city.wait(2)
     assert {o.outcome for o in outcomes} == {"paid"}
-    city.settled("prusa-cheap")
+    city.settled("prusa-cheap", jobs=2)
     return city, cheap, dear
 
 
