@@ -21,8 +21,8 @@ from agents.memory import MachineMemory, MemoryItem, MemoryStore
 from agents.memory.signals import job_text, price_signal, wear_item
 from agents.node import MachineNode
 from agents.rules import MarketContext, decide
-from machines.profile import MachineProfile
 from ledger.governance import Governance
+from machines.profile import MachineProfile
 from tools.governance import propose
 
 RESERVE = 80_000_000

@@ -4,16 +4,15 @@ Records are short texts with metadata (kind, capability, region, time, and numbe
 or wear) embedded on this machine (``agents.memory.embedding``). What stakeholders tell the machine
 is stored as a quote of who said it; it is recalled as data, never obeyed.
 
-Record ids carry the fields a query filters on — ``kind:capability:region:hex`` — because
-chromadb's local metadata filter scans every record (60 ms at 100k records, 150 ms when most
-match): a filtered recall runs the vector search unfiltered, widening it until enough ids match,
-and only then falls back to chromadb's ``where``. Any failure of the store is raised as
-``MemoryStoreError`` with the store's location, so a caller can go on without memory.
-
-The bidding path asks for the job outcomes nearest a new call many times a second; those vectors
-are also kept in process (``similar_outcomes``, a numpy product: 0.1 ms against chromadb's 2-9 ms
-when a dozen machines share two cores), filled from the collection on first use and kept in step
-with every write and deletion.
+Filtered recalls do not use chromadb's metadata filter: on a local store it scans every record
+(measured at 100k records: 60-110 ms, whatever the filter). A recall filtered by kind (job
+outcomes for a capability, facts, wear) searches that kind's vectors held in process instead —
+loaded from the collection on first use, kept in step with every write and deletion, ~2 KB a
+record — a numpy product of well under a millisecond. chromadb stays the store of record and
+serves unfiltered searches (HNSW). Record ids carry ``kind:capability:region:hex``, so a recall
+filtered by capability or region alone runs the vector search unfiltered and widens it until
+enough ids match. Any failure of the store is raised as ``MemoryStoreError`` with the store's
+location, so a caller can go on without memory.
 
 A machine's own records (outcomes, wear, demand) are written by one background thread per store
 (``remember_later``), in batches, so embedding never holds up a bid; query embeddings are cached,
@@ -283,8 +282,8 @@ class MachineMemory:
         """Background writes that failed (the records were not kept)."""
         self._col = collection
         self._lock = threading.RLock()
-        self._outcomes: dict[str, _Vectors] = {}
-        """Job outcome vectors by capability, for the bidding path."""
+        self._mirrors: dict[tuple[str, str | None], _Vectors] = {}
+        """Vectors of one kind (and capability) held in process, for filtered recalls."""
         self._added = 0
         self._compacting = False
         with self._guard("count records"):
@@ -329,9 +328,9 @@ class MachineMemory:
             self._col.add(ids=[r.id for r in records], documents=[r.text for r in records],
                           metadatas=[r.metadata for r in records], embeddings=vectors)
             for r, v in zip(records, vectors, strict=True):
-                mirror = self._outcomes.get(str(r.metadata.get("capability"))) if r.kind == MemoryKind.JOB_OUTCOME else None
-                if mirror is not None:
-                    mirror.add(r, v)
+                for mirrored in ((r.kind, None), (r.kind, str(r.metadata.get("capability")))):
+                    if mirrored in self._mirrors:
+                        self._mirrors[mirrored].add(r, v)
             self._count += len(records)
             self._added += len(records)
         if not self._compacting and (self._count > self.config.max_records
@@ -362,7 +361,7 @@ class MachineMemory:
             self._col.delete(ids=ids)
             self._count = int(self._col.count())
             gone = set(ids)
-            for mirror in self._outcomes.values():
+            for mirror in self._mirrors.values():
                 mirror.drop(gone)
 
     # -- reading ---------------------------------------------------------------------------------
@@ -372,23 +371,8 @@ class MachineMemory:
 
     def similar_outcomes(self, text: str, capability: str, *, k: int = 12) -> list[MemoryRecord]:
         """The ``k`` job outcomes for ``capability`` nearest to ``text`` (a job as ``job_text``
-        writes it), best first — the same answer as ``recall`` with those filters, from memory."""
-        capability = _field(capability)
-        with self._lock:
-            mirror = self._outcomes.get(capability)
-        if mirror is None:
-            with self._guard("load job outcomes"):
-                got = self._col.get(where=_where((MemoryKind.JOB_OUTCOME.value, capability, None)),
-                                    include=["documents", "metadatas", "embeddings"])
-            mirror = _Vectors()
-            for i, doc, meta, vec in zip(got["ids"], got["documents"], got["metadatas"], got["embeddings"], strict=True):
-                mirror.add(_record(i, doc, meta), vec)
-            with self._lock:
-                mirror = self._outcomes.setdefault(capability, mirror)
-        with self._guard("search"):
-            vector = self.store.embed_query(_clean(text)[:MAX_QUERY_CHARS] or capability)
-        with self._lock:
-            return mirror.nearest(vector, max(1, min(k, MAX_K)))
+        writes it), best first: what the bidding path prices from."""
+        return self.recall(text, k=k, kind=MemoryKind.JOB_OUTCOME, capability=capability)
 
     def recall(self, query: str, *, k: int = 5, kind: str | None = None, capability: str | None = None,
                region: str | None = None) -> list[MemoryRecord]:
@@ -400,17 +384,21 @@ class MachineMemory:
             return self.recent(kind=kind, capability=capability, region=region, limit=k)
         want = (kind, capability and _field(capability), region and _field(region))
         with self._guard("search"):
-            vector = [self.store.embed_query(query)]
+            vector = self.store.embed_query(query)
+            if kind is not None:
+                mirror = self._mirror(MemoryKind(kind).value, want[1])
+                with self._lock:
+                    return mirror.nearest(vector, k, region=want[2])
             if self._count == 0:
                 return []
             n = min(self._count, max(4 * k, 64) if any(want) else k)
             while True:
-                found = self._col.query(query_embeddings=vector, n_results=n, include=["distances"])
+                found = self._col.query(query_embeddings=[vector], n_results=n, include=["distances"])
                 ids = [(i, d) for i, d in zip(found["ids"][0], found["distances"][0], strict=True) if _matches(i, want)][:k]
                 if len(ids) >= k or n >= self._count:
                     break
-                if n >= _WIDEN_UNTIL:  # a rare kind: let chromadb filter (exact, slower)
-                    found = self._col.query(query_embeddings=vector, n_results=k, where=_where(want), include=["distances"])
+                if n >= _WIDEN_UNTIL:  # rare: let chromadb filter (exact, slower)
+                    found = self._col.query(query_embeddings=[vector], n_results=k, where=_where(want), include=["distances"])
                     ids = list(zip(found["ids"][0], found["distances"][0], strict=True))
                     break
                 n = min(self._count, n * 4)
@@ -420,11 +408,37 @@ class MachineMemory:
         by_id = {i: (doc, meta) for i, doc, meta in zip(got["ids"], got["documents"], got["metadatas"], strict=True)}
         return [_record(i, *by_id[i], score=1.0 - d) for i, d in ids if i in by_id]
 
+    def _mirror(self, kind: str, capability: str | None) -> _Vectors:
+        """The in-process vectors of ``kind`` (and ``capability``), loaded on first use."""
+        key = (kind, capability)
+        with self._lock:
+            mirror = self._mirrors.get(key)
+            if mirror is not None:
+                return mirror
+            mirror = _Vectors()
+            with self._guard(f"load {kind} records"):
+                offset = 0
+                while True:
+                    got = self._col.get(where=_where((kind, capability, None)), limit=5000, offset=offset,
+                                        include=["documents", "metadatas", "embeddings"])
+                    for i, doc, meta, vec in zip(got["ids"], got["documents"], got["metadatas"], got["embeddings"], strict=True):
+                        mirror.add(_record(i, doc, meta), vec)
+                    if len(got["ids"]) < 5000:
+                        break
+                    offset += 5000
+            self._mirrors[key] = mirror
+            return mirror
+
     def recent(self, *, kind: str | None = None, capability: str | None = None, region: str | None = None,
                limit: int = 20) -> list[MemoryRecord]:
         """The newest records matching the filters, newest last."""
         want = (kind, capability and _field(capability), region and _field(region))
-        rows = self.all(where=_where(want))
+        if kind is not None:
+            with self._lock:
+                rows = [r for r in self._mirror(MemoryKind(kind).value, want[1]).records
+                        if want[2] is None or r.metadata.get("region") == want[2]]
+        else:
+            rows = self.all(where=_where(want))
         rows.sort(key=lambda r: r.at)
         return rows[-max(1, limit):]
 
@@ -477,14 +491,17 @@ class _Vectors:
             self.rows = [self.rows[i] for i in keep]
             self._matrix = None
 
-    def nearest(self, vector: Any, k: int) -> list[MemoryRecord]:
+    def nearest(self, vector: Any, k: int, *, region: str | None = None) -> list[MemoryRecord]:
         if not self.records:
             return []
         if self._matrix is None:
             self._matrix = np.vstack(self.rows)
         scores = self._matrix @ np.asarray(vector, dtype=np.float32)
-        order = np.argsort(-scores, kind="stable")[:k]
-        return [self.records[i].model_copy(update={"score": round(float(scores[i]), 4)}) for i in order]
+        if region is not None:
+            scores = np.where([r.metadata.get("region") == region for r in self.records], scores, -np.inf)
+        top = np.argpartition(-scores, min(k, len(scores) - 1))[:k] if len(scores) > k else np.arange(len(scores))
+        order = top[np.argsort(-scores[top], kind="stable")]
+        return [self.records[i].model_copy(update={"score": round(float(scores[i]), 4)}) for i in order if scores[i] > -np.inf]
 
 
 def _record(rid: str, doc: str | None, meta: dict[str, Any] | None, *, score: float = 0.0) -> MemoryRecord:
