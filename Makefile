@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/negotiation.py
 	$(BIN)/python bench/market.py
 	$(BIN)/python bench/agent.py
+	$(BIN)/python bench/memory.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -62,7 +62,8 @@ MIN_MODEL_BUDGET_S = 0.005
 HISTORY = 200
 MEMORY_WARN_EVERY_S = 60.0
 MEMORY_BUDGET_S = 0.25
-"""Real seconds (at most half the bid window) a call waits for memory before the rules price without it."""
+"""Real seconds (at most a quarter of the bid window, so the bid still travels in time) a call waits
+for memory before the rules price without it."""
 
 
 def _hours_left(deadline_at: int, speed: float) -> float:
@@ -346,7 +347,7 @@ class MachineNode:
         job_id = call.job.id
         window = (call.bid_deadline - now_ms()) / 1000 - BID_MARGIN_S
         self._recalling.add(job_id)
-        self.mailbox.call_later(max(min(MEMORY_BUDGET_S, window / 2), 0.0), self._priced, job_id, None)
+        self.mailbox.call_later(max(min(MEMORY_BUDGET_S, window / 4), 0.0), self._priced, job_id, None)
         future = self.memory.store.submit(price_signal, self.memory, call.job, self.profile.policy)
         future.add_done_callback(lambda f: self.mailbox.post(self._priced, job_id, f))
 

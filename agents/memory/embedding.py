@@ -82,6 +82,7 @@ class MiniLMInt8(ONNXMiniLM_L6_V2):
         so.log_severity_level = 3
         so.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.intra_op_num_threads = min(os.cpu_count() or 1, 2)  # a single query gains from two; more lose to contention
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle threads sleep: a spinning pool starves the machines' threads
         providers = self._preferred_providers or ["CPUExecutionProvider"]
         return self.ort.InferenceSession(str(model_files()[0]), providers=providers, sess_options=so)
 
