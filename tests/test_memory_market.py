@@ -6,12 +6,13 @@ chat answers that cite what the machine remembers."""
 from __future__ import annotations
 
 import random
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from city import City, job, printer
-from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart, ToolReturnPart
+from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart, ToolReturnPart, UserPromptPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
 from agents.chat import ChatHistory, MachineChat
@@ -171,3 +172,30 @@ def test_chat_answers_cite_the_remembered_facts(city: City, memory_store: Memory
     city.closers.append(agent.close)
     llm = MachineChat(node.deps, ChatHistory(tmp_path / "llm"), agent).ask("alice", "when was the PEI sheet replaced?")
     assert llm.mode == "llm" and [c.ref for c in llm.cited] == [ref] and llm.sources == ["recall"]
+
+
+def test_the_model_sees_the_remembered_cases_behind_the_rules_quote(city: City, memory_store: MemoryStore) -> None:
+    memory = memory_store.machine("prusa-llm")
+    seeded(memory, [("lost", 1.5, 1.1)] * 3)
+    node = city.machine(unfloored("prusa-llm", 5000), memory=memory, auto_bid=False)
+    requester = city.open_requester(bid_window_s=3.0)
+    requester.post(job("llm-1", size_mm=(80, 60, 40)), reserve=RESERVE, value=RESERVE)
+    deadline = time.monotonic() + 3
+    while ((call := node.open_call("llm-1")) is None or call.memory is None) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert call is not None and call.memory is not None and call.memory.samples == 3
+    prompts: list[str] = []
+
+    def model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        prompts.extend(str(p.content) for m in messages for p in getattr(m, "parts", []) if isinstance(p, UserPromptPart))
+        return ModelResponse(parts=[ToolCallPart(info.output_tools[0].name, {"action": "bid", "price": "1.00", "eta_h": 3, "rationale": "memory"})])
+
+    agent = MachineAgent(ModelConfig(model="function"), model=FunctionModel(model))
+    city.closers.append(agent.close)
+    rules = node.rule_decision(call)
+    proposal, use = agent.runner.run(agent.propose_bid(node.deps(), call, rules, 5.0))
+    assert proposal is not None, use.error
+    prompt = prompts[0]
+    assert "Memory of similar past jobs: won 0 of 3 similar jobs; winners bid 1.10× cost" in prompt
+    assert '<untrusted source="memory of past jobs">' in prompt and prompt.count("job past-") == 3
+    assert "from memory" in rules.reason  # the quote the model is shown already prices with memory
