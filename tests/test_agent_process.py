@@ -58,7 +58,9 @@ def test_killed_machine_process_is_taken_over_and_the_requester_charged_once(bro
     dear = _agent("proc-dear", broker_url, ledger_url, tmp_path, profiles)
     hub = None
     try:
-        assert _online(cheap)["state"] == "online" and _online(dear)["state"] == "online"
+        online = [_online(cheap), _online(dear)]
+        assert [o["state"] for o in online] == ["online", "online"]
+        assert all(str(o["memory"]).endswith("/memory (0 records)") for o in online), online  # each its own store
         identity = Identity.generate()
         wallet = settlement.open_requester(ledger, "proc", identity.did, 100_000_000)
         outcomes: list[JobOutcome] = []

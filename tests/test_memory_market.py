@@ -199,3 +199,21 @@ def test_the_model_sees_the_remembered_cases_behind_the_rules_quote(city: City, 
     assert "Memory of similar past jobs: won 0 of 3 similar jobs; winners bid 1.10× cost" in prompt
     assert '<untrusted source="memory of past jobs">' in prompt and prompt.count("job past-") == 3
     assert "from memory" in rules.reason  # the quote the model is shown already prices with memory
+
+
+def test_a_store_that_breaks_mid_run_costs_no_bid(city: City, memory_store: MemoryStore) -> None:
+    memory = memory_store.machine("prusa-broken")
+    node = city.machine(unfloored("prusa-broken", 2000), memory=memory)
+    requester = city.open_requester()
+    requester.post(job("ok-0"), reserve=RESERVE, value=RESERVE)
+    assert city.wait(1)[-1].outcome == "paid"
+    memory_store.flush()
+    assert memory.count() > 0
+    memory_store._open().delete_collection("tamc-memory-prusa-broken")  # the store is reset under the machine
+    memory._mirrors.clear()  # nothing cached to hide it: the next call reads the store
+    for i in range(1, 3):
+        requester.post(job(f"ok-{i}"), reserve=RESERVE, value=RESERVE)
+        assert city.wait(i + 1)[-1].outcome == "paid"
+    memory_store.flush()
+    assert node.stats.bids == 3 and node.stats.paid >= 2
+    assert node.stats.memory_errors >= 2 and memory.write_errors >= 1

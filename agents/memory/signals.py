@@ -185,7 +185,7 @@ class DemandLog:
         for region, capability in sorted({(r, c) for r, c, _ in counts}):
             calls, bids, wins = (counts[(region, capability, w)] for w in ("calls", "bids", "wins"))
             text = (f"demand {capability} in {region}, {hour:%Y-%m-%d} {hour:%H}:00–{hour.hour + 1:02d}:00: {calls} calls seen, "
-                    f"we bid on {bids}, won {wins}")
+                    f"we bid on {bids}, won {wins}" + (f" ({wins / calls:.0%} of the calls)" if calls else ""))
             items.append(MemoryItem(text, MemoryKind.DEMAND, "market",
                                     {"capability": capability, "region": region, "hour": hour.hour, "calls": calls,
                                      "bids": bids, "wins": wins}, hour,
