@@ -365,6 +365,9 @@ class MachineNode:
                 signal = future.result()
             except MemoryStoreError as exc:
                 self._memory_failed("price from memory", exc)
+            except Exception:  # a bug on the memory path must not cost the bid
+                self.stats.memory_errors += 1
+                log.exception("machine=%s job=%s price from memory failed", self.id, job_id)
             else:
                 if signal is not None:
                     call = call.model_copy(update={"memory": signal})

@@ -294,27 +294,23 @@ class _MemoryOpener:
         from agents.memory import MemoryConfig, MemoryStore
         from agents.memory.server import chroma_server
 
-        path = config.data_dir / "memory"
         if config.memory == "off":
             yield cls(None)
-        elif config.memory_url is not None or config.memory == "embedded":
-            opener = cls(MemoryStore(MemoryConfig(path=path, url=config.memory_url)))
-            yield opener
-            opener.close()
-        else:
-            try:
-                server = chroma_server(path)
-                url = server.__enter__()
-            except MemoryStoreError as exc:
-                log.error("%s", exc)
-                yield cls(MemoryStore(MemoryConfig(path=path)), unavailable=str(exc))
-                return
-            opener = cls(MemoryStore(MemoryConfig(path=path, url=url)))
+            return
+        path = config.data_dir / "memory"
+        url, unavailable = config.memory_url, None
+        with contextlib.ExitStack() as stack:
+            if url is None and config.memory == "server":
+                try:
+                    url = stack.enter_context(chroma_server(path))
+                except MemoryStoreError as exc:
+                    log.error("%s", exc)
+                    unavailable = str(exc)
+            opener = cls(MemoryStore(MemoryConfig(path=path, url=url)), unavailable)
             try:
                 yield opener
-                opener.close()
             finally:
-                server.__exit__(None, None, None)
+                opener.close()  # queued records are written before the server stops
 
     def close(self) -> None:
         if self.store is not None:

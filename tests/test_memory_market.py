@@ -217,3 +217,16 @@ def test_a_store_that_breaks_mid_run_costs_no_bid(city: City, memory_store: Memo
     memory_store.flush()
     assert node.stats.bids == 3 and node.stats.paid >= 2
     assert node.stats.memory_errors >= 2 and memory.write_errors >= 1
+
+
+def test_a_market_with_an_unusable_memory_says_so_and_trades_on(broker_url: str, tmp_path: Path) -> None:
+    from market.city import MarketConfig, describe
+    from market.city import run_market as run_city
+
+    (tmp_path / "memory").mkdir()
+    (tmp_path / "memory" / "chroma.sqlite3").write_bytes(b"garbage" * 200)  # a damaged store
+    report = run_city(MarketConfig(seed=2, hours=2, machines=4, broker=broker_url, data_dir=tmp_path, memory="embedded"))
+    assert report.memory is not None and report.memory.unavailable is not None
+    assert "memory" in report.memory.unavailable and "bids on without memory" in report.memory.unavailable
+    assert report.paid > 0 and report.memory.priced == 0
+    assert "memory unavailable" in describe(report)

@@ -30,7 +30,7 @@ def recall(ctx: RunContext[MachineDeps], query: str, k: int = 5, kind: str | Non
         return []
     try:
         found = memory.recall(query, k=k, kind=kind)
-    except (InputError, MemoryStoreError, ValueError) as exc:
+    except (InputError, MemoryStoreError) as exc:
         ctx.deps.record("recall", False, str(exc), "memory.error")
         return [{"error": str(exc)}]
     ctx.deps.record("recall", True, f"{len(found)} records for {query[:60]!r}: " + " ".join(r.ref for r in found))

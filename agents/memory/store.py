@@ -310,7 +310,7 @@ class MachineMemory:
                 raise InputError("nothing to remember: the text is empty")
             if len(text) > MAX_RECORD_CHARS:
                 raise InputError(f"a memory is at most {MAX_RECORD_CHARS} characters, got {len(text)}; say it in fewer words")
-            kind = MemoryKind(kind).value
+            kind = _kind(kind)
             meta: Meta = {k: v for k, v in metadata.items() if isinstance(v, str | int | float | bool)}
             for name in ("capability", "region"):
                 if name in meta:
@@ -382,11 +382,11 @@ class MachineMemory:
         query = _clean(query)[:MAX_QUERY_CHARS]
         if not query:
             return self.recent(kind=kind, capability=capability, region=region, limit=k)
-        want = (kind, capability and _field(capability), region and _field(region))
+        want = (kind and _kind(kind), capability and _field(capability), region and _field(region))
         with self._guard("search"):
             vector = self.store.embed_query(query)
-            if kind is not None:
-                mirror = self._mirror(MemoryKind(kind).value, want[1])
+            if want[0] is not None:
+                mirror = self._mirror(want[0], want[1])
                 with self._lock:
                     return mirror.nearest(vector, k, region=want[2])
             if self._count == 0:
@@ -432,10 +432,10 @@ class MachineMemory:
     def recent(self, *, kind: str | None = None, capability: str | None = None, region: str | None = None,
                limit: int = 20) -> list[MemoryRecord]:
         """The newest records matching the filters, newest last."""
-        want = (kind, capability and _field(capability), region and _field(region))
-        if kind is not None:
+        want = (kind and _kind(kind), capability and _field(capability), region and _field(region))
+        if want[0] is not None:
             with self._lock:
-                rows = [r for r in self._mirror(MemoryKind(kind).value, want[1]).records
+                rows = [r for r in self._mirror(want[0], want[1]).records
                         if want[2] is None or r.metadata.get("region") == want[2]]
         else:
             rows = self.all(where=_where(want))
@@ -521,6 +521,13 @@ def _where(want: tuple[str | None, str | None, str | None]) -> dict[str, Any] | 
     if not terms:
         return None
     return terms[0] if len(terms) == 1 else {"$and": terms}
+
+
+def _kind(kind: str) -> str:
+    try:
+        return MemoryKind(kind).value
+    except ValueError:
+        raise InputError(f"no memory kind {kind!r}: say one of {', '.join(k.value for k in MemoryKind)}") from None
 
 
 def _field(value: str) -> str:
