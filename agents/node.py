@@ -335,10 +335,11 @@ class MachineNode:
                         deadline_at=cfp.deadline_at, speed=cfp.speed)
         self._count_demand(job, "calls")
         self._calls[job.id] = call
-        if self.memory is not None and self._rule_decision(call).action == "bid":
-            self._recall_prices(call)  # answered in _priced
+        rules = self._rule_decision(call)
+        if self.memory is not None and rules.action == "bid":
+            self._recall_prices(call)  # answered in _priced, with the rules rerun on what memory says
         else:
-            self._respond(call)
+            self._respond(call, rules)
 
     def _recall_prices(self, call: OpenCall) -> None:
         """Ask memory what similar jobs went for, off the mailbox thread (awards and accepts are not
@@ -374,12 +375,12 @@ class MachineNode:
                     self._calls[job_id] = call
         self._respond(call)
 
-    def _respond(self, call: OpenCall) -> None:
-        """Answer a call: by hand, by the rules, or by the model within the rules."""
+    def _respond(self, call: OpenCall, rules: Decision | None = None) -> None:
+        """Answer a call: by hand, by the rules (``rules`` if just computed), or by the model within them."""
         if not self.auto_bid:
             self.mailbox.call_later((call.bid_deadline - now_ms()) / 1000, self._expire_call, call.job.id)
             return
-        rules = self._rule_decision(call)
+        rules = rules or self._rule_decision(call)
         if self.agent is None or self.loop is None:
             self._answer(call, from_rules(rules, "rules"))
         elif rules.action != "bid":
