@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict
 from agents.rules import CostBreakdown
 from core.errors import EscrowExists, SharesAlreadyIssued, UnknownAccount
 from ledger import AccountKind, Ledger
+from ledger.models import machine_wallet, maintenance_budget, reserve
 
 __all__ = [
     "ENERGY",
@@ -25,6 +26,7 @@ __all__ = [
     "holder",
     "machine_owner",
     "machine_wallet",
+    "maintenance_budget",
     "open_requester",
     "pay_job",
     "refund_job",
@@ -39,16 +41,9 @@ MAINTENANCE = "supplier:maintenance"
 """Technicians and parts: where the machine's agent pays maintenance expenses."""
 
 
-def machine_wallet(machine_id: str) -> str:
-    return f"machine:{machine_id}"
-
-
-def reserve(machine_id: str) -> str:
-    return f"reserve:{machine_id}"
-
-
 def holder(name: str) -> str:
-    return name if name.startswith("holder:") else f"holder:{name}"
+    """A stakeholder's account: ``holder:{name}``; an account id (``dao:…``, ``machine:…``) stays as it is."""
+    return name if ":" in name else f"holder:{name}"
 
 
 class JobCosts(BaseModel):

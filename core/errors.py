@@ -34,7 +34,9 @@ raised. ::
     │   └── EnvelopeRejected        a received message dropped (its ``reason`` says why)
     ├── PolicyRefused               a tool refused an action its owners' policy forbids; nothing moved
     │   └── ApprovalRequired        allowed only with the holders' vote: a proposal was opened
-    ├── GovernanceError             a proposal or vote that cannot be taken (unknown, closed, not a holder)
+    ├── GovernanceError             a proposal that cannot be opened, found or closed
+    │   ├── VoteRefused             closed, not a holder, unsigned or signed by someone else
+    │   └── ExecutionFailed         a passed proposal whose effect could not be carried out
     ├── ModelError                  the language model cannot be used as configured
     │   └── InvalidModelConfig      a model setting that does not name a usable model
     └── MemoryStoreError            the machine's vector memory cannot be used; bidding goes on without it
@@ -54,6 +56,7 @@ __all__ = [
     "EscrowError",
     "EscrowExists",
     "EscrowNotFound",
+    "ExecutionFailed",
     "GovernanceError",
     "HubError",
     "IdempotencyConflict",
@@ -78,6 +81,7 @@ __all__ = [
     "UnknownAccount",
     "UnknownMachine",
     "UnknownMachineKind",
+    "VoteRefused",
 ]
 
 
@@ -220,7 +224,17 @@ class ApprovalRequired(PolicyRefused):
 
 
 class GovernanceError(TamcError):
-    """A proposal or vote that cannot be taken: unknown proposal, closed, or not a holder."""
+    """A proposal that cannot be opened, found or closed: unknown, wrong payload, no holders."""
+
+
+class VoteRefused(GovernanceError):
+    """A vote that does not count: the proposal is closed, the voter held no shares when it opened,
+    or the ballot is unsigned or signed by a key that does not own the holder's account."""
+
+
+class ExecutionFailed(GovernanceError):
+    """A passed proposal whose effect could not be carried out (e.g. the wallet cannot pay the
+    budget); the proposal is marked failed and nothing of the failed step moved."""
 
 
 class ModelError(TamcError):

@@ -4,6 +4,8 @@ Knows nothing of agents or the market; other packages call it.
 """
 
 from ledger.book import DEFAULT_URL, Ledger
+from ledger.charter import Charter
+from ledger.governance import Governance
 from ledger.identity import (
     Identity,
     canonical_json,
@@ -23,8 +25,13 @@ from ledger.models import (
     Leg,
     Posting,
     StatementLine,
+    machine_wallet,
+    maintenance_budget,
+    reserve,
     share_asset,
 )
+from ledger.payout import pay_holders
+from ledger.proposals import AuditRecord, Execution, Proposal, ProposalKind, Standing, Tally, sign_ballot
 from ledger.split import split_pro_rata
 
 __all__ = [
@@ -33,18 +40,31 @@ __all__ = [
     "MONEY",
     "Account",
     "AccountKind",
+    "AuditRecord",
+    "Charter",
     "Escrow",
     "EscrowState",
+    "Execution",
+    "Governance",
     "Identity",
     "Keystore",
     "Ledger",
     "Leg",
     "Posting",
+    "Proposal",
+    "ProposalKind",
+    "Standing",
     "StatementLine",
+    "Tally",
     "canonical_json",
     "did_from_public_key",
+    "machine_wallet",
+    "maintenance_budget",
+    "pay_holders",
     "public_key_from_did",
+    "reserve",
     "share_asset",
+    "sign_ballot",
     "sign_document",
     "split_pro_rata",
     "verify_document",

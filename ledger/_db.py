@@ -20,6 +20,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Engine,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -35,8 +36,8 @@ from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.pool import StaticPool
 
 __all__ = [
-    "accounts", "balances", "connect", "entries", "escrows", "metadata", "postings", "proposals", "share_classes",
-    "transaction", "votes",
+    "accounts", "audit", "balances", "charters", "connect", "entries", "escrows", "executions", "metadata", "postings",
+    "proposals", "share_classes", "standings", "transaction", "votes",
 ]
 
 metadata = MetaData()
@@ -127,6 +128,52 @@ votes = Table(
     Column("choice", String(8), nullable=False),
     Column("weight", BigInteger, nullable=False),
     Column("cast_at", DateTime(timezone=True), nullable=False),
+)
+
+charters = Table(
+    "charters",
+    metadata,
+    Column("entity", String(200), primary_key=True),
+    Column("body", Text, nullable=False),
+)
+
+standings = Table(
+    "standings",
+    metadata,
+    Column("machine_id", String(200), primary_key=True),
+    Column("status", String(10), nullable=False),
+    Column("region", String(100)),
+    Column("policy", Text, nullable=False),
+    Column("retain_bps", Integer),
+    Column("parent", String(200)),
+    Column("missed_h", Float, nullable=False),
+    Column("changed_at", DateTime(timezone=True), nullable=False),
+    Column("version", Integer, nullable=False),
+)
+
+executions = Table(
+    "executions",
+    metadata,
+    Column("proposal_id", String(36), ForeignKey("proposals.id"), primary_key=True),
+    Column("plan", Text, nullable=False),
+    Column("state", String(10), nullable=False),
+    Column("detail", Text, nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True)),
+)
+
+audit = Table(
+    "audit",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("entity", String(200), nullable=False),
+    Column("proposal_id", String(36)),
+    Column("action", String(30), nullable=False),
+    Column("actor", String(200), nullable=False),
+    Column("detail", Text, nullable=False),
+    Index("ix_audit_entity", "entity"),
+    Index("ix_audit_proposal", "proposal_id"),
 )
 
 T = TypeVar("T")

@@ -92,6 +92,22 @@ class Ledger:
 
         return _db.transaction(self._engine, run)
 
+    def bind_owner(self, account_id: str, owner: str) -> Account:
+        """Record ``owner`` (a did) as the owner of an account opened without one; refused if it has
+        another. Votes on a holder's shares count only when signed by the account's owner."""
+
+        def run(conn: Connection) -> Account:
+            row = conn.execute(select(accounts).where(accounts.c.id == account_id)).first()
+            if row is None:
+                raise UnknownAccount(f"no account {account_id!r}; open it first")
+            if row.owner is None:
+                conn.execute(update(accounts).where(accounts.c.id == account_id).values(owner=owner))
+            elif row.owner != owner:
+                raise InputError(f"account {account_id!r} is owned by {row.owner}, not {owner}")
+            return Account(id=row.id, kind=AccountKind(row.kind), owner=owner)
+
+        return _db.transaction(self._engine, run)
+
     def account(self, account_id: str) -> Account:
         row = _db.transaction(
             self._engine, lambda c: c.execute(select(accounts).where(accounts.c.id == account_id)).first(), write=False
@@ -124,6 +140,24 @@ class Ledger:
         if ISSUANCE in (source, dest):
             raise InputError(f"{ISSUANCE} moves money only through mint and burn")
         return self._simple("transfer", source, dest, amount, key=key, asset=asset, memo=memo)
+
+    def transfers(self, moves: Sequence[tuple[str, str, int]], *, key: str, memo: str = "") -> Posting:
+        """Several money transfers ``(source, dest, amount)`` as one posting: all of them or none
+        (a spawn pays the seller and funds the child at once, or not at all)."""
+        if not moves:
+            raise InputError("transfers needs at least one (source, dest, amount) move")
+        legs: list[tuple[str, str, int]] = []
+        for source, dest, amount in moves:
+            require_micros(amount)
+            if source == dest or ISSUANCE in (source, dest):
+                raise InputError(f"a transfer needs two different accounts other than {ISSUANCE}, got {source!r} -> {dest!r}")
+            legs += [(source, MONEY, -amount), (dest, MONEY, amount)]
+        fp = _fingerprint("transfers", moves=[list(m) for m in moves])
+
+        def run(conn: Connection) -> Posting:
+            return self._replay(conn, key, fp) or self._post(conn, key, "transfers", fp, memo, legs, allow_escrow=False)
+
+        return _db.transaction(self._engine, run)
 
     def _simple(self, kind: str, source: str, dest: str, amount: int, *, key: str, asset: str, memo: str) -> Posting:
         fp = _fingerprint(kind, source=source, dest=dest, amount=amount, asset=asset)
@@ -232,6 +266,12 @@ class Ledger:
             .order_by(balances.c.account_id)
         )
         return {r.account_id: r.amount for r in rows}
+
+    def has_shares(self, entity: str) -> bool:
+        """Whether ``entity`` (a machine, or a collective such as ``dao:fab-cell``) has shares issued."""
+        row = _db.transaction(self._engine, lambda c: c.execute(
+            select(share_classes.c.machine_id).where(share_classes.c.machine_id == entity)).first(), write=False)
+        return row is not None
 
     def split_revenue(self, machine_id: str, source: str, amount: int, *, key: str, memo: str = "") -> Posting:
         """Pay ``amount`` from ``source`` to the holders of ``machine_id`` pro rata, exactly."""

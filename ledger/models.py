@@ -7,7 +7,10 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict
 
-__all__ = ["ISSUANCE", "MONEY", "Account", "AccountKind", "Escrow", "EscrowState", "Leg", "Posting", "StatementLine", "share_asset"]
+__all__ = [
+    "ISSUANCE", "MONEY", "Account", "AccountKind", "Escrow", "EscrowState", "Leg", "Posting", "StatementLine",
+    "machine_wallet", "maintenance_budget", "reserve", "share_asset",
+]
 
 MONEY = "unit"
 """The asset of money; amounts are micro-units of it."""
@@ -19,6 +22,21 @@ ISSUANCE = "system:issuance"
 def share_asset(machine_id: str) -> str:
     """The asset id of a machine's share tokens."""
     return f"share:{machine_id}"
+
+
+def machine_wallet(machine_id: str) -> str:
+    """The machine's wallet: jobs pay into it, it pays its costs and its holders from it."""
+    return f"machine:{machine_id}"
+
+
+def reserve(machine_id: str) -> str:
+    """Where the machine puts the wear each job costs, until maintenance spends it."""
+    return f"reserve:{machine_id}"
+
+
+def maintenance_budget(machine_id: str) -> str:
+    """A maintenance budget the holders approved: the machine pays the technician's job from it."""
+    return f"maintenance:{machine_id}"
 
 
 class AccountKind(StrEnum):

@@ -14,7 +14,8 @@ from pydantic_ai import FunctionToolset, RunContext
 
 from core.errors import GovernanceError, InputError, MemoryStoreError, PolicyRefused
 from core.money import format_units, parse_units
-from ledger.governance import Governance, Proposal
+from ledger.governance import Governance
+from ledger.proposals import Proposal
 from tools.deps import MachineDeps
 from tools.telemetry import machine_state
 
