@@ -32,12 +32,23 @@ from core.errors import EscrowNotFound, MemoryStoreError
 from hub import topics
 from hub.envelope import Envelope, now_ms, seal
 from hub.mailbox import Mailbox, Timer
-from hub.messages import Award, Bid, Body, CallForProposals, EventKind, JobClosed, JobEvent, Presence, TelemetryReport
+from hub.messages import (
+    Award,
+    Bid,
+    Body,
+    CallForProposals,
+    EventKind,
+    GovernanceNotice,
+    JobClosed,
+    JobEvent,
+    Presence,
+    TelemetryReport,
+)
 from hub.transport import Hub
 from ledger import Identity, Ledger
 from machines.driver import SimDriver, Telemetry
-from machines.job import JobSpec
-from machines.profile import MachineProfile, Point
+from machines.job import MAINTENANCE, JobSpec
+from machines.profile import MachineProfile, Point, Policy
 from machines.work import estimate
 from tools.deps import BidRecord, MachineDeps, OpenCall
 
@@ -46,6 +57,7 @@ if TYPE_CHECKING:
     from agents.machine_agent import MachineAgent
     from agents.memory import MachineMemory
     from ledger.governance import Governance
+    from ledger.proposals import Standing
 
 __all__ = ["Contract", "MachineNode", "NodeStats"]
 
@@ -171,8 +183,14 @@ class MachineNode:
         memory: MachineMemory | None = None,
         governance: Governance | None = None,
         auto_bid: bool = True,
+        wear_pct: float = 0.0,
     ) -> None:
         self.profile = profile
+        self.base_profile = profile
+        """The profile as loaded; ``profile`` is it with what the holders voted applied."""
+        self.standing: Literal["active", "parked", "retired"] = "active"
+        self.retain_bps: int | None = None
+        """Payout policy: share of each job's profit (after its fixed costs) kept; None pays it all out."""
         self.id = profile.id
         self.identity = identity
         self.hub = hub
@@ -186,7 +204,9 @@ class MachineNode:
         self.on_event = on_event
         self.session = uuid.uuid4().hex
         self.stats = NodeStats()
-        self.driver: SimDriver | None = SimDriver(profile, clock) if clock else None
+        self.wear_pct = wear_pct
+        """Wear when the node starts (a machine with a past)."""
+        self.driver: SimDriver | None = SimDriver(profile, clock, wear_pct=wear_pct) if clock else None
         self._jobs: dict[str, Followed] = {}
         self._running: Contract | None = None
         self._cfp_topics = [topics.cfp(region, profile.kind.value) for region in profile.territory]
@@ -211,14 +231,47 @@ class MachineNode:
         self._history: deque[BidRecord] = deque(maxlen=HISTORY)
         self._records: dict[str, BidRecord] = {}
         self._telemetry_log: deque[Telemetry] = deque(maxlen=HISTORY)
+        self._started = False
+        self._stopped = False
 
     # -- life --------------------------------------------------------------------------------
 
     def presence(self, state: Literal["online", "offline"]) -> bytes:
-        """The signed presence notice; the offline one is what the broker sends as our last will."""
+        """The signed presence notice; the offline one is what the broker sends as our last will.
+        A parked machine is online and serves no territory."""
         p = self.profile
-        body = Presence(machine_id=p.id, state=state, session=self.session, kind=p.kind.value, region=p.region, territory=p.territory)
+        territory = p.territory if self.standing == "active" else ()
+        body = Presence(machine_id=p.id, state=state, session=self.session, kind=p.kind.value, region=p.region, territory=territory)
         return seal(body, self.identity)
+
+    def apply_standing(self, standing: Standing, retain_bps: int | None = None) -> None:
+        """Bid from now on by what the holders decided: policy, region, territory, parked or not.
+        Callable from any thread; the next call for proposals is priced with it."""
+        self.mailbox.call(self._apply_standing, standing, retain_bps)
+
+    def _apply_standing(self, standing: Standing, retain_bps: int | None) -> None:
+        base = self.base_profile
+        region = standing.region or base.region
+        changes = dict(standing.policy)
+        if region != base.region and "territory" not in changes and set(base.territory) == {base.region}:
+            changes["territory"] = [region]  # a workshop serves where it stands
+        policy = Policy.model_validate({**base.policy.model_dump(), **changes})
+        self.profile = base.model_copy(update={"region": region, "policy": policy})
+        self.retain_bps = retain_bps
+        self.standing = standing.status
+        wanted = [topics.cfp(r, base.kind.value) for r in self.profile.territory] if standing.status == "active" else []
+        if self._started:
+            for topic in set(self._cfp_topics) - set(wanted):
+                self.hub.unsubscribe(topic, self._deliver)
+            for topic in set(wanted) - set(self._cfp_topics):
+                self.hub.subscribe(topic, self._deliver)
+            if standing.status != "retired":
+                self.hub.publish(topics.presence(self.id), self.presence("online"), retain=True)
+        self._cfp_topics = wanted
+
+    def maintained(self) -> None:
+        """The maintenance job was done: wear back to zero (from any thread)."""
+        self.mailbox.call(lambda: self.driver.maintain() if self.driver else None)
 
     @property
     def busy(self) -> bool:
@@ -228,7 +281,7 @@ class MachineNode:
     def use_clock(self, clock: ScaledClock) -> None:
         """Follow ``clock`` (the market's, in one process); idle machines only."""
         self.clock = clock
-        self.driver = SimDriver(self.profile, clock)
+        self.driver = SimDriver(self.profile, clock, wear_pct=self.wear_pct)
         if self.memory is not None:
             self.memory.clock = clock.now  # records and retention run on market time
 
@@ -238,21 +291,34 @@ class MachineNode:
         if not self.hub.connected:
             self.hub.set_will(topics.presence(self.id), self.presence("offline"))
             self.hub.connect()
+        self.mailbox.call(self._join)
+        return self
+
+    def _join(self) -> None:
+        if self.governance is not None:
+            self._reload_standing()
+            self.hub.subscribe(topics.governance(self.id), self._deliver)
         for topic in self._cfp_topics:
             self.hub.subscribe(topic, self._deliver)
+        self._started = True
         self.hub.publish(topics.presence(self.id), self.presence("online"), retain=True)
-        return self
 
     def stop(self) -> None:
         """Leave the market: say offline, stop listening; contracts in hand are left to the requester's
-        takeover (as if the machine had dropped out)."""
-        for topic in self._cfp_topics:
-            self.hub.unsubscribe(topic, self._deliver)
+        takeover (as if the machine had dropped out). Stopping twice is stopping once."""
+        if self._stopped:
+            return
+        self._stopped = True
         self.mailbox.call(self._leave)  # on the mailbox thread: the node's state is touched by it alone
         if self._own_mailbox:
             self.mailbox.close()
 
     def _leave(self) -> None:
+        if self.governance is not None:
+            self.hub.unsubscribe(topics.governance(self.id), self._deliver)
+        for topic in self._cfp_topics:
+            self.hub.unsubscribe(topic, self._deliver)
+        self._started = False
         for job_id in list(self._jobs):
             self._forget(job_id)
         self._store(self._demand.flush())
@@ -270,6 +336,22 @@ class MachineNode:
             self._on_award_topic(env, body)
         elif isinstance(body, JobEvent):
             self._on_event(env, body)
+        elif isinstance(body, GovernanceNotice) and body.machine_id == self.id and body.state == "executed":
+            self._reload_standing()
+
+    def reload_standing(self) -> None:
+        """Apply what the holders decided, now (from any thread)."""
+        if self.governance is not None:
+            self.mailbox.call(self._reload_standing)
+
+    def _reload_standing(self) -> None:
+        """Read what the holders decided from the ledger (the notice that prompts it proves nothing)."""
+        assert self.governance is not None
+        standing = self.governance.standing(self.id)
+        if standing.version == 0:
+            return  # never registered for governance: the profile's policy, everything paid out
+        retain = standing.retain_bps if standing.retain_bps is not None else self.governance.charter(self.id).retain_bps
+        self._apply_standing(standing, retain)
 
     # -- bidding -----------------------------------------------------------------------------
 
@@ -331,6 +413,8 @@ class MachineNode:
         job = cfp.job
         if now_ms() > cfp.bid_deadline or job.id in self._jobs or job.id in self._calls:
             return
+        if job.capability == MAINTENANCE and job.capability not in self.profile.capabilities:
+            return  # service work for a technician: not a call this machine answers or counts
         call = OpenCall(job=job, requester=env.sender, reserve=cfp.reserve, bid_deadline=cfp.bid_deadline,
                         deadline_at=cfp.deadline_at, speed=cfp.speed)
         self._count_demand(job, "calls")
@@ -721,8 +805,9 @@ class MachineNode:
     def _settle(self, contract: Contract) -> None:
         assert contract.cost is not None
         costs = settlement.JobCosts.of(contract.price, contract.cost)
+        owed = costs.to_owners - costs.kept(self.retain_bps)
         if self.ledger is not None:
-            settlement.settle_costs(self.ledger, contract.job.id, self.id, costs)
+            owed = settlement.settle_costs(self.ledger, contract.job.id, self.id, costs, retain_bps=self.retain_bps)
         contract.state = "paid"
         s = self.stats
         s.paid += 1
@@ -730,7 +815,7 @@ class MachineNode:
         s.energy += costs.energy
         s.wear_cost += costs.wear
         s.consumables += costs.consumables
-        s.to_owners += costs.to_owners
+        s.to_owners += owed
         s.settled.append((contract.job.id, costs))
 
     # -- memory ------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from agents.rules import CostBreakdown
 from core.errors import EscrowExists, SharesAlreadyIssued, UnknownAccount
 from ledger import AccountKind, Ledger
 from ledger.models import machine_wallet, maintenance_budget, reserve
+from ledger.payout import pay_holders
 
 __all__ = [
     "ENERGY",
@@ -55,10 +56,12 @@ class JobCosts(BaseModel):
     energy: int
     wear: int
     consumables: int
+    fixed: int = 0
+    """The job's share of the machine's fixed costs (rent, insurance), priced into it."""
 
     @classmethod
     def of(cls, price: int, cost: CostBreakdown) -> JobCosts:
-        return cls(price=price, energy=cost.energy + cost.travel, wear=cost.wear, consumables=cost.consumables)
+        return cls(price=price, energy=cost.energy + cost.travel, wear=cost.wear, consumables=cost.consumables, fixed=cost.fixed)
 
     @property
     def paid_out(self) -> int:
@@ -67,6 +70,14 @@ class JobCosts(BaseModel):
     @property
     def to_owners(self) -> int:
         return max(self.price - self.paid_out, 0)
+
+    def kept(self, retain_bps: int | None) -> int:
+        """What the machine keeps of the job's profit under a payout policy: the job's share of fixed
+        costs, then ``retain_bps`` of the rest. None keeps nothing (no payout policy: all to the owners)."""
+        if retain_bps is None:
+            return 0
+        fixed = min(self.to_owners, self.fixed)
+        return fixed + (self.to_owners - fixed) * retain_bps // 10_000
 
 
 def _open(ledger: Ledger, account: str, kind: AccountKind = AccountKind.WALLET, owner: str | None = None) -> None:
@@ -129,9 +140,10 @@ def refund_job(ledger: Ledger, job_id: str) -> str:
     return ledger.refund_escrow(job_id, key=f"refund:{job_id}", memo=f"job {job_id} not done").id
 
 
-def settle_costs(ledger: Ledger, job_id: str, machine_id: str, costs: JobCosts) -> None:
-    """The machine pays its energy and materials, puts wear into its reserve, and splits the rest
-    among its shareholders pro rata."""
+def settle_costs(ledger: Ledger, job_id: str, machine_id: str, costs: JobCosts, *, retain_bps: int | None = None) -> int:
+    """The machine pays its energy and materials, puts wear into its reserve, keeps what its payout
+    policy says (``JobCosts.kept``), and pays the rest to its shareholders pro rata, on through any
+    collective among them. Returns what the holders were paid."""
     wallet = machine_wallet(machine_id)
     for dest, amount, what in (
         (ENERGY, costs.energy, "energy"),
@@ -140,5 +152,7 @@ def settle_costs(ledger: Ledger, job_id: str, machine_id: str, costs: JobCosts) 
     ):
         if amount:
             ledger.transfer(wallet, dest, amount, key=f"{what}:{job_id}:{machine_id}", memo=f"job {job_id} {what}")
-    if costs.to_owners:
-        ledger.split_revenue(machine_id, wallet, costs.to_owners, key=f"split:{job_id}:{machine_id}", memo=f"job {job_id}")
+    owed = costs.to_owners - costs.kept(retain_bps)
+    if owed:
+        pay_holders(ledger, machine_id, wallet, owed, key=f"split:{job_id}:{machine_id}", memo=f"job {job_id}")
+    return owed

@@ -56,8 +56,9 @@ class Mailbox:
         return timer
 
     def call(self, fn: Callable[..., Any], *args: Any, timeout: float = 10.0) -> Any:
-        """Run ``fn(*args)`` on the mailbox thread and wait for its result (at once if already on it)."""
-        if threading.current_thread() is self._thread:
+        """Run ``fn(*args)`` on the mailbox thread and wait for its result (at once if already on it,
+        or if the mailbox is closed and its thread gone: nothing else touches the state any more)."""
+        if threading.current_thread() is self._thread or (self._closed and not self._thread.is_alive()):
             return fn(*args)
         done = threading.Event()
         box: dict[str, Any] = {}

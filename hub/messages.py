@@ -21,6 +21,7 @@ __all__ = [
     "Body",
     "CallForProposals",
     "EventKind",
+    "GovernanceNotice",
     "JobClosed",
     "JobEvent",
     "Presence",
@@ -115,11 +116,22 @@ class Presence(Body):
     territory: tuple[str, ...]
 
 
+class GovernanceNotice(Body):
+    """On ``machines/{id}/governance``: a proposal of the machine was decided or executed. Receivers
+    read what changed from the ledger, which is the authority; the notice only says when to look."""
+
+    TYPE: ClassVar[str] = "governance"
+    machine_id: str
+    proposal_id: str
+    kind: str
+    state: str
+
+
 class TelemetryReport(Body):
     TYPE: ClassVar[str] = "telemetry"
     telemetry: Telemetry
 
 
 BODY_TYPES: dict[str, type[Body]] = {
-    t.TYPE: t for t in (CallForProposals, Bid, Award, JobClosed, JobEvent, Presence, TelemetryReport)
+    t.TYPE: t for t in (CallForProposals, Bid, Award, JobClosed, JobEvent, Presence, TelemetryReport, GovernanceNotice)
 }

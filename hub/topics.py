@@ -12,6 +12,7 @@ __all__ = [
     "cfp",
     "control",
     "events",
+    "governance",
     "presence",
     "telemetry",
 ]
@@ -53,3 +54,8 @@ def presence(machine_id: str) -> str:
 
 def control(machine_id: str) -> str:
     return f"{PREFIX}/machines/{_level(machine_id, 'machine id')}/control"
+
+
+def governance(machine_id: str) -> str:
+    """Notices that a proposal of the machine was decided or executed."""
+    return f"{PREFIX}/machines/{_level(machine_id, 'machine id')}/governance"

@@ -396,7 +396,7 @@ class Governance:
             if pay.get("cost"):
                 steps.append({"op": "open", "account": MOVERS, "kind": "system"})
                 steps.append({"op": "transfers", "moves": [[wallet, MOVERS, pay["cost"]]], "memo": f"move to {pay['region']}"})
-            change: dict[str, Any] = {"machine_id": m, "region": pay["region"]}
+            change: dict[str, Any] = {"machine_id": m, "region": pay["region"], "status": "active"}  # it moves to work
             if pay.get("territory"):
                 change["policy"] = {"territory": pay["territory"]}
             changes.append(change)

@@ -12,7 +12,10 @@ from core.errors import InvalidJobSpec
 from core.money import Money
 from machines.profile import Kind, Point
 
-__all__ = ["JobSpec", "describe_errors", "load_job", "parse_job"]
+__all__ = ["MAINTENANCE", "JobSpec", "describe_errors", "load_job", "parse_job"]
+
+MAINTENANCE = "maintenance"
+"""The capability of service jobs: a machine hiring its own maintenance out."""
 
 
 class JobSpec(BaseModel):
@@ -35,6 +38,10 @@ class JobSpec(BaseModel):
     amount: float | None = Field(default=None, gt=0)
     """Work in the material's unit: grams printed, cm³ milled, metres cut."""
 
+    # service: work done on a machine (by a technician, or another machine)
+    service_of: str | None = Field(default=None, max_length=200)
+    """The machine to service, for a ``maintenance`` job; ``amount`` is then the wear (%) to restore."""
+
     # transport
     pickup: Point | None = None
     dropoff: Point | None = None
@@ -43,6 +50,10 @@ class JobSpec(BaseModel):
 
     @model_validator(mode="after")
     def _fields_match_kind(self) -> Self:
+        if self.capability == MAINTENANCE:
+            if not self.service_of or self.amount is None:
+                raise ValueError("a maintenance job needs 'service_of' (the machine) and 'amount' (the wear % to restore)")
+            return self
         if self.kind.is_vehicle:
             if self.pickup is None or self.dropoff is None:
                 raise ValueError(f"a {self.kind.value} job needs 'pickup' and 'dropoff' points")

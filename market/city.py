@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import random
 import threading
 import time
 import uuid
@@ -32,11 +33,15 @@ from core.errors import InputError, MemoryStoreError
 from core.money import format_units
 from hub.broker import RunningBroker, start_broker
 from hub.transport import Hub
-from ledger import Keystore, Ledger
+from core.clock import SimClock
+from ledger import Identity, Keystore, Ledger, machine_wallet
+from ledger.collective import Collective
 from ledger.governance import Governance
 from machines.profile import MachineProfile
 from market.demand import FLAT, HOURLY_SHAPE, DemandModel, JobRequest, generate_jobs
-from market.fleet import build_fleet, stakeholders
+from market.fleet import COLLECTIVE_MEMBERS, FAB_CELL, build_fleet, stakeholders
+from market.lifecycle import LifeConfig, LifeReport, Lifecycle
+from market.technician import Technician
 from market.regions import DEFAULT_REGIONS, Region
 from market.welfare import fcfs_dispatch, hindsight_optimum
 
@@ -75,6 +80,10 @@ class MarketConfig(BaseModel):
     ``off`` keeps no memory."""
     memory_url: str | None = None
     """A running Chroma server (``http://host:8000``) to use instead."""
+    life: bool = True
+    """Run the life cycle: fixed costs, the machines' proposals, holders' votes, births, moves,
+    parkings, maintenance and deaths (``market.lifecycle``)."""
+    life_config: LifeConfig = LifeConfig()
 
 
 class MachineReport(BaseModel):
@@ -92,6 +101,10 @@ class MachineReport(BaseModel):
     costs: int
     profit: int
     wear_pct: float
+    status: str = "active"
+    """active, parked or retired at the end of the run."""
+    parent: str | None = None
+    """The machine that spawned it during the run."""
 
 
 class ModelReport(BaseModel):
@@ -167,6 +180,7 @@ class MarketReport(BaseModel):
     """Bid decisions by the path that made them (rules, llm, llm-clamped, rules-fallback, rules-fast-path)."""
     model: ModelReport | None = None
     memory: MemoryReport | None = None
+    life: LifeReport | None = None
     outcomes: list[JobOutcome] = Field(default_factory=list, repr=False)
 
 
@@ -200,20 +214,32 @@ def _broker(url: str | None) -> Iterator[RunningBroker]:
 
 
 def run_market(config: MarketConfig, *, on_progress: Callable[[Snapshot], None] | None = None,
-               regions: tuple[Region, ...] = DEFAULT_REGIONS) -> MarketReport:
+               regions: tuple[Region, ...] = DEFAULT_REGIONS, fleet: list[MachineProfile] | None = None,
+               requests: list[JobRequest] | None = None, savings: dict[str, int] | None = None,
+               wear: dict[str, float] | None = None) -> MarketReport:
+    """Run a city for ``config.hours``. ``fleet``, ``requests``, ``savings`` (each machine's cash at
+    the start) and ``wear`` replace the seeded ones (a test's scenario)."""
     started = time.perf_counter()
     run_id = uuid.uuid4().hex[:6]
-    fleet = build_fleet(config.machines, regions)
+    fleet = list(fleet) if fleet is not None else build_fleet(config.machines, regions)
     model = DemandModel(load=config.load, hourly=FLAT if config.flat_demand else HOURLY_SHAPE)
-    requests = generate_jobs(fleet, regions, config.hours, seed=config.seed, model=model, prefix=f"{run_id}-")
+    if requests is None:
+        requests = generate_jobs(fleet, regions, config.hours, seed=config.seed, model=model, prefix=f"{run_id}-")
     config.data_dir.mkdir(parents=True, exist_ok=True)
+    for suffix in ("", "-wal", "-shm"):  # each run is a new city; keys and memory carry over
+        (config.data_dir / f"ledger.db{suffix}").unlink(missing_ok=True)
     ledger_url = f"sqlite:///{(config.data_dir / 'ledger.db').resolve()}"
     ledger = Ledger(ledger_url)
     keys = Keystore(config.data_dir / "keys.json")
-    governance = Governance(ledger)
+    governance = Governance(ledger, clock=SimClock(ScaledClock(config.speed).start))  # the day has not started yet
     agent = MachineAgent(config.model) if config.model.uses_model else None
+    rng = random.Random(config.seed)
+    savings = savings if savings is not None else {p.id: _savings(p, rng) for p in fleet}
+    wear = wear if wear is not None else {p.id: round(rng.uniform(0, 62), 2) for p in fleet}
     outcomes: list[JobOutcome] = []
     lock = threading.Lock()
+    life: Lifecycle | None = None
+    life_report: LifeReport | None = None
 
     def record(o: JobOutcome) -> None:
         with lock:
@@ -223,16 +249,26 @@ def run_market(config: MarketConfig, *, on_progress: Callable[[Snapshot], None] 
         hubs: list[Hub] = []
         nodes: list[MachineNode] = []
         requesters: dict[str, Requester] = {}
+        technicians: list[Technician] = []
+
+        def machine(profile: MachineProfile, identity: Identity, fails: frozenset[str] = frozenset(), wear_pct: float = 0.0) -> MachineNode:
+            hub = Hub(broker.url, name=profile.id)  # each machine its own connection: the broker announces its death by last will
+            hubs.append(hub)
+            node = MachineNode(profile, identity, hub, ledger=ledger, fail_jobs=fails, agent=agent, governance=governance,
+                               memory=memory.machine(profile.id), wear_pct=wear_pct)
+            nodes.append(node)
+            return node
+
+        def spawn(profile: MachineProfile) -> MachineNode:
+            node = machine(profile, keys.get_or_create(profile.id))
+            node.use_clock(clock)
+            return node.start()
+
         try:
+            holders = _register(ledger, governance, keys, fleet, config, savings, run_id)
             for index, profile in enumerate(fleet):
-                identity = keys.get_or_create(profile.id)
-                settlement.register_machine(ledger, profile.id, identity.did, stakeholders(index))
                 fails = frozenset(r.job.id for r in requests if _hash_share(r.job.id, profile.id) < config.fail_rate)
-                # each machine its own connection, so the broker can announce its death by last will
-                hub = Hub(broker.url, name=profile.id)
-                hubs.append(hub)
-                nodes.append(MachineNode(profile, identity, hub, ledger=ledger, fail_jobs=fails, agent=agent,
-                                         governance=governance, memory=memory.machine(profile.id)))
+                machine(profile, keys.get_or_create(profile.id), fails, wear.get(profile.id, 0.0) if config.life else 0.0)
             for node in nodes:
                 node.start()
             rc = RequesterConfig(bid_window_s=config.bid_window_s, accept_window_s=config.accept_window_s, speed=config.speed)
@@ -245,9 +281,24 @@ def run_market(config: MarketConfig, *, on_progress: Callable[[Snapshot], None] 
                 requesters[region.name] = Requester(identity, hub, ledger, wallet, config=rc, on_outcome=record).start()
             time.sleep(0.2)  # let presence and subscriptions settle before the first call
             clock = ScaledClock(config.speed)  # the day starts now
+            governance.clock = clock
             for node in nodes:
                 node.use_clock(clock)
+            if config.life:
+                life_hub = Hub(broker.url, name="lifecycle").connect()
+                hubs.append(life_hub)
+                for region in regions:
+                    tech = f"tech-{region.name}"
+                    technicians.append(Technician(tech, keys.get_or_create(tech), life_hub, ledger, regions=[region.name],
+                                                  clock=clock).start())
+                collective = Collective(FAB_CELL, keys.get_or_create(FAB_CELL), governance)
+                life = Lifecycle(governance=governance, ledger=ledger, keys=keys, hub=life_hub, clock=clock, nodes=nodes,
+                                 spawn=spawn, regions=regions, holders=holders, collectives=[collective], config=config.life_config,
+                                 requester_config=rc, seed=config.seed, run_id=run_id).start()
             _feed(requests, requesters, clock, config, nodes, outcomes, on_progress)
+            if life is not None:
+                life.stop()
+                life_report = life.report()
             # hours each machine worked while there was demand (the drain after it does not count)
             worked = {n.id: n.mailbox.call(lambda n=n: n.driver.telemetry().operating_hours if n.driver else 0.0) for n in nodes}
             deadline = time.monotonic() + config.drain_s
@@ -258,6 +309,10 @@ def run_market(config: MarketConfig, *, on_progress: Callable[[Snapshot], None] 
             _wait_settled(nodes, outcomes, timeout_s=10)
             run_hours = clock.hours()
         finally:
+            if life is not None and life_report is None:
+                life.stop()
+            for tech in technicians:
+                tech.stop()
             for node in nodes:
                 try:
                     save_snapshot(config.data_dir, node.snapshot())
@@ -273,11 +328,54 @@ def run_market(config: MarketConfig, *, on_progress: Callable[[Snapshot], None] 
             for hub in hubs:
                 dropped.update(hub.dropped())
                 hub.close()
+            audit = ledger.audit()
+            if audit:
+                log.error("ledger audit found problems: %s", audit)
             ledger.close()
             memory_report = memory.report(nodes)
+    parents = life_report.parents if life_report else {}
     report = _report(run_id, config, broker.kind, fleet, nodes, requests, outcomes, worked, run_hours,
-                     dict(dropped), time.perf_counter() - started, ledger_url)
-    return report.model_copy(update={"memory": memory_report})
+                     dict(dropped), time.perf_counter() - started, ledger_url, parents)
+    return report.model_copy(update={"memory": memory_report, "life": life_report})
+
+
+def _savings(profile: MachineProfile, rng: random.Random) -> int:
+    """Cash a machine of the demo city starts the day with, from before: a few days of fixed costs
+    for most, and for some enough to buy a second machine."""
+    if rng.random() < 0.15:
+        return round(profile.purchase_price * rng.uniform(1.15, 1.4))
+    return round(profile.fixed_daily_cost * rng.uniform(0.2, 4.0))
+
+
+def _register(ledger: Ledger, governance: Governance, keys: Keystore, fleet: list[MachineProfile], config: MarketConfig,
+              savings: dict[str, int], run_id: str) -> dict[str, Identity]:
+    """Register every machine with its holders (keys bound to their accounts, so their votes can
+    be checked), its charter and its savings; set up the fab cell's members. Returns the holders' keys."""
+    holders: dict[str, Identity] = {}
+    for index, profile in enumerate(fleet):
+        identity = keys.get_or_create(profile.id)
+        owners = stakeholders(index, profile)
+        for name in owners:
+            if name != FAB_CELL:
+                holders[settlement.holder(name)] = keys.get_or_create(f"holder-{name}")
+        if FAB_CELL in owners and not ledger.has_shares(FAB_CELL):
+            ledger.open_account(FAB_CELL, owner=keys.get_or_create(FAB_CELL).did)
+            for member in COLLECTIVE_MEMBERS:
+                account = settlement.holder(member)
+                holders[account] = keys.get_or_create(f"holder-{member}")
+                ledger.open_account(account, owner=holders[account].did)
+            ledger.issue_shares(FAB_CELL, {settlement.holder(m): 1 for m in COLLECTIVE_MEMBERS}, key=f"shares:{FAB_CELL}")
+            governance.register(FAB_CELL, charter=config.life_config.charter)
+        settlement.register_machine(ledger, profile.id, identity.did, owners)
+        for name in owners:
+            if name != FAB_CELL:
+                ledger.bind_owner(settlement.holder(name), holders[settlement.holder(name)].did)
+        if config.life:
+            governance.register(profile.id, region=profile.region, charter=config.life_config.charter)
+            if savings.get(profile.id):
+                ledger.mint(machine_wallet(profile.id), savings[profile.id], key=f"savings:{run_id}:{profile.id}",
+                            memo="savings the machine starts the day with")
+    return holders
 
 
 class _MemoryOpener:
@@ -389,7 +487,7 @@ def _percentile(values: list[float], q: float) -> float | None:
 
 def _report(run_id: str, config: MarketConfig, broker_kind: str, fleet: list[MachineProfile], nodes: list[MachineNode],
             requests: list[JobRequest], outcomes: list[JobOutcome], worked: dict[str, float],
-            run_hours: float, dropped: dict[str, int], wall_s: float, ledger_url: str) -> MarketReport:
+            run_hours: float, dropped: dict[str, int], wall_s: float, ledger_url: str, parents: dict[str, str]) -> MarketReport:
     machines = []
     for node in nodes:
         s = node.stats
@@ -398,6 +496,7 @@ def _report(run_id: str, config: MarketConfig, broker_kind: str, fleet: list[Mac
             machine_id=node.id, kind=node.profile.kind.value, region=node.profile.region, jobs=s.paid,
             busy_hours=round(s.busy_hours, 4), utilization=round(min(worked[node.id] / config.hours, 1.0), 4),
             revenue=s.revenue, costs=s.costs, profit=s.revenue - s.costs, wear_pct=round(wear, 4),
+            status=node.standing, parent=parents.get(node.id),
         ))
     counts = Counter(o.outcome for o in outcomes)
     costs_by_job = {job: c.paid_out for n in nodes for job, c in n.stats.settled}
@@ -449,6 +548,10 @@ def _double_awards(nodes: list[MachineNode]) -> int:
 def describe(report: MarketReport) -> str:
     text = (f"{report.paid}/{report.posted} jobs paid, revenue {format_units(report.revenue)}, "
             f"efficiency {report.efficiency:.1%} of optimum (baseline {report.baseline_efficiency:.1%})")
+    if report.life is not None:
+        life = report.life
+        text += (f"; life: {life.births} births, {life.moves} moves, {life.parkings} parkings, {life.deaths} deaths, "
+                 f"{life.maintenances} maintenances")
     if report.memory is not None and report.memory.store != "off":
         text += (f"; memory unavailable ({report.memory.unavailable})" if report.memory.unavailable
                  else f"; {report.memory.priced} bids priced from memory")

@@ -5,15 +5,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from machines.kinds import MachineKind
 from machines.loader import load_profiles, profiles_dir
 from machines.profile import MachineProfile
 from market.regions import Region
 
-__all__ = ["STAKEHOLDERS", "build_fleet", "stakeholders"]
+__all__ = ["COLLECTIVE_MEMBERS", "FAB_CELL", "STAKEHOLDERS", "build_fleet", "stakeholders"]
 
 TEMPLATE_ORDER = ("prusa-01", "taxi-01", "shapeoko-01", "glowforge-01", "bambu-02", "drone-01")
 """Varied kinds first, so even a small fleet has printers, vehicles and mills."""
 STAKEHOLDERS = ("alice", "bob", "carol", "dave", "erin", "frank", "grace")
+FAB_CELL = "dao:fab-cell"
+"""A collective holding a fifth of every 3D printer in the city; its members decide its votes."""
+COLLECTIVE_MEMBERS = ("erin", "frank", "grace")
 
 
 def build_fleet(count: int, regions: Sequence[Region], templates: Sequence[MachineProfile] | None = None) -> list[MachineProfile]:
@@ -44,7 +48,12 @@ def build_fleet(count: int, regions: Sequence[Region], templates: Sequence[Machi
     return fleet
 
 
-def stakeholders(index: int) -> dict[str, int]:
-    """Three owners per machine, 50/30/20 shares, rotating through the circle."""
+def stakeholders(index: int, profile: MachineProfile | None = None) -> dict[str, int]:
+    """Three owners per machine, 50/30/20 shares, rotating through the circle; the fab cell holds
+    the 20 of every 3D printer."""
     names = [STAKEHOLDERS[(index + k) % len(STAKEHOLDERS)] for k in range(3)]
+    if profile is not None and profile.kind is MachineKind.PRINTER_3D:
+        names[2] = FAB_CELL
+        if names[1] == names[2]:
+            names[1] = STAKEHOLDERS[(index + 3) % len(STAKEHOLDERS)]
     return dict(zip(names, (50, 30, 20), strict=True))

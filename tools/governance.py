@@ -1,6 +1,7 @@
 """Governance tools: the machine's open proposals and their tallies, and proposals it makes itself.
 
-The machine may propose maintenance, a price policy or a territory; its holders decide. A proposal
+The machine may propose maintenance, a price policy, a territory, parking or resuming; its holders
+decide (its steward, ``agents.steward``, also opens moves and spawns from its books). A proposal
 carries the evidence the machine read (telemetry, and for maintenance the wear trend in its memory
 with the observations behind it) so holders can check it. Tallies and
 proposals of other machines are refused.
@@ -15,13 +16,14 @@ from pydantic_ai import FunctionToolset, RunContext
 from core.errors import GovernanceError, InputError, MemoryStoreError, PolicyRefused
 from core.money import format_units, parse_units
 from ledger.governance import Governance
-from ledger.proposals import Proposal
+from ledger.proposals import Proposal, ProposalKind
 from tools.deps import MachineDeps
 from tools.telemetry import machine_state
 
 __all__ = ["governance_tools", "propose"]
 
-OwnKind = Literal["maintenance", "pricing", "territory"]
+OwnKind = Literal["maintenance", "pricing", "territory", "park", "resume"]
+OWN_KINDS = ("maintenance", "pricing", "territory", "park", "resume")
 
 
 def _gov(deps: MachineDeps) -> Governance:
@@ -37,39 +39,46 @@ def describe(deps: MachineDeps, p: Proposal) -> dict[str, Any]:
             "tally": {"yes": tally.yes, "no": tally.no, "abstain": tally.abstain, "of": tally.total}}
 
 
-def propose(deps: MachineDeps, kind: OwnKind, title: str, rationale: str, *, budget: int | None = None,
-            margin_bps: int | None = None, regions: list[str] | None = None) -> Proposal:
-    """Open a proposal of the machine's own, backed by what its telemetry says now."""
+def propose(deps: MachineDeps, kind: OwnKind | ProposalKind, title: str, rationale: str, *, budget: int | None = None,
+            margin_bps: int | None = None, regions: list[str] | None = None, payload: dict[str, Any] | None = None,
+            evidence: tuple[str, ...] = (), key: str | None = None) -> Proposal:
+    """Open a proposal of the machine's own, backed by what its telemetry says now (and, for
+    maintenance, the wear trend in its memory). ``payload`` gives any kind's fields directly (the
+    steward's drafts); the keyword fields are the model's tool arguments."""
     gov = _gov(deps)
-    payload: dict[str, Any] = {"rationale": rationale.strip()[:600]}
-    if kind == "maintenance":
-        if budget is None or budget <= 0:
-            raise InputError("a maintenance proposal needs a positive budget")
-        payload["budget"] = budget
-    elif kind == "pricing":
-        if margin_bps is None or not 0 <= margin_bps <= 100_000:
-            raise InputError("a pricing proposal needs margin_bps between 0 and 100000")
-        payload["margin_bps"] = margin_bps
-    elif kind == "territory":
-        if not regions or any(not r.strip() for r in regions):
-            raise InputError("a territory proposal needs the regions to serve")
-        payload["regions"] = sorted({r.strip() for r in regions})
-    else:
-        raise InputError(f"the machine may propose maintenance, pricing or territory, not {kind!r}")
+    kind = ProposalKind(kind)
+    body: dict[str, Any] = dict(payload or {})
+    if payload is None:
+        if kind is ProposalKind.MAINTENANCE:
+            if budget is None or budget <= 0:
+                raise InputError("a maintenance proposal needs a positive budget")
+            body["budget"] = budget
+        elif kind is ProposalKind.PRICING:
+            if margin_bps is None or not 0 <= margin_bps <= 100_000:
+                raise InputError("a pricing proposal needs margin_bps between 0 and 100000")
+            body["margin_bps"] = margin_bps
+        elif kind is ProposalKind.TERRITORY:
+            if not regions or any(not r.strip() for r in regions):
+                raise InputError("a territory proposal needs the regions to serve")
+            body["regions"] = sorted({r.strip() for r in regions})
+        elif kind not in (ProposalKind.PARK, ProposalKind.RESUME):
+            raise InputError(f"the machine's agent may propose {', '.join(OWN_KINDS)}, not {kind.value!r}")
+    body["rationale"] = rationale.strip()[:600]
     state = machine_state(deps)
-    evidence = [f"wear {state.get('wear_pct', '?')}% of limit {deps.policy.wear_limit_pct:g}%"]
+    lines = [f"wear {state.get('wear_pct', '?')}% of limit {deps.policy.wear_limit_pct:g}%"]
     if "temperatures_c" in state:
-        evidence.append("temperatures " + ", ".join(f"{k} {v} °C" for k, v in state["temperatures_c"].items()))
-    if kind == "maintenance" and deps.memory is not None:
-        evidence += _wear_evidence(deps, payload)
-    key = f"{kind}:{deps.machine_id}:" + ":".join(f"{k}={v}" for k, v in sorted(payload.items())
-                                                  if k not in ("rationale", "observations"))
-    p = gov.open(deps.machine_id, kind, title.strip()[:300] or kind, key=key, opened_by=deps.actor,
-                 payload=payload, evidence=evidence)
-    if kind == "maintenance" and deps.memory is not None:
+        lines.append("temperatures " + ", ".join(f"{k} {v} °C" for k, v in state["temperatures_c"].items()))
+    lines += evidence
+    if kind is ProposalKind.MAINTENANCE and deps.memory is not None:
+        lines += _wear_evidence(deps, body)
+    key = key or f"{kind.value}:{deps.machine_id}:" + ":".join(f"{k}={v}" for k, v in sorted(body.items())
+                                                            if k not in ("rationale", "observations"))
+    p = gov.open(deps.machine_id, kind, title.strip()[:300] or kind.value, key=key, opened_by=deps.actor,
+                 payload=body, evidence=lines)
+    if kind is ProposalKind.MAINTENANCE and deps.memory is not None:
         try:
-            deps.memory.remember(f"maintenance proposed ({p.id}) by {deps.actor}: {p.title}; budget {format_units(payload['budget'])} units",
-                                 kind="maintenance", source=deps.actor, metadata={"proposal_id": p.id, "budget": payload["budget"]})
+            deps.memory.remember(f"maintenance proposed ({p.id}) by {deps.actor}: {p.title}; budget {format_units(body['budget'])} units",
+                                 kind="maintenance", source=deps.actor, metadata={"proposal_id": p.id, "budget": body["budget"]})
         except (InputError, MemoryStoreError) as exc:
             deps.record("remember", False, str(exc), "memory.error")
     return p
@@ -122,7 +131,8 @@ def vote_tally(ctx: RunContext[MachineDeps], proposal_id: str) -> dict[str, Any]
 @governance_tools.tool(name="propose")
 def propose_tool(ctx: RunContext[MachineDeps], kind: OwnKind, title: str, rationale: str, budget: str | None = None,
                  margin_bps: int | None = None, regions: list[str] | None = None) -> dict[str, Any]:
-    """Ask the holders to approve maintenance (with a budget in units), a new margin, or a territory."""
+    """Ask the holders to approve maintenance (with a budget in units), a new margin, a territory,
+    parking the machine (it stops bidding and pays less fixed costs) or resuming work."""
     try:
         p = propose(ctx.deps, kind, title, rationale, budget=parse_units(budget) if budget else None,
                     margin_bps=margin_bps, regions=regions)

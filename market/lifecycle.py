@@ -1,0 +1,422 @@
+"""The TradeNet life cycle of a city's machines: they pay their fixed costs, ask their holders for
+what their books call for, and are born, moved, parked, resumed, maintained and retired by what the
+holders (and the charter) decide.
+
+Every tick of market time the life cycle
+1. charges each machine its fixed costs (a parked one the charter's share); a machine that cannot
+   pay for the charter's ``grace_days`` is retired by the charter itself and its salvage paid out;
+2. lets each machine's steward (``agents.steward``) read its books, wear, memory and the market's
+   demand per region, and open the proposals they call for;
+3. has the holders vote with signed ballots: the simulated stakeholders by a seeded rule, machines
+   with the shares they hold of their children, collectives through their members;
+4. decides what can be decided, executes what passed (once) and applies it: the node reloads its
+   standing, a child node is started, a retired one stopped, and an approved maintenance becomes a
+   job the machine posts to the market, paid from its maintenance budget.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agents.node import MachineNode
+from agents.requester import JobOutcome, Requester, RequesterConfig
+from agents.steward import Books, RegionDemand, review, vote_as_holder
+from core.clock import ScaledClock
+from core.errors import GovernanceError, InsufficientFunds, LedgerError, MemoryStoreError, VoteRefused
+from core.money import format_units
+from hub import topics
+from hub.envelope import Envelope, seal
+from hub.messages import CallForProposals, GovernanceNotice
+from hub.transport import Hub
+from ledger import AccountKind, Identity, Keystore, Ledger, machine_wallet, maintenance_budget, reserve, sign_ballot
+from ledger.charter import Charter
+from ledger.collective import Collective
+from ledger.governance import Governance
+from ledger.proposals import Proposal, ProposalKind
+from machines.job import MAINTENANCE, JobSpec
+from machines.profile import MachineProfile
+from market.regions import Region
+from tools.governance import propose
+
+__all__ = ["FIXED_COSTS", "LifeConfig", "LifeEvent", "LifeReport", "Lifecycle"]
+
+log = logging.getLogger("tamc.lifecycle")
+
+FIXED_COSTS = "utility:fixed"
+"""Rent, insurance and financing: where machines pay their fixed costs."""
+
+EventKind = Literal["birth", "move", "park", "resume", "death", "retire", "maintenance", "maintained", "proposal",
+                    "passed", "rejected", "failed"]
+
+
+class LifeConfig(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    tick_h: float = Field(default=0.5, gt=0)
+    """Market hours between two rounds of fixed costs, reviews and votes."""
+    charter: Charter = Charter(window_h=2, review_h=8, grace_days=0.5)
+    """The charter the city's machines are registered with (a day in a demo holds a life)."""
+    yes_bps: int = Field(default=8500, ge=0, le=10_000)
+    """How often a simulated stakeholder votes yes (seeded per proposal and holder)."""
+
+
+class LifeEvent(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    at_h: float
+    machine_id: str
+    event: EventKind
+    detail: str
+
+
+class LifeReport(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    births: int = 0
+    moves: int = 0
+    parkings: int = 0
+    resumes: int = 0
+    deaths: int = 0
+    """Retired by the charter: could not pay fixed costs for its grace period."""
+    retirements: int = 0
+    """Retired by a vote of its holders."""
+    maintenances: int = 0
+    """Maintenance jobs done for machines that hired them out."""
+    proposals: dict[str, int] = Field(default_factory=dict)
+    """Opened, passed, rejected, failed."""
+    parents: dict[str, str] = Field(default_factory=dict)
+    """Child -> the machine that spawned it."""
+    events: list[LifeEvent] = Field(default_factory=list)
+
+
+class Lifecycle:
+    def __init__(self, *, governance: Governance, ledger: Ledger, keys: Keystore, hub: Hub, clock: ScaledClock,
+                 nodes: list[MachineNode], spawn: Callable[[MachineProfile], MachineNode], regions: Sequence[Region],
+                 holders: dict[str, Identity], collectives: Sequence[Collective] = (), config: LifeConfig = LifeConfig(),
+                 requester_config: RequesterConfig | None = None, seed: int = 0, run_id: str = "") -> None:
+        self.governance = governance
+        self.ledger = ledger
+        self.keys = keys
+        self.hub = hub
+        self.clock = clock
+        self.nodes = nodes
+        """The city's list: children are appended, the dead stay (the report lists them)."""
+        self.spawn = spawn
+        self.regions = {r.name: r for r in regions}
+        self.holders = holders
+        """Holder account -> the simulated stakeholder's key."""
+        self.collectives = {c.account: c for c in collectives}
+        self.config = config
+        self.requester_config = requester_config or RequesterConfig(speed=clock.speed)
+        self.seed = seed
+        self.run_id = run_id
+        self.identity = keys.get_or_create("governance")
+        self.events: list[LifeEvent] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._calls: deque[tuple[float, str, str]] = deque()
+        """(hour, region, kind) of the calls for proposals the market saw."""
+        self._margin: dict[str, int] = {}
+        self._books: dict[str, deque[tuple[float, int]]] = {}
+        self._since: dict[str, float] = {}
+        self._voted: set[tuple[str, str]] = set()
+        self._seen: set[str] = set()
+        self._requesters: dict[str, Requester] = {}
+        self._children: dict[str, int] = {}
+        self.parents: dict[str, str] = {}
+        ledger.open_account(FIXED_COSTS, kind=AccountKind.SYSTEM)
+
+    # -- running ------------------------------------------------------------------------------
+
+    def start(self) -> Lifecycle:
+        self.hub.subscribe(f"{topics.PREFIX}/market/+/+/cfp", self._on_cfp)
+        for node in self.nodes:
+            self._since[node.id] = 0.0
+        self._thread = threading.Thread(target=self._run, name="lifecycle", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        self.hub.unsubscribe(f"{topics.PREFIX}/market/+/+/cfp", self._on_cfp)
+        for r in self._requesters.values():
+            r.stop()
+
+    def _run(self) -> None:
+        tick = 1
+        while not self._stop.is_set():
+            wait = self.clock.real_seconds(tick * self.config.tick_h - self.clock.hours())
+            if wait > 0 and self._stop.wait(wait):
+                return
+            try:
+                self.tick(tick)
+            except Exception:  # a bug here must not stop the city's market; it is logged and counted
+                log.exception("life cycle tick %d failed", tick)
+            tick += 1
+
+    def _on_cfp(self, topic: str, env: Envelope) -> None:
+        body = env.body
+        if isinstance(body, CallForProposals) and body.job.capability != MAINTENANCE:
+            with self._lock:
+                self._calls.append((self.clock.hours(), body.job.region, body.job.kind.value))
+
+    # -- one round ----------------------------------------------------------------------------
+
+    def tick(self, index: int) -> None:
+        now = self.clock.hours()
+        for node in self._live():
+            self._charge(node, index, now)
+        for node in self._live():
+            self._review(node, now)
+        self._vote()
+        for p in self.governance.close_due():
+            self._event(p.machine_id, p.state, f"{p.kind.value}: {p.title}")  # type: ignore[arg-type]
+            if p.state == "passed":
+                self._execute(p)
+        for p in self.governance.proposals(state="passed"):  # a decree, or an execution cut short
+            self._execute(p)
+
+    def _live(self) -> list[MachineNode]:
+        return [n for n in self.nodes if n.standing != "retired" and n.id in self._since]
+
+    def _charge(self, node: MachineNode, index: int, now: float) -> None:
+        """Fixed costs for the tick; the margin of the jobs settled since the last one goes on the books."""
+        m, charter = node.id, self.governance.charter(node.id)
+        share = charter.park_fixed_bps if node.standing == "parked" else 10_000
+        fixed = node.profile.fixed_daily_cost * share * self.config.tick_h // (24 * 10_000)
+        fixed = round(fixed)
+        paid = True
+        if fixed:
+            try:
+                self.ledger.transfer(machine_wallet(m), FIXED_COSTS, fixed, key=f"fixed:{self.run_id}:{m}:{index}",
+                                     memo=f"fixed costs, {self.config.tick_h:g} h{' (parked)' if share < 10_000 else ''}")
+            except InsufficientFunds:
+                paid = False
+        standing = self.governance.fixed_costs(m, paid=paid, hours=self.config.tick_h)
+        margin = node.stats.revenue - node.stats.costs
+        earned = margin - self._margin.get(m, 0)
+        self._margin[m] = margin
+        self._books.setdefault(m, deque()).append((now, earned - (fixed if paid else 0)))
+        if standing.missed_h >= charter.grace_days * 24:
+            self._die(node, charter, standing.missed_h)
+
+    def _die(self, node: MachineNode, charter: Charter, missed_h: float) -> None:
+        """The charter retires a machine that cannot pay its way: it leaves the market, is sold, and
+        its holders get the salvage and whatever its accounts hold."""
+        telemetry = node.telemetry()
+        wear = telemetry.wear_pct if telemetry else 0.0
+        node.stop()
+        node.standing = "retired"
+        salvage = round(node.profile.purchase_price * charter.salvage_bps * max(0.0, 1 - wear / 100) / 10_000)
+        why = f"could not pay its fixed costs for {missed_h:.1f} h (grace {charter.grace_days * 24:g} h)"
+        p = self.governance.open(node.id, ProposalKind.RETIRE, f"{node.id} retired: {why}", key=f"{self.run_id}:death:{node.id}",
+                                 opened_by="charter", payload={"salvage": salvage, "rationale": why}, decided=True,
+                                 evidence=(f"wallet {format_units(self._balance(machine_wallet(node.id)))}",
+                                           f"salvage {format_units(salvage)} at wear {wear:.1f}%"))
+        self._event(node.id, "death", why)
+        self._execute(p)
+
+    def _review(self, node: MachineNode, now: float) -> None:
+        m = node.id
+        standing = self.governance.standing(m)
+        charter = self.governance.charter(m)
+        since = self._since.get(m, 0.0)
+        window = [(h, v) for h, v in self._books.get(m, ()) if h > now - charter.review_h]
+        telemetry = node.telemetry()
+        books = Books(
+            wear_pct=telemetry.wear_pct if telemetry else 0.0, wallet=self._balance(machine_wallet(m)),
+            reserve=self._balance(reserve(m)), net=sum(v for _, v in window), observed_h=min(now - since, charter.review_h),
+            children=self._children.get(m, 0), maintenance_pending=self._balance(maintenance_budget(m)) > 0,
+            memory_demand=self._memory_demand(node))
+        drafts = review(node.profile, standing, charter, books, self._demand(node.profile.kind.value, now, charter.review_h),
+                        period=int(now // charter.review_h))
+        if not drafts:
+            return
+        open_kinds = {p.kind for p in self.governance.proposals(m, state="open")}
+        for d in drafts:
+            if d.kind in open_kinds:
+                continue
+            payload = dict(d.payload)
+            if d.kind is ProposalKind.SPAWN:
+                payload["child_did"] = self.keys.get_or_create(payload["child_id"]).did
+            try:
+                p = propose(node.deps(actor=machine_wallet(m)), d.kind, d.title, d.rationale, payload=payload,
+                            evidence=d.evidence, key=f"{self.run_id}:{d.key}")
+            except (GovernanceError, LedgerError) as exc:
+                log.warning("machine=%s could not open %s: %s", m, d.kind.value, exc)
+                continue
+            if p.id not in self._seen:
+                self._seen.add(p.id)
+                self._event(m, "proposal", f"{d.kind.value}: {d.title}")
+
+    def _demand(self, kind: str, now: float, hours: float) -> dict[str, RegionDemand]:
+        with self._lock:
+            while self._calls and self._calls[0][0] < now - max(hours, 24.0):
+                self._calls.popleft()
+            calls = [(r, k) for h, r, k in self._calls if h > now - hours and k == kind]
+        out = {}
+        for region in self.regions:
+            machines = sum(1 for n in self._live() if n.standing == "active" and n.profile.kind.value == kind
+                           and region in n.profile.territory)
+            out[region] = RegionDemand(calls=sum(1 for r, _ in calls if r == region), machines=machines)
+        return out
+
+    def _memory_demand(self, node: MachineNode) -> dict[str, str]:
+        """What the machine's own memory says of demand in the regions it served (the last day of records)."""
+        if node.memory is None:
+            return {}
+        out = {}
+        for region in self.regions:
+            try:
+                records = node.memory.recent(kind="demand", region=region, limit=24)
+            except MemoryStoreError:
+                return {}
+            if records:
+                calls = sum(int(r.metadata.get("calls", 0)) for r in records)
+                wins = sum(int(r.metadata.get("wins", 0)) for r in records)
+                out[region] = f"{calls} calls seen in {len(records)} hours, won {wins}"
+        return out
+
+    # -- votes --------------------------------------------------------------------------------
+
+    def _vote(self) -> None:
+        nodes = {machine_wallet(n.id): n for n in self.nodes if n.standing != "retired"}
+        for p in self.governance.proposals(state="open"):
+            for holder in p.weights:
+                if (p.id, holder) in self._voted:
+                    continue
+                if holder in self.holders:
+                    ballot = sign_ballot(self.holders[holder], p.id, holder, self._choice(p, holder))
+                elif holder in nodes:
+                    ballot = sign_ballot(nodes[holder].identity, p.id, holder, vote_as_holder(p))
+                elif holder in self.collectives:
+                    self.collectives[holder].ask(p)
+                    self._voted.add((p.id, holder))
+                    continue
+                else:
+                    continue  # a holder nobody here votes for
+                self._voted.add((p.id, holder))
+                try:
+                    self.governance.vote(ballot)
+                except VoteRefused as exc:
+                    log.info("vote of %s on %s refused: %s", holder, p.id, exc)
+        for collective in self.collectives.values():
+            for inner in self.governance.proposals(collective.account):
+                if inner.kind is ProposalKind.DELEGATE and (inner.id, "cast") not in self._voted and collective.cast(inner):
+                    self._voted.add((inner.id, "cast"))
+
+    def _choice(self, p: Proposal, holder: str) -> Literal["yes", "no"]:
+        digest = hashlib.sha256(f"{self.seed}/{p.title}/{holder}".encode()).digest()
+        return "yes" if int.from_bytes(digest[:4], "big") % 10_000 < self.config.yes_bps else "no"
+
+    # -- execution ----------------------------------------------------------------------------
+
+    def _execute(self, p: Proposal) -> None:
+        try:
+            done = self.governance.execute(p.id, actor="lifecycle")
+        except GovernanceError as exc:
+            self._event(p.machine_id, "failed", str(exc))
+            return
+        if done.replayed:
+            return
+        self.hub.publish(topics.governance(p.machine_id), seal(GovernanceNotice(
+            machine_id=p.machine_id, proposal_id=p.id, kind=p.kind.value, state="executed"), self.identity))
+        node = next((n for n in self.nodes if n.id == p.machine_id), None)
+        if node is None or p.kind is ProposalKind.DELEGATE:
+            return
+        if p.kind is not ProposalKind.RETIRE:
+            node.reload_standing()
+        now = self.clock.hours()
+        if p.kind is ProposalKind.SPAWN:
+            self._children[node.id] = self._children.get(node.id, 0) + 1
+            child = self.spawn(self._child_profile(node, p.payload["child_id"], p.payload["region"]))
+            self.parents[child.id] = node.id
+            self._since[child.id] = now
+            self._event(child.id, "birth", f"child of {node.id} in {p.payload['region']}, "
+                                            f"funded with {format_units(p.payload['capital'])}")
+        elif p.kind is ProposalKind.RELOCATE:
+            self._since[node.id] = now
+            self._event(node.id, "move", f"to {p.payload['region']} for {format_units(p.payload.get('cost', 0))}")
+        elif p.kind is ProposalKind.PARK:
+            self._since[node.id] = now
+            self._event(node.id, "park", p.title)
+        elif p.kind is ProposalKind.RESUME:
+            self._since[node.id] = now
+            self._event(node.id, "resume", p.title)
+        elif p.kind is ProposalKind.RETIRE:
+            if node.standing != "retired" and p.opened_by != "charter":
+                node.stop()
+                self._event(node.id, "retire", p.title)
+            node.standing = "retired"
+        elif p.kind is ProposalKind.MAINTENANCE:
+            self._hire_maintenance(node, p)
+
+    def _child_profile(self, parent: MachineNode, child_id: str, region: str) -> MachineProfile:
+        base = parent.base_profile
+        update: dict[str, object] = {
+            "id": child_id, "name": f"{base.name.split(',')[0]}, {region} (child of {parent.id})", "region": region,
+            "policy": base.policy.model_copy(update={"territory": base.policy.territory if base.vehicle else (region,)}),
+        }
+        if base.vehicle is not None and region in self.regions:
+            update["vehicle"] = base.vehicle.model_copy(update={"home": self.regions[region].center})
+        return base.model_copy(update=update)
+
+    def _hire_maintenance(self, node: MachineNode, p: Proposal) -> None:
+        """The machine is a requester too: it posts its maintenance to the market, paid from the budget."""
+        budget = self._balance(maintenance_budget(node.id))
+        telemetry = node.telemetry()
+        wear = max(telemetry.wear_pct if telemetry else 0.0, 0.01)
+        job = JobSpec(id=f"maint-{p.id[:8]}", kind=node.profile.kind, capability=MAINTENANCE, region=node.profile.region,
+                      deadline_h=24, max_price=budget, service_of=node.id, amount=round(wear, 2),
+                      description=f"restore {node.id} ({node.profile.name}) from {wear:.1f}% wear")
+        requester = self._requesters.get(node.id)
+        if requester is None:
+            requester = Requester(node.identity, self.hub, self.ledger, maintenance_budget(node.id), config=self.requester_config,
+                                  on_outcome=lambda o, n=node: self._maintenance_closed(n, o)).start()
+            self._requesters[node.id] = requester
+        requester.post(job, reserve=budget)
+        self._event(node.id, "maintenance", f"job {job.id} posted, budget {format_units(budget)}")
+
+    def _maintenance_closed(self, node: MachineNode, outcome: JobOutcome) -> None:
+        left = self._balance(maintenance_budget(node.id))
+        if outcome.outcome == "paid":
+            node.maintained()
+            self._event(node.id, "maintained", f"by {outcome.machine_id} for {format_units(outcome.price or 0)}; "
+                                               f"{format_units(left)} of the budget back to the wallet")
+        if left:
+            self.ledger.transfer(maintenance_budget(node.id), machine_wallet(node.id), left,
+                                 key=f"maintenance-left:{outcome.job_id}", memo=f"unspent budget of {outcome.job_id}")
+
+    # -- report -------------------------------------------------------------------------------
+
+    def _event(self, machine_id: str, event: EventKind, detail: str) -> None:
+        e = LifeEvent(at_h=round(self.clock.hours(), 3), machine_id=machine_id, event=event, detail=detail)
+        with self._lock:
+            self.events.append(e)
+        log.info("life machine=%s event=%s at_h=%.2f detail=%s", machine_id, event, e.at_h, detail)
+
+    def report(self) -> LifeReport:
+        with self._lock:
+            events = list(self.events)
+        count = {k: sum(1 for e in events if e.event == k) for k in ("birth", "move", "park", "resume", "death", "retire",
+                                                                       "maintained", "proposal", "passed", "rejected", "failed")}
+        return LifeReport(births=count["birth"], moves=count["move"], parkings=count["park"], resumes=count["resume"],
+                          deaths=count["death"], retirements=count["retire"], maintenances=count["maintained"],
+                          proposals={k: count[k] for k in ("proposal", "passed", "rejected", "failed")},
+                          parents=dict(self.parents), events=events)
+
+    def _balance(self, account: str) -> int:
+        try:
+            return self.ledger.balance(account)
+        except LedgerError:
+            return 0
