@@ -233,6 +233,7 @@ class MachineNode:
         self._telemetry_log: deque[Telemetry] = deque(maxlen=HISTORY)
         self._started = False
         self._stopped = False
+        self._maintenance_due = False
 
     # -- life --------------------------------------------------------------------------------
 
@@ -269,9 +270,39 @@ class MachineNode:
                 self.hub.publish(topics.presence(self.id), self.presence("online"), retain=True)
         self._cfp_topics = wanted
 
+    def work_in_hand(self) -> int:
+        """What the jobs accepted and not yet paid will leave after their variable costs: earned,
+        not yet booked (from any thread). A machine busy with long jobs is not losing money."""
+
+        def total() -> int:
+            left = 0
+            for c in self._contracts():
+                if c.state in (*ACTIVE, "done"):
+                    cost = c.cost or job_cost(self.profile, estimate(self.profile, c.job), self.market)
+                    left += settlement.JobCosts.of(c.price, cost).to_owners
+            return left
+
+        return self.mailbox.call(total)  # type: ignore[no-any-return]
+
+    @property
+    def maintenance_due(self) -> bool:
+        """Serviced, and waiting for the job in hand to end to reset its wear."""
+        return self._maintenance_due
+
     def maintained(self) -> None:
-        """The maintenance job was done: wear back to zero (from any thread)."""
-        self.mailbox.call(lambda: self.driver.maintain() if self.driver else None)
+        """The maintenance job was done: wear back to zero (from any thread); a machine busy with a
+        job is serviced as soon as that job ends."""
+        self.mailbox.call(self._maintain)
+
+    def _maintain(self) -> None:
+        if self.driver is None:
+            return
+        if self._running is not None:
+            self._maintenance_due = True
+            return
+        self._maintenance_due = False
+        self.driver.maintain()
+        self._publish_telemetry()
 
     @property
     def busy(self) -> bool:
@@ -783,6 +814,8 @@ class MachineNode:
         self.stats.done += 1
         self.stats.busy_hours += contract.hours
         self._publish_event(contract.job.id, "done", progress=1.0)
+        if self._maintenance_due:
+            self._maintain()
         self._publish_telemetry()
         self._maybe_start()
 
@@ -800,6 +833,8 @@ class MachineNode:
             assert self.driver is not None
             self.driver.abort_job()
             self._running = None
+            if self._maintenance_due:
+                self._maintain()
             self._maybe_start()
 
     def _settle(self, contract: Contract) -> None:

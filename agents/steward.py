@@ -52,6 +52,8 @@ class Books(BaseModel):
     """Job profit less fixed costs over the last ``observed_h`` hours (at most the review period)."""
     observed_h: float
     """Hours of books behind ``net``: since birth, the last move or park, capped at the review period."""
+    in_hand: int = 0
+    """Profit of the jobs accepted and not yet paid: a machine busy with long jobs is not losing money."""
     children: int = 0
     maintenance_pending: bool = False
     """A maintenance budget is approved and its job not yet done."""
@@ -82,7 +84,9 @@ def review(profile: MachineProfile, standing: Standing, charter: Charter, books:
     drafts: list[Draft] = []
     here = standing.region or profile.region
     full = books.observed_h >= charter.review_h
-    pnl = f"net {format_units(books.net)} over the last {books.observed_h:.0f} h; wallet {format_units(books.wallet)}"
+    result = books.net + books.in_hand
+    pnl = (f"net {format_units(books.net)} over the last {books.observed_h:.0f} h, {format_units(books.in_hand)} more in jobs "
+           f"in hand; wallet {format_units(books.wallet)}")
 
     if standing.status == "active" and books.wear_pct >= charter.wear_threshold_pct and not books.maintenance_pending:
         budget = round(profile.purchase_price * books.wear_pct / 100)
@@ -102,7 +106,7 @@ def review(profile: MachineProfile, standing: Standing, charter: Charter, books:
     can_move = best is not None and best_rate >= charter.relocate_gain * max(here_rate, 1e-9) and best_rate > 0 \
         and books.wallet >= move_cost
 
-    if standing.status == "active" and full and books.net < 0:
+    if standing.status == "active" and full and result < 0:
         if can_move:
             assert best is not None
             drafts.append(_relocate(m, here, best, move_cost, best_rate, here_rate, pnl, demand_line, memory_lines, period))
@@ -123,7 +127,7 @@ def review(profile: MachineProfile, standing: Standing, charter: Charter, books:
 
     cushion = round(profile.fixed_daily_cost * charter.spawn_reserve_days)
     price = profile.purchase_price + charter.child_capital
-    if standing.status == "active" and full and books.net > 0 and books.wallet >= price + cushion:
+    if standing.status == "active" and full and result > 0 and books.wallet >= price + cushion:
         where, rate = _best_region(demand, here, exclude=None)
         child = f"{m}-c{books.children + 1}"
         drafts.append(Draft(

@@ -236,7 +236,8 @@ class Lifecycle:
         books = Books(
             wear_pct=telemetry.wear_pct if telemetry else 0.0, wallet=self._balance(machine_wallet(m)),
             reserve=self._balance(reserve(m)), net=sum(v for _, v in window), observed_h=min(now - since, charter.review_h),
-            children=self._children.get(m, 0), maintenance_pending=self._balance(maintenance_budget(m)) > 0,
+            in_hand=node.work_in_hand(),
+            children=self._children.get(m, 0), maintenance_pending=self._balance(maintenance_budget(m)) > 0 or node.maintenance_due,
             memory_demand=self._memory_demand(node))
         drafts = review(node.profile, standing, charter, books, self._demand(node.profile.kind.value, now, charter.review_h),
                         period=int(now // charter.review_h))

@@ -252,3 +252,25 @@ def test_revenue_and_salvage_pay_out_exactly_through_a_fab_cell_dao(owners: Owne
     assert paid["holder:alice"] == 8_500_001 and paid["holder:bob"] == 5_100_001
     assert paid[ISSUANCE] == -10_000_000  # the salvage came from outside: the buyer
     assert owners.gov.standing(a).status == "retired" and ledger.audit() == []
+
+
+def test_a_collective_votes_as_one_holder_by_its_members_decision(owners: Owners, ledger: Ledger) -> None:
+    from ledger.collective import Collective
+
+    cell = owners.holder("dao:cell")
+    for member in ("holder:erin", "holder:frank", "holder:grace"):
+        owners.holder(member)
+    ledger.issue_shares(cell, {"holder:erin": 2, "holder:frank": 1, "holder:grace": 1}, key="shares:cell")
+    owners.gov.register(cell)
+    m = owners.machine("prusa-m", {"holder:alice": 40, cell: 60})
+    outer = owners.gov.open(m, "park", "Park it", key="park-m", opened_by="holder:alice")
+    collective = Collective(cell, owners.keys[cell], owners.gov)
+    inner = collective.ask(outer)
+    assert inner is not None and inner.kind.value == "delegate" and collective.ask(outer) == inner  # asked once
+    assert collective.cast(inner) is None  # the members have not decided yet
+    owners.vote(inner.id, "holder:frank", "no")
+    assert owners.gov.close(inner.id).state == "open"  # erin's 2 units could still carry it
+    owners.vote(inner.id, "holder:grace", "no")  # now even erin's yes would be only half
+    tally = collective.cast(inner)
+    assert tally is not None and tally.voters == {cell: "no"} and tally.no == 60
+    assert owners.gov.close(outer.id).state == "rejected"  # the cell's 60 against alice's silence
