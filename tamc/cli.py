@@ -304,11 +304,153 @@ def agent(
               model=ModelConfig.from_env(model, base_url, api_key, fast_path=fast_path), memory=memory, memory_url=memory_url)
 
 
+LedgerOpt = Annotated[str | None, typer.Option("--ledger", envvar="TAMC_LEDGER", help="Ledger database URL [default: sqlite in --data-dir].")]
+AsOpt = Annotated[str, typer.Option("--as", envvar="TAMC_STAKEHOLDER",
+                                    help="Who you are: a holder name (alice), or an account (dao:fab-cell, machine:prusa-n1).")]
+
+
+def _books(data_dir: Path, ledger: str | None) -> tuple[Any, Any, Any]:
+    from ledger import Governance, Keystore, Ledger
+
+    book = Ledger(ledger or f"sqlite:///{(data_dir / 'ledger.db').resolve()}")
+    return book, Governance(book), Keystore(data_dir / "keys.json")
+
+
+@app.command()
+@_friendly
+def shares(machine: Annotated[str, typer.Argument(help="Machine id.")], data_dir: DataDirOpt = Path(".tamc"),
+           ledger: LedgerOpt = None, as_json: JsonOpt = False) -> None:
+    """Who owns a machine: its holders and their units, what its holders decided, its charter and cash."""
+    from rich.table import Table
+
+    from tamc.dao import shares as read_shares
+
+    book, gov, _ = _books(data_dir, ledger)
+    try:
+        info = read_shares(book, gov, machine)
+    finally:
+        book.close()
+    if as_json:
+        print(json.dumps(info))
+        return
+    table = Table(title=f"Shares of {machine}: {info['total_units']} units")
+    for col in ("holder", "units", "share", "key"):
+        table.add_column(col, justify="right" if col in ("units", "share") else "left")
+    for row in info["holders"]:
+        table.add_row(row["holder"], str(row["units"]), row["share"], row["key"] or "(no key bound)")
+    st, ch = info["standing"], info["charter"]
+    console = _console()
+    console.print(table)
+    console.print(f"status {st['status']}, region {st['region'] or '(profile)'}, policy changes {st['policy'] or 'none'}, "
+                  f"payout keeps {(st['retain_bps'] if st['retain_bps'] is not None else ch['retain_bps']) / 100:g}% of profit"
+                  f"{', parent ' + st['parent'] if st['parent'] else ''}; wallet {info['wallet']}, reserve {info['reserve']}; "
+                  f"charter: quorum {ch['quorum_bps'] / 100:g}%, threshold {ch['threshold_bps'] / 100:g}%, window {ch['window_h']:g} h",
+                  highlight=False)
+
+
+@app.command()
+@_friendly
+def proposals(machine: Annotated[str | None, typer.Argument(help="Machine id [default: every machine].")] = None,
+              state: Annotated[str | None, typer.Option(help="open, passed, rejected, executed or failed.")] = None,
+              data_dir: DataDirOpt = Path(".tamc"), ledger: LedgerOpt = None, as_json: JsonOpt = False) -> None:
+    """Proposals of a machine (or all), newest first, with their tallies in share units."""
+    from rich.table import Table
+
+    from tamc.dao import list_proposals
+
+    book, gov, _ = _books(data_dir, ledger)
+    try:
+        rows = list_proposals(gov, machine, state)
+    finally:
+        book.close()
+    if as_json:
+        print(json.dumps([r.model_dump() for r in rows]))
+        return
+    table = Table(title=f"Proposals{' of ' + machine if machine else ''}: {len(rows)}")
+    for col in ("id", "machine", "kind", "title", "state", "yes/no/abstain of", "closes"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r.id[:8], r.machine, r.kind, r.title, r.state, f"{r.yes}/{r.no}/{r.abstain} of {r.total}", r.closes_at)
+    _console().print(table)
+
+
+@app.command()
+@_friendly
+def propose(
+    machine: Annotated[str, typer.Argument(help="Machine id.")],
+    kind: Annotated[str, typer.Argument(help="maintenance, pricing, territory, payout, spawn, relocate, park, resume, retire, expense.")],
+    who: AsOpt,
+    title: Annotated[str | None, typer.Option(help="What you ask, in a line.")] = None,
+    rationale: Annotated[str, typer.Option(help="Why.")] = "",
+    budget: Annotated[str | None, typer.Option(help="maintenance: budget in units.")] = None,
+    margin_bps: Annotated[str | None, typer.Option("--margin-bps", help="pricing: margin in basis points.")] = None,
+    price_floor: Annotated[str | None, typer.Option("--price-floor", help="pricing: floor in units.")] = None,
+    regions: Annotated[str | None, typer.Option(help="territory: regions, comma-separated.")] = None,
+    retain_bps: Annotated[str | None, typer.Option("--retain-bps", help="payout: share of profit kept, basis points.")] = None,
+    region: Annotated[str | None, typer.Option(help="relocate, spawn: the region.")] = None,
+    cost: Annotated[str | None, typer.Option(help="relocate: what the move costs, units.")] = None,
+    salvage: Annotated[str | None, typer.Option(help="retire: salvage value, units.")] = None,
+    child: Annotated[str | None, typer.Option(help="spawn: the child's machine id.")] = None,
+    purchase: Annotated[str | None, typer.Option(help="spawn: the child's price, units.")] = None,
+    capital: Annotated[str | None, typer.Option(help="spawn: working capital for the child, units.")] = None,
+    data_dir: DataDirOpt = Path(".tamc"),
+    ledger: LedgerOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Open a proposal to a machine's holders, as one of them (signed for by your key)."""
+    from tamc.dao import open_proposal
+
+    fields = {"budget": budget, "margin_bps": margin_bps, "price_floor": price_floor, "regions": regions,
+              "retain_bps": retain_bps, "region": region, "cost": cost, "salvage": salvage, "child_id": child,
+              "purchase": purchase, "capital": capital}
+    book, gov, keys = _books(data_dir, ledger)
+    try:
+        p = open_proposal(book, gov, keys, machine, kind, who, title=title, fields=fields, rationale=rationale)
+    finally:
+        book.close()
+    if as_json:
+        print(p.model_dump_json())
+        return
+    _console().print(f"opened {p.kind.value} proposal {p.id} on {p.machine_id}: {p.title}; voting closes "
+                     f"{p.closes_at:%Y-%m-%d %H:%M} UTC; {sum(p.weights.values())} units may vote", highlight=False)
+
+
+@app.command()
+@_friendly
+def vote(
+    proposal: Annotated[str, typer.Argument(help="Proposal id (or its first 8 characters).")],
+    choice: Annotated[str, typer.Argument(help="yes, no or abstain.")],
+    who: AsOpt,
+    broker: Annotated[str | None, typer.Option(help="mqtt://host:port: tell running machines when it is executed.")] = None,
+    data_dir: DataDirOpt = Path(".tamc"),
+    ledger: LedgerOpt = None,
+) -> None:
+    """Vote the shares you held when a proposal opened (a recast replaces your vote); a proposal
+    the votes settle is decided, and executed if it passed."""
+    from tamc.dao import cast_vote
+
+    book, gov, keys = _books(data_dir, ledger)
+    try:
+        p, said = cast_vote(book, gov, keys, proposal, choice, who)
+        if broker and p.state == "executed":
+            from hub import topics
+            from hub.envelope import seal
+            from hub.messages import GovernanceNotice
+            from hub.transport import Hub
+
+            with Hub(broker, name="tamc-vote") as hub:
+                hub.publish(topics.governance(p.machine_id), seal(GovernanceNotice(
+                    machine_id=p.machine_id, proposal_id=p.id, kind=p.kind.value, state="executed"), keys.get_or_create("governance")))
+    finally:
+        book.close()
+    _console().print(said, highlight=False)
+
+
 def _console() -> Any:
     """A console 120 columns wide when piped (rich's 80 would fold the tables), else the terminal's."""
 
-    console = Console()
-    return console if console.is_terminal else Console(width=120)
+    console = Console(emoji=False)  # a did:key id is not an emoji code
+    return console if console.is_terminal else Console(width=120, emoji=False)
 
 
 def main() -> None:

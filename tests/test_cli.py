@@ -112,3 +112,37 @@ def test_keys(tmp_path: Path) -> None:
     assert listed.stdout.strip() == f"alice\t{made.stdout.strip()}"
     again = tamc("keys", "new", "alice", "--keystore", str(store))
     assert again.returncode == 1 and "already exists" in again.stderr
+
+
+def test_holders_govern_a_machine_from_the_command_line(tmp_path: Path) -> None:
+    from agents import settlement
+    from ledger import Governance, Keystore, Ledger, machine_wallet
+
+    book = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    keys = Keystore(tmp_path / "keys.json")
+    settlement.register_machine(book, "prusa-cli", keys.get_or_create("prusa-cli").did, {"alice": 60, "bob": 40})
+    Governance(book).register("prusa-cli", region="north")
+    book.mint(machine_wallet("prusa-cli"), 100_000_000, key="cash")
+    for name in ("alice", "bob", "mallory"):
+        keys.get_or_create(f"holder-{name}")
+    book.close()
+    d = ("--data-dir", str(tmp_path))
+
+    shares = json.loads(tamc("shares", "prusa-cli", "--json", *d).stdout)
+    assert [(h["holder"], h["units"]) for h in shares["holders"]] == [("holder:alice", 60), ("holder:bob", 40)]
+
+    opened = tamc("propose", "prusa-cli", "pricing", "--as", "bob", "--price-floor", "12.5", "--title", "Floor 12.5", "--json", *d)
+    assert opened.returncode == 0, opened.stderr
+    pid = json.loads(opened.stdout)["id"]
+    refused = tamc("vote", pid[:8], "yes", "--as", "mallory", *d)
+    assert refused.returncode == 1 and "VoteRefused" in refused.stderr and "no shares" in refused.stderr
+    bad = tamc("propose", "prusa-cli", "coup", "--as", "bob", *d)
+    assert bad.returncode == 2 and "no proposal kind 'coup'" in bad.stderr
+    voted = tamc("vote", pid[:8], "yes", "--as", "alice", *d)
+    assert voted.returncode == 0 and "passed and executed" in voted.stdout, voted.stderr
+    (row,) = json.loads(tamc("proposals", "prusa-cli", "--json", *d).stdout)
+    assert (row["state"], row["yes"], row["total"], row["payload"]["price_floor"]) == ("executed", 60, 100, 12_500_000)
+    after = json.loads(tamc("shares", "prusa-cli", "--json", *d).stdout)
+    assert after["standing"]["policy"] == {"price_floor": 12_500_000}
+    late = tamc("vote", pid[:8], "no", "--as", "bob", *d)
+    assert late.returncode == 1 and "closed" in late.stderr
