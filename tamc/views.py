@@ -65,7 +65,28 @@ def report_tables(r: MarketReport) -> list[Any]:
         errors = ", ".join(f"{k} {v}" for k, v in sorted(u.errors.items())) or "none"
         model = (f"model {u.model}: asked for {u.asked} decisions, {u.calls} requests, {u.input_tokens} input + "
                  f"{u.output_tokens} output tokens, latency p50/p99 {lat}; answers not used: {errors}")
-    return [machines, market, decisions, model, memory_line(r), summary]
+    return [machines, market, decisions, *life_view(r), model, memory_line(r), summary]
+
+
+SHOWN = ("birth", "move", "park", "resume", "death", "retire", "maintained", "rejected", "failed")
+
+
+def life_view(r: MarketReport) -> list[Any]:
+    """The machines' lives: what was born, moved, parked, died, and what the holders turned down."""
+    life = r.life
+    if life is None:
+        return ["life cycle: off (fixed costs not charged, no proposals)"]
+    events = [e for e in life.events if e.event in SHOWN]
+    table = Table(title=f"Life: {life.births} births, {life.moves} moves, {life.parkings} parkings, {life.resumes} resumes, "
+                        f"{life.deaths} deaths, {life.maintenances} maintenances")
+    for col in ("hour", "machine", "event", "detail"):
+        table.add_column(col, justify="right" if col == "hour" else "left")
+    for e in events[:30]:
+        table.add_row(f"{e.at_h:.1f}", e.machine_id, e.event, e.detail)
+    props = life.proposals
+    line = (f"holders' votes: {props.get('proposal', 0)} proposals opened by the machines, {props.get('passed', 0)} passed, "
+            f"{props.get('rejected', 0)} rejected, {props.get('failed', 0)} failed to execute; 'tamc proposals' lists them")
+    return [table, line] if events else [line]
 
 
 def memory_line(r: MarketReport) -> str:

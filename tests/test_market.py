@@ -14,7 +14,8 @@ import pytest
 from ledger import Ledger, split_pro_rata
 from market.city import MarketConfig, MarketReport, run_market
 from market.demand import DemandModel, generate_jobs
-from market.fleet import build_fleet, stakeholders
+from agents import settlement
+from market.fleet import COLLECTIVE_MEMBERS, FAB_CELL, build_fleet, stakeholders
 from market.regions import DEFAULT_REGIONS
 from market.welfare import fcfs_dispatch, hindsight_optimum
 
@@ -24,8 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def day(broker_url: str, tmp_path_factory: pytest.TempPathFactory) -> MarketReport:
     # seed 1, 24 h, 12 machines at full load: 514 jobs; 3% of job/machine pairs fail half-way, forcing takeovers
+    # the life cycle is off: this day checks the market's money alone (test_lifecycle checks a life)
     config = MarketConfig(seed=1, hours=24, machines=12, load=1.0, broker=broker_url, fail_rate=0.03,
-                          data_dir=tmp_path_factory.mktemp("city"))
+                          data_dir=tmp_path_factory.mktemp("city"), life=False)
     return run_market(config)
 
 
@@ -57,7 +59,8 @@ def test_ledger_holds_exactly_the_payments_costs_and_splits_of_the_run(day: Mark
         assert o.machine_id is not None and o.price is not None
         revenue[o.machine_id] += o.price
     fleet = build_fleet(12, DEFAULT_REGIONS)
-    holders = {p.id: {f"holder:{h}": u for h, u in stakeholders(i).items()} for i, p in enumerate(fleet)}
+    holders = {p.id: {settlement.holder(h): u for h, u in stakeholders(i, p).items()} for i, p in enumerate(fleet)}
+    members = {settlement.holder(m): 1 for m in COLLECTIVE_MEMBERS}
     expected: Counter[str] = Counter()
     energy = materials = 0
     for m in day.machines:
@@ -70,12 +73,16 @@ def test_ledger_holds_exactly_the_payments_costs_and_splits_of_the_run(day: Mark
         materials += c
         for share in owners:  # each job's remainder, split pro rata by shares, to the micro-unit
             for holder, amount in split_pro_rata(share, holders[m.machine_id]).items():
-                expected[holder] += amount
+                if holder == FAB_CELL:  # the fab cell passes its part on to its members, split the same way
+                    expected.update(split_pro_rata(amount, members))
+                else:
+                    expected[holder] += amount
     assert balances.get("utility:energy", 0) == energy
     assert balances.get("supplier:materials", 0) == materials
     for holder, amount in expected.items():
         assert balances.get(holder, 0) == amount, holder
     wear = sum(balances.get(f"reserve:{m.machine_id}", 0) for m in day.machines)
+    assert balances.get(FAB_CELL, 0) == 0
     assert sum(expected.values()) + energy + wear + materials == spent
 
 
