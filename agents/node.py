@@ -47,7 +47,7 @@ from hub.messages import (
 from hub.transport import Hub
 from ledger import Identity, Ledger
 from machines.driver import SimDriver, Telemetry
-from machines.job import MAINTENANCE, JobSpec
+from machines.job import JobSpec
 from machines.profile import MachineProfile, Point, Policy
 from machines.work import estimate
 from tools.deps import BidRecord, MachineDeps, OpenCall
@@ -444,8 +444,6 @@ class MachineNode:
         job = cfp.job
         if now_ms() > cfp.bid_deadline or job.id in self._jobs or job.id in self._calls:
             return
-        if job.capability == MAINTENANCE and job.capability not in self.profile.capabilities:
-            return  # service work for a technician: not a call this machine answers or counts
         call = OpenCall(job=job, requester=env.sender, reserve=cfp.reserve, bid_deadline=cfp.bid_deadline,
                         deadline_at=cfp.deadline_at, speed=cfp.speed)
         self._count_demand(job, "calls")

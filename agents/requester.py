@@ -183,7 +183,7 @@ class Requester:
         self._runs[job.id] = run
         self.hub.subscribe(topics.bids(job.id), self._deliver)
         self.hub.subscribe(topics.events(job.id), self._deliver)
-        self._publish(topics.cfp(job.region, job.kind.value), cfp)
+        self._publish(topics.call(job), cfp)
         run.timer = self.mailbox.call_later(c.bid_window_s, self._close_bidding, run)
         grace_s = c.grace_h * 3600 / c.speed
         run.watchdog = self.mailbox.call_later((cfp.deadline_at - now) / 1000 + grace_s, self._overdue, run)

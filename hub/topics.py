@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 from core.errors import InputError
+from machines.job import MAINTENANCE, JobSpec
 
 __all__ = [
     "ALL_PRESENCE",
     "PREFIX",
     "award",
     "bids",
+    "call",
     "cfp",
     "control",
     "events",
     "governance",
     "presence",
+    "service",
     "telemetry",
 ]
 
@@ -29,6 +32,17 @@ def _level(value: str, what: str) -> str:
 
 def cfp(region: str, kind: str) -> str:
     return f"{PREFIX}/market/{_level(region, 'region')}/{_level(kind, 'kind')}/cfp"
+
+
+def service(region: str) -> str:
+    """Calls for service work (a machine's maintenance) in a region: technicians listen here, not
+    to every machine kind's calls."""
+    return f"{PREFIX}/market/{_level(region, 'region')}/service/cfp"
+
+
+def call(job: JobSpec) -> str:
+    """Where a call for ``job`` is published: its kind's topic, or the service topic for maintenance."""
+    return service(job.region) if job.capability == MAINTENANCE else cfp(job.region, job.kind.value)
 
 
 def bids(job_id: str) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Literal
@@ -60,7 +61,9 @@ class LifeConfig(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     tick_h: float = Field(default=0.5, gt=0)
-    """Market hours between two rounds of fixed costs, reviews and votes."""
+    """Market hours between two rounds of fixed costs, votes and decisions."""
+    review_every_h: float = Field(default=1.0, gt=0)
+    """Market hours between two reviews of each machine's books by its steward."""
     charter: Charter = Charter(window_h=2, review_h=8, grace_days=0.5)
     """The charter the city's machines are registered with (a day in a demo holds a life)."""
     yes_bps: int = Field(default=8500, ge=0, le=10_000)
@@ -119,6 +122,8 @@ class Lifecycle:
         self.run_id = run_id
         self.identity = keys.get_or_create("governance")
         self.events: list[LifeEvent] = []
+        self.tick_ms: list[float] = []
+        """How long each round took, real milliseconds (it runs beside the market, holding the GIL part of the time)."""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -131,6 +136,9 @@ class Lifecycle:
         self._seen: set[str] = set()
         self._requesters: dict[str, Requester] = {}
         self._children: dict[str, int] = {}
+        self._charters: dict[str, Charter] = {}
+        self._missed: dict[str, float] = {}
+        self._cash: dict[str, int] = {}
         self.parents: dict[str, str] = {}
         ledger.open_account(FIXED_COSTS, kind=AccountKind.SYSTEM)
 
@@ -158,10 +166,12 @@ class Lifecycle:
             wait = self.clock.real_seconds(tick * self.config.tick_h - self.clock.hours())
             if wait > 0 and self._stop.wait(wait):
                 return
+            started = time.perf_counter()
             try:
                 self.tick(tick)
             except Exception:  # a bug here must not stop the city's market; it is logged and counted
                 log.exception("life cycle tick %d failed", tick)
+            self.tick_ms.append((time.perf_counter() - started) * 1000)
             tick += 1
 
     def _on_cfp(self, topic: str, env: Envelope) -> None:
@@ -174,10 +184,11 @@ class Lifecycle:
 
     def tick(self, index: int) -> None:
         now = self.clock.hours()
-        for node in self._live():
-            self._charge(node, index, now)
-        for node in self._live():
-            self._review(node, now)
+        self._cash = self.ledger.balances()  # one read for every balance the round looks at
+        self._charge(self._live(), index, now)
+        if index % max(round(self.config.review_every_h / self.config.tick_h), 1) == 0:
+            for node in self._live():
+                self._review(node, now)
         self._vote()
         for p in self.governance.close_due():
             self._event(p.machine_id, p.state, f"{p.kind.value}: {p.title}")  # type: ignore[arg-type]
@@ -189,26 +200,43 @@ class Lifecycle:
     def _live(self) -> list[MachineNode]:
         return [n for n in self.nodes if n.standing != "retired" and n.id in self._since]
 
-    def _charge(self, node: MachineNode, index: int, now: float) -> None:
-        """Fixed costs for the tick; the margin of the jobs settled since the last one goes on the books."""
-        m, charter = node.id, self.governance.charter(node.id)
-        share = charter.park_fixed_bps if node.standing == "parked" else 10_000
-        fixed = node.profile.fixed_daily_cost * share * self.config.tick_h // (24 * 10_000)
-        fixed = round(fixed)
-        paid = True
-        if fixed:
+    def _charter(self, machine_id: str) -> Charter:
+        if machine_id not in self._charters:  # a charter is set once, at registration
+            self._charters[machine_id] = self.governance.charter(machine_id)
+        return self._charters[machine_id]
+
+    def _charge(self, nodes: list[MachineNode], index: int, now: float) -> None:
+        """Fixed costs for the tick, all machines that can pay in one posting (one write, not one
+        per machine, beside the market's own); the margin of the jobs settled since goes on the books."""
+        due = {}
+        for node in nodes:
+            share = self._charter(node.id).park_fixed_bps if node.standing == "parked" else 10_000
+            due[node.id] = round(node.profile.fixed_daily_cost * share * self.config.tick_h / (24 * 10_000))
+        payers = [m for m, amount in due.items() if amount and self._balance(machine_wallet(m)) >= amount]
+        if payers:
+            moves = [(machine_wallet(m), FIXED_COSTS, due[m]) for m in payers]
             try:
-                self.ledger.transfer(machine_wallet(m), FIXED_COSTS, fixed, key=f"fixed:{self.run_id}:{m}:{index}",
-                                     memo=f"fixed costs, {self.config.tick_h:g} h{' (parked)' if share < 10_000 else ''}")
-            except InsufficientFunds:
-                paid = False
-        standing = self.governance.fixed_costs(m, paid=paid, hours=self.config.tick_h)
-        margin = node.stats.revenue - node.stats.costs
-        earned = margin - self._margin.get(m, 0)
-        self._margin[m] = margin
-        self._books.setdefault(m, deque()).append((now, earned - (fixed if paid else 0)))
-        if standing.missed_h >= charter.grace_days * 24:
-            self._die(node, charter, standing.missed_h)
+                self.ledger.transfers(moves, key=f"fixed:{self.run_id}:{index}", memo=f"fixed costs, {self.config.tick_h:g} h")
+            except InsufficientFunds:  # a wallet spent between the read and the write: each on its own
+                for mv in moves:
+                    try:
+                        self.ledger.transfer(*mv, key=f"fixed:{self.run_id}:{index}:{mv[0]}", memo="fixed costs")
+                    except InsufficientFunds:
+                        payers.remove(mv[0].removeprefix("machine:"))
+        for node in nodes:
+            m = node.id
+            paid = m in payers or not due[m]
+            missed = self._missed.get(m, 0.0)
+            if not paid or missed:  # a write only when the count changes
+                missed = self.governance.fixed_costs(m, paid=paid, hours=self.config.tick_h).missed_h
+                self._missed[m] = missed
+            margin = node.stats.revenue - node.stats.costs
+            earned = margin - self._margin.get(m, 0)
+            self._margin[m] = margin
+            self._books.setdefault(m, deque()).append((now, earned - (due[m] if paid else 0)))
+            charter = self._charter(m)
+            if missed >= charter.grace_days * 24:
+                self._die(node, charter, missed)
 
     def _die(self, node: MachineNode, charter: Charter, missed_h: float) -> None:
         """The charter retires a machine that cannot pay its way: it leaves the market, is sold, and
@@ -229,7 +257,7 @@ class Lifecycle:
     def _review(self, node: MachineNode, now: float) -> None:
         m = node.id
         standing = self.governance.standing(m)
-        charter = self.governance.charter(m)
+        charter = self._charter(m)
         since = self._since.get(m, 0.0)
         window = [(h, v) for h, v in self._books.get(m, ()) if h > now - charter.review_h]
         telemetry = node.telemetry()
@@ -237,10 +265,14 @@ class Lifecycle:
             wear_pct=telemetry.wear_pct if telemetry else 0.0, wallet=self._balance(machine_wallet(m)),
             reserve=self._balance(reserve(m)), net=sum(v for _, v in window), observed_h=min(now - since, charter.review_h),
             in_hand=node.work_in_hand(),
-            children=self._children.get(m, 0), maintenance_pending=self._balance(maintenance_budget(m)) > 0 or node.maintenance_due,
-            memory_demand=self._memory_demand(node))
-        drafts = review(node.profile, standing, charter, books, self._demand(node.profile.kind.value, now, charter.review_h),
-                        period=int(now // charter.review_h))
+            children=self._children.get(m, 0), maintenance_pending=self._balance(maintenance_budget(m)) > 0 or node.maintenance_due)
+        demand = self._demand(node.profile.kind.value, now, charter.review_h)
+        drafts = review(node.profile, standing, charter, books, demand, period=int(now // charter.review_h))
+        if any(d.kind in (ProposalKind.RELOCATE, ProposalKind.PARK, ProposalKind.SPAWN) for d in drafts):
+            # only now read what memory says of demand, for the evidence: a vector store read on
+            # every review would compete with the bids' own recalls
+            books = books.model_copy(update={"memory_demand": self._memory_demand(node)})
+            drafts = review(node.profile, standing, charter, books, demand, period=int(now // charter.review_h))
         if not drafts:
             return
         open_kinds = {p.kind for p in self.governance.proposals(m, state="open")}
@@ -374,7 +406,7 @@ class Lifecycle:
 
     def _hire_maintenance(self, node: MachineNode, p: Proposal) -> None:
         """The machine is a requester too: it posts its maintenance to the market, paid from the budget."""
-        budget = self._balance(maintenance_budget(node.id))
+        budget = self._balance_now(maintenance_budget(node.id))
         telemetry = node.telemetry()
         wear = max(telemetry.wear_pct if telemetry else 0.0, 0.01)
         job = JobSpec(id=f"maint-{p.id[:8]}", kind=node.profile.kind, capability=MAINTENANCE, region=node.profile.region,
@@ -389,7 +421,7 @@ class Lifecycle:
         self._event(node.id, "maintenance", f"job {job.id} posted, budget {format_units(budget)}")
 
     def _maintenance_closed(self, node: MachineNode, outcome: JobOutcome) -> None:
-        left = self._balance(maintenance_budget(node.id))
+        left = self._balance_now(maintenance_budget(node.id))
         if outcome.outcome == "paid":
             node.maintained()
             self._event(node.id, "maintained", f"by {outcome.machine_id} for {format_units(outcome.price or 0)}; "
@@ -417,6 +449,10 @@ class Lifecycle:
                           parents=dict(self.parents), events=events)
 
     def _balance(self, account: str) -> int:
+        """A balance as of this round's start (the life cycle's own moves are after the read)."""
+        return self._cash.get(account, 0)
+
+    def _balance_now(self, account: str) -> int:
         try:
             return self.ledger.balance(account)
         except LedgerError:

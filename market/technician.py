@@ -1,6 +1,6 @@
 """A technician's desk on the hub: the human a machine hires when its holders approve maintenance.
 
-It bids on ``maintenance`` calls for the kinds of machine it services, in its regions, at its rate
+It bids on ``maintenance`` calls (``topics.service``) for the kinds of machine it services, in its regions, at its rate
 card (labour by the hour, parts by the point of wear restored), and once funded it does the work
 and reports it done, like any contractor in the contract net. In the simulated city it works on the
 market's clock; a person would answer the same messages from a console.
@@ -58,7 +58,7 @@ class Technician:
         self.clock = clock
         self.card = card or RateCard()
         self.mailbox = Mailbox(f"technician-{tech_id}")
-        self._topics = [topics.cfp(r, k) for r in regions for k in self.card.parts_per_wear_pct]
+        self._topics = [topics.service(r) for r in regions]
         self._bids: dict[str, tuple[str, int, float]] = {}
         """job id -> (requester did, price, hours) of jobs bid on and not closed."""
         self.done: list[str] = []

@@ -173,9 +173,12 @@ def demo(
     memory: Annotated[str, typer.Option("--memory", help="server: a Chroma server on --data-dir/memory for the run; "
                                         "embedded: the store in this process; off: no memory.")] = "server",
     memory_url: MemoryUrlOpt = None,
+    life: Annotated[bool, typer.Option("--life/--no-life", help="The life cycle: fixed costs, the machines' proposals and "
+                                       "votes, births, moves, parkings, maintenance and deaths.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON, as the last line.")] = False,
 ) -> None:
-    """Run a city: a fleet negotiating a simulated day of jobs over MQTT, paid through the ledger."""
+    """Run a city: a fleet negotiating a simulated day of jobs over MQTT, paid through the ledger,
+    machines living and dying by their books and their holders' votes."""
     import logging
 
     from rich.live import Live
@@ -196,7 +199,7 @@ def demo(
 
         raise InputError(f"--memory {memory!r}: say server, embedded or off")
     config = MarketConfig(seed=seed, hours=hours, machines=machines, broker=broker, speed=speed, load=load, data_dir=data_dir,
-                          bid_window_s=bid_window, model=model_config, memory=memory, memory_url=memory_url)
+                          bid_window_s=bid_window, model=model_config, memory=memory, memory_url=memory_url, life=life)
     console = _console()
     err = Console(stderr=True) if as_json else console
     err.print(f"TAMC demo: {machines} machines, {hours:g} simulated hours at {speed:g}× real time, seed {seed}; "
