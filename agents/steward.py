@@ -128,7 +128,7 @@ def review(profile: MachineProfile, standing: Standing, charter: Charter, books:
     cushion = round(profile.fixed_daily_cost * charter.spawn_reserve_days)
     price = profile.purchase_price + charter.child_capital
     if standing.status == "active" and full and result > 0 and books.wallet >= price + cushion:
-        where, rate = _best_region(demand, here, exclude=None)
+        where, _ = _best_region(demand, here, exclude=None)
         child = f"{m}-c{books.children + 1}"
         drafts.append(Draft(
             kind=ProposalKind.SPAWN, title=f"Spawn {child} in {where or here}",

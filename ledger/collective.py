@@ -11,7 +11,7 @@ from __future__ import annotations
 from core.errors import VoteRefused
 from ledger.governance import Governance
 from ledger.identity import Identity
-from ledger.proposals import Proposal, ProposalKind, Tally, sign_ballot
+from ledger.proposals import Choice, Proposal, ProposalKind, Tally, sign_ballot
 
 __all__ = ["Collective"]
 
@@ -41,7 +41,7 @@ class Collective:
         if inner.state in ("open", "failed"):
             return None
         outer_id = inner.payload["proposal_id"]
-        choice = "no" if inner.state == "rejected" else "yes"  # passed, or passed and executed (a no-op)
+        choice: Choice = "no" if inner.state == "rejected" else "yes"  # passed, or passed and executed (a no-op)
         try:
             return self.governance.vote(sign_ballot(self.identity, outer_id, self.account, choice))
         except VoteRefused:

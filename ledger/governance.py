@@ -406,10 +406,10 @@ class Governance:
             salvage = pay.get("salvage", 0)
             if salvage:
                 steps.append({"op": "mint", "account": wallet, "amount": salvage, "memo": f"{m} sold for salvage"})
-            sweep = [[acct, wallet, self._balance(acct)] for acct in (reserve(m), maintenance_budget(m))]
-            if moves := [mv for mv in sweep if mv[2] > 0]:
+            swept = {acct: self._balance(acct) for acct in (reserve(m), maintenance_budget(m))}
+            if moves := [[acct, wallet, amount] for acct, amount in swept.items() if amount > 0]:
                 steps.append({"op": "transfers", "moves": moves, "memo": f"{m} retired: accounts closed"})
-            total = self._balance(wallet) + salvage + sum(mv[2] for mv in moves)
+            total = self._balance(wallet) + salvage + sum(swept.values())
             if total and p.weights:
                 steps.append({"op": "payout", "entity": m, "source": wallet, "amount": total, "memo": f"{m} retired: final payout"})
             changes.append({"machine_id": m, "status": "retired"})

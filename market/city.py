@@ -28,21 +28,20 @@ from agents.memory import MachineMemory, MemoryStore
 from agents.node import MachineNode
 from agents.requester import JobOutcome, Requester, RequesterConfig
 from agents.snapshot import save_snapshot
-from core.clock import ScaledClock
+from core.clock import ScaledClock, SimClock
 from core.errors import InputError, MemoryStoreError
 from core.money import format_units
 from hub.broker import RunningBroker, start_broker
 from hub.transport import Hub
-from core.clock import SimClock
 from ledger import Identity, Keystore, Ledger, machine_wallet
 from ledger.collective import Collective
 from ledger.governance import Governance
 from machines.profile import MachineProfile
 from market.demand import FLAT, HOURLY_SHAPE, DemandModel, JobRequest, generate_jobs
 from market.fleet import COLLECTIVE_MEMBERS, FAB_CELL, build_fleet, stakeholders
-from market.lifecycle import LifeConfig, LifeReport, Lifecycle
-from market.technician import Technician
+from market.lifecycle import LifeConfig, Lifecycle, LifeReport
 from market.regions import DEFAULT_REGIONS, Region
+from market.technician import Technician
 from market.welfare import fcfs_dispatch, hindsight_optimum
 
 __all__ = ["MachineReport", "MarketConfig", "MarketReport", "ModelReport", "Snapshot", "run_market"]
@@ -266,7 +265,7 @@ def run_market(config: MarketConfig, *, on_progress: Callable[[Snapshot], None] 
 
         try:
             holders = _register(ledger, governance, keys, fleet, config, savings, run_id)
-            for index, profile in enumerate(fleet):
+            for profile in fleet:
                 fails = frozenset(r.job.id for r in requests if _hash_share(r.job.id, profile.id) < config.fail_rate)
                 machine(profile, keys.get_or_create(profile.id), fails, wear.get(profile.id, 0.0) if config.life else 0.0)
             for node in nodes:
@@ -288,8 +287,8 @@ def run_market(config: MarketConfig, *, on_progress: Callable[[Snapshot], None] 
                 life_hub = Hub(broker.url, name="lifecycle").connect()
                 hubs.append(life_hub)
                 for region in regions:
-                    tech = f"tech-{region.name}"
-                    technicians.append(Technician(tech, keys.get_or_create(tech), life_hub, ledger, regions=[region.name],
+                    tech_id = f"tech-{region.name}"
+                    technicians.append(Technician(tech_id, keys.get_or_create(tech_id), life_hub, ledger, regions=[region.name],
                                                   clock=clock).start())
                 collective = Collective(FAB_CELL, keys.get_or_create(FAB_CELL), governance)
                 life = Lifecycle(governance=governance, ledger=ledger, keys=keys, hub=life_hub, clock=clock, nodes=nodes,

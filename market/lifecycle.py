@@ -16,6 +16,7 @@ Every tick of market time the life cycle
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import threading
@@ -102,7 +103,7 @@ class LifeReport(BaseModel):
 class Lifecycle:
     def __init__(self, *, governance: Governance, ledger: Ledger, keys: Keystore, hub: Hub, clock: ScaledClock,
                  nodes: list[MachineNode], spawn: Callable[[MachineProfile], MachineNode], regions: Sequence[Region],
-                 holders: dict[str, Identity], collectives: Sequence[Collective] = (), config: LifeConfig = LifeConfig(),
+                 holders: dict[str, Identity], collectives: Sequence[Collective] = (), config: LifeConfig | None = None,
                  requester_config: RequesterConfig | None = None, seed: int = 0, run_id: str = "") -> None:
         self.governance = governance
         self.ledger = ledger
@@ -116,7 +117,7 @@ class Lifecycle:
         self.holders = holders
         """Holder account -> the simulated stakeholder's key."""
         self.collectives = {c.account: c for c in collectives}
-        self.config = config
+        self.config = config or LifeConfig()
         self.requester_config = requester_config or RequesterConfig(speed=clock.speed)
         self.seed = seed
         self.run_id = run_id
@@ -415,7 +416,7 @@ class Lifecycle:
         requester = self._requesters.get(node.id)
         if requester is None:
             requester = Requester(node.identity, self.hub, self.ledger, maintenance_budget(node.id), config=self.requester_config,
-                                  on_outcome=lambda o, n=node: self._maintenance_closed(n, o)).start()
+                                  on_outcome=functools.partial(self._maintenance_closed, node)).start()
             self._requesters[node.id] = requester
         requester.post(job, reserve=budget)
         self._event(node.id, "maintenance", f"job {job.id} posted, budget {format_units(budget)}")

@@ -129,7 +129,7 @@ class Technician:
                 self.hub.unsubscribe(topic, self._deliver)
 
     def _event(self, job_id: str, kind: str, progress: float = 0.0) -> None:
-        self._publish(topics.events(job_id), JobEvent(job_id=job_id, machine_id=self.id, kind=kind, progress=progress))  # type: ignore[arg-type]
+        self._publish(topics.events(job_id), JobEvent(job_id=job_id, machine_id=self.id, kind=kind, progress=progress))
 
     def _publish(self, topic: str, body: Body) -> None:
         self.hub.publish(topic, seal(body, self.identity))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 from city import City, job, printer
+
 from hub import topics
 from hub.envelope import seal
 from hub.messages import GovernanceNotice

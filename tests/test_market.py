@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from agents import settlement
 from ledger import Ledger, split_pro_rata
 from market.city import MarketConfig, MarketReport, run_market
 from market.demand import DemandModel, generate_jobs
-from agents import settlement
 from market.fleet import COLLECTIVE_MEMBERS, FAB_CELL, build_fleet, stakeholders
 from market.regions import DEFAULT_REGIONS
 from market.welfare import fcfs_dispatch, hindsight_optimum
