@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/market.py
 	$(BIN)/python bench/agent.py
 	$(BIN)/python bench/memory.py
+	$(BIN)/python bench/governance.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

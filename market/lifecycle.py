@@ -27,6 +27,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from agents.memory.store import MemoryItem, MemoryKind
 from agents.node import MachineNode
 from agents.requester import JobOutcome, Requester, RequesterConfig
 from agents.steward import Books, RegionDemand, review, vote_as_holder
@@ -424,9 +425,16 @@ class Lifecycle:
     def _maintenance_closed(self, node: MachineNode, outcome: JobOutcome) -> None:
         left = self._balance_now(maintenance_budget(node.id))
         if outcome.outcome == "paid":
+            telemetry = node.telemetry()
             node.maintained()
-            self._event(node.id, "maintained", f"by {outcome.machine_id} for {format_units(outcome.price or 0)}; "
-                                               f"{format_units(left)} of the budget back to the wallet")
+            said = f"by {outcome.machine_id} for {format_units(outcome.price or 0)}; {format_units(left)} of the budget back to the wallet"
+            self._event(node.id, "maintained", said)
+            if node.memory is not None:  # the machine remembers what was done to it, and by whom
+                wear = telemetry.wear_pct if telemetry else 0.0
+                node.memory.remember_later([MemoryItem(
+                    f"maintenance done ({outcome.job_id}) {said}; wear {wear:.1f}% restored to 0%", MemoryKind.MAINTENANCE, "market",
+                    {"job_id": outcome.job_id, "technician": outcome.machine_id or "", "price": outcome.price or 0,
+                     "wear_before": round(wear, 3)}, self.clock.now())])
         if left:
             self.ledger.transfer(maintenance_budget(node.id), machine_wallet(node.id), left,
                                  key=f"maintenance-left:{outcome.job_id}", memo=f"unspent budget of {outcome.job_id}")
