@@ -245,12 +245,8 @@ class MachineNode:
         body = Presence(machine_id=p.id, state=state, session=self.session, kind=p.kind.value, region=p.region, territory=territory)
         return seal(body, self.identity)
 
-    def apply_standing(self, standing: Standing, retain_bps: int | None = None) -> None:
-        """Bid from now on by what the holders decided: policy, region, territory, parked or not.
-        Callable from any thread; the next call for proposals is priced with it."""
-        self.mailbox.call(self._apply_standing, standing, retain_bps)
-
     def _apply_standing(self, standing: Standing, retain_bps: int | None) -> None:
+        """Bid from now on by what the holders decided: policy, region, territory, parked or not."""
         base = self.base_profile
         region = standing.region or base.region
         changes = dict(standing.policy)
