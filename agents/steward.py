@@ -4,7 +4,8 @@ shows it decides what to ask its holders, and how to vote the shares it holds of
 Deterministic rules, like the bidding rule engine: the same books give the same proposals, so a
 seeded city lives the same life twice, and holders can read in the evidence why it asked.
 
-- wear over the charter's threshold → a maintenance budget worth the wear, backed by the wear trend;
+- wear over the charter's threshold → a maintenance budget worth the wear (at most what its reserve
+  and wallet hold; under a quarter of the worth it does not ask), backed by the wear trend;
 - losses over the charter's review period → relocate to the region whose demand per machine is
   ``relocate_gain`` times its own (and it can pay the move), else park;
 - parked, and its region (or another) shows work again → resume (or relocate);
@@ -88,14 +89,17 @@ def review(profile: MachineProfile, standing: Standing, charter: Charter, books:
     pnl = (f"net {format_units(books.net)} over the last {books.observed_h:.0f} h, {format_units(books.in_hand)} more in jobs "
            f"in hand; wallet {format_units(books.wallet)}")
 
-    if standing.status == "active" and books.wear_pct >= charter.wear_threshold_pct and not books.maintenance_pending:
-        budget = round(profile.purchase_price * books.wear_pct / 100)
+    worth = round(profile.purchase_price * books.wear_pct / 100)
+    budget = min(worth, books.reserve + books.wallet)  # never ask for money it does not have
+    if (standing.status == "active" and books.wear_pct >= charter.wear_threshold_pct and not books.maintenance_pending
+            and budget * 4 >= worth):
         drafts.append(Draft(
             kind=ProposalKind.MAINTENANCE, title=f"Maintenance of {m}: wear {books.wear_pct:.1f}%",
-            rationale=f"wear {books.wear_pct:.1f}% is over the charter's {charter.wear_threshold_pct:g}%; the budget is what the wear is worth",
+            rationale=f"wear {books.wear_pct:.1f}% is over the charter's {charter.wear_threshold_pct:g}%; the budget is what the "
+                      "wear is worth, or what the reserve and wallet hold",
             payload={"budget": budget, "wear_pct": round(books.wear_pct, 3)},
             evidence=(f"wear {books.wear_pct:.2f}% ≥ threshold {charter.wear_threshold_pct:g}%",
-                      f"reserve {format_units(books.reserve)} toward a budget of {format_units(budget)}"),
+                      f"the wear is worth {format_units(worth)}; reserve {format_units(books.reserve)}, wallet {format_units(books.wallet)}"),
             key=f"maintenance:{m}:{period}"))
 
     best, best_rate = _best_region(demand, here, exclude=here)

@@ -234,7 +234,7 @@ def run_market(config: MarketConfig, *, on_progress: Callable[[Snapshot], None] 
     agent = MachineAgent(config.model) if config.model.uses_model else None
     rng = random.Random(config.seed)
     savings = savings if savings is not None else {p.id: _savings(p, rng) for p in fleet}
-    wear = wear if wear is not None else {p.id: round(rng.uniform(0, 62), 2) for p in fleet}
+    wear = wear if wear is not None else {p.id: _wear(rng) for p in fleet}
     outcomes: list[JobOutcome] = []
     lock = threading.Lock()
     life: Lifecycle | None = None
@@ -344,6 +344,12 @@ def _savings(profile: MachineProfile, rng: random.Random) -> int:
     if rng.random() < 0.15:
         return round(profile.purchase_price * rng.uniform(1.15, 1.4))
     return round(profile.fixed_daily_cost * rng.uniform(0.2, 4.0))
+
+
+def _wear(rng: random.Random) -> float:
+    """Wear a machine of the demo city starts the day with: most well short of service, about one
+    in five past the charter's maintenance threshold (it will ask its holders for a budget)."""
+    return round(rng.uniform(60, 72) if rng.random() < 0.2 else rng.uniform(0, 50), 2)
 
 
 def _register(ledger: Ledger, governance: Governance, keys: Keystore, fleet: list[MachineProfile], config: MarketConfig,
