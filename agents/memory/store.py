@@ -170,7 +170,9 @@ class MemoryStore:
                 raise
             except Exception as exc:
                 raise _store_error(self.where, "cannot be opened", exc) from exc
-            self._model = MiniLMInt8()
+            model = MiniLMInt8()
+            model(["warm-up"])  # load the ONNX session now: a first bid must not wait for it
+            self._model = model
             self._client = client
             return client
 
