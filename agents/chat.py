@@ -111,7 +111,11 @@ class MachineChat:
         self.history = history
         self.agent = agent
 
-    def ask(self, stakeholder: str, question: str) -> ChatAnswer:
+    def ask(self, stakeholder: str, question: str, *, vouched: bool = False,
+            on_text: Callable[[str], None] | None = None) -> ChatAnswer:
+        """Answer ``stakeholder``. ``vouched``: the caller checked they may chat though they hold no
+        shares (the server, for the machine's operators). ``on_text`` gets the model's answer as it
+        streams; an offline answer comes whole."""
         question = question.strip()
         if not question:
             raise InputError("ask a question: the message is empty")
@@ -119,12 +123,13 @@ class MachineChat:
             raise InputError(f"a message is at most 4000 characters, got {len(question)}")
         deps = self._deps(stakeholder)
         self.history.path(deps.machine_id, stakeholder)  # a name that cannot be a file name is refused first
-        _require_stakeholder(deps, stakeholder)
+        if not vouched:
+            _require_stakeholder(deps, stakeholder)
         machine_id = deps.machine_id
         past = self.history.load(machine_id, stakeholder)
         if self.agent is not None:
             try:
-                text, new, use = self.agent.runner.run(self.agent.chat(deps, question, past))
+                text, new, use = self.agent.runner.run(self.agent.chat(deps, question, past, on_text=on_text))
             except Exception as exc:  # the model failed: answer offline, and say why
                 log.warning("machine=%s chat model failed: %s", machine_id, exc)
                 text, sources = answer_offline(deps, question)

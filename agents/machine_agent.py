@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from agents.guard import BidProposal, ModelUse
@@ -135,11 +135,14 @@ class MachineAgent:
 
     # -- chat and governance -------------------------------------------------------------------
 
-    async def chat(self, deps: MachineDeps, question: str, history: Sequence[ModelMessage] = ()) -> tuple[str, list[ModelMessage], ModelUse]:
-        """Answer a stakeholder; returns the answer, the new messages to keep, and what it cost."""
+    async def chat(self, deps: MachineDeps, question: str, history: Sequence[ModelMessage] = (), *,
+                   on_text: Callable[[str], None] | None = None) -> tuple[str, list[ModelMessage], ModelUse]:
+        """Answer a stakeholder; returns the answer, the new messages to keep, and what it cost.
+        ``on_text`` streams the answer's text as the model writes it."""
         started = time.perf_counter()
         result = await self.chatter.run(render("chat_request", question=question, actor=deps.actor), deps=deps,
-                                        message_history=list(history), timeout=self.config.chat_timeout_s)
+                                        message_history=list(history), timeout=self.config.chat_timeout_s,
+                                        event_stream_handler=_text_stream(on_text) if on_text else None)
         u = result.usage
         use = ModelUse(model=self.label, calls=u.requests, input_tokens=u.input_tokens, output_tokens=u.output_tokens,
                        latency_ms=round((time.perf_counter() - started) * 1000, 2))
@@ -152,6 +155,20 @@ class MachineAgent:
         u = result.usage
         return result.output, ModelUse(model=self.label, calls=u.requests, input_tokens=u.input_tokens,
                                        output_tokens=u.output_tokens, latency_ms=round((time.perf_counter() - started) * 1000, 2))
+
+
+def _text_stream(on_text: Callable[[str], None]) -> Any:
+    """An event handler for ``Agent.run`` that passes on the text the model writes."""
+    from pydantic_ai.messages import PartDeltaEvent, PartStartEvent, TextPart, TextPartDelta
+
+    async def handle(ctx: Any, events: AsyncIterable[Any]) -> None:
+        async for event in events:
+            if isinstance(event, PartStartEvent) and isinstance(event.part, TextPart) and event.part.content:
+                on_text(event.part.content)
+            elif isinstance(event, PartDeltaEvent) and isinstance(event.delta, TextPartDelta) and event.delta.content_delta:
+                on_text(event.delta.content_delta)
+
+    return handle
 
 
 def _only(names: set[str]) -> Any:

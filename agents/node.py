@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal
 
+from pydantic import BaseModel
+
 from agents import settlement
 from agents.guard import BidDecision, BidProposal, ModelUse, from_rules, guard
 from agents.memory.signals import DemandLog, outcome_item, price_signal, wear_item
@@ -59,7 +61,7 @@ if TYPE_CHECKING:
     from ledger.governance import Governance
     from ledger.proposals import Standing
 
-__all__ = ["Contract", "MachineNode", "NodeStats"]
+__all__ = ["Contract", "MachineNode", "NodeStats", "QueuedContract"]
 
 log = logging.getLogger("tamc.node")
 
@@ -100,6 +102,17 @@ class Contract:
         for t in self.timers:
             t.cancel()
         self.timers.clear()
+
+
+class QueuedContract(BaseModel):
+    """A job the machine has accepted and not yet been paid for."""
+
+    job_id: str
+    capability: str
+    description: str
+    state: str
+    price: int
+    deadline_at: int
 
 
 @dataclass
@@ -184,6 +197,7 @@ class MachineNode:
         governance: Governance | None = None,
         auto_bid: bool = True,
         wear_pct: float = 0.0,
+        telemetry_every_s: float | None = None,
     ) -> None:
         self.profile = profile
         self.base_profile = profile
@@ -234,6 +248,9 @@ class MachineNode:
         self._started = False
         self._stopped = False
         self._maintenance_due = False
+        self.telemetry_every_s = telemetry_every_s
+        """Publish telemetry this often (real seconds) besides at each change: a live view follows the
+        head, the temperatures and the battery between events. None publishes on changes only."""
 
     # -- life --------------------------------------------------------------------------------
 
@@ -329,6 +346,14 @@ class MachineNode:
             self.hub.subscribe(topic, self._deliver)
         self._started = True
         self.hub.publish(topics.presence(self.id), self.presence("online"), retain=True)
+        if self.telemetry_every_s:
+            self.mailbox.call_later(self.telemetry_every_s, self._telemetry_tick)
+
+    def _telemetry_tick(self) -> None:
+        if not self._started or not self.telemetry_every_s:
+            return
+        self._publish_telemetry(keep=False)
+        self.mailbox.call_later(self.telemetry_every_s, self._telemetry_tick)
 
     def stop(self) -> None:
         """Leave the market: say offline, stop listening; contracts in hand are left to the requester's
@@ -606,6 +631,17 @@ class MachineNode:
 
     def deps(self, actor: str = "agent") -> MachineDeps:
         return MachineDeps(machine=self, ledger=self.ledger, hub=self.hub, memory=self.memory, governance=self.governance, actor=actor)
+
+    def job_queue(self) -> list[QueuedContract]:
+        """The jobs in hand, in the order they will run (from any thread)."""
+
+        def read() -> list[QueuedContract]:
+            live = [c for c in self._contracts() if c.state in (*ACTIVE, "done")]
+            return [QueuedContract(job_id=c.job.id, capability=c.job.capability, description=c.job.description, state=c.state,
+                                   price=c.price, deadline_at=c.deadline_at)
+                    for c in sorted(live, key=lambda c: (c.state != "running", c.deadline_at))]
+
+        return self.mailbox.call(read)  # type: ignore[no-any-return]
 
     def telemetry(self) -> Telemetry | None:
         return self.mailbox.call(self._telemetry_now)  # type: ignore[no-any-return]
@@ -892,10 +928,12 @@ class MachineNode:
         if self.on_event:
             self.on_event(self.id, event)
 
-    def _publish_telemetry(self) -> None:
+    def _publish_telemetry(self, *, keep: bool = True) -> None:
+        """Publish a reading; ``keep`` also puts it in the history (the periodic ones are not kept)."""
         if self.driver is not None:
             t = self.driver.telemetry()
-            self._telemetry_log.append(t)
+            if keep:
+                self._telemetry_log.append(t)
             self._publish(topics.telemetry(self.id), TelemetryReport(telemetry=t), retain=True)
 
     def _publish(self, topic: str, body: Body, *, retain: bool = False) -> None:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict
 from agents.rules import CostBreakdown
 from core.errors import EscrowExists, SharesAlreadyIssued, UnknownAccount
 from ledger import AccountKind, Ledger
+from ledger.holders import holder_account
 from ledger.models import machine_wallet, maintenance_budget, reserve
 from ledger.payout import pay_holders
 
@@ -44,7 +45,7 @@ MAINTENANCE = "supplier:maintenance"
 
 def holder(name: str) -> str:
     """A stakeholder's account: ``holder:{name}``; an account id (``dao:…``, ``machine:…``) stays as it is."""
-    return name if ":" in name else f"holder:{name}"
+    return holder_account(name)
 
 
 class JobCosts(BaseModel):

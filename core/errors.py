@@ -39,13 +39,17 @@ raised. ::
     │   └── ExecutionFailed         a passed proposal whose effect could not be carried out
     ├── ModelError                  the language model cannot be used as configured
     │   └── InvalidModelConfig      a model setting that does not name a usable model
-    └── MemoryStoreError            the machine's vector memory cannot be used; bidding goes on without it
-        └── EmbeddingUnavailable    the local embedding model's files are not installed
+    ├── MemoryStoreError            the machine's vector memory cannot be used; bidding goes on without it
+    │   └── EmbeddingUnavailable    the local embedding model's files are not installed
+    └── AccessError                 the server refused a request for who made it (HTTP 401 or 403)
+        ├── NotAuthenticated        no token, an unknown or expired one, or a failed login (401)
+        └── Forbidden               a known principal without the role this needs on that machine (403)
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "AccessError",
     "ApprovalRequired",
     "BadSignature",
     "BrokerStartFailed",
@@ -57,6 +61,7 @@ __all__ = [
     "EscrowExists",
     "EscrowNotFound",
     "ExecutionFailed",
+    "Forbidden",
     "GovernanceError",
     "HubError",
     "IdempotencyConflict",
@@ -74,6 +79,7 @@ __all__ = [
     "MemoryStoreError",
     "ModelError",
     "NoShareholders",
+    "NotAuthenticated",
     "PolicyRefused",
     "ShareError",
     "SharesAlreadyIssued",
@@ -252,3 +258,15 @@ class MemoryStoreError(TamcError):
 
 class EmbeddingUnavailable(MemoryStoreError):
     """The local embedding model's files are missing: install them (the message gives the command)."""
+
+
+class AccessError(TamcError):
+    """The server refused a request because of who made it."""
+
+
+class NotAuthenticated(AccessError):
+    """No token, an unknown or expired one, or a login whose signature did not check."""
+
+
+class Forbidden(AccessError):
+    """The principal is known but lacks the role this needs on this machine."""

@@ -16,6 +16,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -44,7 +45,7 @@ from market.regions import DEFAULT_REGIONS, Region
 from market.technician import Technician
 from market.welfare import fcfs_dispatch, hindsight_optimum
 
-__all__ = ["MachineReport", "MarketConfig", "MarketReport", "ModelReport", "Snapshot", "run_market"]
+__all__ = ["LiveCity", "MachineReport", "MarketConfig", "MarketReport", "ModelReport", "Snapshot", "run_market"]
 
 log = logging.getLogger("tamc.market")
 
@@ -83,6 +84,29 @@ class MarketConfig(BaseModel):
     """Run the life cycle: fixed costs, the machines' proposals, holders' votes, births, moves,
     parkings, maintenance and deaths (``market.lifecycle``)."""
     life_config: LifeConfig = LifeConfig()
+    telemetry_every_s: float | None = None
+    """Machines publish telemetry this often (real seconds) besides at each change, for a live view."""
+
+
+@dataclass
+class LiveCity:
+    """The running city, for what watches or serves it while it runs (``tamc serve``). ``nodes``
+    grows as machines are born; everything here is shared with the market's threads."""
+
+    config: MarketConfig
+    broker_url: str
+    ledger: Ledger
+    governance: Governance
+    keys: Keystore
+    clock: ScaledClock
+    nodes: list[MachineNode]
+    regions: tuple[Region, ...]
+    requester_config: RequesterConfig
+    agent: MachineAgent | None
+    outcomes: list[JobOutcome]
+
+    def node(self, machine_id: str) -> MachineNode | None:
+        return next((n for n in reversed(self.nodes) if n.id == machine_id), None)
 
 
 class MachineReport(BaseModel):
@@ -215,9 +239,11 @@ def _broker(url: str | None) -> Iterator[RunningBroker]:
 def run_market(config: MarketConfig, *, on_progress: Callable[[Snapshot], None] | None = None,
                regions: tuple[Region, ...] = DEFAULT_REGIONS, fleet: list[MachineProfile] | None = None,
                requests: list[JobRequest] | None = None, savings: dict[str, int] | None = None,
-               wear: dict[str, float] | None = None) -> MarketReport:
+               wear: dict[str, float] | None = None, on_ready: Callable[[LiveCity], None] | None = None,
+               stop: threading.Event | None = None) -> MarketReport:
     """Run a city for ``config.hours``. ``fleet``, ``requests``, ``savings`` (each machine's cash at
-    the start) and ``wear`` replace the seeded ones (a test's scenario)."""
+    the start) and ``wear`` replace the seeded ones (a test's scenario). ``on_ready`` gets the running
+    city once its day has started; setting ``stop`` ends the day early (no more jobs are posted)."""
     started = time.perf_counter()
     run_id = uuid.uuid4().hex[:6]
     fleet = list(fleet) if fleet is not None else build_fleet(config.machines, regions)
@@ -254,7 +280,7 @@ def run_market(config: MarketConfig, *, on_progress: Callable[[Snapshot], None] 
             hub = Hub(broker.url, name=profile.id)  # each machine its own connection: the broker announces its death by last will
             hubs.append(hub)
             node = MachineNode(profile, identity, hub, ledger=ledger, fail_jobs=fails, agent=agent, governance=governance,
-                               memory=memory.machine(profile.id), wear_pct=wear_pct)
+                               memory=memory.machine(profile.id), wear_pct=wear_pct, telemetry_every_s=config.telemetry_every_s)
             nodes.append(node)
             return node
 
@@ -294,7 +320,10 @@ def run_market(config: MarketConfig, *, on_progress: Callable[[Snapshot], None] 
                 life = Lifecycle(governance=governance, ledger=ledger, keys=keys, hub=life_hub, clock=clock, nodes=nodes,
                                  spawn=spawn, regions=regions, holders=holders, collectives=[collective], config=config.life_config,
                                  requester_config=rc, seed=config.seed, run_id=run_id).start()
-            _feed(requests, requesters, clock, config, nodes, outcomes, on_progress)
+            if on_ready is not None:
+                on_ready(LiveCity(config=config, broker_url=broker.url, ledger=ledger, governance=governance, keys=keys,
+                                  clock=clock, nodes=nodes, regions=regions, requester_config=rc, agent=agent, outcomes=outcomes))
+            _feed(requests, requesters, clock, config, nodes, outcomes, on_progress, stop or threading.Event())
             if life is not None:
                 life.stop()
                 life_report = life.report()
@@ -447,16 +476,19 @@ def _hash_share(job_id: str, machine_id: str) -> float:
 
 
 def _feed(requests: list[JobRequest], requesters: dict[str, Requester], clock: ScaledClock, config: MarketConfig,
-          nodes: list[MachineNode], outcomes: list[JobOutcome], on_progress: Callable[[Snapshot], None] | None) -> None:
+          nodes: list[MachineNode], outcomes: list[JobOutcome], on_progress: Callable[[Snapshot], None] | None,
+          stop: threading.Event) -> None:
     next_view = 0.0
     for i, req in enumerate(requests):
         while (wait := clock.real_seconds(req.at_h - clock.hours())) > 0:
+            if stop.is_set():
+                return
             if time.monotonic() >= next_view:
                 _report_progress(on_progress, clock, config, requests, i, outcomes, requesters, nodes)
                 next_view = time.monotonic() + 0.1
             time.sleep(min(wait, 0.05))
         requesters[req.job.region].post(req.job, reserve=req.reserve, value=req.value)
-    while clock.hours() < config.hours:
+    while clock.hours() < config.hours and not stop.is_set():
         _report_progress(on_progress, clock, config, requests, len(requests), outcomes, requesters, nodes)
         time.sleep(min(clock.real_seconds(config.hours - clock.hours()), 0.1))
 

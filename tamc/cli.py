@@ -217,6 +217,64 @@ def demo(
 
 @app.command()
 @_friendly
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8000,
+    speed: Annotated[float, typer.Option(help="Simulated seconds per real second (1 = real time).", min=0.01)] = 60.0,
+    hours: Annotated[float, typer.Option(help="Simulated hours of demand before the market closes.")] = 24.0 * 30,
+    machines: Annotated[int, typer.Option("--machines", help="Machines in the fleet.")] = 12,
+    seed: Annotated[int, typer.Option(help="Seed of the demand stream.")] = 7,
+    load: Annotated[float, typer.Option(help="Offered work as a share of the fleet's capacity.")] = 0.85,
+    broker: Annotated[str | None, typer.Option(help="Use this broker (mqtt://host:port) instead of starting one.")] = None,
+    model: ModelOpt = None,
+    base_url: BaseUrlOpt = None,
+    api_key: ApiKeyOpt = None,
+    data_dir: DataDirOpt = Path(".tamc"),
+    memory: Annotated[str, typer.Option("--memory", help="server, embedded or off (as for 'tamc demo').")] = "server",
+) -> None:
+    """Run the demo city live with the HTTP API and the cockpit: open the printed URL in a browser."""
+    import logging
+    import signal
+    import threading
+
+    from agents.llm import ModelConfig, build_model
+    from core.errors import InputError
+    from market.city import MarketConfig
+    from server.runner import DEMO_OPERATOR, DEMO_STAKEHOLDER
+    from server.runner import serve as run_server
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
+    if memory not in ("server", "embedded", "off"):
+        raise InputError(f"--memory {memory!r}: say server, embedded or off")
+    model_config = ModelConfig.from_env(model, base_url, api_key)
+    build_model(model_config)
+    llm = model_config.uses_model
+    config = MarketConfig(seed=seed, hours=hours, machines=machines, broker=broker, speed=speed, load=load, data_dir=data_dir,
+                          bid_window_s=2.0 if llm else max(0.03, 1.8 / speed), accept_window_s=2.0 if llm else max(0.05, 3.0 / speed),
+                          model=model_config, memory=memory, telemetry_every_s=1.0, drain_s=5.0)
+    console = _console()
+    console.print(f"TAMC serve: {machines} machines at {speed:g}x real time, bids by {model_config.label()}"
+                  + ("" if llm else " (the rule engine; chat answers offline: no model configured)"), highlight=False)
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    with run_server(config, host=host, port=port) as served:
+        console.print(f"cockpit   {served.url}/   API schema {served.url}/openapi.json   docs {served.url}/docs", highlight=False)
+        for login in served.logins:
+            link = f"{served.url}/#token={login.token}" if login.name in (DEMO_STAKEHOLDER, DEMO_OPERATOR) else ""
+            console.print(f"login {login.role:<11} {login.name:<6} token {login.token}  {link}", highlight=False, soft_wrap=True)
+        console.print("Ctrl-C stops the server and the market.", highlight=False)
+        try:
+            while not done.wait(0.5):
+                if served.report:
+                    console.print("the market's last day has ended; the server goes on showing it (Ctrl-C to stop)", highlight=False)
+                    done.wait()
+        except KeyboardInterrupt:
+            pass
+    console.print("stopped", highlight=False)
+
+
+@app.command()
+@_friendly
 def chat(
     machine: Annotated[str, typer.Argument(help="Machine id (one run by 'tamc demo' or 'tamc agent' with this --data-dir).")],
     stakeholder: Annotated[str, typer.Option("--as", envvar="TAMC_STAKEHOLDER", help="Your name as a shareholder of the machine.")],
@@ -326,7 +384,7 @@ def shares(machine: Annotated[str, typer.Argument(help="Machine id.")], data_dir
     """Who owns a machine: its holders and their units, what its holders decided, its charter and cash."""
     from rich.table import Table
 
-    from tamc.dao import shares as read_shares
+    from ledger.holders import shares as read_shares
 
     book, gov, _ = _books(data_dir, ledger)
     try:
@@ -359,7 +417,7 @@ def proposals(machine: Annotated[str | None, typer.Argument(help="Machine id [de
     """Proposals of a machine (or all), newest first, with their tallies in share units."""
     from rich.table import Table
 
-    from tamc.dao import list_proposals
+    from ledger.holders import list_proposals
 
     book, gov, _ = _books(data_dir, ledger)
     try:
@@ -401,7 +459,7 @@ def propose(
     as_json: JsonOpt = False,
 ) -> None:
     """Open a proposal to a machine's holders, as one of them (signed for by your key)."""
-    from tamc.dao import open_proposal
+    from ledger.holders import open_proposal
 
     fields = {"budget": budget, "margin_bps": margin_bps, "price_floor": price_floor, "regions": regions,
               "retain_bps": retain_bps, "region": region, "cost": cost, "salvage": salvage, "child_id": child,
@@ -430,7 +488,7 @@ def vote(
 ) -> None:
     """Vote the shares you held when a proposal opened (a recast replaces your vote); a proposal
     the votes settle is decided, and executed if it passed."""
-    from tamc.dao import cast_vote
+    from ledger.holders import cast_vote
 
     book, gov, keys = _books(data_dir, ledger)
     try:

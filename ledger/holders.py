@@ -1,5 +1,6 @@
-"""What ``tamc shares``, ``tamc proposals``, ``tamc propose`` and ``tamc vote`` do: a holder governs
-a machine from the command line, with the key in the keystore that owns their ledger account.
+"""What a holder does with their shares — read the cap table, list, open and vote on proposals —
+with the key in the keystore that owns their ledger account. The CLI (``tamc shares``, ``tamc
+proposals``, ``tamc propose``, ``tamc vote``) and the server's API both call these.
 
 Names: ``alice`` is the account ``holder:alice`` and signs with the key ``holder-alice``; a machine
 (``machine:prusa-n1``) signs with the key named by its id; a collective (``dao:fab-cell``) with the
@@ -12,13 +13,21 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from agents.settlement import holder as holder_account
 from core.errors import GovernanceError, InputError, UnknownAccount, VoteRefused
 from core.money import format_units, parse_units
-from ledger import Governance, Identity, Keystore, Ledger, Proposal, machine_wallet, reserve, sign_ballot
-from ledger.proposals import ProposalKind
+from ledger.book import Ledger
+from ledger.governance import Governance
+from ledger.identity import Identity
+from ledger.keystore import Keystore
+from ledger.models import machine_wallet, reserve
+from ledger.proposals import Proposal, ProposalKind, sign_ballot
 
-__all__ = ["ProposalRow", "ShareRow", "cast_vote", "key_name", "list_proposals", "open_proposal", "shares"]
+__all__ = ["ProposalRow", "ShareRow", "cast_vote", "holder_account", "key_name", "list_proposals", "open_proposal", "shares"]
+
+
+def holder_account(name: str) -> str:
+    """A stakeholder's account: ``holder:{name}``; an account id (``dao:…``, ``machine:…``) stays as it is."""
+    return name if ":" in name else f"holder:{name}"
 
 
 def key_name(account: str) -> str:
@@ -80,11 +89,13 @@ def list_proposals(gov: Governance, machine: str | None, state: str | None) -> l
     return out
 
 
-def open_proposal(ledger: Ledger, gov: Governance, keys: Keystore, machine: str, kind: str, who: str, *,
+def open_proposal(ledger: Ledger, gov: Governance, keys: Keystore | None, machine: str, kind: str, who: str, *,
                   title: str | None, fields: dict[str, str | None], rationale: str = "") -> Proposal:
-    """Open a proposal as holder ``who``; the payload comes from the command's options."""
+    """Open a proposal as holder ``who``; the payload comes from the command's options. ``keys``
+    None: the caller has already checked that ``who`` speaks for the account (the server did)."""
     account = holder_account(who)
-    _signer(ledger, keys, account)  # only a key that owns the account may speak for it
+    if keys is not None:
+        _signer(ledger, keys, account)  # only a key that owns the account may speak for it
     if not ledger.cap_table(machine).get(account):
         raise VoteRefused(f"{account!r} holds no shares of {machine!r}; only its holders propose")
     try:
@@ -103,7 +114,7 @@ def open_proposal(ledger: Ledger, gov: Governance, keys: Keystore, machine: str,
             payload[name] = [r.strip() for r in value.split(",") if r.strip()]
         else:
             payload[name] = value
-    if kind_ is ProposalKind.SPAWN and "child_id" in payload and "child_did" not in payload:
+    if kind_ is ProposalKind.SPAWN and "child_id" in payload and "child_did" not in payload and keys is not None:
         payload["child_did"] = keys.get_or_create(payload["child_id"]).did
     text = title or f"{kind_.value} for {machine}"
     key = f"cli:{machine}:{kind_.value}:{account}:{gov.now().isoformat()}"

@@ -1,0 +1,216 @@
+"""What the API takes and gives. Money is integer micro-units (1 unit = 1,000,000) everywhere."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from ledger.holders import ProposalRow, ShareRow
+from machines.driver import Telemetry
+from machines.profile import Point
+from server.access import Role
+
+__all__ = [
+    "Ballot",
+    "ChallengeRequest",
+    "ChallengeResponse",
+    "ChatLine",
+    "ChatRequest",
+    "EarningsPoint",
+    "Health",
+    "MachineDetail",
+    "MachineSummary",
+    "Me",
+    "PrincipalCreate",
+    "Problem",
+    "ProposalCreate",
+    "QueuedJob",
+    "Shares",
+    "Statement",
+    "StatementLineOut",
+    "TokenResponse",
+    "VoteRequest",
+    "VoteResult",
+]
+
+MachineId = str
+
+
+class Problem(BaseModel):
+    """Every refusal: what went wrong and what to do about it."""
+
+    error: str
+    """The error's type (``NotAuthenticated``, ``Forbidden``, ``InputError``, ``VoteRefused``…)."""
+    detail: str
+
+
+class Health(BaseModel):
+    status: Literal["ok", "degraded"]
+    hub: bool
+    machines: int
+    online: int
+    sim_hours: float
+    model: str
+    """The machines' model, or ``rules`` (no model configured: the rule engine and offline chat)."""
+
+
+class ChallengeRequest(BaseModel):
+    did: str = Field(min_length=8, max_length=200)
+
+
+class ChallengeResponse(BaseModel):
+    nonce: str
+    sign: dict[str, str]
+    """The document to sign with the key and send to ``/v1/auth/token`` with its ``sig``."""
+
+
+class TokenResponse(BaseModel):
+    token: str
+    token_type: Literal["bearer"] = "bearer"
+    expires_at: datetime
+    did: str
+    name: str
+
+
+class Me(BaseModel):
+    did: str
+    name: str
+    admin: bool
+    roles: dict[MachineId, list[Role]]
+    """Roles on each machine the principal has any on."""
+    requester_wallet: str | None
+    balance: int | None
+    """The requester wallet's balance."""
+
+
+class MachineSummary(BaseModel):
+    id: str
+    name: str
+    kind: str
+    region: str
+    status: str
+    """active, parked or retired (by the holders' votes)."""
+    online: bool
+    state: str | None
+    """idle, working… from the last telemetry."""
+    wear_pct: float | None
+    progress: float | None
+    position: Point | None = None
+    """Where a vehicle is (km on the city grid)."""
+    roles: list[Role]
+    """The caller's roles on this machine."""
+
+
+class QueuedJob(BaseModel):
+    job_id: str
+    capability: str
+    description: str
+    state: str
+    price: int
+    deadline_at: int
+    """Epoch milliseconds on the market's clock."""
+
+
+class MachineDetail(MachineSummary):
+    profile: dict[str, Any]
+    """The profile as it bids now (what the holders voted applied)."""
+    telemetry: Telemetry | None
+    wallet: int
+    reserve: int
+    queue: list[QueuedJob]
+
+
+class Shares(BaseModel):
+    machine: str
+    total_units: int
+    holders: list[ShareRow]
+    standing: dict[str, Any]
+    charter: dict[str, Any]
+    yours: dict[str, int]
+    """Units held by accounts the caller's key owns."""
+
+
+class StatementLineOut(BaseModel):
+    posting_id: str
+    key: str
+    kind: str
+    memo: str
+    created_at: datetime
+    amount: int
+
+
+class EarningsPoint(BaseModel):
+    at: datetime
+    revenue: int
+    """Revenue earned up to ``at`` (cumulative)."""
+    net: int
+    """Cash in minus cash out of the wallet up to ``at`` (cumulative)."""
+
+
+class Statement(BaseModel):
+    machine: str
+    account: str
+    balance: int
+    lines: list[StatementLineOut]
+    earnings: list[EarningsPoint]
+
+
+class ChatRequest(BaseModel):
+    message: str = Field(min_length=1, max_length=4000)
+
+
+class ChatLine(BaseModel):
+    role: Literal["you", "machine"]
+    text: str
+
+
+class ProposalCreate(BaseModel):
+    kind: Literal["maintenance", "pricing", "territory", "payout", "park", "resume", "relocate", "retire", "expense"]
+    title: str | None = Field(default=None, max_length=200)
+    rationale: str = Field(default="", max_length=2000)
+    budget: str | None = Field(default=None, max_length=40)
+    """Amounts in units as text (``12.50``), as on the command line."""
+    price_floor: str | None = Field(default=None, max_length=40)
+    margin_bps: str | None = Field(default=None, max_length=12)
+    retain_bps: str | None = Field(default=None, max_length=12)
+    regions: str | None = Field(default=None, max_length=200)
+    territory: str | None = Field(default=None, max_length=200)
+    region: str | None = Field(default=None, max_length=60)
+    cost: str | None = Field(default=None, max_length=40)
+    amount: str | None = Field(default=None, max_length=40)
+    payee: str | None = Field(default=None, max_length=200)
+
+
+class Ballot(BaseModel):
+    """A ballot signed by the holder's own key (``ledger.sign_ballot``), for clients that keep it."""
+
+    proposal_id: str = Field(max_length=100)
+    holder: str = Field(max_length=200)
+    """The account whose shares vote (``holder:alice``); the principal's key must own it."""
+    choice: Literal["yes", "no", "abstain"]
+    voter: str = Field(max_length=200)
+    """The did that signed."""
+    sig: str = Field(max_length=200)
+
+
+class VoteRequest(BaseModel):
+    choice: Literal["yes", "no", "abstain"]
+    ballot: Ballot | None = None
+    """Omitted: the server signs with the holder's key it keeps (the demo's custodial keys)."""
+
+
+class VoteResult(BaseModel):
+    proposal: ProposalRow
+    said: str
+
+
+class PrincipalCreate(BaseModel):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+    did: str = Field(min_length=8, max_length=200)
+    operator_of: list[str] = []
+    """Machines to grant the operator role on (``*`` for all)."""
+    admin: bool = False
+    requester_budget: int = Field(default=0, ge=0, le=10**15)
+    """Opens (and funds) a requester wallet owned by this key."""
