@@ -35,6 +35,8 @@ raised. ::
     ├── PolicyRefused               a tool refused an action its owners' policy forbids; nothing moved
     │   └── ApprovalRequired        allowed only with the holders' vote: a proposal was opened
     ├── GovernanceError             a proposal that cannot be opened, found or closed
+    │   ├── InvalidProposal         an unknown kind or a payload that does not fit it (also an InputError)
+    │   ├── UnknownProposal         no proposal with that id
     │   ├── VoteRefused             closed, not a holder, unsigned or signed by someone else
     │   └── ExecutionFailed         a passed proposal whose effect could not be carried out
     ├── ModelError                  the language model cannot be used as configured
@@ -74,6 +76,7 @@ __all__ = [
     "InvalidJobSpec",
     "InvalidModelConfig",
     "InvalidProfile",
+    "InvalidProposal",
     "KeystoreError",
     "LedgerError",
     "MemoryStoreError",
@@ -87,6 +90,7 @@ __all__ = [
     "UnknownAccount",
     "UnknownMachine",
     "UnknownMachineKind",
+    "UnknownProposal",
     "VoteRefused",
 ]
 
@@ -231,6 +235,14 @@ class ApprovalRequired(PolicyRefused):
 
 class GovernanceError(TamcError):
     """A proposal that cannot be opened, found or closed: unknown, wrong payload, no holders."""
+
+
+class InvalidProposal(GovernanceError, InputError):
+    """A proposal kind that does not exist, or a payload that does not fit its kind."""
+
+
+class UnknownProposal(GovernanceError):
+    """No proposal with that id."""
 
 
 class VoteRefused(GovernanceError):

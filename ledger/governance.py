@@ -33,8 +33,10 @@ from core.errors import (
     GovernanceError,
     InputError,
     InvalidDid,
+    InvalidProposal,
     LedgerError,
     UnknownAccount,
+    UnknownProposal,
     VoteRefused,
 )
 from ledger import _db
@@ -164,7 +166,7 @@ class Governance:
         try:
             kind = ProposalKind(kind)
         except ValueError:
-            raise GovernanceError(f"no proposal kind {kind!r}; kinds: {', '.join(k.value for k in ProposalKind)}") from None
+            raise InvalidProposal(f"no proposal kind {kind!r}; kinds: {', '.join(k.value for k in ProposalKind)}") from None
         if not title.strip() or len(title) > 500:
             raise InputError("a proposal needs a title of 1 to 500 characters")
         if not key or len(key) > 300:
@@ -200,7 +202,7 @@ class Governance:
     def get(self, proposal_id: str) -> Proposal:
         row = self._read(lambda c: c.execute(select(proposals).where(proposals.c.id == proposal_id)).first())
         if row is None:
-            raise GovernanceError(f"no proposal {proposal_id!r} (list them with 'tamc proposals')")
+            raise UnknownProposal(f"no proposal {proposal_id!r} (list them with 'tamc proposals')")
         return _proposal(row)
 
     def find(self, key: str) -> Proposal | None:

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from core.errors import GovernanceError, InputError, UnknownAccount, VoteRefused
+from core.errors import GovernanceError, InputError, UnknownAccount, UnknownProposal, VoteRefused
 from core.money import format_units, parse_units
 from ledger.book import Ledger
 from ledger.governance import Governance
@@ -148,7 +148,7 @@ def resolve(gov: Governance, proposal: str) -> Proposal:
         found = [p for p in gov.proposals() if p.id.startswith(proposal)] if len(proposal) >= 4 else []
         if len(found) == 1:
             return found[0]
-        raise GovernanceError(f"no single proposal {proposal!r} ({len(found)} match; list them with 'tamc proposals')") from None
+        raise UnknownProposal(f"no single proposal {proposal!r} ({len(found)} match; list them with 'tamc proposals')") from None
 
 
 def _signer(ledger: Ledger, keys: Keystore, account: str) -> Identity:

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from core.errors import GovernanceError
+from core.errors import InvalidProposal
 from core.money import Micros
 from ledger.identity import Identity, sign_document
 
@@ -141,7 +141,7 @@ def check_payload(kind: ProposalKind, payload: dict[str, Any]) -> dict[str, Any]
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'payload'}: {e['msg'].removeprefix('Value error, ')}"
                              for e in exc.errors(include_url=False))
-        raise GovernanceError(f"a {kind.value} proposal's payload is invalid: {problems}") from None
+        raise InvalidProposal(f"a {kind.value} proposal's payload is invalid: {problems}") from None
     return model.model_dump(exclude_defaults=True)
 
 

@@ -20,9 +20,11 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from agents.chat import ChatAnswer, ChatHistory, MachineChat
 from core.errors import (
@@ -35,6 +37,7 @@ from core.errors import (
     TamcError,
     UnknownAccount,
     UnknownMachine,
+    UnknownProposal,
     VoteRefused,
 )
 from hub import topics
@@ -77,12 +80,19 @@ __all__ = ["ServerContext", "create_app"]
 
 log = logging.getLogger("tamc.server")
 
-REFUSALS: dict[int | str, dict[str, Any]] = {
-    400: {"model": Problem, "description": "Bad input; the detail says what to fix"},
-    401: {"model": Problem, "description": "No valid bearer token"},
-    403: {"model": Problem, "description": "The principal lacks the role this needs on that machine"},
-    404: {"model": Problem, "description": "No such machine, proposal or job"},
+_REFUSED = {
+    400: "Bad input; the detail says what to fix",
+    401: "No valid bearer token",
+    403: "The principal lacks the role this needs on that machine",
+    404: "No such machine, proposal or job",
+    409: "The ledger or the proposal's state refuses it (not enough money, voting closed)",
 }
+REFUSALS: dict[int | str, dict[str, Any]] = {code: {"model": Problem, "description": text} for code, text in _REFUSED.items()}
+STREAM_REFUSALS: dict[int | str, dict[str, Any]] = {
+    code: {"description": text, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}
+    for code, text in _REFUSED.items()
+}
+"""A stream's refusals are JSON, not events: they come before the stream starts."""
 READERS = (Role.STAKEHOLDER, Role.OPERATOR)
 _Limit = Query(ge=1, le=1000)
 
@@ -142,21 +152,30 @@ class UnknownJob(InputError):
 
 STATUS: list[tuple[type[TamcError], int]] = [
     (UnknownJob, 404), (NotAuthenticated, 401), (Forbidden, 403), (VoteRefused, 403), (PolicyRefused, 403), (UnknownMachine, 404),
-    (UnknownAccount, 404), (InputError, 400), (GovernanceError, 404), (LedgerError, 409), (TamcError, 400),
+    (UnknownProposal, 404), (UnknownAccount, 404), (InputError, 400), (GovernanceError, 409), (LedgerError, 409), (TamcError, 400),
 ]
+"""The first match wins: a proposal that exists but cannot do that (closed, execution failed) is 409."""
 
 
 def _errors(app: FastAPI, ctx: ServerContext) -> None:
     async def refuse(request: Request, exc: Exception) -> JSONResponse:
         status = next(code for kind, code in STATUS if isinstance(exc, kind))
-        if isinstance(exc, GovernanceError) and not isinstance(exc, VoteRefused) and "no single proposal" not in str(exc) \
-                and "no proposal" not in str(exc):
-            status = 409  # a proposal that exists but cannot do that (closed, failed execution)
         ctx.metrics.refusals.labels(type(exc).__name__).inc()
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
         return JSONResponse(Problem(error=type(exc).__name__, detail=str(exc)).model_dump(), status_code=status, headers=headers)
 
+    async def http_problem(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # every method the path answers, not only those of the first route found
+            allowed = {m for r in request.app.routes if isinstance(r, APIRoute) and r.path_regex.match(request.url.path)
+                       for m in (r.methods or ())}
+            headers["Allow"] = ", ".join(sorted(allowed))
+        name = {400: "BadRequest", 404: "NotFound", 405: "MethodNotAllowed"}.get(exc.status_code, "HTTPError")
+        return JSONResponse(Problem(error=name, detail=str(exc.detail)).model_dump(), status_code=exc.status_code, headers=headers)
+
     app.add_exception_handler(TamcError, refuse)
+    app.add_exception_handler(StarletteHTTPException, http_problem)
 
 
 def _timing(app: FastAPI, ctx: ServerContext) -> None:
@@ -318,13 +337,13 @@ def _api(ctx: ServerContext) -> APIRouter:
         return Shares(**data, yours=ctx.access.holdings(on.principal.did, on.machine_id))
 
     # live streams
-    @api.get("/v1/stream", tags=["live"], response_class=EventSourceResponse)
+    @api.get("/v1/stream", tags=["live"], response_class=EventSourceResponse, responses=STREAM_REFUSALS)
     async def fleet_stream(ctx: Ctx, caller: Caller) -> AsyncIterator[LiveEvent]:
         """Telemetry and presence of every machine, for the fleet map."""
         async for event in _stream(ctx, lambda e: e.type in ("telemetry", "presence")):
             yield event
 
-    @api.get("/v1/machines/{machine_id}/stream", tags=["live"], response_class=EventSourceResponse)
+    @api.get("/v1/machines/{machine_id}/stream", tags=["live"], response_class=EventSourceResponse, responses=STREAM_REFUSALS)
     async def machine_stream(ctx: Ctx, on: Reader) -> AsyncIterator[LiveEvent]:
         """Everything about one machine as it happens: telemetry, presence, its job events, votes and
         decisions on its proposals. The last telemetry comes first."""
@@ -341,7 +360,7 @@ def _api(ctx: ServerContext) -> APIRouter:
         name, _ = _speaker(ctx, on)
         return _lines(ctx.chats.load(on.machine_id, name))
 
-    @api.post("/v1/machines/{machine_id}/chat", tags=["chat"], response_class=EventSourceResponse)
+    @api.post("/v1/machines/{machine_id}/chat", tags=["chat"], response_class=EventSourceResponse, responses=STREAM_REFUSALS)
     async def chat(ctx: Ctx, on: Reader, body: ChatRequest) -> AsyncIterator[ServerSentEvent]:
         """Ask the machine; the answer streams as ``delta`` events (text) and ends with one ``answer``
         event (the whole ``ChatAnswer``: mode, the tools it rests on, the memory it cites)."""
@@ -458,7 +477,7 @@ def _api(ctx: ServerContext) -> APIRouter:
         _own_job(ctx, caller, job_id)
         return ctx.desk.status(job_id)
 
-    @api.get("/v1/jobs/{job_id}/stream", tags=["live"], response_class=EventSourceResponse)
+    @api.get("/v1/jobs/{job_id}/stream", tags=["live"], response_class=EventSourceResponse, responses=STREAM_REFUSALS)
     async def job_stream(ctx: Ctx, caller: Caller, job_id: str) -> AsyncIterator[LiveEvent]:
         """The job's events as they happen (accepted, started, progress, done, paid…)."""
         _own_job(ctx, caller, job_id)

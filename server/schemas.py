@@ -170,27 +170,27 @@ class ProposalCreate(BaseModel):
     kind: Literal["maintenance", "pricing", "territory", "payout", "park", "resume", "relocate", "retire", "expense"]
     title: str | None = Field(default=None, max_length=200)
     rationale: str = Field(default="", max_length=2000)
-    budget: str | None = Field(default=None, max_length=40)
+    budget: str | None = Field(default=None, pattern=r"^[0-9]{1,12}(\.[0-9]{1,6})?$")
     """Amounts in units as text (``12.50``), as on the command line."""
-    price_floor: str | None = Field(default=None, max_length=40)
-    margin_bps: str | None = Field(default=None, max_length=12)
-    retain_bps: str | None = Field(default=None, max_length=12)
-    regions: str | None = Field(default=None, max_length=200)
-    territory: str | None = Field(default=None, max_length=200)
-    region: str | None = Field(default=None, max_length=60)
-    cost: str | None = Field(default=None, max_length=40)
-    amount: str | None = Field(default=None, max_length=40)
+    price_floor: str | None = Field(default=None, pattern=r"^[0-9]{1,12}(\.[0-9]{1,6})?$")
+    margin_bps: str | None = Field(default=None, pattern=r"^[0-9]{1,6}$")
+    retain_bps: str | None = Field(default=None, pattern=r"^[0-9]{1,6}$")
+    regions: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9_-]{0,59}(,[a-z0-9][a-z0-9_-]{0,59}){0,9}$")
+    territory: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9_-]{0,59}(,[a-z0-9][a-z0-9_-]{0,59}){0,9}$")
+    region: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9_-]{0,59}$")
+    cost: str | None = Field(default=None, pattern=r"^[0-9]{1,12}(\.[0-9]{1,6})?$")
+    amount: str | None = Field(default=None, pattern=r"^[0-9]{1,12}(\.[0-9]{1,6})?$")
     payee: str | None = Field(default=None, max_length=200)
 
 
 class Ballot(BaseModel):
     """A ballot signed by the holder's own key (``ledger.sign_ballot``), for clients that keep it."""
 
-    proposal_id: str = Field(max_length=100)
-    holder: str = Field(max_length=200)
+    proposal_id: str = Field(min_length=1, max_length=100)
+    holder: str = Field(min_length=1, max_length=200)
     """The account whose shares vote (``holder:alice``); the principal's key must own it."""
     choice: Literal["yes", "no", "abstain"]
-    voter: str = Field(max_length=200)
+    voter: str = Field(min_length=8, max_length=200)
     """The did that signed."""
     sig: str = Field(max_length=200)
 

@@ -167,3 +167,18 @@ def _no_real_models() -> Iterator[None]:
         os.environ.pop(name, None)
     models.ALLOW_MODEL_REQUESTS = False
     yield
+
+
+# -- the server: a running city with its API, on a free port -------------------------------------
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """``tamc serve`` as a user runs it: a small city (its own broker and ledger) sped up 600×,
+    the API and the cockpit on uvicorn on a free port, and the demo's logins."""
+    from market.city import MarketConfig
+    from server.runner import free_port, serve
+
+    config = MarketConfig(machines=4, hours=500, speed=600, seed=7, memory="off", life=False, telemetry_every_s=0.25,
+                          bid_window_s=0.1, accept_window_s=0.15, drain_s=2, data_dir=tmp_path_factory.mktemp("served"))
+    with serve(config, port=free_port()) as s:
+        yield s
