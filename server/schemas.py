@@ -56,8 +56,12 @@ class Health(BaseModel):
     """The machines' model, or ``rules`` (no model configured: the rule engine and offline chat)."""
 
 
+DID_PATTERN = r"^did:key:z6Mk[1-9A-HJ-NP-Za-km-z]{44}$"
+"""An Ed25519 did:key (multicodec 0xed01, base58btc)."""
+
+
 class ChallengeRequest(BaseModel):
-    did: str = Field(min_length=8, max_length=200)
+    did: str = Field(pattern=DID_PATTERN)
 
 
 class ChallengeResponse(BaseModel):
@@ -208,7 +212,7 @@ class VoteResult(BaseModel):
 
 class PrincipalCreate(BaseModel):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")
-    did: str = Field(min_length=8, max_length=200)
+    did: str = Field(pattern=DID_PATTERN)
     operator_of: list[str] = []
     """Machines to grant the operator role on (``*`` for all)."""
     admin: bool = False

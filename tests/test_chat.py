@@ -107,6 +107,30 @@ def test_model_answers_from_tool_calls_and_sees_the_conversation(worked: tuple[C
     assert len(ChatHistory(tmp_path).load(cheap.id, "alice")) == 8
 
 
+def test_a_models_answer_streams_as_it_is_written(worked: tuple[City, MachineNode, MachineNode], tmp_path: Path) -> None:
+    """The cockpit shows the answer as the model writes it: ``on_text`` gets the text in the
+    model's own chunks, after the tool call, and they add up to the answer."""
+    from collections.abc import AsyncIterator
+
+    from pydantic_ai.models.function import DeltaToolCall, DeltaToolCalls
+
+    city, cheap, _ = worked
+
+    async def stream(messages: list[ModelMessage], info: AgentInfo) -> AsyncIterator[str | DeltaToolCalls]:
+        results = [p for m in messages if isinstance(m, ModelRequest) for p in m.parts if isinstance(p, ToolReturnPart)]
+        if not results:
+            yield {0: DeltaToolCall(name="earnings", json_args='{"period": "week"}')}
+            return
+        for chunk in ("This week ", "I earned ", f"{results[-1].content['revenue']} units", " (ledger)."):
+            yield chunk
+
+    chunks: list[str] = []
+    agent = MachineAgent(ModelConfig(model="function"), model=FunctionModel(stream_function=stream))
+    answer = session(city, cheap, tmp_path, agent).ask("alice", "how much did you earn this week?", on_text=chunks.append)
+    assert answer.mode == "llm" and answer.sources == ["earnings"]
+    assert len(chunks) == 4 and "".join(chunks) == answer.text == f"This week I earned {format_units(cheap.stats.revenue)} units (ledger)."
+
+
 def test_a_failing_model_falls_back_to_offline_answers(worked: tuple[City, MachineNode, MachineNode], tmp_path: Path) -> None:
     city, cheap, _ = worked
 
