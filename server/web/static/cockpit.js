@@ -216,7 +216,7 @@ function gauge(label, value, max, unit, warnAt, badAt) {
   const color = value >= badAt ? "#f85149" : value >= warnAt ? "#d29922" : "#3fb950";
   return `<div class="gauge" data-gauge="${esc(label)}"><svg viewBox="0 0 110 66">
     <path d="M10 58 A45 45 0 0 1 100 58" stroke="#2a3440" stroke-width="9" fill="none"/>
-    <path d="M10 58 A45 45 0 0 ${share > 0.5 ? 1 : 0} 1 ${x.toFixed(2)} ${y.toFixed(2)}" stroke="${color}" stroke-width="9" fill="none"/>
+    <path d="M10 58 A45 45 0 0 1 ${x.toFixed(2)} ${y.toFixed(2)}" stroke="${color}" stroke-width="9" fill="none"/>
     </svg><div class="value">${value.toFixed(1)}${unit}</div><div class="label">${esc(label)}</div></div>`;
 }
 
