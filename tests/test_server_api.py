@@ -228,7 +228,7 @@ def test_a_requester_posts_a_job_to_the_market_and_follows_it_to_payment(served:
         if status["state"] in ("paid", "refunded", "expired"):
             break
         time.sleep(0.3)
-    assert status["state"] == "paid", status
+    assert status["state"] == "paid", (status["state"], status["reason"], status["steps"])
     assert status["machine_id"] and 0 < status["price"] <= job["reserve"]
     assert {s["kind"] for s in status["steps"]} >= {"started", "done"}
     assert [j["job_id"] for j in rita.get("/v1/jobs").json()] == [job_id]
