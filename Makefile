@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/agent.py
 	$(BIN)/python bench/memory.py
 	$(BIN)/python bench/governance.py
+	$(BIN)/python bench/server.py
 
 serve: $(STAMP)
 	$(BIN)/tamc serve

@@ -181,14 +181,19 @@ class Access:
         """The ledger accounts the principal's key owns."""
         return [a.id for a in self.ledger.accounts() if a.owner == did]
 
-    def holdings(self, did: str, machine_id: str) -> dict[str, int]:
-        """Share units of ``machine_id`` held by accounts the principal owns."""
+    def holdings(self, did: str, machine_id: str, *, owned: list[str] | None = None) -> dict[str, int]:
+        """Share units of ``machine_id`` held by accounts the principal owns (``owned``, if the
+        caller has read them already)."""
         table = self.ledger.cap_table(machine_id)
-        return {a: table[a] for a in self.accounts(did) if table.get(a)}
+        return {a: table[a] for a in (self.accounts(did) if owned is None else owned) if table.get(a)}
 
-    def roles(self, did: str, machine_id: str) -> set[Role]:
-        roles = {role for m, role in self.granted(did) if m in (machine_id, ALL_MACHINES)}
-        if self.holdings(did, machine_id):
+    def roles(self, did: str, machine_id: str, *, owned: list[str] | None = None,
+              granted: list[tuple[str, Role]] | None = None) -> set[Role]:
+        """The principal's roles on the machine; ``owned`` and ``granted`` save reading them again
+        when the caller asks about many machines."""
+        grants = self.granted(did) if granted is None else granted
+        roles = {role for m, role in grants if m in (machine_id, ALL_MACHINES)}
+        if self.holdings(did, machine_id, owned=owned):
             roles.add(Role.STAKEHOLDER)
         return roles
 

@@ -283,7 +283,8 @@ def _api(ctx: ServerContext) -> APIRouter:
 
     @api.get("/v1/me", tags=["auth"])
     def me(ctx: Ctx, caller: Caller) -> Me:
-        roles = {n.id: sorted(ctx.access.roles(caller.did, n.id)) for n in _machines(ctx)}
+        owned, granted = ctx.access.accounts(caller.did), ctx.access.granted(caller.did)
+        roles = {n.id: sorted(ctx.access.roles(caller.did, n.id, owned=owned, granted=granted)) for n in _machines(ctx)}
         wallet = ctx.access.requester_wallet(caller.did)
         return Me(did=caller.did, name=caller.name, admin=ctx.access.is_admin(caller.did),
                   roles={m: r for m, r in roles.items() if r}, requester_wallet=wallet,
@@ -293,7 +294,8 @@ def _api(ctx: ServerContext) -> APIRouter:
     @api.get("/v1/machines", tags=["machines"])
     def machines(ctx: Ctx, caller: Caller) -> list[MachineSummary]:
         """The fleet: every machine in the city, with the caller's roles on each."""
-        return [_summary(ctx, n, caller) for n in _machines(ctx)]
+        owned, granted = ctx.access.accounts(caller.did), ctx.access.granted(caller.did)
+        return [_summary(ctx, n, sorted(ctx.access.roles(caller.did, n.id, owned=owned, granted=granted))) for n in _machines(ctx)]
 
     @api.get("/v1/regions", tags=["machines"])
     def regions(ctx: Ctx, caller: Caller) -> list[Region]:
@@ -303,7 +305,7 @@ def _api(ctx: ServerContext) -> APIRouter:
     @api.get("/v1/machines/{machine_id}", tags=["machines"])
     def machine(ctx: Ctx, on: Reader) -> MachineDetail:
         node = ctx.node(on.machine_id)
-        summary = _summary(ctx, node, on.principal)
+        summary = _summary(ctx, node, sorted(on.roles))
         queue = [QueuedJob(**q.model_dump()) for q in node.job_queue()]
         return MachineDetail(**summary.model_dump(), profile=node.profile.model_dump(mode="json"),
                              telemetry=ctx.feed.telemetry.get(node.id) or node.telemetry(),
@@ -513,14 +515,14 @@ def _machines(ctx: ServerContext) -> list[MachineNode]:
     return list(seen.values())
 
 
-def _summary(ctx: ServerContext, node: MachineNode, caller: Principal) -> MachineSummary:
+def _summary(ctx: ServerContext, node: MachineNode, roles: list[Role]) -> MachineSummary:
     t = ctx.feed.telemetry.get(node.id)
     presence = ctx.feed.presence.get(node.id)
     p = node.profile
     return MachineSummary(id=node.id, name=p.name, kind=p.kind.value, region=p.region, status=node.standing,
                           online=presence is not None and presence.state == "online", state=t.state.value if t else None,
                           wear_pct=round(t.wear_pct, 3) if t else None, progress=round(t.progress, 4) if t else None,
-                          position=t.position if t else None, roles=sorted(ctx.access.roles(caller.did, node.id)))
+                          position=t.position if t else None, roles=roles)
 
 
 def _balance(ctx: ServerContext, account: str) -> int:
