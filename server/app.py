@@ -475,14 +475,12 @@ def _api(ctx: ServerContext) -> APIRouter:
         return [ctx.desk.status(j) for j in ctx.desk.jobs(caller.did)]
 
     @api.get("/v1/jobs/{job_id}", tags=["jobs"])
-    def job(ctx: Ctx, caller: Caller, job_id: str) -> JobStatus:
-        _own_job(ctx, caller, job_id)
+    def job(ctx: Ctx, job_id: Annotated[str, Depends(_own_job)]) -> JobStatus:
         return ctx.desk.status(job_id)
 
     @api.get("/v1/jobs/{job_id}/stream", tags=["live"], response_class=EventSourceResponse, responses=STREAM_REFUSALS)
-    async def job_stream(ctx: Ctx, caller: Caller, job_id: str) -> AsyncIterator[LiveEvent]:
+    async def job_stream(ctx: Ctx, job_id: Annotated[str, Depends(_own_job)]) -> AsyncIterator[LiveEvent]:
         """The job's events as they happen (accepted, started, progress, done, paid…)."""
-        _own_job(ctx, caller, job_id)
         async for event in _stream(ctx, lambda e: e.job_id == job_id):
             yield event
 
@@ -537,12 +535,15 @@ def _row(ctx: ServerContext, proposal_id: str) -> ProposalRow:
     return next(r for r in list_proposals(ctx.city.governance, p.machine_id, None) if r.id == proposal_id)
 
 
-def _own_job(ctx: ServerContext, caller: Principal, job_id: str) -> None:
+def _own_job(ctx: Ctx, caller: Caller, job_id: str) -> str:
+    """The job's id, if the caller posted it (or is an admin). A dependency, so that a stream is
+    refused before it starts."""
     owner = ctx.desk.owner(job_id)
     if owner is None:
         raise UnknownJob(f"no job {job_id!r} was posted through this server")
     if owner != caller.did and not ctx.access.is_admin(caller.did):
         raise Forbidden(f"job {job_id} is not {caller.name}'s")
+    return job_id
 
 
 def _lines(messages: list[Any]) -> list[ChatLine]:

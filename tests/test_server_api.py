@@ -220,7 +220,17 @@ def test_a_requester_posts_a_job_to_the_market_and_follows_it_to_payment(served:
     assert posted.status_code == 202, posted.text
     job_id = posted.json()["job_id"]
     assert alice.get(f"/v1/jobs/{job_id}").status_code == 403
+    assert alice.get(f"/v1/jobs/{job_id}/stream").status_code == 403
     assert client(served, "admin").get(f"/v1/jobs/{job_id}").status_code == 200
+    followed: list[str] = []
+    with rita.stream("GET", f"/v1/jobs/{job_id}/stream", timeout=90) as r:  # follow it live to the end of the work
+        assert r.status_code == 200
+        for _name, event in events(r):
+            assert event["job_id"] == job_id and event["type"] == "job"
+            followed.append(event["data"]["kind"])
+            if event["data"]["kind"] in ("done", "failed"):
+                break
+    assert followed[-1] == "done" and "progress" in followed, followed
     deadline = time.monotonic() + 90
     status: dict[str, Any] = {}
     while time.monotonic() < deadline:
