@@ -91,7 +91,8 @@ def _start_mosquitto(binary: str, port: int) -> RunningBroker:
     )
     errors = workdir / "stderr.txt"
     with errors.open("wb") as err_file:
-        proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=err_file)
+        proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=err_file,
+                                start_new_session=True)  # a Ctrl-C to our terminal is ours to handle: we stop it last
     if not wait_for_port("127.0.0.1", port, 10.0):
         proc.kill()
         proc.wait(5)

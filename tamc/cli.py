@@ -256,20 +256,19 @@ def serve(
     console.print(f"TAMC serve: {machines} machines at {speed:g}x real time, bids by {model_config.label()}"
                   + ("" if llm else " (the rule engine; chat answers offline: no model configured)"), highlight=False)
     done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C or a service manager: stop in order
+        signal.signal(sig, lambda *_: done.set())
     with run_server(config, host=host, port=port) as served:
         console.print(f"cockpit   {served.url}/   API schema {served.url}/openapi.json   docs {served.url}/docs", highlight=False)
         for login in served.logins:
             link = f"{served.url}/#token={login.token}" if login.name in (DEMO_STAKEHOLDER, DEMO_OPERATOR) else ""
             console.print(f"login {login.role:<11} {login.name:<6} token {login.token}  {link}", highlight=False, soft_wrap=True)
         console.print("Ctrl-C stops the server and the market.", highlight=False)
-        try:
-            while not done.wait(0.5):
-                if served.report:
-                    console.print("the market's last day has ended; the server goes on showing it (Ctrl-C to stop)", highlight=False)
-                    done.wait()
-        except KeyboardInterrupt:
-            pass
+        while not done.wait(0.5):
+            if served.report:
+                console.print("the market's last day has ended; the server goes on showing it (Ctrl-C to stop)", highlight=False)
+                done.wait()
+        console.print("stopping: the server, then the market (open jobs get a few seconds to close)", highlight=False)
     console.print("stopped", highlight=False)
 
 

@@ -36,7 +36,8 @@ def chroma_server(path: Path) -> Iterator[str]:
                "run", "--path", str(path), "--host", "127.0.0.1", "--port", str(port)]
     log_file = path / "server.log"
     with log_file.open("ab") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)  # a Ctrl-C to our terminal is ours to handle: we stop it last
     if not wait_for_port("127.0.0.1", port, START_TIMEOUT_S) or proc.poll() is not None:
         proc.kill()
         proc.wait(5)
