@@ -205,6 +205,15 @@ def test_proposals_and_votes_by_role(served: Served) -> None:
     assert alice.get(f"/v1/proposals/{p['id']}").json()["yes"] == 50
     assert client(served, "rita").get(f"/v1/proposals/{p['id']}").status_code == 403
     assert alice.get("/v1/proposals/no-such-proposal").status_code == 404
+    # a proposal on a machine bob holds and alice does not: she can neither read nor vote on it
+    alices = set(alice.get("/v1/me").json()["roles"])
+    bobs = next(m for m, roles in bob.get("/v1/me").json()["roles"].items() if "stakeholder" in roles and m not in alices)
+    theirs = bob.post(f"/v1/machines/{bobs}/proposals", json={"kind": "park", "title": "Park for the winter"})
+    assert theirs.status_code == 201, theirs.text
+    assert alice.get(f"/v1/proposals/{theirs.json()['id']}").status_code == 403
+    refused = alice.post(f"/v1/proposals/{theirs.json()['id']}/votes", json={"choice": "no"})
+    assert refused.status_code == 403 and refused.json()["detail"] == f"alice is not a stakeholder of {bobs}"
+    assert bob.get(f"/v1/proposals/{theirs.json()['id']}").json()["no"] == 0
 
 
 def test_a_requester_posts_a_job_to_the_market_and_follows_it_to_payment(served: Served) -> None:
