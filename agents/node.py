@@ -113,6 +113,7 @@ class QueuedContract(BaseModel):
     state: str
     price: int
     deadline_at: int
+    """Epoch milliseconds on the market's clock."""
 
 
 @dataclass

@@ -27,6 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from agents.chat import ChatAnswer, ChatHistory, MachineChat
+from agents.node import QueuedContract
 from core.errors import (
     Forbidden,
     GovernanceError,
@@ -63,7 +64,6 @@ from server.schemas import (
     PrincipalCreate,
     Problem,
     ProposalCreate,
-    QueuedJob,
     Shares,
     Statement,
     StatementLineOut,
@@ -137,7 +137,7 @@ def create_app(city: LiveCity, *, access: Access | None = None, web_dir: Path | 
     app.state.ctx = ctx
     _errors(app, ctx)
     _timing(app, ctx)
-    app.include_router(_api(ctx))
+    app.include_router(_api())
     from server.cockpit import mount_cockpit
 
     mount_cockpit(app, web_dir)
@@ -251,7 +251,7 @@ def _holder(ctx: ServerContext, principal: Principal, machine_id: str) -> str:
 
 # -- the API -----------------------------------------------------------------------------------
 
-def _api(ctx: ServerContext) -> APIRouter:
+def _api() -> APIRouter:
     api = APIRouter(responses=REFUSALS)
 
     @api.get("/health", tags=["service"])
@@ -283,8 +283,7 @@ def _api(ctx: ServerContext) -> APIRouter:
 
     @api.get("/v1/me", tags=["auth"])
     def me(ctx: Ctx, caller: Caller) -> Me:
-        owned, granted = ctx.access.accounts(caller.did), ctx.access.granted(caller.did)
-        roles = {n.id: sorted(ctx.access.roles(caller.did, n.id, owned=owned, granted=granted)) for n in _machines(ctx)}
+        roles = _fleet_roles(ctx, caller)
         wallet = ctx.access.requester_wallet(caller.did)
         return Me(did=caller.did, name=caller.name, admin=ctx.access.is_admin(caller.did),
                   roles={m: r for m, r in roles.items() if r}, requester_wallet=wallet,
@@ -294,8 +293,8 @@ def _api(ctx: ServerContext) -> APIRouter:
     @api.get("/v1/machines", tags=["machines"])
     def machines(ctx: Ctx, caller: Caller) -> list[MachineSummary]:
         """The fleet: every machine in the city, with the caller's roles on each."""
-        owned, granted = ctx.access.accounts(caller.did), ctx.access.granted(caller.did)
-        return [_summary(ctx, n, sorted(ctx.access.roles(caller.did, n.id, owned=owned, granted=granted))) for n in _machines(ctx)]
+        roles = _fleet_roles(ctx, caller)
+        return [_summary(ctx, n, roles[n.id]) for n in _machines(ctx)]
 
     @api.get("/v1/regions", tags=["machines"])
     def regions(ctx: Ctx, caller: Caller) -> list[Region]:
@@ -306,15 +305,15 @@ def _api(ctx: ServerContext) -> APIRouter:
     def machine(ctx: Ctx, on: Reader) -> MachineDetail:
         node = ctx.node(on.machine_id)
         summary = _summary(ctx, node, sorted(on.roles))
-        queue = [QueuedJob(**q.model_dump()) for q in node.job_queue()]
         return MachineDetail(**summary.model_dump(), profile=node.profile.model_dump(mode="json"),
                              telemetry=ctx.feed.telemetry.get(node.id) or node.telemetry(),
-                             wallet=_balance(ctx, machine_wallet(node.id)), reserve=_balance(ctx, reserve(node.id)), queue=queue)
+                             wallet=_balance(ctx, machine_wallet(node.id)), reserve=_balance(ctx, reserve(node.id)),
+                             queue=node.job_queue())
 
     @api.get("/v1/machines/{machine_id}/jobs", tags=["machines"])
-    def machine_jobs(ctx: Ctx, on: Reader) -> list[QueuedJob]:
+    def machine_jobs(ctx: Ctx, on: Reader) -> list[QueuedContract]:
         """The job queue: accepted jobs not yet paid, the running one first."""
-        return [QueuedJob(**q.model_dump()) for q in ctx.node(on.machine_id).job_queue()]
+        return ctx.node(on.machine_id).job_queue()
 
     @api.get("/v1/machines/{machine_id}/statement", tags=["money"])
     def statement(ctx: Ctx, on: Reader, limit: Annotated[int, _Limit] = 200) -> Statement:
@@ -511,6 +510,12 @@ def _machines(ctx: ServerContext) -> list[MachineNode]:
     for node in list(ctx.city.nodes):
         seen[node.id] = node  # a machine re-made under the same id: the latest
     return list(seen.values())
+
+
+def _fleet_roles(ctx: ServerContext, caller: Principal) -> dict[str, list[Role]]:
+    """The caller's roles on every machine, reading its accounts and grants once."""
+    owned, granted = ctx.access.accounts(caller.did), ctx.access.granted(caller.did)
+    return {n.id: sorted(ctx.access.roles(caller.did, n.id, owned=owned, granted=granted)) for n in _machines(ctx)}
 
 
 def _summary(ctx: ServerContext, node: MachineNode, roles: list[Role]) -> MachineSummary:

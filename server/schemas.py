@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from agents.node import QueuedContract
 from ledger.holders import ProposalRow, ShareRow
 from machines.driver import Telemetry
 from machines.profile import Point
@@ -26,7 +27,6 @@ __all__ = [
     "PrincipalCreate",
     "Problem",
     "ProposalCreate",
-    "QueuedJob",
     "Shares",
     "Statement",
     "StatementLineOut",
@@ -107,23 +107,14 @@ class MachineSummary(BaseModel):
     """The caller's roles on this machine."""
 
 
-class QueuedJob(BaseModel):
-    job_id: str
-    capability: str
-    description: str
-    state: str
-    price: int
-    deadline_at: int
-    """Epoch milliseconds on the market's clock."""
-
-
 class MachineDetail(MachineSummary):
     profile: dict[str, Any]
     """The profile as it bids now (what the holders voted applied)."""
     telemetry: Telemetry | None
     wallet: int
     reserve: int
-    queue: list[QueuedJob]
+    queue: list[QueuedContract]
+    """The jobs in hand, the running one first."""
 
 
 class Shares(BaseModel):
