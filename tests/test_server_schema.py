@@ -2,11 +2,14 @@
 fuzzed (examples, coverage, fuzzing and stateful phases) as a stakeholder and as an admin, with all
 checks — no server error, responses that conform to the schema, no auth bypass (``ignored_auth``:
 a request that succeeds with the token must fail without it). The streams are left out of the
-broad run (schemathesis reads each one until it ends) and tested in test_server_api.py."""
+broad run (schemathesis reads each one until it ends) and tested in test_server_api.py. Each run's
+report (the number of cases generated among its figures) is kept as ``artifacts/schemathesis-*.json``."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +19,7 @@ import pytest
 from server.runner import Served
 
 CONFIG = Path(__file__).parent / "schemathesis.toml"
+ARTIFACTS = Path(os.environ.get("TAMC_ARTIFACTS", Path(__file__).parent.parent / "artifacts"))
 
 
 @pytest.mark.slow
@@ -33,6 +37,8 @@ def test_schemathesis_finds_no_server_error_no_auth_bypass_and_no_schema_violati
     summary = run.stdout[run.stdout.rfind("SUMMARY"):] if "SUMMARY" in run.stdout else run.stdout[-4000:]
     print(summary)  # the number of generated cases is in it: pytest -s shows it
     assert run.returncode == 0, run.stdout[-12000:] + run.stderr[-2000:]
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shutil.copy(report, ARTIFACTS / f"schemathesis-{who}.json")  # the run's figures: cases generated, checks, warnings
     cases = json.loads(report.read_text())["test_cases"]
     assert cases["generated"] > 500 and cases["with_failures"] == 0, cases
     log = events.read_text()
