@@ -7,7 +7,8 @@ const $ = (sel) => document.querySelector(sel);
 const units = (micros) => (micros / 1e6).toLocaleString(undefined, { minimumFractionDigits: 2, maximumFractionDigits: 2 });
 const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
 
-const state = { token: null, me: null, machines: new Map(), regions: [], selected: null, detail: null, view: null, machineStream: null };
+const state = { token: null, me: null, machines: new Map(), regions: [], selected: null, detail: null, view: null,
+  machineStream: null, fleetStream: null, refresher: null };
 
 // -- token and API ----------------------------------------------------------------------------
 
@@ -80,6 +81,8 @@ function toast(text) {
 
 function logout(message) {
   localStorage.removeItem("tamc.token"); state.token = null;
+  state.fleetStream?.abort(); state.machineStream?.abort(); clearInterval(state.refresher);
+  state.machines.clear(); state.selected = null;
   $("#cockpit").hidden = true; $("#login").hidden = false; $("#who").textContent = "";
   $("#login-error").textContent = message || "";
 }
@@ -353,8 +356,10 @@ async function start() {
   $("#logout").addEventListener("click", () => logout());
   state.regions = await api("/v1/regions");
   await refreshFleet();
-  live("/v1/stream", onFleetEvent);
-  setInterval(() => { refreshFleet(); if (state.selected) { refreshEarnings(); refreshProposals(); } }, 15000);
+  state.fleetStream?.abort();
+  state.fleetStream = live("/v1/stream", onFleetEvent);
+  clearInterval(state.refresher);  // a second login replaces the first one's stream and timer
+  state.refresher = setInterval(() => { refreshFleet(); if (state.selected) { refreshEarnings(); refreshProposals(); } }, 15000);
   const mine = [...state.machines.values()].find((m) => m.roles.length);
   if (mine) select(mine.id);
 }
