@@ -24,13 +24,15 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel
 
 from agents import settlement
+from agents.control import ControlDesk
+from agents.execution import JobRunner
 from agents.guard import BidDecision, BidProposal, ModelUse, from_rules, guard
 from agents.memory.signals import DemandLog, outcome_item, price_signal, wear_item
 from agents.memory.store import MemoryItem
 from agents.rules import CostBreakdown, Decision, MachineStatus, MarketContext, MemorySignal, Rule, decide, job_cost
 from agents.snapshot import MachineSnapshot
 from core.clock import ScaledClock
-from core.errors import EscrowNotFound, MemoryStoreError
+from core.errors import CommandRejected, DriverError, EscrowNotFound, MemoryStoreError
 from hub import topics
 from hub.envelope import Envelope, now_ms, seal
 from hub.mailbox import Mailbox, Timer
@@ -39,6 +41,7 @@ from hub.messages import (
     Bid,
     Body,
     CallForProposals,
+    ControlCommand,
     EventKind,
     GovernanceNotice,
     JobClosed,
@@ -47,8 +50,9 @@ from hub.messages import (
     TelemetryReport,
 )
 from hub.transport import Hub
-from ledger import Identity, Ledger
-from machines.driver import SimDriver, Telemetry
+from ledger import Charter, Identity, Ledger
+from ledger.operations import Operations
+from machines.driver import Driver, SimDriver, Telemetry
 from machines.job import JobSpec
 from machines.profile import MachineProfile, Point, Policy
 from machines.work import estimate
@@ -58,6 +62,7 @@ if TYPE_CHECKING:
     from agents.llm import BackgroundLoop
     from agents.machine_agent import MachineAgent
     from agents.memory import MachineMemory
+    from agents.workflow import JobFlows
     from ledger.governance import Governance
     from ledger.proposals import Standing
 
@@ -97,6 +102,16 @@ class Contract:
     cost: CostBreakdown | None = None
     wear_at_start: float = 0.0
     timers: list[Timer] = field(default_factory=list)
+    flow: str | None = None
+    """The job's workflow thread, once it runs."""
+    waiting: Literal["tick", "operator"] | None = None
+    """What the workflow waits for now."""
+    handoff: str | None = None
+    """The handoff the workflow waits on."""
+    progress: float = 0.0
+    reported: float = 0.0
+    """The last progress step published."""
+    started_at: float | None = None
 
     def cancel_timers(self) -> None:
         for t in self.timers:
@@ -199,6 +214,11 @@ class MachineNode:
         auto_bid: bool = True,
         wear_pct: float = 0.0,
         telemetry_every_s: float | None = None,
+        flows: JobFlows | None = None,
+        driver: Driver | None = None,
+        charter: Charter | None = None,
+        anomalies: dict[str, tuple[float, str]] | None = None,
+        tick_s: float = 1.0,
     ) -> None:
         self.profile = profile
         self.base_profile = profile
@@ -221,7 +241,27 @@ class MachineNode:
         self.stats = NodeStats()
         self.wear_pct = wear_pct
         """Wear when the node starts (a machine with a past)."""
-        self.driver: SimDriver | None = SimDriver(profile, clock, wear_pct=wear_pct) if clock else None
+        self._own_driver = driver is None
+        self.driver: Driver | None = driver if driver is not None else (SimDriver(profile, clock, wear_pct=wear_pct) if clock else None)
+        if flows is None:
+            from agents.workflow import JobFlows, in_memory
+
+            flows = JobFlows(in_memory())
+        self.flows = flows
+        """Where each job's workflow is checkpointed (in memory unless the caller gives a SQLite or PostgreSQL one)."""
+        self.operations = Operations(ledger.engine) if ledger is not None else None
+        """Operators, handoffs and the control audit (in the ledger's database)."""
+        self._charter = charter or Charter()
+        self.anomalies = dict(anomalies or {})
+        """Simulation aid: job id -> (progress share, fault) injected into the simulator mid-job."""
+        self.injected: set[str] = set()
+        self.runner = JobRunner(self, tick_s=tick_s)
+        self.control = ControlDesk(self)
+        self.acting_for: str | None = None
+        """The operator whose command the node is carrying out now (None: the agent acts)."""
+        self.actions: deque[tuple[float, str, str]] = deque(maxlen=1000)
+        """(wall time, actor, what) of everything the node sent on the hub but telemetry and presence:
+        who acted on the machine, and when (the agent, or an operator's did)."""
         self._jobs: dict[str, Followed] = {}
         self._running: Contract | None = None
         self._cfp_topics = [topics.cfp(region, profile.kind.value) for region in profile.territory]
@@ -326,7 +366,8 @@ class MachineNode:
     def use_clock(self, clock: ScaledClock) -> None:
         """Follow ``clock`` (the market's, in one process); idle machines only."""
         self.clock = clock
-        self.driver = SimDriver(self.profile, clock, wear_pct=self.wear_pct)
+        if self._own_driver:
+            self.driver = SimDriver(self.profile, clock, wear_pct=self.wear_pct)
         if self.memory is not None:
             self.memory.clock = clock.now  # records and retention run on market time
 
@@ -345,7 +386,9 @@ class MachineNode:
             self.hub.subscribe(topics.governance(self.id), self._deliver)
         for topic in self._cfp_topics:
             self.hub.subscribe(topic, self._deliver)
+        self.hub.subscribe(topics.control(self.id), self._deliver)
         self._started = True
+        self.runner.recover()  # jobs and handoffs left open by an earlier run of this machine
         self.hub.publish(topics.presence(self.id), self.presence("online"), retain=True)
         if self.telemetry_every_s:
             self.mailbox.call_later(self.telemetry_every_s, self._telemetry_tick)
@@ -371,6 +414,7 @@ class MachineNode:
             self.hub.unsubscribe(topics.governance(self.id), self._deliver)
         for topic in self._cfp_topics:
             self.hub.unsubscribe(topic, self._deliver)
+        self.hub.unsubscribe(topics.control(self.id), self._deliver)
         self._started = False
         for job_id in list(self._jobs):
             self._forget(job_id)
@@ -391,6 +435,8 @@ class MachineNode:
             self._on_event(env, body)
         elif isinstance(body, GovernanceNotice) and body.machine_id == self.id and body.state == "executed":
             self._reload_standing()
+        elif isinstance(body, ControlCommand):
+            self.control.on_command(env, body)
 
     def reload_standing(self) -> None:
         """Apply what the holders decided, now (from any thread)."""
@@ -461,6 +507,9 @@ class MachineNode:
 
     def _on_cfp(self, env: Envelope, cfp: CallForProposals) -> None:
         self.stats.cfps += 1
+        if self.control.held_by is not None:
+            self.stats.declines["decline.operator"] += 1  # a person holds the machine: the agent stays silent
+            return
         if self.clock is None:  # a node in its own process follows the clock of the market it hears
             self.use_clock(ScaledClock(cfp.speed))
         job = cfp.job
@@ -588,6 +637,8 @@ class MachineNode:
             use = decision.model
             record.model_calls, record.input_tokens, record.output_tokens, record.model_ms = (
                 use.calls, use.input_tokens, use.output_tokens, use.latency_ms)
+        if decision.proposal is not None and decision.path.startswith("llm"):
+            record.confidence = decision.proposal.confidence
         self._history.append(record)
         log.info("machine=%s job=%s action=%s price=%s path=%s model_calls=%d tokens=%d+%d model_ms=%.1f why=%s", self.id,
                  job.id, record.action, record.price, decision.path, record.model_calls, record.input_tokens,
@@ -678,7 +729,7 @@ class MachineNode:
 
     def _manual_bid(self, job_id: str, price: int, eta_h: float, reason: str, path: str) -> None:
         call = self._calls.get(job_id)
-        if call is None or now_ms() > call.bid_deadline:
+        if call is None or now_ms() > call.bid_deadline or self.control.held_by is not None:
             return
         rules = self._rule_decision(call)
         self._pending.pop(job_id, None)
@@ -707,6 +758,7 @@ class MachineNode:
             if contract and contract.state == "done" and body.outcome == "paid" and body.machine_id == self.id:
                 self._settle(contract)  # the 'paid' event may arrive after this, or not at all
             if contract and contract.state in ACTIVE:
+                self.runner.closed(contract, body.outcome)
                 contract.state = "cancelled"
                 self._stop_running(contract)
             self._forget(body.job_id)
@@ -717,6 +769,8 @@ class MachineNode:
                 self._stop_running(contract)
             return
         self.stats.awards += 1
+        if self.control.held_by is not None:
+            return  # a person holds the machine: no accept, no decline; the requester moves on
         if contract and contract.state in ACTIVE:
             self._publish_event(body.job_id, "accepted", detail="repeat")  # our accept was lost; say it again
             return
@@ -789,7 +843,7 @@ class MachineNode:
             contract.state = "withdrawn"
 
     def _maybe_start(self) -> None:
-        if self._running is not None or self.driver is None or self.clock is None:
+        if self._running is not None or self.driver is None or self.clock is None or self.control.held_by is not None:
             return
         ready = [c for c in self._contracts() if c.state == "funded"]
         if not ready:
@@ -806,6 +860,7 @@ class MachineNode:
             self._begin(contract)
 
     def _begin(self, contract: Contract) -> None:
+        """Run the job as a workflow (``agents.workflow``): it checks, starts, watches and ends it."""
         assert self.driver is not None and self.clock is not None
         if contract.state != "funded" or self._running is not contract:
             return
@@ -813,60 +868,61 @@ class MachineNode:
         work = estimate(self.profile, contract.job, position=t.position)
         contract.hours = work.total_hours
         contract.cost = job_cost(self.profile, work, self.market)
-        route = [p for p in (contract.job.pickup, contract.job.dropoff) if p is not None]
         contract.wear_at_start = t.wear_pct
-        self.driver.start_job(contract.job.id, max(work.total_hours, 1e-9), route=route)
         contract.state = "running"
-        self._publish_event(contract.job.id, "started")
-        self._publish_telemetry()
-        real = self.clock.real_seconds(work.total_hours)
-        fail = contract.job.id in self.fail_jobs
-        for step in range(1, self.progress_steps):
-            share = step / self.progress_steps
-            if fail and share >= 0.5:
-                contract.timers.append(self.mailbox.call_later(real * share, self._fail, contract, "simulated fault"))
-                return
-            contract.timers.append(self.mailbox.call_later(real * share, self._progress, contract, share))
-        contract.timers.append(self.mailbox.call_later(real, self._finish, contract))
+        self.runner.begin(contract, work.total_hours, work.wear_pct(self.profile))
 
-    def _progress(self, contract: Contract, share: float) -> None:
-        if contract.state == "running":
-            self._publish_event(contract.job.id, "progress", progress=share)
-
-    def _finish(self, contract: Contract) -> None:
-        if contract.state != "running":
-            return
+    def _job_done(self, contract: Contract) -> None:
+        """The workflow finished the job (and said ``done``): book it, start the next."""
         assert self.driver is not None
-        self.driver.finish_job()
         contract.state = "done"
+        contract.cancel_timers()
         wear = self.driver.telemetry().wear_pct
         self._store([wear_item(contract.job.id, contract.job.capability, wear, wear - contract.wear_at_start, contract.hours)])
-        self._running = None
+        if self._running is contract:
+            self._running = None
         self.stats.done += 1
         self.stats.busy_hours += contract.hours
-        self._publish_event(contract.job.id, "done", progress=1.0)
         if self._maintenance_due:
             self._maintain()
         self._publish_telemetry()
         self._maybe_start()
 
-    def _fail(self, contract: Contract, reason: str) -> None:
-        if contract.state != "running":
-            return
-        self.stats.failed += 1
-        contract.state = "failed"
+    def _job_given_up(self, contract: Contract) -> None:
+        """The workflow ended the job unfinished (failed, escalated, aborted by an operator)."""
+        if contract.state in ACTIVE:
+            self.stats.failed += 1
+            contract.state = "failed"
         self._stop_running(contract)
-        self._publish_event(contract.job.id, "failed", detail=reason)
 
     def _stop_running(self, contract: Contract) -> None:
         contract.cancel_timers()
         if self._running is contract:
             assert self.driver is not None
-            self.driver.abort_job()
+            if self.driver.job_run(contract.job.id) in ("running", "paused"):
+                try:
+                    self.driver.cancel()
+                except (CommandRejected, DriverError) as exc:
+                    log.error("machine=%s job=%s cannot stop the job on the machine: %s", self.id, contract.job.id, exc)
             self._running = None
             if self._maintenance_due:
                 self._maintain()
             self._maybe_start()
+
+    def _contract(self, job_id: str) -> Contract | None:
+        followed = self._jobs.get(job_id)
+        return followed.contract if followed else None
+
+    def _job_cost(self, job: JobSpec) -> CostBreakdown:
+        return job_cost(self.profile, estimate(self.profile, job), self.market)
+
+    def charter(self) -> Charter:
+        """The machine's charter: its holders' (when registered for governance), else the node's own."""
+        if self.governance is not None:
+            standing = self.governance.standing(self.id)
+            if standing.version:
+                return self.governance.charter(self.id)
+        return self._charter
 
     def _settle(self, contract: Contract) -> None:
         assert contract.cost is not None
@@ -938,4 +994,11 @@ class MachineNode:
             self._publish(topics.telemetry(self.id), TelemetryReport(telemetry=t), retain=True)
 
     def _publish(self, topic: str, body: Body, *, retain: bool = False) -> None:
+        if not isinstance(body, TelemetryReport | Presence):
+            self.actions.append((time.time(), self.acting_for or "agent", f"{body.TYPE} {getattr(body, 'kind', '')}".strip()))
         self.hub.publish(topic, seal(body, self.identity), retain=retain)
+
+    @property
+    def held_by(self) -> str | None:
+        """The operator in control of the machine, or None when its agent runs it."""
+        return self.control.held_by

@@ -88,6 +88,8 @@ class _Run:
     funded: bool = False
     escrow_posting: str | None = None
     started: bool = False
+    held: bool = False
+    """The contractor handed the job to a person: it keeps the job even if it drops offline meanwhile."""
     takeovers: int = 0
     accept_latency_ms: float | None = None
     timer: Timer | None = None
@@ -260,7 +262,12 @@ class Requester:
             self._award_next(run)
         elif event.kind == "started":
             run.started = True
+        elif event.kind in ("handoff", "resumed"):
+            run.held = event.kind == "handoff"
+        elif event.kind == "aborted" and run.state == "contracted":
+            self._close(run, "refunded" if run.funded else "expired", reason=f"aborted by the machine's operator: {event.detail}")
         elif event.kind == "failed" and run.state == "contracted":
+            run.held = False
             self._drop_contractor(run, f"reported failure: {event.detail}")
         elif event.kind == "done" and run.state == "contracted" and run.funded:
             self._pay(run)
@@ -302,6 +309,9 @@ class Requester:
             return  # an offline notice for an older session: the machine is back already
         del self._online[presence.machine_id]
         for run in list(self._runs.values()):
+            if run.held and run.machine == presence.machine_id:
+                log.info("job=%s machine=%s offline while a person holds the job; the contract stands", run.job.id, run.machine)
+                continue
             if run.machine == presence.machine_id and run.state in ("awarding", "contracted"):
                 run.cancel()
                 self._drop_contractor(run, "went offline")

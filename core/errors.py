@@ -43,9 +43,14 @@ raised. ::
     │   └── InvalidModelConfig      a model setting that does not name a usable model
     ├── MemoryStoreError            the machine's vector memory cannot be used; bidding goes on without it
     │   └── EmbeddingUnavailable    the local embedding model's files are not installed
-    └── AccessError                 the server refused a request for who made it (HTTP 401 or 403)
-        ├── NotAuthenticated        no token, an unknown or expired one, or a failed login (401)
-        └── Forbidden               a known principal without the role this needs on that machine (403)
+    ├── AccessError                 the server refused a request for who made it (HTTP 401 or 403)
+    │   ├── NotAuthenticated        no token, an unknown or expired one, or a failed login (401)
+    │   └── Forbidden               a known principal without the role this needs on that machine (403)
+    ├── ControlError                an operator's takeover, command or handback that was not carried out
+    │   ├── NotInControl            the sender does not hold the machine (not its operator, or not taken over)
+    │   ├── CommandRejected         the machine cannot do that now (its state, or not a thing it can do)
+    │   └── UnknownHandoff          no pending handoff with that id
+    └── DriverError                 a real machine's server is unreachable or answered an error
 """
 
 from __future__ import annotations
@@ -56,6 +61,9 @@ __all__ = [
     "BadSignature",
     "BrokerStartFailed",
     "BrokerUnavailable",
+    "CommandRejected",
+    "ControlError",
+    "DriverError",
     "EmbeddingUnavailable",
     "EnvelopeRejected",
     "EscrowClosed",
@@ -83,11 +91,13 @@ __all__ = [
     "ModelError",
     "NoShareholders",
     "NotAuthenticated",
+    "NotInControl",
     "PolicyRefused",
     "ShareError",
     "SharesAlreadyIssued",
     "TamcError",
     "UnknownAccount",
+    "UnknownHandoff",
     "UnknownMachine",
     "UnknownMachineKind",
     "UnknownProposal",
@@ -282,3 +292,24 @@ class NotAuthenticated(AccessError):
 
 class Forbidden(AccessError):
     """The principal is known but lacks the role this needs on this machine."""
+
+
+class ControlError(TamcError):
+    """An operator's takeover, command or handback that was not carried out; nothing changed."""
+
+
+class NotInControl(ControlError):
+    """The sender does not hold the machine: not one of its operators, or it did not take over first."""
+
+
+class CommandRejected(ControlError, InputError):
+    """The machine cannot do that now: a command its state forbids (pause while idle) or that it
+    cannot do at all (a printer told to drive somewhere)."""
+
+
+class UnknownHandoff(ControlError):
+    """No pending handoff with that id on the machine (handed back already, or never raised)."""
+
+
+class DriverError(TamcError):
+    """A real machine's server is unreachable or answered an error; the message names it and the call."""

@@ -14,14 +14,18 @@ from pydantic import BaseModel, ConfigDict, Field
 from core.money import Micros
 from machines.driver import Telemetry
 from machines.job import JobSpec
+from machines.profile import Point
 
 __all__ = [
     "BODY_TYPES",
     "Bid",
     "Body",
     "CallForProposals",
+    "ControlCommand",
+    "ControlResult",
     "EventKind",
     "GovernanceNotice",
+    "Handoff",
     "JobClosed",
     "JobEvent",
     "Presence",
@@ -87,11 +91,17 @@ class JobClosed(Body):
     posting: str | None = None
 
 
-EventKind = Literal["accepted", "declined", "funded", "started", "progress", "done", "failed", "paid"]
+EventKind = Literal["accepted", "declined", "funded", "started", "progress", "handoff", "resumed", "done", "failed",
+                    "aborted", "paid"]
 
 
 class JobEvent(Body):
-    """A step of a contracted job: machines send accepted…failed, the requester funded and paid."""
+    """A step of a contracted job: machines send accepted…aborted, the requester funded and paid.
+
+    ``handoff``: the machine stopped in a safe state and waits for a person (the requester keeps the
+    contract even if the machine drops offline meanwhile); ``resumed``: the person handed back and the
+    machine goes on; ``aborted``: the person stopped the job for good, the requester refunds it;
+    ``failed``: the machine cannot finish, the runner-up is asked to take the job over."""
 
     TYPE: ClassVar[str] = "event"
     job_id: str
@@ -127,11 +137,73 @@ class GovernanceNotice(Body):
     state: str
 
 
+class Handoff(Body):
+    """Retained on ``machines/{id}/handoff``: the machine's handoff now (pending, taken or closed)."""
+
+    TYPE: ClassVar[str] = "handoff"
+    handoff_id: str
+    machine_id: str
+    job_id: str | None = None
+    state: Literal["pending", "taken", "closed"]
+    reason: str
+    detail: str
+    proposal: str
+    """What the agent proposes the operator do."""
+    context: dict[str, object] = Field(default_factory=dict)
+    """What the agent saw: the reading, the job, the numbers that tripped the check."""
+    raised_at: int
+    """Epoch ms."""
+    wait_until: int
+    """Epoch ms after which, with no operator in control, the machine escalates."""
+    operator: str | None = None
+    decision: str | None = None
+
+
+Command = Literal["takeover", "pause", "resume", "cancel", "set", "move_to", "handback"]
+Decision = Literal["continue", "abort", "done"]
+
+
+class ControlCommand(Body):
+    """On ``machines/{id}/control``: an operator's command, signed by the operator or by a console
+    (a server granted ``console``) that authenticated ``operator``. ``command_id`` makes it happen once."""
+
+    TYPE: ClassVar[str] = "control"
+    command_id: str = Field(min_length=8, max_length=64)
+    machine_id: str
+    operator: str
+    """The did of the person commanding."""
+    command: Command
+    handoff_id: str | None = None
+    """For takeover (None takes over unasked: the machine raises an ``operator`` handoff) and handback."""
+    name: str | None = None
+    """For set: the parameter (``nozzle``, ``bed``…)."""
+    value: float | None = None
+    point: Point | None = None
+    """For move_to."""
+    decision: Decision | None = None
+    """For handback: continue the job, abort it (the requester refunds), or done (the operator finished it)."""
+    note: str = Field(default="", max_length=500)
+
+
+class ControlResult(Body):
+    """On ``machines/{id}/control/result``: what came of a command (the audit record, as sent)."""
+
+    TYPE: ClassVar[str] = "control-result"
+    command_id: str
+    machine_id: str
+    operator: str
+    command: str
+    ok: bool
+    result: str
+    handoff_id: str | None = None
+
+
 class TelemetryReport(Body):
     TYPE: ClassVar[str] = "telemetry"
     telemetry: Telemetry
 
 
 BODY_TYPES: dict[str, type[Body]] = {
-    t.TYPE: t for t in (CallForProposals, Bid, Award, JobClosed, JobEvent, Presence, TelemetryReport, GovernanceNotice)
+    t.TYPE: t for t in (CallForProposals, Bid, Award, JobClosed, JobEvent, Presence, TelemetryReport, GovernanceNotice,
+                        Handoff, ControlCommand, ControlResult)
 }

@@ -6,6 +6,7 @@ from core.errors import InputError
 from machines.job import MAINTENANCE, JobSpec
 
 __all__ = [
+    "ALL_HANDOFFS",
     "ALL_PRESENCE",
     "PREFIX",
     "award",
@@ -13,8 +14,10 @@ __all__ = [
     "call",
     "cfp",
     "control",
+    "control_result",
     "events",
     "governance",
+    "handoff",
     "presence",
     "service",
     "telemetry",
@@ -22,6 +25,7 @@ __all__ = [
 
 PREFIX = "tamc/v1"
 ALL_PRESENCE = f"{PREFIX}/machines/+/presence"
+ALL_HANDOFFS = f"{PREFIX}/machines/+/handoff"
 
 
 def _level(value: str, what: str) -> str:
@@ -67,7 +71,18 @@ def presence(machine_id: str) -> str:
 
 
 def control(machine_id: str) -> str:
+    """Operators' commands to the machine."""
     return f"{PREFIX}/machines/{_level(machine_id, 'machine id')}/control"
+
+
+def control_result(machine_id: str) -> str:
+    """The machine's answer to each command."""
+    return f"{PREFIX}/machines/{_level(machine_id, 'machine id')}/control/result"
+
+
+def handoff(machine_id: str) -> str:
+    """The machine's handoff (retained): pending, taken, or closed."""
+    return f"{PREFIX}/machines/{_level(machine_id, 'machine id')}/handoff"
 
 
 def governance(machine_id: str) -> str:

@@ -48,3 +48,15 @@ class Charter(BaseModel):
     """What moving a workshop machine to another region costs (a vehicle drives there instead)."""
     salvage_bps: int = Field(default=3000, ge=0, le=10_000)
     """Salvage value of a retired machine, as a share of its purchase price less its wear."""
+    handoff_wait_h: float = Field(default=2.0, gt=0)
+    """How long a handoff waits for an operator to take over before the machine escalates: it stays in
+    its safe state and gives the job up, so the runner-up takes it over."""
+    review_above: Money | None = None
+    """Jobs priced above this wait for a person's go-ahead before they start."""
+    review_capabilities: tuple[str, ...] = ()
+    """Capabilities whose jobs always wait for a person's go-ahead."""
+    envelope_hours: float = Field(default=24.0, gt=0)
+    """The machine's normal envelope: a longer job waits for a person's go-ahead (so does a part that
+    fills more than 90 % of the build volume)."""
+    confidence_floor: float = Field(default=0.5, ge=0, le=1)
+    """A job the model bid on with less confidence than this waits for a person's go-ahead."""

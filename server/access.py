@@ -22,7 +22,6 @@ import secrets
 import threading
 import time
 from datetime import UTC, datetime, timedelta
-from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel
@@ -30,19 +29,12 @@ from sqlalchemy import Column, DateTime, MetaData, String, Table, delete, insert
 
 from core.errors import BadSignature, Forbidden, InputError, InvalidDid, NotAuthenticated
 from ledger import Ledger, public_key_from_did, verify_document
+from ledger.operations import ALL_MACHINES, Operations, Role
 
 __all__ = ["ALL_MACHINES", "Access", "Principal", "Role"]
 
-ALL_MACHINES = "*"
 CHALLENGE_TTL_S = 300.0
 LOGIN_TYPE = "tamc-login"
-
-
-class Role(StrEnum):
-    STAKEHOLDER = "stakeholder"
-    OPERATOR = "operator"
-    REQUESTER = "requester"
-    ADMIN = "admin"
 
 
 class Principal(BaseModel):
@@ -57,12 +49,6 @@ _principals = Table(
     Column("did", String(200), primary_key=True),
     Column("name", String(64), nullable=False, unique=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
-)
-_grants = Table(
-    "api_grants", _meta,
-    Column("did", String(200), primary_key=True),
-    Column("machine_id", String(200), primary_key=True),
-    Column("role", String(20), primary_key=True),
 )
 _tokens = Table(
     "api_tokens", _meta,
@@ -79,6 +65,7 @@ class Access:
         self.ledger = ledger
         self.token_ttl = token_ttl
         _meta.create_all(ledger.engine)
+        self.operations = Operations(ledger.engine)
         self._challenges: dict[str, tuple[str, float]] = {}
         self._lock = threading.Lock()
 
@@ -101,20 +88,10 @@ class Access:
         return Principal(did=row.did, name=row.name) if row else None
 
     def grant(self, did: str, role: Role, machine_id: str = ALL_MACHINES) -> None:
-        if role in (Role.STAKEHOLDER, Role.REQUESTER):
-            raise InputError(f"{role.value} is not granted: it follows from the ledger (shares held, a requester wallet owned)")
-        if role is Role.ADMIN and machine_id != ALL_MACHINES:
-            raise InputError("admin is granted for every machine ('*') only")
-        with self.ledger.engine.begin() as conn:
-            exists = conn.execute(select(_grants).where((_grants.c.did == did) & (_grants.c.machine_id == machine_id)
-                                                        & (_grants.c.role == role.value))).first()
-            if exists is None:
-                conn.execute(insert(_grants).values(did=did, machine_id=machine_id, role=role.value))
+        self.operations.grant(did, role, machine_id)
 
     def granted(self, did: str) -> list[tuple[str, Role]]:
-        with self.ledger.engine.connect() as conn:
-            rows = conn.execute(select(_grants.c.machine_id, _grants.c.role).where(_grants.c.did == did)).all()
-        return [(r.machine_id, Role(r.role)) for r in rows]
+        return self.operations.granted(did)
 
     # -- tokens ------------------------------------------------------------------------------------
 

@@ -69,6 +69,8 @@ class BidRecord(BaseModel):
     input_tokens: int = 0
     output_tokens: int = 0
     model_ms: float = 0.0
+    confidence: float | None = None
+    """The model's own confidence in a bid it made; below the charter's floor a person reviews the job."""
 
 
 class ToolAction(BaseModel):

@@ -103,6 +103,14 @@ def price_signal(memory: MachineMemory, job: JobSpec, policy: Policy, *, k: int 
 
 # -- wear -----------------------------------------------------------------------------------------
 
+def operator_item(machine_id: str, operator: str, command: str, args: dict[str, Any], ok: bool, result: str) -> MemoryItem:
+    """An operator's command, remembered so the machine can say later who did what to it, and how it went."""
+    said = ", ".join(f"{k}={v}" for k, v in args.items() if v is not None)
+    text = f"operator {operator} sent {command}{f' ({said})' if said else ''} to {machine_id}: {'done' if ok else 'refused'} — {result}"
+    return MemoryItem(text[:1000], MemoryKind.OPERATOR, operator,
+                      {"command": command, "ok": ok, "operator": operator}, key=f"operator command {command}")
+
+
 def wear_item(job_id: str, capability: str, wear_pct: float, delta: float, hours: float) -> MemoryItem:
     """A wear observation. It is embedded by its topic (``key``), not its numbers — a search for
     wear finds it, the numbers are metadata — so one cached vector serves them all."""

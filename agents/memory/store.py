@@ -74,6 +74,8 @@ class MemoryKind(StrEnum):
     """Maintenance asked for or done."""
     FACT = "fact"
     """Something a stakeholder (or the agent) told the machine, attributed to them."""
+    OPERATOR = "operator"
+    """A handoff to a person, and each command an operator sent while in control."""
     SUMMARY = "summary"
     """Old records of one kind, day, capability and region folded into one (retention)."""
 

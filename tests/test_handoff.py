@@ -1,0 +1,175 @@
+"""Operator takeover on the real broker and ledger: a machine hands an edge case to a person and back.
+
+An anomaly injected into a simulated printer mid-job makes its workflow stop the printer safely and
+raise a handoff; an operator takes over, sends commands over the control topic, hands back; the job
+finishes and is paid once. Non-operators are refused, and the agent acts on nothing while a person
+holds the machine.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from typing import Any
+
+import pytest
+from city import BUDGET, City, job, printer
+
+from agents.requester import Requester
+from hub import topics
+from hub.envelope import seal
+from hub.messages import ControlCommand, ControlResult, Handoff
+from hub.transport import Hub
+from ledger import Charter, Identity
+from ledger.operations import Operations, Role
+from machines.driver import MachineState
+
+pytestmark = pytest.mark.slow
+
+
+class Console:
+    """An operator's side of the control topic: signed commands out, results and handoffs in."""
+
+    def __init__(self, hub: Hub, identity: Identity, machine_id: str) -> None:
+        self.hub, self.identity, self.machine_id = hub, identity, machine_id
+        self.results: dict[str, ControlResult] = {}
+        self.handoffs: list[Handoff] = []
+        self._got = threading.Condition()
+        hub.subscribe(topics.control_result(machine_id), self._on)
+        hub.subscribe(topics.handoff(machine_id), self._on)
+
+    def _on(self, topic: str, env: Any) -> None:
+        with self._got:
+            if isinstance(env.body, ControlResult):
+                self.results[env.body.command_id] = env.body
+            elif isinstance(env.body, Handoff):
+                self.handoffs.append(env.body)
+            self._got.notify_all()
+
+    def send(self, command: str, *, operator: str | None = None, command_id: str | None = None, **fields: Any) -> ControlResult:
+        cid = command_id or uuid.uuid4().hex
+        body = ControlCommand(command_id=cid, machine_id=self.machine_id, operator=operator or self.identity.did,
+                              command=command, **fields)  # type: ignore[arg-type]
+        with self._got:
+            self.results.pop(cid, None)
+        self.hub.publish(topics.control(self.machine_id), seal(body, self.identity))
+        with self._got:
+            assert self._got.wait_for(lambda: cid in self.results, timeout=5), f"no answer to {command}"
+            return self.results[cid]
+
+    def wait_handoff(self, state: str, timeout: float = 10.0) -> Handoff:
+        with self._got:
+            assert self._got.wait_for(lambda: any(h.state == state for h in self.handoffs), timeout=timeout), \
+                f"no {state} handoff; saw {[h.state for h in self.handoffs]}"
+            return next(h for h in reversed(self.handoffs) if h.state == state)
+
+
+def operator(city: City, machine_id: str) -> tuple[Identity, Console]:
+    identity = Identity.generate()
+    Operations(city.ledger.engine).grant(identity.did, Role.OPERATOR, machine_id)
+    return identity, Console(city.hub(f"console-{identity.did[-6:]}"), identity, machine_id)
+
+
+def test_anomaly_hands_off_operator_takes_over_commands_hands_back_paid_once(city: City) -> None:
+    node = city.machine(printer("prusa-h", 2000), anomalies={"j-hot": (0.25, "thermal_runaway")},
+                        charter=Charter(handoff_wait_h=1000))
+    op, console = operator(city, "prusa-h")
+    requester: Requester = city.open_requester()
+    requester.post(job("j-hot", deadline_h=40), reserve=50_000_000, value=60_000_000)
+
+    raised = console.wait_handoff("pending")
+    assert raised.job_id == "j-hot" and raised.reason == "anomaly.temperature", raised
+    assert "nozzle" in raised.detail and raised.proposal
+    assert raised.context["reading"]["temperatures_c"]["nozzle"] > 270
+    assert node.telemetry().state is MachineState.PAUSED  # the safe state, before anyone came
+    assert ("prusa-h", "handoff") in city.kinds("j-hot")
+
+    took = console.send("takeover", handoff_id=raised.handoff_id)
+    assert took.ok, took.result
+    taken_at = time.time()
+    assert node.held_by == op.did
+    assert console.wait_handoff("taken").operator == op.did
+    assert not console.send("move_to", point={"x_km": 1, "y_km": 1}).ok  # a printer does not travel: refused, audited
+    assert console.send("set", name="nozzle", value=215).ok
+    assert not console.send("set", name="nozzle", value=999).ok
+    assert console.send("resume").ok
+    assert node.telemetry().state is MachineState.WORKING
+    assert console.send("pause").ok
+    time.sleep(0.3)  # the agent would tick, bid or step the job here if it were still acting
+    agent_after = [a for a in node.actions if a[0] > taken_at and a[1] == "agent"]
+    assert agent_after == [], f"the agent acted on a machine under human control: {agent_after}"
+
+    back = console.send("handback", decision="continue")
+    assert back.ok, back.result
+    assert node.held_by is None
+    [outcome] = city.wait(1, timeout=20)
+    assert outcome.outcome == "paid" and outcome.machine_id == "prusa-h", outcome
+    city.settled("prusa-h")
+    assert [j for j, _ in node.stats.settled] == ["j-hot"]  # paid once, settled once
+    assert city.ledger.balance(city.wallet) == BUDGET - outcome.price
+    assert city.ledger.escrow("j-hot").state.value == "released"
+    assert [k for m, k in city.kinds("j-hot") if k in ("done", "paid")] == ["done", "paid"]
+
+    audit = Operations(city.ledger.engine).audit_log("prusa-h")
+    assert [(r.command, r.ok) for r in reversed(audit)] == [
+        ("takeover", True), ("move_to", False), ("set", True), ("set", False), ("resume", True), ("pause", True), ("handback", True)]
+    assert all(r.operator == op.did for r in audit)
+    assert "does not travel" in audit[-2].result
+
+
+def test_nobody_but_an_operator_holding_the_machine_commands_it_and_the_agent_stands_by(city: City) -> None:
+    node = city.machine(printer("prusa-c", 2000))
+    op, console = operator(city, "prusa-c")
+    other, other_console = operator(city, "prusa-c")
+    stranger = Identity.generate()
+    stranger_console = Console(city.hub("stranger"), stranger, "prusa-c")
+    requester = city.open_requester()
+
+    refused = stranger_console.send("takeover")
+    assert not refused.ok and "not an operator" in refused.result
+    relayed = stranger_console.send("takeover", operator=op.did)  # signed by someone who is not a console
+    assert not relayed.ok and "neither the operator nor a console" in relayed.result
+    assert not console.send("pause").ok  # not taken over yet
+    assert node.held_by is None
+
+    assert console.send("takeover").ok  # unasked, with the machine idle
+    assert not other_console.send("takeover").ok  # held by someone else
+    assert not other_console.send("pause").ok
+    taken_at = time.time()
+    requester.post(job("j-while-held"), reserve=50_000_000, value=60_000_000)
+    [first] = city.wait(1, timeout=10)
+    assert first.outcome == "expired" and first.bids == 0  # the agent did not bid while a person held the machine
+    assert [a for a in node.actions if a[0] > taken_at and a[1] == "agent"] == []
+
+    assert console.send("handback").ok
+    requester.post(job("j-after"), reserve=50_000_000, value=60_000_000)
+    outcomes = city.wait(2, timeout=20)
+    assert outcomes[1].outcome == "paid" and outcomes[1].machine_id == "prusa-c"
+    audit = Operations(city.ledger.engine).audit_log("prusa-c")
+    assert {r.operator for r in audit if not r.ok} >= {stranger.did, other.did}
+
+
+def test_a_redelivered_command_is_carried_out_once(city: City) -> None:
+    city.machine(printer("prusa-r", 2000))
+    _, console = operator(city, "prusa-r")
+    cid = uuid.uuid4().hex
+    first = console.send("takeover", command_id=cid)
+    again = console.send("takeover", command_id=cid)
+    assert first.ok and again.ok and again.result == first.result
+    assert [r.command for r in Operations(city.ledger.engine).audit_log("prusa-r")] == ["takeover"]
+
+
+def test_no_operator_in_time_escalates_and_the_runner_up_finishes_the_job(city: City) -> None:
+    hot = city.machine(printer("prusa-e1", 1000), anomalies={"j-esc": (0.25, "wear_spike")}, charter=Charter(handoff_wait_h=0.5))
+    city.machine(printer("prusa-e2", 3000))
+    requester = city.open_requester()
+    requester.post(job("j-esc", deadline_h=40), reserve=50_000_000, value=60_000_000)
+    [outcome] = city.wait(1, timeout=25)
+    assert outcome.outcome == "paid" and outcome.machine_id == "prusa-e2" and outcome.takeovers == 1, outcome
+    kinds = city.kinds("j-esc")
+    assert ("prusa-e1", "handoff") in kinds and ("prusa-e1", "failed") in kinds
+    assert city.ledger.balance(city.wallet) == BUDGET - outcome.price  # the escrow moved once, to the runner-up
+    [record] = [h for h in Operations(city.ledger.engine).open_handoffs("prusa-e1")] or [None]
+    assert record is None  # closed with the escalation
+    assert hot.held_by is None
