@@ -137,7 +137,7 @@ class ControlDesk:
             handoff_id = running.handoff
         elif handoff_id is None:
             now = datetime.now(UTC)
-            record = ops.raise_handoff(HandoffRecord(
+            record, _ = ops.raise_handoff(HandoffRecord(
                 id=f"{node.id}~{cmd.command_id}", machine_id=node.id, job_id=None, reason="operator",
                 detail=f"{cmd.operator} took control", proposal="hand back when done", context={}, state="pending",
                 raised_at=now, wait_until=now + timedelta(days=365)))

@@ -113,7 +113,7 @@ class JobRunner:
             return
         for tid in node.operations.open_flows(node.id):
             status = node.flows.status(tid)
-            if status is None or status.waiting is None:
+            if status is None or status.ended:
                 node.operations.flow_closed(tid)
                 continue
             try:
@@ -146,7 +146,9 @@ class JobRunner:
         if isinstance(node.driver, SimDriver) and values.get("started"):
             route = [p for p in (job.pickup, job.dropoff) if p is not None]
             node.driver.recover(job.id, contract.hours, contract.progress, paused=status.waiting == "operator", route=route)
-        log.info("machine=%s job=%s workflow recovered, waiting for %s", node.id, job.id, status.waiting)
+        log.info("machine=%s job=%s workflow recovered, waiting for %s", node.id, job.id, status.waiting or "its next step")
+        if status.waiting is None:  # the process died between two steps: take the next one now
+            status = node.flows.proceed(self, tid)
         if status.waiting == "operator":
             record = self._record((values.get("handoff") or {}).get("handoff_id"))
             if record is not None and record.state == "taken" and record.operator:
@@ -219,11 +221,13 @@ class JobRunner:
                                detail=concern.detail, proposal=concern.proposal,
                                context={**concern.context, "job": state["contract"]["job"], "price": state["contract"]["price"]},
                                state="pending", raised_at=now, wait_until=now + timedelta(seconds=wait_h * 3600 / speed))
+        new = True
         if node.operations is not None:
-            record = node.operations.raise_handoff(record)
-        node.control.publish_handoff(record)
-        node._publish_event(state["job_id"], "handoff", progress=min(state.get("progress", 0.0), 1.0),
-                            detail=f"{concern.reason}: {concern.detail}")
+            record, new = node.operations.raise_handoff(record)
+        if new:  # first the requester hears the job is held (it keeps the contract if we drop out), then the console
+            node._publish_event(state["job_id"], "handoff", progress=min(state.get("progress", 0.0), 1.0),
+                                detail=f"{concern.reason}: {concern.detail}")
+        node.control.publish_handoff(record)  # retained: the newest state of the handoff, repeating it is harmless
         log.warning("machine=%s job=%s handoff=%s reason=%s detail=%s", node.id, state["job_id"], handoff_id, concern.reason,
                     concern.detail)
         return {"handoff_id": record.id, "reason": record.reason, "detail": record.detail}

@@ -368,6 +368,8 @@ class MachineNode:
         self.clock = clock
         if self._own_driver:
             self.driver = SimDriver(self.profile, clock, wear_pct=self.wear_pct)
+        elif self.driver is not None and hasattr(self.driver, "seconds_per_hour"):
+            self.driver.seconds_per_hour = 3600 / clock.speed  # a real machine works a market hour in this many real seconds
         if self.memory is not None:
             self.memory.clock = clock.now  # records and retention run on market time
 

@@ -83,6 +83,9 @@ class FlowStatus(BaseModel):
     thread_id: str
     waiting: Literal["tick", "operator"] | None
     values: dict[str, Any]
+    ended: bool = False
+    """True once the graph reached its end; a workflow neither waiting nor ended stopped between two
+    steps (its process died) and ``proceed`` carries it on."""
 
     @property
     def outcome(self) -> str | None:
@@ -212,18 +215,22 @@ class JobFlows:
         snapshot = self.graph.get_state({"configurable": {"thread_id": tid}})
         if not snapshot.values:
             return None
-        return _status(tid, snapshot.values, [i.value for i in snapshot.interrupts])
+        return _status(tid, snapshot.values, [i.value for i in snapshot.interrupts], ended=not snapshot.next)
+
+    def proceed(self, port: JobPort, tid: str) -> FlowStatus:
+        """Carry on a workflow that stopped between two steps, from its last checkpoint."""
+        return self._run(port, tid, None)
 
     def _run(self, port: JobPort, tid: str, payload: Any) -> FlowStatus:
         config: RunnableConfig = {"configurable": {"thread_id": tid, "port": port}, "recursion_limit": 50}
         result = self.graph.invoke(payload, config)
         waits = [i.value for i in result.get("__interrupt__", ())]
-        return _status(tid, {k: v for k, v in result.items() if k != "__interrupt__"}, waits)
+        return _status(tid, {k: v for k, v in result.items() if k != "__interrupt__"}, waits, ended=not waits)
 
 
-def _status(tid: str, values: dict[str, Any], waits: list[Any]) -> FlowStatus:
+def _status(tid: str, values: dict[str, Any], waits: list[Any], *, ended: bool) -> FlowStatus:
     waiting = waits[0].get("wait") if waits and isinstance(waits[0], dict) else None
-    return FlowStatus(thread_id=tid, waiting=waiting, values=dict(values))
+    return FlowStatus(thread_id=tid, waiting=waiting, values=dict(values), ended=ended)
 
 
 def in_memory() -> BaseCheckpointSaver[Any]:

@@ -170,15 +170,16 @@ class Operations:
 
     # -- handoffs ----------------------------------------------------------------------------------
 
-    def raise_handoff(self, record: HandoffRecord) -> HandoffRecord:
-        """Record a handoff; raising one again under the same id returns the first (a re-run node)."""
+    def raise_handoff(self, record: HandoffRecord) -> tuple[HandoffRecord, bool]:
+        """Record a handoff, and say if it is new; raising one again under the same id returns the
+        first (a workflow step re-run after a crash)."""
 
-        def write(conn: Connection) -> HandoffRecord:
+        def write(conn: Connection) -> tuple[HandoffRecord, bool]:
             row = conn.execute(select(_handoffs).where(_handoffs.c.id == record.id)).first()
             if row is not None:
-                return _handoff(row)
+                return _handoff(row), False
             conn.execute(insert(_handoffs).values(**record.model_dump()))
-            return record
+            return record, True
 
         return transaction(self.engine, write)
 

@@ -29,6 +29,7 @@ from agents.memory import MachineMemory, MemoryStore
 from agents.node import MachineNode
 from agents.requester import JobOutcome, Requester, RequesterConfig
 from agents.snapshot import save_snapshot
+from agents.workflow import JobFlows, checkpointer
 from core.clock import ScaledClock, SimClock
 from core.errors import InputError, MemoryStoreError
 from core.money import format_units
@@ -253,6 +254,7 @@ def run_market(config: MarketConfig, *, on_progress: Callable[[Snapshot], None] 
     config.data_dir.mkdir(parents=True, exist_ok=True)
     for suffix in ("", "-wal", "-shm"):  # each run is a new city; keys and memory carry over
         (config.data_dir / f"ledger.db{suffix}").unlink(missing_ok=True)
+        (config.data_dir / f"workflows.db{suffix}").unlink(missing_ok=True)
     ledger_url = f"sqlite:///{(config.data_dir / 'ledger.db').resolve()}"
     ledger = Ledger(ledger_url)
     keys = Keystore(config.data_dir / "keys.json")
@@ -270,7 +272,9 @@ def run_market(config: MarketConfig, *, on_progress: Callable[[Snapshot], None] 
         with lock:
             outcomes.append(o)
 
-    with _broker(config.broker) as broker, _MemoryOpener.open(config) as memory:
+    with (_broker(config.broker) as broker, _MemoryOpener.open(config) as memory,
+          checkpointer(str(config.data_dir / "workflows.db")) as saver):
+        flows = JobFlows(saver)  # every job of the city runs as a checkpointed workflow
         hubs: list[Hub] = []
         nodes: list[MachineNode] = []
         requesters: dict[str, Requester] = {}
@@ -280,7 +284,8 @@ def run_market(config: MarketConfig, *, on_progress: Callable[[Snapshot], None] 
             hub = Hub(broker.url, name=profile.id)  # each machine its own connection: the broker announces its death by last will
             hubs.append(hub)
             node = MachineNode(profile, identity, hub, ledger=ledger, fail_jobs=fails, agent=agent, governance=governance,
-                               memory=memory.machine(profile.id), wear_pct=wear_pct, telemetry_every_s=config.telemetry_every_s)
+                               memory=memory.machine(profile.id), wear_pct=wear_pct, telemetry_every_s=config.telemetry_every_s,
+                               flows=flows)
             nodes.append(node)
             return node
 

@@ -355,13 +355,25 @@ def agent(
     data_dir: DataDirOpt = Path(".tamc"),
     memory: MemoryOpt = True,
     memory_url: MemoryUrlOpt = None,
+    checkpoints: Annotated[str | None, typer.Option(
+        "--checkpoints", envvar="TAMC_CHECKPOINTS",
+        help="Where job workflows are checkpointed: sqlite:///file.db or postgresql://… [default: sqlite in --data-dir].")] = None,
+    charter: Annotated[Path | None, typer.Option(help="A JSON charter for a machine its holders gave none (handoff_wait_h, review_above…).")] = None,
+    octoprint: Annotated[str | None, typer.Option(envvar="TAMC_OCTOPRINT_URL", help="Run a real printer: its OctoPrint server's URL.")] = None,
+    octoprint_key: Annotated[str | None, typer.Option(envvar="TAMC_OCTOPRINT_KEY", help="The OctoPrint API key.")] = None,
+    inject: Annotated[list[str] | None, typer.Option(
+        help="Simulation aid: JOB=FAULT@SHARE makes the simulated machine fail that way mid-job "
+             "(thermal_runaway, wear_spike, battery_drain, incident), e.g. j-1=thermal_runaway@0.3.")] = None,
 ) -> None:
     """Run one machine node as its own process against a shared broker, until stopped."""
     from agents.llm import ModelConfig
-    from tamc.node_process import run_agent
+    from tamc.node_process import NodeOptions, run_agent
 
+    options = NodeOptions.from_cli(checkpoints=checkpoints, charter=charter, octoprint=octoprint, octoprint_key=octoprint_key,
+                                   inject=inject or [])
     run_agent(machine, broker, ledger_url=ledger, holders=holders, profiles=profiles, data_dir=data_dir,
-              model=ModelConfig.from_env(model, base_url, api_key, fast_path=fast_path), memory=memory, memory_url=memory_url)
+              model=ModelConfig.from_env(model, base_url, api_key, fast_path=fast_path), memory=memory, memory_url=memory_url,
+              options=options)
 
 
 LedgerOpt = Annotated[str | None, typer.Option("--ledger", envvar="TAMC_LEDGER", help="Ledger database URL [default: sqlite in --data-dir].")]

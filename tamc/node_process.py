@@ -11,24 +11,62 @@ import sys
 import threading
 from pathlib import Path
 
+from pydantic import BaseModel, ValidationError
+
 from agents import settlement
 from agents.llm import ModelConfig
 from agents.machine_agent import MachineAgent
 from agents.memory import MemoryConfig, MemoryStore
 from agents.node import MachineNode
 from agents.snapshot import save_snapshot
+from agents.workflow import JobFlows, checkpointer
 from core.errors import InputError, MemoryStoreError
 from hub.messages import JobEvent
 from hub.transport import Hub, parse_broker_url
-from ledger import Keystore, Ledger
+from ledger import Charter, Keystore, Ledger
 from ledger.governance import Governance
 from machines.loader import find_profile, load_profile
 
-__all__ = ["parse_holders", "run_agent"]
+__all__ = ["NodeOptions", "parse_holders", "run_agent"]
 
 log = logging.getLogger("tamc.agent")
 
 SNAPSHOT_EVERY_S = 10.0
+FAULTS = ("thermal_runaway", "wear_spike", "battery_drain", "incident")
+
+
+class NodeOptions(BaseModel):
+    """How a node in its own process runs its jobs: where it checkpoints them, its machine, its charter."""
+
+    checkpoints: str | None = None
+    """sqlite:///file.db or postgresql://…; None is ``workflows.db`` in the data dir."""
+    charter: Charter | None = None
+    octoprint: str | None = None
+    octoprint_key: str | None = None
+    inject: dict[str, tuple[float, str]] = {}
+
+    @classmethod
+    def from_cli(cls, *, checkpoints: str | None, charter: Path | None, octoprint: str | None, octoprint_key: str | None,
+                 inject: list[str]) -> NodeOptions:
+        faults: dict[str, tuple[float, str]] = {}
+        for item in inject:
+            job, _, rest = item.partition("=")
+            fault, _, share = rest.partition("@")
+            try:
+                faults[job] = (float(share or 0.5), fault)
+            except ValueError:
+                raise InputError(f"--inject {item!r}: write JOB=FAULT@SHARE, e.g. j-1=thermal_runaway@0.3") from None
+            if not job or fault not in FAULTS:
+                raise InputError(f"--inject {item!r}: write JOB=FAULT@SHARE with FAULT one of {', '.join(FAULTS)}")
+        loaded = None
+        if charter is not None:
+            try:
+                loaded = Charter.model_validate_json(charter.read_text("utf-8"))
+            except (OSError, ValidationError) as exc:
+                raise InputError(f"--charter {charter}: {exc}") from None
+        if octoprint and not octoprint_key:
+            raise InputError("--octoprint needs --octoprint-key (or TAMC_OCTOPRINT_KEY): an API key of the OctoPrint server")
+        return cls(checkpoints=checkpoints, charter=loaded, octoprint=octoprint, octoprint_key=octoprint_key, inject=faults)
 
 
 def parse_holders(text: str) -> dict[str, int]:
@@ -46,7 +84,7 @@ def parse_holders(text: str) -> dict[str, int]:
 
 def run_agent(machine: str, broker_url: str, *, ledger_url: str | None, holders: str, profiles: Path | None,
               data_dir: Path, model: ModelConfig | None = None, stop: threading.Event | None = None,
-              memory: bool = True, memory_url: str | None = None) -> None:
+              memory: bool = True, memory_url: str | None = None, options: NodeOptions | None = None) -> None:
     parse_broker_url(broker_url)  # a bad address fails here, before anything is registered
     model = model or ModelConfig()
     agent = MachineAgent(model) if model.uses_model else None  # a bad model setting fails here too
@@ -68,14 +106,34 @@ def run_agent(machine: str, broker_url: str, *, ledger_url: str | None, holders:
         except MemoryStoreError as exc:  # bid without memory, and say why
             memory_state = f"unavailable: {exc}"
             log.error("machine=%s memory unavailable: %s", profile.id, exc)
-    node = MachineNode(profile, identity, Hub(broker_url, name=profile.id), ledger=ledger, on_event=show, agent=agent,
-                       governance=Governance(ledger), memory=store)
+    options = options or NodeOptions()
+    driver = None
+    if options.octoprint:
+        from machines.octoprint import OctoPrintDriver
+
+        assert options.octoprint_key is not None
+        driver = OctoPrintDriver(profile, options.octoprint, options.octoprint_key)
+        driver.connect()
+    where = options.checkpoints or str(data_dir / "workflows.db")
+    with checkpointer(where) as saver:
+        node = MachineNode(profile, identity, Hub(broker_url, name=profile.id), ledger=ledger, on_event=show, agent=agent,
+                           governance=Governance(ledger), memory=store, flows=JobFlows(saver), driver=driver,
+                           charter=options.charter, anomalies=options.inject)
+        started = {"memory": memory_state, "checkpoints": where.split("@")[-1],
+                   "drives": f"octoprint {options.octoprint}" if options.octoprint else "simulator"}
+        _serve(node, data_dir, model, stop, {"broker": broker_url, **started})
+
+
+def _serve(node: MachineNode, data_dir: Path, model: ModelConfig, stop: threading.Event | None, started: dict[str, str]) -> None:
+    """Run the node until ``stop`` (or SIGINT/SIGTERM), saving its snapshot for ``tamc chat``."""
+    profile, agent = node.profile, node.agent
+    identity = node.identity
     stop = stop or threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     node.start()
-    print(json.dumps({"machine": profile.id, "did": identity.did, "broker": broker_url, "state": "online",
-                      "bids_by": model.label(), "memory": memory_state}), flush=True)
+    print(json.dumps({"machine": profile.id, "did": identity.did, "state": "online",
+                      "bids_by": model.label(), **started}), flush=True)
     try:
         while not stop.wait(SNAPSHOT_EVERY_S):
             save_snapshot(data_dir, node.snapshot())  # what 'tamc chat' reads
