@@ -51,11 +51,11 @@ class ControlDesk:
             return
         ops = self.ops
         if ops is None:
-            self._reply(cmd, False, f"{node.id} runs without a ledger: it cannot check who its operators are")
+            self._reply(cmd, False, f"{node.id} runs without a ledger: it cannot check who its operators are", "NotInControl")
             return
         seen = ops.audited(cmd.command_id)
         if seen is not None:  # carried out already (a redelivery, or a restarted node): the first answer stands
-            self._reply(cmd, seen.ok, seen.result)
+            self._reply(cmd, seen.ok, seen.result, seen.error)
             return
         node.acting_for = cmd.operator  # what follows is the operator's doing, not the agent's
         try:
@@ -67,17 +67,18 @@ class ControlDesk:
 
     def _carry_out(self, env: Envelope, cmd: ControlCommand, ops: Operations) -> None:
         node = self.node
+        error = None
         try:
             self._authorize(env.sender, cmd)
             ok, result = True, self._apply(cmd)
         except (ControlError, DriverError) as exc:
-            ok, result = False, str(exc)
+            ok, result, error = False, str(exc), type(exc).__name__
         args = cmd.model_dump(mode="json", include={"handoff_id", "name", "value", "point", "decision", "note"}, exclude_none=True)
         ops.audit(CommandRecord(command_id=cmd.command_id, machine_id=node.id, operator=cmd.operator, at=datetime.now(UTC),
-                                command=cmd.command, args=args, ok=ok, result=result))
+                                command=cmd.command, args=args, ok=ok, result=result, error=error))
         node._store([operator_item(node.id, cmd.operator, cmd.command, args, ok, result)])
         log.info("machine=%s operator=%s command=%s ok=%s result=%s", node.id, cmd.operator, cmd.command, ok, result)
-        self._reply(cmd, ok, result)
+        self._reply(cmd, ok, result, error)
 
     def _authorize(self, sender: str, cmd: ControlCommand) -> None:
         ops = self.ops
@@ -198,8 +199,8 @@ class ControlDesk:
                        operator=record.operator, decision=record.decision)
         node._publish(topics.handoff(node.id), body, retain=True)
 
-    def _reply(self, cmd: ControlCommand, ok: bool, result: str) -> None:
+    def _reply(self, cmd: ControlCommand, ok: bool, result: str, error: str | None = None) -> None:
         running = self.node._running
         self.node._publish(topics.control_result(self.node.id), ControlResult(
             command_id=cmd.command_id, machine_id=self.node.id, operator=cmd.operator, command=cmd.command, ok=ok,
-            result=result, handoff_id=cmd.handoff_id or (running.handoff if running is not None else None)))
+            result=result, error=error, handoff_id=cmd.handoff_id or (running.handoff if running is not None else None)))

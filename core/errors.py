@@ -49,7 +49,8 @@ raised. ::
     ├── ControlError                an operator's takeover, command or handback that was not carried out
     │   ├── NotInControl            the sender does not hold the machine (not its operator, or not taken over)
     │   ├── CommandRejected         the machine cannot do that now (its state, or not a thing it can do)
-    │   └── UnknownHandoff          no pending handoff with that id
+    │   ├── UnknownHandoff          no pending handoff with that id
+    │   └── MachineSilent           the machine did not answer a command in time (offline, or its node is down)
     └── DriverError                 a real machine's server is unreachable or answered an error
 """
 
@@ -87,6 +88,7 @@ __all__ = [
     "InvalidProposal",
     "KeystoreError",
     "LedgerError",
+    "MachineSilent",
     "MemoryStoreError",
     "ModelError",
     "NoShareholders",
@@ -309,6 +311,11 @@ class CommandRejected(ControlError, InputError):
 
 class UnknownHandoff(ControlError):
     """No pending handoff with that id on the machine (handed back already, or never raised)."""
+
+
+class MachineSilent(ControlError):
+    """The machine did not answer a command in time: it is offline, or its node is down. The command
+    may still arrive; its id makes sure it is carried out at most once."""
 
 
 class DriverError(TamcError):

@@ -195,6 +195,8 @@ class ControlResult(Body):
     command: str
     ok: bool
     result: str
+    error: str | None = None
+    """Why it was refused, as the error's type: NotInControl, CommandRejected, UnknownHandoff, DriverError."""
     handoff_id: str | None = None
 
 

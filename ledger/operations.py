@@ -74,6 +74,8 @@ class CommandRecord(BaseModel):
     args: dict[str, Any]
     ok: bool
     result: str
+    error: str | None = None
+    """The refusal's error type (NotInControl, CommandRejected, …) when not ok."""
 
 
 _meta = MetaData()
@@ -119,6 +121,7 @@ _audit = Table(
     Column("args", JSON, nullable=False),
     Column("ok", Boolean, nullable=False),
     Column("result", String(2000), nullable=False),
+    Column("error", String(40)),
     Index("ix_control_audit_machine", "machine_id", "at"),
 )
 

@@ -29,14 +29,19 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from agents.chat import ChatAnswer, ChatHistory, MachineChat
 from agents.node import QueuedContract
 from core.errors import (
+    CommandRejected,
+    DriverError,
     Forbidden,
     GovernanceError,
     InputError,
     LedgerError,
+    MachineSilent,
     NotAuthenticated,
+    NotInControl,
     PolicyRefused,
     TamcError,
     UnknownAccount,
+    UnknownHandoff,
     UnknownMachine,
     UnknownProposal,
     VoteRefused,
@@ -46,8 +51,10 @@ from hub.envelope import seal
 from hub.messages import GovernanceNotice
 from ledger import machine_wallet, reserve
 from ledger.holders import ProposalRow, cast_vote, list_proposals, open_proposal, resolve, shares
+from ledger.operations import CommandRecord, HandoffRecord
 from market.regions import Region
 from server.access import Access, Principal, Role
+from server.console import Console, ControlReply, ControlRequest
 from server.desk import JobDesk, JobPost, JobStatus
 from server.feed import Feed, LiveEvent
 from server.metrics import Metrics
@@ -87,6 +94,12 @@ _REFUSED = {
     404: "No such machine, proposal or job",
     409: "The ledger or the proposal's state refuses it (not enough money, voting closed)",
 }
+CONTROL_REFUSALS: dict[int | str, dict[str, Any]] = {
+    403: {"model": Problem, "description": "Not an operator of the machine, or the machine is held by someone else (take over first)"},
+    409: {"model": Problem, "description": "The machine cannot do that now (its state), or not at all"},
+    502: {"model": Problem, "description": "The real machine's server failed"},
+    504: {"model": Problem, "description": "The machine did not answer in time (offline?)"},
+}
 REFUSALS: dict[int | str, dict[str, Any]] = {code: {"model": Problem, "description": text} for code, text in _REFUSED.items()}
 STREAM_REFUSALS: dict[int | str, dict[str, Any]] = {
     code: {"description": text, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}
@@ -105,6 +118,7 @@ class ServerContext:
     desk: JobDesk
     chats: ChatHistory
     metrics: Metrics
+    console: Console
 
     def node(self, machine_id: str) -> MachineNode:
         node = self.city.node(machine_id)
@@ -118,8 +132,12 @@ class ServerContext:
 
 def create_app(city: LiveCity, *, access: Access | None = None, web_dir: Path | None = None) -> FastAPI:
     feed = Feed(city.broker_url)
-    ctx = ServerContext(city=city, access=access or Access(city.ledger), feed=feed, desk=JobDesk(city, feed),
-                        chats=ChatHistory(city.config.data_dir / "chat"), metrics=Metrics(city, feed))
+    access = access or Access(city.ledger)
+    relay = city.keys.get_or_create("server-console")  # relays the commands of operators it authenticated
+    access.grant(relay.did, Role.CONSOLE)
+    ctx = ServerContext(city=city, access=access, feed=feed, desk=JobDesk(city, feed),
+                        chats=ChatHistory(city.config.data_dir / "chat"), metrics=Metrics(city, feed),
+                        console=Console(feed, relay, city.ledger))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -152,6 +170,7 @@ class UnknownJob(InputError):
 
 STATUS: list[tuple[type[TamcError], int]] = [
     (UnknownJob, 404), (NotAuthenticated, 401), (Forbidden, 403), (VoteRefused, 403), (PolicyRefused, 403), (UnknownMachine, 404),
+    (NotInControl, 403), (UnknownHandoff, 404), (CommandRejected, 409), (MachineSilent, 504), (DriverError, 502),
     (UnknownProposal, 404), (UnknownAccount, 404), (InputError, 400), (GovernanceError, 409), (LedgerError, 409), (TamcError, 400),
 ]
 """The first match wins: a proposal that exists but cannot do that (closed, execution failed) is 409."""
@@ -230,6 +249,7 @@ def _on_machine(*allowed: Role) -> Callable[..., OnMachine]:
 
 Reader = Annotated[OnMachine, Depends(_on_machine(*READERS))]
 Holder = Annotated[OnMachine, Depends(_on_machine(Role.STAKEHOLDER))]
+Operator = Annotated[OnMachine, Depends(_on_machine(Role.OPERATOR))]
 
 
 def _speaker(ctx: ServerContext, on: OnMachine) -> tuple[str, bool]:
@@ -353,6 +373,29 @@ def _api() -> APIRouter:
             yield LiveEvent(type="telemetry", machine_id=on.machine_id, data=last.model_dump(mode="json"))
         async for event in _stream(ctx, lambda e: e.machine_id == on.machine_id):
             yield event
+
+    # operator console
+    @api.get("/v1/handoffs", tags=["console"])
+    def handoffs(ctx: Ctx, caller: Caller) -> list[HandoffRecord]:
+        """Open handoffs (pending, or taken by an operator) on the machines the caller operates, oldest first."""
+        roles = _fleet_roles(ctx, caller)
+        ops = ctx.access.operations
+        return [h for h in ops.open_handoffs() if {Role.OPERATOR, Role.ADMIN} & set(roles.get(h.machine_id, []))]
+
+    @api.post("/v1/machines/{machine_id}/control", tags=["console"], responses=CONTROL_REFUSALS)
+    def control(ctx: Ctx, on: Operator, body: ControlRequest) -> ControlReply:
+        """Send a command to the machine as its operator, and get its answer: ``takeover`` first (the
+        agent stops acting on the machine at once), then ``pause``, ``resume``, ``cancel``, ``set``,
+        ``move_to``; ``handback`` with a decision returns the machine to its agent. Each command is
+        audited by the machine."""
+        reply = ctx.console.send(on.principal.did, on.machine_id, body)
+        ctx.metrics.commands.labels(body.command).inc()
+        return reply
+
+    @api.get("/v1/machines/{machine_id}/control/audit", tags=["console"])
+    def control_audit(ctx: Ctx, on: Reader, limit: Annotated[int, _Limit] = 200) -> list[CommandRecord]:
+        """Every command sent to the machine, newest first: who, when, what, and what came of it."""
+        return ctx.access.operations.audit_log(on.machine_id, limit=limit)
 
     # chat
     @api.get("/v1/machines/{machine_id}/chat", tags=["chat"])

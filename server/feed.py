@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field
 
 from hub import topics
 from hub.envelope import Envelope
-from hub.messages import GovernanceNotice, JobEvent, Presence, TelemetryReport
+from hub.messages import ControlResult, GovernanceNotice, Handoff, JobEvent, Presence, TelemetryReport
 from hub.transport import Hub
 from machines.driver import Telemetry
 
@@ -30,7 +30,7 @@ __all__ = ["Feed", "LiveEvent", "Subscription"]
 
 log = logging.getLogger("tamc.server.feed")
 
-EventType = Literal["telemetry", "presence", "job", "proposal", "governance"]
+EventType = Literal["telemetry", "presence", "job", "proposal", "governance", "handoff", "control"]
 QUEUE_SIZE = 500
 JOB_EVENTS_KEPT = 50
 
@@ -73,9 +73,14 @@ class Feed:
         self.telemetry: dict[str, Telemetry] = {}
         self.presence: dict[str, Presence] = {}
         self.job_events: dict[str, deque[JobEvent]] = defaultdict(lambda: deque(maxlen=JOB_EVENTS_KEPT))
+        self.handoffs: dict[str, Handoff] = {}
+        """Each machine's latest handoff notice (retained on the hub): the gauge's count; the console reads the ledger."""
         self.received = 0
         self._subs: set[Subscription] = set()
         self._lock = threading.Lock()
+        self._answers: dict[str, tuple[str, ControlResult]] = {}
+        """Answers to commands this server sent, by command id, with who signed them."""
+        self._answered = threading.Condition(self._lock)
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> Feed:
@@ -85,6 +90,8 @@ class Feed:
         self.hub.subscribe(topics.ALL_PRESENCE, self._on_message)
         self.hub.subscribe(f"{topics.PREFIX}/machines/+/governance", self._on_message)
         self.hub.subscribe(f"{topics.PREFIX}/jobs/+/events", self._on_message)
+        self.hub.subscribe(topics.ALL_HANDOFFS, self._on_message)
+        self.hub.subscribe(f"{topics.PREFIX}/machines/+/control/result", self._on_message)
         return self
 
     def close(self) -> None:
@@ -102,6 +109,20 @@ class Feed:
     def unsubscribe(self, sub: Subscription) -> None:
         with self._lock:
             self._subs.discard(sub)
+
+    def expect(self, command_id: str) -> None:
+        """Watch for the answer to a command about to be sent."""
+        with self._lock:
+            self._answers.pop(command_id, None)
+
+    def answer(self, command_id: str, timeout: float) -> tuple[str, ControlResult] | None:
+        """The machine's answer to a command, and who signed it; None if none came in ``timeout`` s."""
+        with self._answered:
+            self._answered.wait_for(lambda: command_id in self._answers, timeout=timeout)
+            return self._answers.pop(command_id, None)
+
+    def open_handoffs(self) -> list[Handoff]:
+        return [h for h in list(self.handoffs.values()) if h.state != "closed"]
 
     @property
     def clients(self) -> int:
@@ -138,6 +159,18 @@ class Feed:
             self.job_events[body.job_id].append(body)
             self.emit(LiveEvent(type="job", machine_id=body.machine_id, job_id=body.job_id,
                                 data=body.model_dump(mode="json", exclude={"job_id", "machine_id"})))
+        elif isinstance(body, Handoff):  # a prompt to look: the console reads the handoffs from the ledger
+            self.handoffs[body.machine_id] = body
+            self.emit(LiveEvent(type="handoff", machine_id=body.machine_id, job_id=body.job_id,
+                                data=body.model_dump(mode="json", include={"handoff_id", "state", "reason", "detail", "operator"})))
+        elif isinstance(body, ControlResult):
+            with self._answered:
+                self._answers[body.command_id] = (env.sender, body)
+                if len(self._answers) > 1000:  # answers nobody waited for (sent by other consoles)
+                    self._answers.pop(next(iter(self._answers)))
+                self._answered.notify_all()
+            self.emit(LiveEvent(type="control", machine_id=body.machine_id,
+                                data=body.model_dump(mode="json", exclude={"machine_id"})))
         elif isinstance(body, GovernanceNotice):
             self.emit(LiveEvent(type="governance", machine_id=body.machine_id,
                                 data=body.model_dump(mode="json", exclude={"machine_id"})))

@@ -27,6 +27,7 @@ class Metrics:
         self.chats = Counter("tamc_chat_messages", "Chat messages answered", ["mode"], registry=r)
         self.votes = Counter("tamc_votes", "Votes cast through the API", ["choice"], registry=r)
         self.jobs_posted = Counter("tamc_jobs_posted", "Jobs posted through the API", registry=r)
+        self.commands = Counter("tamc_operator_commands", "Operator commands the machines carried out", ["command"], registry=r)
         self.refusals = Counter("tamc_refusals", "Requests refused", ["error"], registry=r)
         _gauge("tamc_stream_clients", "Live stream clients connected", lambda: feed.clients, r)
         _gauge("tamc_hub_messages", "Hub messages the server received", lambda: feed.received, r)
@@ -34,6 +35,8 @@ class Metrics:
         _gauge("tamc_machines_online", "Machines whose presence is online",
                lambda: sum(1 for p in list(feed.presence.values()) if p.state == "online"), r)
         _gauge("tamc_jobs_closed", "Jobs closed in the market (paid, refunded or expired)", lambda: len(city.outcomes), r)
+        _gauge("tamc_handoffs_open", "Handoffs pending or held by an operator",
+               lambda: sum(1 for _ in feed.open_handoffs()), r)
         _gauge("tamc_sim_hours", "Hours on the market's clock", city.clock.hours, r)
 
 
