@@ -42,6 +42,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/memory.py
 	$(BIN)/python bench/governance.py
 	$(BIN)/python bench/server.py
+	$(BIN)/python bench/handoff.py
 
 serve: $(STAMP)
 	$(BIN)/tamc serve

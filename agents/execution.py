@@ -32,7 +32,7 @@ __all__ = ["JobRunner"]
 
 log = logging.getLogger("tamc.execution")
 
-MIN_TICK_S = 0.02
+MIN_TICK_S = 0.001
 
 
 class JobRunner:

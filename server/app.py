@@ -360,8 +360,15 @@ def _api() -> APIRouter:
     # live streams
     @api.get("/v1/stream", tags=["live"], response_class=EventSourceResponse, responses=STREAM_REFUSALS)
     async def fleet_stream(ctx: Ctx, caller: Caller) -> AsyncIterator[LiveEvent]:
-        """Telemetry and presence of every machine, for the fleet map."""
-        async for event in _stream(ctx, lambda e: e.type in ("telemetry", "presence")):
+        """Telemetry and presence of every machine, for the fleet map; and handoffs on the machines the
+        caller operates, for the console's queue."""
+        operated = {m for m, roles in (await asyncio.to_thread(_fleet_roles, ctx, caller)).items()
+                    if {Role.OPERATOR, Role.ADMIN} & set(roles)}
+
+        def accept(e: LiveEvent) -> bool:
+            return e.type in ("telemetry", "presence") or (e.type == "handoff" and e.machine_id in operated)
+
+        async for event in _stream(ctx, accept):
             yield event
 
     @api.get("/v1/machines/{machine_id}/stream", tags=["live"], response_class=EventSourceResponse, responses=STREAM_REFUSALS)

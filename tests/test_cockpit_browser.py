@@ -105,3 +105,41 @@ def test_a_stakeholder_watches_chats_and_votes_in_the_cockpit(served: Served, br
     assert shot.stat().st_size > 10_000
     assert not errors, f"the page logged errors: {errors}"
     page.close()
+
+
+@pytest.mark.slow
+def test_an_operator_takes_over_and_hands_back_in_the_console(served: Served, browser: Any) -> None:
+    from playwright.sync_api import expect
+
+    olga = served.login("olga")
+    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(f"{served.url}/#token={olga.token}")
+    expect(page.locator("#console")).to_be_visible(timeout=15_000)  # an operator of every machine sees the console
+    expect(page.locator("#handoffs")).to_be_visible()
+    machine = page.locator("#machines li.selected").get_attribute("data-id")
+    node = served.city.node(machine or "")
+    assert node is not None and node.held_by is None
+
+    page.click("#c-takeover")
+    expect(page.locator("#c-held")).to_have_text("you hold this machine", timeout=10_000)
+    assert node.held_by == olga.did
+    expect(page.locator(f'#handoff-queue li:has-text("{machine}")')).to_contain_text("taken")
+    expect(page.locator("#c-handoff")).to_contain_text("operator")
+    page.click("#c-pad button[data-cmd=pause]")
+    expect(page.locator("#c-log li").first).to_contain_text("pause", timeout=10_000)
+    page.fill("#c-value", "999")
+    page.click("#c-set")
+    expect(page.locator("#c-log li.refused").first).to_contain_text("set refused", timeout=10_000)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "console.png"), full_page=True)
+
+    page.click("#c-back button[data-decision=continue]")
+    expect(page.locator("#c-log li").first).to_contain_text("handed back", timeout=10_000)
+    expect(page.locator("#c-held")).to_have_text("")
+    assert node.held_by is None
+    audit = httpx.get(f"{served.url}/v1/machines/{machine}/control/audit", headers={"Authorization": f"Bearer {olga.token}"}).json()
+    assert [a["command"] for a in audit][:2] == ["handback", "set"] and audit[-1]["command"] == "takeover"
+    assert not errors, f"the page logged errors: {errors}"
+    page.close()

@@ -1,5 +1,6 @@
 // The TAMC cockpit: the fleet by region, one machine live (3D view, gauges, earnings, queue),
-// its proposals with Yes / No and the tally, and the chat. Everything comes from the API with the
+// its proposals with Yes / No and the tally, the chat, and for operators the console: the queue
+// of handoffs, take over, a control pad and hand back. Everything comes from the API with the
 // bearer token; live updates come from its server-sent event streams (read with fetch, so the
 // token goes in a header, never in a URL).
 
@@ -8,7 +9,7 @@ const units = (micros) => (micros / 1e6).toLocaleString(undefined, { minimumFrac
 const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
 
 const state = { token: null, me: null, machines: new Map(), regions: [], selected: null, detail: null, view: null,
-  machineStream: null, fleetStream: null, refresher: null };
+  machineStream: null, fleetStream: null, refresher: null, handoffs: [], telemetry: null };
 
 // -- token and API ----------------------------------------------------------------------------
 
@@ -142,6 +143,7 @@ function renderMap() {
 }
 
 function onFleetEvent(name, e) {
+  if (e.type === "handoff") { debounce("handoffs", refreshHandoffs, 200); return; }
   const m = state.machines.get(e.machine_id);
   if (!m) { if (e.type === "presence") refreshFleet(); return; }
   if (e.type === "telemetry") {
@@ -188,6 +190,8 @@ async function select(id) {
   await mountView(detail);
   if (detail.telemetry) onTelemetry(detail.telemetry);
   renderQueue(detail.queue);
+  renderConsole();
+  $("#c-log").innerHTML = "";
   $("#chat-log").innerHTML = "";
   await Promise.all([refreshEarnings(), refreshProposals(), loadChat()]);
   state.machineStream = live(`/v1/machines/${id}/stream`, onMachineEvent);
@@ -195,6 +199,7 @@ async function select(id) {
 
 function onMachineEvent(name, e) {
   if (e.machine_id !== state.selected) return;
+  if (e.type === "handoff") debounce("handoffs", refreshHandoffs, 100);
   if (e.type === "telemetry") onTelemetry(e.data);
   else if (e.type === "job") { debounce("queue", refreshQueue, 300); if (e.data.kind === "paid" || e.data.kind === "done") debounce("earn", refreshEarnings, 800); }
   else if (e.type === "proposal" || e.type === "governance") debounce("props", refreshProposals, 200);
@@ -204,6 +209,7 @@ const timers = {};
 function debounce(key, fn, ms) { clearTimeout(timers[key]); timers[key] = setTimeout(fn, ms); }
 
 function onTelemetry(t) {
+  state.telemetry = t;
   $("#m-state").textContent = t.state;
   $("#m-job").textContent = t.job_id ? `job ${t.job_id} · ${(t.progress * 100).toFixed(0)}%` : "no job running";
   const at = $("#telemetry-at"); at.dateTime = t.at; at.textContent = new Date(t.at).toISOString().replace("T", " ").slice(0, 19);
@@ -306,6 +312,72 @@ async function vote(id, choice, li) {
   await refreshProposals();
 }
 
+// -- operator console ---------------------------------------------------------------------------
+
+const operates = (id) => { const m = state.machines.get(id); return !!m && (m.roles.includes("operator") || m.roles.includes("admin") || state.me?.admin); };
+
+async function refreshHandoffs() {
+  if (![...state.machines.keys()].some(operates)) { $("#handoffs").hidden = true; return; }
+  state.handoffs = await api("/v1/handoffs");
+  $("#handoffs").hidden = false;
+  $("#handoff-count").textContent = state.handoffs.length;
+  const list = $("#handoff-queue");
+  list.innerHTML = state.handoffs.length ? "" : `<li class="muted">nothing waits for a person</li>`;
+  for (const h of state.handoffs) {
+    const li = document.createElement("li");
+    li.dataset.id = h.id; li.className = h.state;
+    const waited = Math.round((Date.now() - Date.parse(h.raised_at)) / 1000);
+    li.innerHTML = `<b>${esc(h.machine_id)}</b> ${esc(h.reason)} <span class="badge">${esc(h.state)}</span><br>` +
+      `<span class="muted">${esc(h.job_id || "no job")} · ${waited} s ago</span>`;
+    li.addEventListener("click", () => select(h.machine_id));
+    list.appendChild(li);
+  }
+  renderConsole();
+}
+
+function renderConsole() {
+  const id = state.selected;
+  const box = $("#console");
+  box.hidden = !id || !operates(id);
+  if (box.hidden) return;
+  const h = state.handoffs.find((x) => x.machine_id === id);
+  const mine = h && h.state === "taken" && h.operator === state.me.did;
+  $("#c-handoff").innerHTML = h
+    ? `<b>${esc(h.reason)}</b> ${esc(h.detail)}<br>The agent proposes: ${esc(h.proposal)}<br>` +
+      `<span class="muted">${esc(h.job_id || "no job")} · ${h.state === "pending" ? `escalates at ${new Date(h.wait_until).toLocaleTimeString()}` : `held by ${esc(h.operator)}`}</span>`
+    : "No handoff: the agent runs this machine.";
+  $("#c-held").textContent = mine ? "you hold this machine" : h?.state === "taken" ? "held by another operator" : "";
+  $("#c-takeover").disabled = !!mine || h?.state === "taken";
+  for (const b of document.querySelectorAll("#c-pad button, #c-back button")) b.disabled = !mine;
+  $("#c-back").querySelectorAll("button").forEach((b) => { b.hidden = !h?.job_id && b.dataset.decision !== "continue"; });
+  const names = Object.keys(state.telemetry?.temperatures_c || {});
+  const sel = $("#c-name");
+  if (sel.dataset.names !== names.join()) { sel.innerHTML = names.map((n) => `<option>${esc(n)}</option>`).join(""); sel.dataset.names = names.join(); }
+  box.querySelector(".move").hidden = !state.telemetry?.position;
+}
+
+async function command(body) {
+  const id = state.selected;
+  const h = state.handoffs.find((x) => x.machine_id === id);
+  if (body.command === "takeover" && h) body.handoff_id = h.id;
+  const li = document.createElement("li");
+  li.textContent = `${body.command}${body.decision ? " " + body.decision : ""}…`;
+  $("#c-log").prepend(li);
+  try {
+    const r = await api(`/v1/machines/${id}/control`, { method: "POST", body: JSON.stringify(body) });
+    li.textContent = `${body.command}: ${r.result} (${r.answered_ms} ms)`;
+  } catch (e) {
+    li.textContent = `${body.command} refused: ${e.message}`; li.className = "refused";
+  }
+  await refreshHandoffs();
+}
+
+$("#c-takeover").addEventListener("click", () => command({ command: "takeover" }));
+document.querySelectorAll("#c-pad button[data-cmd]").forEach((b) => b.addEventListener("click", () => command({ command: b.dataset.cmd })));
+document.querySelectorAll("#c-back button").forEach((b) => b.addEventListener("click", () => command({ command: "handback", decision: b.dataset.decision })));
+$("#c-set").addEventListener("click", () => command({ command: "set", name: $("#c-name").value, value: Number($("#c-value").value) }));
+$("#c-move").addEventListener("click", () => command({ command: "move_to", point: { x_km: Number($("#c-x").value), y_km: Number($("#c-y").value) } }));
+
 // -- chat -------------------------------------------------------------------------------------
 
 async function loadChat() {
@@ -359,7 +431,8 @@ async function start() {
   state.fleetStream?.abort();
   state.fleetStream = live("/v1/stream", onFleetEvent);
   clearInterval(state.refresher);  // a second login replaces the first one's stream and timer
-  state.refresher = setInterval(() => { refreshFleet(); if (state.selected) { refreshEarnings(); refreshProposals(); } }, 15000);
+  state.refresher = setInterval(() => { refreshFleet(); refreshHandoffs(); if (state.selected) { refreshEarnings(); refreshProposals(); } }, 15000);
+  await refreshHandoffs();
   const mine = [...state.machines.values()].find((m) => m.roles.length);
   if (mine) select(mine.id);
 }
