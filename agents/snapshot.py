@@ -63,6 +63,8 @@ class SnapshotMachine:
         self.snapshot = snapshot
         self.profile: MachineProfile = snapshot.profile
         self.market = MarketContext()
+        self.held_by: str | None = None
+        """A stopped machine is held by nobody."""
 
     def telemetry(self) -> Telemetry | None:
         return self.snapshot.telemetry[-1] if self.snapshot.telemetry else None

@@ -17,6 +17,7 @@ import pytest
 from city import BUDGET, City, job, printer
 
 from agents.requester import Requester
+from core.errors import PolicyRefused
 from hub import topics
 from hub.envelope import seal
 from hub.messages import ControlCommand, ControlResult, Handoff
@@ -24,6 +25,7 @@ from hub.transport import Hub
 from ledger import Charter, Identity
 from ledger.operations import Operations, Role
 from machines.driver import MachineState
+from tools.wallet import pay_expense
 
 pytestmark = pytest.mark.slow
 
@@ -134,6 +136,10 @@ def test_nobody_but_an_operator_holding_the_machine_commands_it_and_the_agent_st
     assert node.held_by is None
 
     assert console.send("takeover").ok  # unasked, with the machine idle
+    with pytest.raises(PolicyRefused, match=r"policy\.operator"):  # no tool changes the machine, whoever asks
+        pay_expense(node.deps(), 1_000_000, "supplier:maintenance", "parts")
+    with pytest.raises(PolicyRefused, match=r"policy\.operator"):
+        node.deps("alice").hands_off()
     assert not other_console.send("takeover").ok  # held by someone else
     assert not other_console.send("pause").ok
     taken_at = time.time()

@@ -55,6 +55,7 @@ def evaluate(deps: MachineDeps, job_id: str) -> dict[str, Any]:
 
 def place_bid(deps: MachineDeps, job_id: str, price: int, rationale: str, *, path: str = "llm") -> dict[str, Any]:
     """Publish a bid on an open call, or raise ``PolicyRefused`` and publish nothing."""
+    deps.hands_off()
     call = _call(deps, job_id)
     rules = deps.machine.rule_decision(call)
     band = bounds(rules, deps.policy, call.reserve)
@@ -131,6 +132,7 @@ def place_bid_tool(ctx: RunContext[MachineDeps], job_id: str, price: str, ration
 def decline_job(ctx: RunContext[MachineDeps], job_id: str, reason: str) -> dict[str, Any]:
     """Do not bid on an open call."""
     try:
+        ctx.deps.hands_off()
         _call(ctx.deps, job_id)
     except PolicyRefused as exc:
         return {"declined": False, "why": str(exc)}

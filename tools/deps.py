@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 from pydantic import BaseModel, ConfigDict
 
 from agents.rules import Decision, MachineStatus, MarketContext, MemorySignal
+from core.errors import PolicyRefused
 from machines.driver import Telemetry
 from machines.job import JobSpec
 from machines.profile import MachineProfile, Policy
@@ -113,6 +114,10 @@ class MachinePort(Protocol):
     def decline_call(self, job_id: str, reason: str) -> None:
         """Do not bid on this call."""
 
+    @property
+    def held_by(self) -> str | None:
+        """The operator in control of the machine now, or None when its agent runs it."""
+
 
 @dataclass
 class MachineDeps:
@@ -136,6 +141,14 @@ class MachineDeps:
     @property
     def machine_id(self) -> str:
         return self.machine.profile.id
+
+    def hands_off(self) -> None:
+        """Refuse (``PolicyRefused``, code ``policy.operator``) while a person holds the machine: from
+        takeover to handback nothing but the operator's commands changes it, whoever asks a tool."""
+        operator = self.machine.held_by
+        if operator is not None:
+            raise PolicyRefused("policy.operator", f"{operator} holds {self.machine_id} by remote control; "
+                                                   "nothing changes it but their commands until they hand it back")
 
     def record(self, tool: str, ok: bool, detail: str, code: str = "") -> None:
         self.actions.append(ToolAction(tool=tool, ok=ok, detail=detail, code=code, at=datetime.now(UTC)))

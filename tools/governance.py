@@ -45,6 +45,7 @@ def propose(deps: MachineDeps, kind: OwnKind | ProposalKind, title: str, rationa
     """Open a proposal of the machine's own, backed by what its telemetry says now (and, for
     maintenance, the wear trend in its memory). ``payload`` gives any kind's fields directly (the
     steward's drafts); the keyword fields are the model's tool arguments."""
+    deps.hands_off()
     gov = _gov(deps)
     kind = ProposalKind(kind)
     body: dict[str, Any] = dict(payload or {})

@@ -78,6 +78,7 @@ def pay_expense(deps: MachineDeps, amount: int, payee: str, memo: str) -> dict[s
 
     Above the per-expense or the 24-hour limit it opens an expense proposal and raises
     ``ApprovalRequired``; nothing is paid either way."""
+    deps.hands_off()
     ledger = _ledger(deps)
     policy = deps.policy
     require_micros(amount, what="expense")
