@@ -3,9 +3,14 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+# OctoPrint (the real 3D-printer server the OctoPrint driver is tested against) in its own
+# environment: its dependencies stay out of TAMC's. One of them (netifaces) builds from source:
+# it needs a C compiler and Python's headers (apt-get install build-essential python3-dev).
+OCTO := .venv-octoprint
+OCTO_STAMP := $(OCTO)/.installed-stamp
 JOBS := examples/jobs
 
-.PHONY: setup demo serve test lint bench clean
+.PHONY: setup octoprint demo serve test lint bench clean
 
 $(STAMP): pyproject.toml server/web/package-lock.json
 	$(PY) -m venv $(VENV)
@@ -20,10 +25,18 @@ $(STAMP): pyproject.toml server/web/package-lock.json
 
 setup: $(STAMP)
 
+$(OCTO_STAMP):
+	$(PY) -m venv $(OCTO)
+	$(OCTO)/bin/python -m pip install --quiet --upgrade pip
+	$(OCTO)/bin/python -m pip install --quiet 'octoprint==1.11.8'
+	touch $(OCTO_STAMP)
+
+octoprint: $(OCTO_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/tamc demo
 
-test: $(STAMP)
+test: $(STAMP) $(OCTO_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest
@@ -48,4 +61,4 @@ serve: $(STAMP)
 	$(BIN)/tamc serve
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis server/web/node_modules
+	rm -rf $(VENV) $(OCTO) .pytest_cache .mypy_cache .ruff_cache .hypothesis server/web/node_modules
