@@ -12,7 +12,11 @@ Roles are per machine:
 - **operator**: granted per machine (or for every machine, ``*``): read and chat; takes control in
   the operator console;
 - **requester**: the principal owns a funded ``requester:`` wallet: post jobs, follow its own;
-- **admin**: granted for ``*``: everything, and manages principals.
+- **admin**: granted for ``*``: everything, and manages principals;
+- **console**: granted for ``*`` to a server's own identity: machines accept the commands it relays
+  for the operators it authenticated.
+
+Grants live in ``ledger.operations`` (machines check them too).
 """
 
 from __future__ import annotations
