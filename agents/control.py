@@ -25,7 +25,7 @@ from hub.messages import ControlCommand, ControlResult, Handoff
 from ledger.operations import CommandRecord, HandoffRecord, Operations, Role
 
 if TYPE_CHECKING:
-    from agents.node import Contract, MachineNode
+    from agents.node import MachineNode
 
 __all__ = ["ControlDesk"]
 
@@ -131,35 +131,45 @@ class ControlDesk:
             raise NotInControl(f"{node.id} is held by {self.held_by}; they hand it back first")
         handoff_id = cmd.handoff_id
         running = node._running
-        if handoff_id is None and running is not None and running.waiting == "tick":
-            node.runner.resume(running, {"takeover": cmd.operator})  # the workflow stops the job safely and waits
-            handoff_id = running.handoff
-        elif handoff_id is None and running is not None and running.waiting == "operator":
+        now = datetime.now(UTC)
+        if handoff_id is None and running is not None and running.handoff is None:
+            # a job under way: hold the machine now (the agent stops acting at once), and let the workflow stop
+            # the job safely and raise the handoff; it is attached to this operator when raised (``attach``)
+            self.held_by, self.held_since = cmd.operator, now
+            node.runner.resume(running, {"takeover": cmd.operator})
+            return f"{cmd.operator} holds {node.id}; its job {running.job.id} stops safely and waits for them"
+        if handoff_id is None and running is not None:
             handoff_id = running.handoff
         elif handoff_id is None:
-            now = datetime.now(UTC)
             record, _ = ops.raise_handoff(HandoffRecord(
                 id=f"{node.id}~{cmd.command_id}", machine_id=node.id, job_id=None, reason="operator",
                 detail=f"{cmd.operator} took control", proposal="hand back when done", context={}, state="pending",
                 raised_at=now, wait_until=now + timedelta(days=365)))
             handoff_id = record.id
-        if handoff_id is None:
-            raise CommandRejected(f"{node.id} could not stop its job safely for a takeover; try again")
+        assert handoff_id is not None
         record = ops.handoff(handoff_id)
         if record.machine_id != node.id:
             raise UnknownHandoff(f"handoff {handoff_id!r} is not one of {node.id}'s")
-        record = ops.take(handoff_id, cmd.operator, datetime.now(UTC))
+        record = ops.take(handoff_id, cmd.operator, now)
         self.held_by, self.held_since = cmd.operator, record.taken_at
         self.publish_handoff(record)
         return f"{cmd.operator} holds {node.id} (handoff {handoff_id}); the agent stands by"
+
+    def attach(self, record: HandoffRecord) -> None:
+        """Give the operator holding the machine the handoff its workflow just raised for them."""
+        ops = self.ops
+        if ops is None or self.held_by is None:
+            return
+        taken = ops.take(record.id, self.held_by, datetime.now(UTC))
+        self.publish_handoff(taken)
 
     def _hand_back(self, cmd: ControlCommand) -> str:
         ops = self.ops
         node = self.node
         assert ops is not None
-        contract = self._holding()
+        contract = node._running  # a job in hand while held is the one the operator holds
         handoff_id = contract.handoff if contract is not None else None
-        if handoff_id is None:
+        if contract is None:
             held = [h for h in ops.open_handoffs(node.id) if h.state == "taken" and h.operator == cmd.operator]
             handoff_id = held[0].id if held else None
         if cmd.handoff_id is not None and handoff_id is not None and cmd.handoff_id != handoff_id:
@@ -167,25 +177,25 @@ class ControlDesk:
         decision = cmd.decision
         if contract is not None and decision is None:
             raise CommandRejected(f"hand back job {contract.job.id} with a decision: continue, abort (refund) or done")
-        if handoff_id is not None:
-            self.publish_handoff(ops.close(handoff_id, decision or "continue", datetime.now(UTC)))
         self.held_by = self.held_since = None
         if contract is not None:
+            # the workflow closes the handoff as it moves on (now, or after the step stopping the job lands)
             node.runner.resume(contract, {"decision": decision, "by": cmd.operator})
             return f"handed back job {contract.job.id}: {decision}"
+        if handoff_id is not None:
+            self.publish_handoff(ops.close(handoff_id, "continue", datetime.now(UTC)))
         return f"handed back {node.id}: the agent runs it again"
-
-    def _holding(self) -> Contract | None:
-        running = self.node._running
-        return running if running is not None and running.waiting == "operator" else None
 
     # -- handoffs --------------------------------------------------------------------------------
 
     def close_handoff(self, handoff_id: str, decision: str) -> None:
-        """Close a handoff the machine gives up on (escalated, or the job closed meanwhile)."""
+        """Close a handoff: the workflow moved on from it (handed back, escalated, or the job closed)."""
         ops = self.ops
         if ops is not None:
-            record = ops.close(handoff_id, decision, datetime.now(UTC))
+            before = ops.handoff(handoff_id)
+            if before.state == "closed":
+                return
+            record = ops.close(handoff_id, decision[:20], datetime.now(UTC))
             self.publish_handoff(record)
         running = self.node._running
         if running is None or running.handoff == handoff_id:

@@ -1,7 +1,10 @@
 """Running a contract: the machine node's side of the job workflow (``agents.workflow``).
 
 ``JobRunner`` is the ``JobPort`` the graph calls, and the clock that wakes it: a tick reads the
-machine (the graph's ``monitor`` decides what the reading means), a handoff waits for an operator
+machine and wakes the graph only when the reading matters (the job ended, failed, or needs a
+person: the graph's ``monitor`` reads again and decides), so a routine reading costs no checkpoint
+(a langgraph step costs ~5 ms, and the node's thread also answers calls with 30 ms bid windows);
+a restarted simulator resumes from the last checkpointed reading. A handoff waits for an operator
 (or escalates when nobody comes in the charter's time), and when the graph ends the contract is
 done or given up. Everything runs on the node's mailbox thread.
 
@@ -13,13 +16,13 @@ it had left, and nothing already done (started, paid, bid, commanded) is done tw
 from __future__ import annotations
 
 import logging
-import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from agents.handoff import Concern, before_start, during_job
 from agents.workflow import FlowState, FlowStatus, Outcome, Run, thread_id
-from core.errors import CommandRejected, DriverError
+from core.errors import CommandRejected, DriverError, EscrowNotFound
 from hub import topics
 from ledger.operations import HandoffRecord
 from machines.driver import SimDriver
@@ -31,6 +34,7 @@ if TYPE_CHECKING:
 __all__ = ["JobRunner"]
 
 log = logging.getLogger("tamc.execution")
+T = TypeVar("T")
 
 MIN_TICK_S = 0.001
 
@@ -47,6 +51,7 @@ class JobRunner:
 
     def begin(self, contract: Contract, hours: float, expected_wear: float) -> None:
         node = self.node
+        contract.expected_wear = expected_wear
         record = node._records.get(contract.job.id)
         state: FlowState = {
             "job_id": contract.job.id, "machine_id": node.id, "hours": hours, "expected_wear": expected_wear,
@@ -55,36 +60,74 @@ class JobRunner:
                          "speed": contract.speed, "deadline_at": contract.deadline_at, "accept_by": contract.accept_by},
         }
         contract.flow = thread_id(node.id, contract.job.id)
-        if node.operations is not None:
+        if node.operations is not None and node.flows.durable:
             node.operations.flow_opened(node.id, contract.job.id, contract.flow)
-        self.step(contract, node.flows.start(self, state))
+        self._submit(contract, lambda: node.flows.start(self, state))
 
     def resume(self, contract: Contract, signal: dict[str, Any]) -> None:
-        assert contract.flow is not None
-        self.step(contract, self.node.flows.resume(self, contract.flow, signal))
+        """Wake the job's workflow with ``signal``, now or once the step in flight has landed."""
+        if contract.stepping:
+            contract.signals.append(signal)
+            return
+        if contract.waiting == "operator" and ("takeover" in signal or "tick" in signal):
+            return  # stopped for a person already: the operator attaches to its handoff
+        tid = contract.flow
+        assert tid is not None
+        self._submit(contract, lambda: self.node.flows.resume(self, tid, signal))
+
+    def _submit(self, contract: Contract, call: Callable[[], FlowStatus]) -> None:
+        """Run a graph step on the workflows' worker thread, never on the node's: a step costs 5-20 ms
+        and the node's thread answers calls for proposals with tens of milliseconds to spare. The
+        graph's effects come back to the node's thread (``_on_node``); its result too (``_landed``)."""
+        node = self.node
+        contract.stepping = True
+
+        def work() -> None:
+            try:
+                status: FlowStatus | None = call()
+            except Exception:
+                log.exception("machine=%s job=%s workflow step failed", node.id, contract.job.id)
+                status = None
+            node.mailbox.post(self._landed, contract, status)
+
+        node.flows.worker.post(work)
+
+    def _landed(self, contract: Contract, status: FlowStatus | None) -> None:
+        contract.stepping = False
+        if status is not None:
+            self.step(contract, status)
+        if contract.signals and not contract.stepping and contract.waiting is not None:
+            self.resume(contract, contract.signals.pop(0))
 
     def step(self, contract: Contract, status: FlowStatus) -> None:
         """Act on where the workflow now waits: schedule the next tick, wait for an operator, or end."""
         node = self.node
+        left = contract.handoff
         contract.waiting = status.waiting
         if status.waiting != "operator":
             contract.handoff = None
+            if left is not None:  # the workflow moved on from a handoff: it is closed, with the decision taken
+                node.control.close_handoff(left, str(status.values.get("decision") or status.outcome or "closed"))
         contract.progress = float(status.values.get("progress", contract.progress))
         self._progress_event(contract)
         if status.waiting == "tick":
-            contract.timers.append(node.mailbox.call_later(self._next_tick(contract), self.tick, contract))
+            if contract.tick is not None:
+                contract.tick.cancel()
+            contract.tick = node.mailbox.call_later(self._next_tick(contract), self.tick, contract)
         elif status.waiting == "operator":
             handoff = status.values.get("handoff") or {}
             contract.handoff = handoff.get("handoff_id")
             record = self._record(contract.handoff)
-            if record is not None and record.state == "pending":
+            if record is not None and record.state == "pending" and node.control.held_by is not None:
+                node.control.attach(record)  # an operator took the machine while the job was being stopped for them
+            elif record is not None and record.state == "pending":
                 wait = max((record.wait_until - datetime.now(UTC)).total_seconds(), 0.0)
                 contract.timers.append(node.mailbox.call_later(wait, self._escalate, contract, record.id))
         else:
             self._ended(contract, status.outcome or "failed")
 
     def tick(self, contract: Contract) -> None:
-        if contract.waiting != "tick" or contract.state != "running":
+        if contract.waiting != "tick" or contract.state != "running" or contract.stepping:
             return
         node = self.node
         if isinstance(node.driver, SimDriver):  # simulation aids: faults injected on purpose
@@ -95,11 +138,18 @@ class JobRunner:
                 node.driver.inject(fault[1])
             if contract.job.id in node.fail_jobs and progress >= 0.5:
                 node.driver.fault()
-        self.resume(contract, {"tick": True})
+        run, progress, concern = self._reading(contract.job, wear_at_start=contract.wear_at_start,
+                                               expected_wear=contract.expected_wear, progress=contract.progress)
+        if run == "running" and concern is None:  # a routine reading: no need to wake the workflow (no checkpoint)
+            contract.progress = progress
+            self._progress_event(contract)
+            contract.tick = node.mailbox.call_later(self._next_tick(contract), self.tick, contract)
+            return
+        self.resume(contract, {"tick": True})  # the end, a failure or a concern: the workflow reads and decides
 
     def closed(self, contract: Contract, outcome: str) -> None:
         """The requester closed the job (paid, refunded, expired) while its workflow still ran."""
-        if contract.flow is None or contract.waiting is None:
+        if contract.flow is None or (contract.waiting is None and not contract.stepping):
             return
         if contract.handoff is not None:
             node = self.node
@@ -109,7 +159,7 @@ class JobRunner:
     def recover(self) -> None:
         """Pick up this machine's open workflows after a restart."""
         node = self.node
-        if node.operations is None:
+        if node.operations is None or not node.flows.durable:
             return
         for tid in node.operations.open_flows(node.id):
             status = node.flows.status(tid)
@@ -137,6 +187,7 @@ class JobRunner:
                             wear_at_start=values.get("wear_at_start", 0.0), flow=tid)
         contract.cost = node._job_cost(job)
         contract.progress = float(values.get("progress", 0.0))
+        contract.expected_wear = float(values.get("expected_wear", 0.0))
         call = OpenCall(job=job, requester=c["requester"], reserve=c["price"], bid_deadline=0, deadline_at=c["deadline_at"],
                         speed=c["speed"])
         node._jobs[job.id] = Followed(call, c["requester"], contract)
@@ -148,23 +199,67 @@ class JobRunner:
             node.driver.recover(job.id, contract.hours, contract.progress, paused=status.waiting == "operator", route=route)
         log.info("machine=%s job=%s workflow recovered, waiting for %s", node.id, job.id, status.waiting or "its next step")
         if status.waiting is None:  # the process died between two steps: take the next one now
-            status = node.flows.proceed(self, tid)
+            self._submit(contract, lambda: node.flows.proceed(self, tid))
+            return
         if status.waiting == "operator":
-            record = self._record((values.get("handoff") or {}).get("handoff_id"))
+            record = self._record((status.values.get("handoff") or {}).get("handoff_id"))
             if record is not None and record.state == "taken" and record.operator:
                 node.control.held_by, node.control.held_since = record.operator, record.taken_at
         self.step(contract, status)
+        escrow = self._escrow_state(job.id)
+        if escrow == "released" and contract.state == "done":  # paid while we were down: settle (once, by its keys)
+            node._settle(contract)
+        elif escrow not in (None, "held") and contract.waiting is not None:  # the requester closed it while we were down
+            log.info("machine=%s job=%s was %s while the machine was down; its workflow ends", node.id, job.id, escrow)
+            self.closed(contract, escrow)
+            contract.state = "cancelled"
+            node._stop_running(contract)
 
-    # -- JobPort: what the graph asks ----------------------------------------------------------
+    def _escrow_state(self, job_id: str) -> str | None:
+        ledger = self.node.ledger
+        if ledger is None:
+            return None
+        try:
+            return ledger.escrow(job_id).state.value
+        except EscrowNotFound:
+            return None
+
+    # -- JobPort: what the graph asks (on the workflows' worker; each effect runs on the node's thread) --
+
+    def _on_node(self, fn: Callable[..., T], *args: Any) -> T:
+        return cast(T, self.node.mailbox.call(fn, *args, timeout=60.0))
 
     def check_start(self, state: FlowState) -> Concern | None:
+        return self._on_node(self._check_start, state)
+
+    def start(self, state: FlowState) -> dict[str, Any]:
+        return self._on_node(self._start, state)
+
+    def read(self, state: FlowState) -> tuple[Run, float, Concern | None]:
+        return self._on_node(self._read, state)
+
+    def safe_state(self, state: FlowState) -> None:
+        self._on_node(self._safe_state, state)
+
+    def raise_handoff(self, state: FlowState, concern: Concern, handoff_id: str) -> dict[str, Any]:
+        return self._on_node(self._raise_handoff, state, concern, handoff_id)
+
+    def carry_on(self, state: FlowState) -> None:
+        self._on_node(self._carry_on, state)
+
+    def finish(self, state: FlowState, outcome: Outcome) -> None:
+        self._on_node(self._finish, state, outcome)
+
+    # -- the effects, on the node's thread ---------------------------------------------------------
+
+    def _check_start(self, state: FlowState) -> Concern | None:
         node = self.node
         c = state["contract"]
         job = JobSpec.model_validate(c["job"])
         return before_start(node.profile, job, price=c["price"], hours=state.get("hours", 0.0), charter=node.charter(),
                             confidence=state.get("confidence"))
 
-    def start(self, state: FlowState) -> dict[str, Any]:
+    def _start(self, state: FlowState) -> dict[str, Any]:
         node = self.node
         assert node.driver is not None
         job_id = state["job_id"]
@@ -174,34 +269,33 @@ class JobRunner:
             node.driver.start_job(job_id, max(state.get("hours", 0.0), 1e-9), route=route)
             node._publish_event(job_id, "started")
         node._publish_telemetry()
-        contract = node._contract(job_id)
-        if contract is not None:
-            contract.started_at = time.monotonic()
         return {}
 
-    def read(self, state: FlowState) -> tuple[Run, float, Concern | None]:
+    def _read(self, state: FlowState) -> tuple[Run, float, Concern | None]:
+        return self._reading(JobSpec.model_validate(state["contract"]["job"]), wear_at_start=state.get("wear_at_start", 0.0),
+                             expected_wear=state.get("expected_wear", 0.0), progress=state.get("progress", 0.0))
+
+    def _reading(self, job: JobSpec, *, wear_at_start: float, expected_wear: float, progress: float) -> tuple[Run, float, Concern | None]:
+        """Read the machine: where the job stands, how far it is, and whether anything needs a person."""
         node = self.node
         assert node.driver is not None
-        job_id = state["job_id"]
-        run: Run = node.driver.job_run(job_id)
+        run: Run = node.driver.job_run(job.id)
         reading = node.driver.telemetry()
-        progress = reading.progress if reading.job_id == job_id else (1.0 if run == "done" else state.get("progress", 0.0))
+        progress = reading.progress if reading.job_id == job.id else (1.0 if run == "done" else progress)
         if run == "running" and progress >= 1 - 1e-6:
             node.driver.finish_job()  # the node's timer says the job is done (a simulator books the rest)
-            run = node.driver.job_run(job_id)
+            run = node.driver.job_run(job.id)
         if run == "done":
             return run, 1.0, None
         km_left = 0.0
-        job = JobSpec.model_validate(state["contract"]["job"])
         if job.pickup is not None and job.dropoff is not None and reading.position is not None:
             km_left = reading.position.distance_to(job.dropoff) if progress > 0 else reading.position.distance_to(job.pickup) + job.pickup.distance_to(job.dropoff)
         concern = None
         if run in ("running", "paused"):
-            concern = during_job(node.profile, reading, wear_at_start=state.get("wear_at_start", 0.0),
-                                 expected_wear=state.get("expected_wear", 0.0), km_left=km_left)
+            concern = during_job(node.profile, reading, wear_at_start=wear_at_start, expected_wear=expected_wear, km_left=km_left)
         return run, progress, concern
 
-    def safe_state(self, state: FlowState) -> None:
+    def _safe_state(self, state: FlowState) -> None:
         """Pause the machine (a vehicle pulls over); one already paused or stopped stays as it is."""
         driver = self.node.driver
         assert driver is not None
@@ -212,7 +306,7 @@ class JobRunner:
                 log.error("machine=%s job=%s cannot reach a safe state: %s", self.node.id, state["job_id"], exc)
         self.node._publish_telemetry()
 
-    def raise_handoff(self, state: FlowState, concern: Concern, handoff_id: str) -> dict[str, Any]:
+    def _raise_handoff(self, state: FlowState, concern: Concern, handoff_id: str) -> dict[str, Any]:
         node = self.node
         now = datetime.now(UTC)
         wait_h = node.charter().handoff_wait_h
@@ -232,7 +326,7 @@ class JobRunner:
                     concern.detail)
         return {"handoff_id": record.id, "reason": record.reason, "detail": record.detail}
 
-    def carry_on(self, state: FlowState) -> None:
+    def _carry_on(self, state: FlowState) -> None:
         driver = self.node.driver
         assert driver is not None
         if driver.job_run(state["job_id"]) == "paused":
@@ -242,7 +336,7 @@ class JobRunner:
                 log.warning("machine=%s job=%s resume refused: %s", self.node.id, state["job_id"], exc)
         self.node._publish_event(state["job_id"], "resumed", progress=min(state.get("progress", 0.0), 1.0))
 
-    def finish(self, state: FlowState, outcome: Outcome) -> None:
+    def _finish(self, state: FlowState, outcome: Outcome) -> None:
         node = self.node
         driver = node.driver
         assert driver is not None
@@ -271,7 +365,9 @@ class JobRunner:
     def _ended(self, contract: Contract, outcome: str) -> None:
         node = self.node
         contract.waiting = None
-        if node.operations is not None and contract.flow is not None:
+        if contract.state == "cancelled":  # the requester closed it meanwhile: nothing to book
+            outcome = "closed"
+        if node.operations is not None and contract.flow is not None and node.flows.durable:
             node.operations.flow_closed(contract.flow)
         if outcome == "done":
             node._job_done(contract)

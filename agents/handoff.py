@@ -16,12 +16,13 @@ from machines.driver import SAFE_LIMITS_C, WORKING_TEMPS, Telemetry
 from machines.job import JobSpec
 from machines.profile import MachineProfile
 
-__all__ = ["BATTERY_RESERVE_PCT", "WEAR_SPIKE_PCT", "Concern", "before_start", "during_job"]
+__all__ = ["BATTERY_SLACK_PCT", "WEAR_SPIKE_PCT", "Concern", "before_start", "during_job"]
 
 WEAR_SPIKE_PCT = 5.0
 """Wear gained during one job beyond what the job should cost that counts as a spike."""
-BATTERY_RESERVE_PCT = 5.0
-"""Charge a vehicle keeps on top of what the rest of its route needs."""
+BATTERY_SLACK_PCT = 1.0
+"""A vehicle starts a job with the charge its route needs; this much below it (rounding, a detour)
+is still fine, more is a battery too low for the route."""
 ENVELOPE_FILL = 0.9
 """Share of the build volume a part may fill in any dimension before a person looks at it."""
 
@@ -87,8 +88,8 @@ def during_job(profile: MachineProfile, reading: Telemetry, *, wear_at_start: fl
                        context={**context, "wear_gained_pct": round(gained, 3), "expected_pct": round(expected_wear, 3)})
     vehicle = profile.vehicle
     if vehicle is not None and reading.battery_pct is not None:
-        need = 100 * km_left * vehicle.energy_kwh_per_km / vehicle.battery_kwh + BATTERY_RESERVE_PCT
-        if reading.battery_pct < need:
+        need = 100 * km_left * vehicle.energy_kwh_per_km / vehicle.battery_kwh
+        if reading.battery_pct + BATTERY_SLACK_PCT < need:
             return Concern(reason="anomaly.battery", detail=f"battery at {reading.battery_pct:.0f} %, {need:.0f} % needed for the {km_left:.1f} km left",
                            proposal="move to the nearest charger, or abort and refund so the runner-up takes the job",
                            context={**context, "km_left": round(km_left, 3), "need_pct": round(need, 2)})

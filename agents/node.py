@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel
 
@@ -101,6 +101,8 @@ class Contract:
     hours: float = 0.0
     cost: CostBreakdown | None = None
     wear_at_start: float = 0.0
+    expected_wear: float = 0.0
+    """Wear the job should cost; much more is a spike a person looks at."""
     timers: list[Timer] = field(default_factory=list)
     flow: str | None = None
     """The job's workflow thread, once it runs."""
@@ -111,12 +113,20 @@ class Contract:
     progress: float = 0.0
     reported: float = 0.0
     """The last progress step published."""
-    started_at: float | None = None
+    tick: Timer | None = None
+    """The workflow's next reading (one at a time: a long job on a real machine ticks for hours)."""
+    stepping: bool = False
+    """A workflow step is in flight on the workflows' thread."""
+    signals: list[dict[str, Any]] = field(default_factory=list)
+    """Signals for the workflow that came while a step was in flight, in order."""
 
     def cancel_timers(self) -> None:
         for t in self.timers:
             t.cancel()
         self.timers.clear()
+        if self.tick is not None:
+            self.tick.cancel()
+            self.tick = None
 
 
 class QueuedContract(BaseModel):
@@ -451,7 +461,8 @@ class MachineNode:
         standing = self.governance.standing(self.id)
         if standing.version == 0:
             return  # never registered for governance: the profile's policy, everything paid out
-        retain = standing.retain_bps if standing.retain_bps is not None else self.governance.charter(self.id).retain_bps
+        self._charter = self.governance.charter(self.id)
+        retain = standing.retain_bps if standing.retain_bps is not None else self._charter.retain_bps
         self._apply_standing(standing, retain)
 
     # -- bidding -----------------------------------------------------------------------------
@@ -866,6 +877,9 @@ class MachineNode:
         assert self.driver is not None and self.clock is not None
         if contract.state != "funded" or self._running is not contract:
             return
+        if self.control.held_by is not None:  # a person took the machine while it charged: start after the handback
+            self._running = None
+            return
         t = self.driver.telemetry()
         work = estimate(self.profile, contract.job, position=t.position)
         contract.hours = work.total_hours
@@ -919,11 +933,7 @@ class MachineNode:
         return job_cost(self.profile, estimate(self.profile, job), self.market)
 
     def charter(self) -> Charter:
-        """The machine's charter: its holders' (when registered for governance), else the node's own."""
-        if self.governance is not None:
-            standing = self.governance.standing(self.id)
-            if standing.version:
-                return self.governance.charter(self.id)
+        """The machine's charter: its holders' (read with its standing), else the node's own."""
         return self._charter
 
     def _settle(self, contract: Contract) -> None:

@@ -11,7 +11,9 @@
 
 ``monitor`` and ``await_operator`` wait in ``interrupt``: for the node's next tick (it reads the
 machine then), or for an operator's handback. The checkpointer (SQLite by default, PostgreSQL for
-scale) keeps every step, so a restarted node finds each job, and each pending handoff, where it was.
+scale) keeps every step, written before the next one runs (``durability="sync"``; langgraph's default
+writes in the background, and a killed process could lose the last steps), so a restarted node finds
+each job, and each pending handoff, where it was.
 
 langgraph re-runs an interrupted node from its start when it resumes, and a crash may repeat a
 step: every effect goes through the ``JobPort`` (the machine node) and is idempotent — starting a
@@ -36,6 +38,7 @@ from pydantic import BaseModel
 
 from agents.handoff import Concern
 from core.errors import InputError
+from hub.mailbox import Mailbox
 
 __all__ = ["FlowState", "FlowStatus", "JobFlows", "JobPort", "Outcome", "Run", "checkpointer", "in_memory", "thread_id"]
 
@@ -63,6 +66,9 @@ class FlowState(TypedDict, total=False):
     handoffs: int
     decision: str | None
     outcome: str | None
+    finished: bool
+    """Set by ``finish``, the last step: the workflow's end (langgraph's own ``next`` is empty too
+    when a step's writes are saved but the following checkpoint is not, after a kill)."""
 
 
 class JobPort(Protocol):
@@ -155,7 +161,7 @@ def _carry_on(state: FlowState, config: RunnableConfig) -> dict[str, Any]:
 
 def _finish(state: FlowState, config: RunnableConfig) -> dict[str, Any]:
     _port(config).finish(state, cast(Outcome, state.get("outcome") or "failed"))
-    return {}
+    return {"finished": True}
 
 
 def _after_prepare(state: FlowState) -> str:
@@ -196,6 +202,10 @@ class JobFlows:
     def __init__(self, saver: BaseCheckpointSaver[Any]) -> None:
         self.saver = saver
         self.graph = build_graph().compile(checkpointer=saver)
+        self.durable = not isinstance(saver, InMemorySaver)
+        """False for an in-memory checkpointer: nothing survives the process, so nothing is indexed to resume."""
+        self.worker = Mailbox("workflows")
+        """The thread graph steps run on (one at a time), off every node's own thread."""
 
     def start(self, port: JobPort, state: FlowState) -> FlowStatus:
         """Run a new job's workflow to its first wait (starting it again resumes it where it is)."""
@@ -215,7 +225,7 @@ class JobFlows:
         snapshot = self.graph.get_state({"configurable": {"thread_id": tid}})
         if not snapshot.values:
             return None
-        return _status(tid, snapshot.values, [i.value for i in snapshot.interrupts], ended=not snapshot.next)
+        return _status(tid, snapshot.values, [i.value for i in snapshot.interrupts])
 
     def proceed(self, port: JobPort, tid: str) -> FlowStatus:
         """Carry on a workflow that stopped between two steps, from its last checkpoint."""
@@ -223,14 +233,15 @@ class JobFlows:
 
     def _run(self, port: JobPort, tid: str, payload: Any) -> FlowStatus:
         config: RunnableConfig = {"configurable": {"thread_id": tid, "port": port}, "recursion_limit": 50}
-        result = self.graph.invoke(payload, config)
+        # durable: each step on disk before the next runs (a kill loses none); in memory: only where it waits
+        result = self.graph.invoke(payload, config, durability="sync" if self.durable else "exit")
         waits = [i.value for i in result.get("__interrupt__", ())]
-        return _status(tid, {k: v for k, v in result.items() if k != "__interrupt__"}, waits, ended=not waits)
+        return _status(tid, {k: v for k, v in result.items() if k != "__interrupt__"}, waits)
 
 
-def _status(tid: str, values: dict[str, Any], waits: list[Any], *, ended: bool) -> FlowStatus:
+def _status(tid: str, values: dict[str, Any], waits: list[Any]) -> FlowStatus:
     waiting = waits[0].get("wait") if waits and isinstance(waits[0], dict) else None
-    return FlowStatus(thread_id=tid, waiting=waiting, values=dict(values), ended=ended)
+    return FlowStatus(thread_id=tid, waiting=waiting, values=dict(values), ended=bool(values.get("finished")))
 
 
 def in_memory() -> BaseCheckpointSaver[Any]:

@@ -29,7 +29,7 @@ from agents.memory import MachineMemory, MemoryStore
 from agents.node import MachineNode
 from agents.requester import JobOutcome, Requester, RequesterConfig
 from agents.snapshot import save_snapshot
-from agents.workflow import JobFlows, checkpointer
+from agents.workflow import JobFlows, in_memory
 from core.clock import ScaledClock, SimClock
 from core.errors import InputError, MemoryStoreError
 from core.money import format_units
@@ -254,7 +254,6 @@ def run_market(config: MarketConfig, *, on_progress: Callable[[Snapshot], None] 
     config.data_dir.mkdir(parents=True, exist_ok=True)
     for suffix in ("", "-wal", "-shm"):  # each run is a new city; keys and memory carry over
         (config.data_dir / f"ledger.db{suffix}").unlink(missing_ok=True)
-        (config.data_dir / f"workflows.db{suffix}").unlink(missing_ok=True)
     ledger_url = f"sqlite:///{(config.data_dir / 'ledger.db').resolve()}"
     ledger = Ledger(ledger_url)
     keys = Keystore(config.data_dir / "keys.json")
@@ -272,9 +271,11 @@ def run_market(config: MarketConfig, *, on_progress: Callable[[Snapshot], None] 
         with lock:
             outcomes.append(o)
 
-    with (_broker(config.broker) as broker, _MemoryOpener.open(config) as memory,
-          checkpointer(str(config.data_dir / "workflows.db")) as saver):
-        flows = JobFlows(saver)  # every job of the city runs as a checkpointed workflow
+    with _broker(config.broker) as broker, _MemoryOpener.open(config) as memory:
+        # Every job runs as a workflow, checkpointed in memory: a city is one process and each run is a
+        # new city (its ledger is recreated), so no run resumes another's jobs. A node in its own process
+        # (`tamc agent`) checkpoints to SQLite or PostgreSQL and resumes them.
+        flows = JobFlows(in_memory())
         hubs: list[Hub] = []
         nodes: list[MachineNode] = []
         requesters: dict[str, Requester] = {}

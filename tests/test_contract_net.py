@@ -169,7 +169,9 @@ def test_offline_notice_for_an_old_session_is_ignored(city: City) -> None:
 def test_many_jobs_in_flight_close_exactly_once(city: City) -> None:
     for i, margin in enumerate((2000, 2500, 3000)):
         city.machine(printer(f"prusa-{i}", margin))
-    requester = city.open_requester(bid_window_s=0.05, accept_window_s=0.1)
+    # 30 calls at once: each node answers them one by one, so the window leaves room for the last answer on a
+    # loaded 2-core machine (at 0.05 s every job expired there with no bid in time, on this code and the one before)
+    requester = city.open_requester(bid_window_s=0.5, accept_window_s=0.3)
     posted = [job(f"j-many-{i}", amount=4, deadline_h=3) for i in range(30)]
     done = threading.Event()
     for j in posted:
@@ -179,7 +181,7 @@ def test_many_jobs_in_flight_close_exactly_once(city: City) -> None:
     assert sorted(o.job_id for o in outcomes) == sorted(j.id for j in posted)
     assert all(o.outcome in ("paid", "expired") for o in outcomes)
     paid = [o for o in outcomes if o.outcome == "paid"]
-    assert paid, "at least some of the jobs must be filled"
+    assert paid, f"at least some of the jobs must be filled: {sorted({o.reason for o in outcomes})}"
     time.sleep(0.5)
     settled = [j for n in city.nodes.values() for j, _ in n.stats.settled]
     assert sorted(settled) == sorted(o.job_id for o in paid)  # each paid job settled by one machine only

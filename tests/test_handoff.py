@@ -179,3 +179,21 @@ def test_no_operator_in_time_escalates_and_the_runner_up_finishes_the_job(city: 
     [record] = [h for h in Operations(city.ledger.engine).open_handoffs("prusa-e1")] or [None]
     assert record is None  # closed with the escalation
     assert hot.held_by is None
+
+
+def test_the_machine_remembers_each_command_and_who_sent_it(city: City, tmp_path: Any) -> None:
+    from agents.memory import MemoryConfig, MemoryStore
+
+    store = MemoryStore(MemoryConfig(path=tmp_path / "memory"))
+    city.closers.append(store.close)
+    node = city.machine(printer("prusa-m", 2000), memory=store.machine("prusa-m"))
+    op, console = operator(city, "prusa-m")
+    assert console.send("takeover", note="checking the belts").ok
+    assert not console.send("move_to", point={"x_km": 1, "y_km": 1}).ok
+    assert console.send("handback").ok
+    assert node.memory is not None
+    store.flush()
+    remembered = node.memory.recall("operator commands", kind="operator", k=10)
+    texts = sorted(r.text for r in remembered)
+    assert len(texts) == 3 and all(op.did in t for t in texts), texts
+    assert any("move_to" in t and "refused" in t for t in texts)

@@ -17,6 +17,7 @@ from test_handoff import Console
 
 from agents import settlement
 from agents.requester import JobOutcome, Requester, RequesterConfig
+from agents.workflow import JobFlows, checkpointer
 from hub import topics
 from hub.messages import Bid, JobEvent
 from hub.transport import Hub
@@ -91,13 +92,18 @@ def test_killed_with_a_pending_handoff_restarts_it_pending_and_resumes_without_d
         proc.communicate(timeout=10)
         time.sleep(0.5)
         assert [h.id for h in ops.open_handoffs("prusa-01")] == [raised.handoff_id]  # still pending, in the ledger
+        assert ops.open_flows("prusa-01") == ["prusa-01/j-restart"]
+        with checkpointer(f"sqlite:///{data / 'workflows.db'}") as saver:  # and in the workflow's checkpoint
+            status = JobFlows(saver).status("prusa-01/j-restart")
+        assert status is not None and not status.ended, status
         assert not outcomes  # the requester keeps the contract: a person is to look at it
 
         proc = _agent(broker_url, ledger_url, data, fault=False)
         _online(proc)
         took = console.send("takeover", handoff_id=raised.handoff_id)
         assert took.ok, took.result  # the restarted node knows its pending handoff
-        assert console.send("set", name="nozzle", value=215).ok
+        cooled = console.send("set", name="nozzle", value=215)
+        assert cooled.ok, f"{cooled.result}\n{_output(proc)}"
         again = console.send("takeover", handoff_id=raised.handoff_id, command_id=next(iter(
             r.command_id for r in ops.audit_log("prusa-01") if r.command == "takeover")))
         assert again.ok and again.result == took.result  # redelivered: answered, not carried out again

@@ -101,3 +101,31 @@ def test_continue_before_the_start_starts_the_job_and_a_closed_job_ends_quietly(
         assert port.calls["start"] == 1
         end = flows.resume(port, "m1/j1", {"closed": "refunded"})
     assert end.outcome == "closed" and port.finished == ["closed"]
+
+
+class Crash(Exception):
+    """The process dies in the middle of a step."""
+
+
+def test_a_step_cut_short_by_a_crash_is_taken_again_by_the_next_process(tmp_path: Any) -> None:
+    url = f"sqlite:///{tmp_path / 'workflows.db'}"
+    port = Port([("running", 0.5, HOT)])
+
+    def dies(state: FlowState, concern: Concern, handoff_id: str) -> dict[str, Any]:
+        port.calls["raise_handoff"] += 1
+        raise Crash  # after its effect, before the step's end
+
+    port.raise_handoff = dies  # type: ignore[method-assign]
+    with checkpointer(url) as saver:
+        flows = JobFlows(saver)
+        flows.start(port, STATE)
+        with pytest.raises(Crash):
+            flows.resume(port, "m1/j1", {"tick": True})
+    later = Port([])
+    with checkpointer(url) as saver:
+        flows = JobFlows(saver)
+        status = flows.status("m1/j1")
+        assert status is not None and status.waiting is None and not status.ended  # stopped between two steps
+        pending = flows.proceed(later, "m1/j1")
+        assert pending.waiting == "operator" and pending.values["handoff"]["handoff_id"] == "j1~h1"
+    assert later.calls == Counter(safe_state=1, raise_handoff=1)  # the cut step again (its effects are idempotent), no more
