@@ -97,9 +97,11 @@ def test_a_machine_hires_its_maintenance_out_and_pays_from_the_budget(life: Mark
     ledger = Ledger(life.ledger_url)
     gov = Governance(ledger)
     try:
-        (maint,) = [p for p in gov.proposals("prusa-rich") if p.kind.value == "maintenance"]
+        # the holders' simulated votes hash the title, which carries the wear when the machine asked: an earlier
+        # request may have been voted down (the machine asks again the next period), one was executed
+        (maint,) = [p for p in gov.proposals("prusa-rich") if p.kind.value == "maintenance" and p.state == "executed"]
         price = PROFILES["prusa-01"].purchase_price
-        assert maint.state == "executed" and maint.payload["wear_pct"] >= 61.0
+        assert maint.payload["wear_pct"] >= 61.0
         assert maint.payload["budget"] == pytest.approx(price * maint.payload["wear_pct"] / 100, rel=1e-5)  # what the wear is worth
         technician = ledger.balance(machine_wallet("tech-south")) + ledger.balance(machine_wallet("tech-north"))
         assert 0 < technician < maint.payload["budget"]  # paid its quote, not the whole budget
