@@ -156,7 +156,7 @@ def _await_operator(state: FlowState, config: RunnableConfig) -> dict[str, Any]:
 
 def _carry_on(state: FlowState, config: RunnableConfig) -> dict[str, Any]:
     _port(config).carry_on(state)
-    return {"decision": None}
+    return {}
 
 
 def _finish(state: FlowState, config: RunnableConfig) -> dict[str, Any]:

@@ -84,5 +84,15 @@ class City:
         return [(e.machine_id, e.kind) for _, e in self.events if e.job_id == job_id and e.kind != "progress"]
 
 
+def until(read: Callable[[], Any], ok: Callable[[Any], bool], timeout: float = 60.0) -> Any:
+    """Read until ``ok(value)`` or the timeout; the last value read (the caller asserts on it)."""
+    deadline = time.monotonic() + timeout
+    value = read()
+    while not ok(value) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        value = read()
+    return value
+
+
 def job(job_id: str, **changes: object) -> JobSpec:
     return JobSpec.model_validate({**PRINT, "id": job_id, **changes})

@@ -5,10 +5,10 @@ commands, hands back, and the job is paid once. Only operators may command; ever
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import httpx
 import pytest
+from city import until
 from test_server_api import client
 
 from server.runner import Served
@@ -19,15 +19,6 @@ JOB = {"kind": "printer_3d", "capability": "print", "region": "north", "deadline
        "material": "PLA", "size_mm": [60, 40, 30], "amount": 20, "description": "a bracket"}
 
 
-def _wait(read: Any, until: Any, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    value = read()
-    while not until(value) and time.monotonic() < deadline:
-        time.sleep(0.1)
-        value = read()
-    return value
-
-
 def test_an_anomaly_is_handed_to_an_operator_who_takes_over_commands_and_hands_back(served: Served) -> None:
     rita, olga, alice = client(served, "rita"), client(served, "olga"), client(served, "alice")
     posted = rita.post("/v1/jobs", json=JOB)
@@ -36,7 +27,7 @@ def test_an_anomaly_is_handed_to_an_operator_who_takes_over_commands_and_hands_b
     for node in served.city.nodes:  # whichever printer wins, its nozzle runs away a fifth of the way in
         node.anomalies[job_id] = (0.2, "thermal_runaway")
 
-    queue = _wait(lambda: olga.get("/v1/handoffs").json(), lambda q: any(h["job_id"] == job_id for h in q))
+    queue = until(lambda: olga.get("/v1/handoffs").json(), lambda q: any(h["job_id"] == job_id for h in q))
     [handoff] = [h for h in queue if h["job_id"] == job_id]
     machine = handoff["machine_id"]
     assert handoff["state"] == "pending" and handoff["reason"] == "anomaly.temperature", handoff
@@ -65,7 +56,7 @@ def test_an_anomaly_is_handed_to_an_operator_who_takes_over_commands_and_hands_b
 
     back = olga.post(f"/v1/machines/{machine}/control", json={"command": "handback", "decision": "continue"})
     assert back.status_code == 200, back.text
-    status = _wait(lambda: rita.get(f"/v1/jobs/{job_id}").json(), lambda s: s["state"] in ("paid", "refunded", "expired"))
+    status = until(lambda: rita.get(f"/v1/jobs/{job_id}").json(), lambda s: s["state"] in ("paid", "refunded", "expired"))
     assert status["state"] == "paid" and status["machine_id"] == machine, status
     kinds = [s["kind"] for s in status["steps"]]
     assert kinds.count("handoff") == 1 and kinds.count("resumed") == 1 and kinds.count("done") == 1, kinds

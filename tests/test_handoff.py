@@ -118,6 +118,7 @@ def test_anomaly_hands_off_operator_takes_over_commands_hands_back_paid_once(cit
         ("takeover", True), ("move_to", False), ("set", True), ("set", False), ("resume", True), ("pause", True), ("handback", True)]
     assert all(r.operator == op.did for r in audit)
     assert "does not travel" in audit[-2].result
+    assert console.wait_handoff("closed").decision == "continue"
 
 
 def test_nobody_but_an_operator_holding_the_machine_commands_it_and_the_agent_stands_by(city: City) -> None:

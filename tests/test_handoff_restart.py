@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_agent_process import _online
 from test_handoff import Console
 
 from agents import settlement
@@ -47,13 +48,6 @@ def _output(proc: subprocess.Popen[str]) -> str:
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=15)
     return f"stdout:\n{out}\nstderr:\n{err[-3000:]}"
-
-
-def _online(proc: subprocess.Popen[str]) -> dict[str, object]:
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    assert line, proc.stderr.read() if proc.stderr else "no output"
-    return dict(json.loads(line))
 
 
 def test_killed_with_a_pending_handoff_restarts_it_pending_and_resumes_without_duplicates(broker_url: str, tmp_path: Path) -> None:

@@ -8,10 +8,10 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
+from city import until
 from octoprint_server import OctoPrintServer
 from octoprint_server import octoprint as octoprint
 
@@ -59,15 +59,6 @@ def _api(served: Served, who: str) -> httpx.Client:
     return httpx.Client(base_url=served.url, headers={"Authorization": f"Bearer {served.login(who).token}"}, timeout=30)
 
 
-def _until(read: Any, ok: Any, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    value = read()
-    while not ok(value) and time.monotonic() < deadline:
-        time.sleep(0.1)
-        value = read()
-    return value
-
-
 def test_a_real_printer_wins_prints_is_paused_and_resumed_by_an_operator_and_is_paid(served: Served, octo_node: MachineNode,
                                                                                    octoprint: OctoPrintServer) -> None:
     driver = octo_node.driver
@@ -76,22 +67,22 @@ def test_a_real_printer_wins_prints_is_paused_and_resumed_by_an_operator_and_is_
         posted = rita.post("/v1/jobs", json=JOB)
         assert posted.status_code == 202, posted.text
         job_id = posted.json()["job_id"]
-        printing = _until(driver.telemetry, lambda t: t.state is MachineState.WORKING and t.job_id == job_id, timeout=30)
+        printing = until(driver.telemetry, lambda t: t.state is MachineState.WORKING and t.job_id == job_id, timeout=30)
         assert printing.job_id == job_id, f"the OctoPrint node did not start printing: {printing}"
         octo = httpx.get(f"{octoprint.url}/api/job", headers={"X-Api-Key": octoprint.api_key}).json()
         assert octo["state"] == "Printing" and octo["job"]["file"]["name"] == f"tamc-{job_id}.gcode"
 
         took = olga.post("/v1/machines/octo-n1/control", json={"command": "takeover"})
         assert took.status_code == 200, took.text  # the workflow paused the print safely for the operator
-        assert _until(driver.telemetry, lambda t: t.state is MachineState.PAUSED, timeout=10).state is MachineState.PAUSED
-        held = _until(lambda: httpx.get(f"{octoprint.url}/api/job", headers={"X-Api-Key": octoprint.api_key}).json(),
+        assert until(driver.telemetry, lambda t: t.state is MachineState.PAUSED, timeout=10).state is MachineState.PAUSED
+        held = until(lambda: httpx.get(f"{octoprint.url}/api/job", headers={"X-Api-Key": octoprint.api_key}).json(),
                       lambda j: j["state"] == "Paused", timeout=10)
         assert held["state"] == "Paused"
         progress = driver.telemetry().progress
         time.sleep(1.0)
         assert driver.telemetry().progress == progress  # nothing printed while paused
         assert olga.post("/v1/machines/octo-n1/control", json={"command": "resume"}).status_code == 200
-        assert _until(driver.telemetry, lambda t: t.state is MachineState.WORKING, timeout=10).state is MachineState.WORKING
+        assert until(driver.telemetry, lambda t: t.state is MachineState.WORKING, timeout=10).state is MachineState.WORKING
         assert olga.post("/v1/machines/octo-n1/control", json={"command": "pause"}).status_code == 200
         assert olga.post("/v1/machines/octo-n1/control", json={"command": "set", "name": "bed", "value": 55}).status_code == 200
         moved = olga.post("/v1/machines/octo-n1/control", json={"command": "move_to", "point": {"x_km": 1, "y_km": 2}})
@@ -100,7 +91,7 @@ def test_a_real_printer_wins_prints_is_paused_and_resumed_by_an_operator_and_is_
         back = olga.post("/v1/machines/octo-n1/control", json={"command": "handback", "decision": "continue"})
         assert back.status_code == 200, back.text
 
-        status = _until(lambda: rita.get(f"/v1/jobs/{job_id}").json(), lambda s: s["state"] in ("paid", "refunded", "expired"),
+        status = until(lambda: rita.get(f"/v1/jobs/{job_id}").json(), lambda s: s["state"] in ("paid", "refunded", "expired"),
                         timeout=90)
         assert status["state"] == "paid" and status["machine_id"] == "octo-n1", status
         assert driver.job_run(job_id) == "done"
