@@ -25,7 +25,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from market.city import MarketConfig
-from server.runner import free_port, serve
+from server.runner import serve
 
 
 def pct(values: list[float], q: float) -> float:
@@ -65,7 +65,7 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         config = MarketConfig(machines=12, hours=200, speed=60, memory="off", telemetry_every_s=1.0, data_dir=Path(tmp))
-        with serve(config, port=free_port()) as s:
+        with serve(config, port=0) as s:
             token = s.login("alice").token
             with httpx.Client(base_url=s.url, headers={"Authorization": f"Bearer {token}"}) as c:
                 mine = next(iter(c.get("/v1/me").json()["roles"]))

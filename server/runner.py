@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel
 
 from agents import settlement
-from core.errors import TamcError
+from core.errors import InputError, TamcError
 from server.access import Access, Role
 
 if TYPE_CHECKING:
@@ -92,12 +92,22 @@ class Served:
 
 @contextlib.contextmanager
 def serve(config: MarketConfig, *, host: str = "127.0.0.1", port: int = 8000, ready_timeout_s: float = 120.0) -> Iterator[Served]:
-    """Run the city and serve it until the block ends; then stop the server and the market."""
+    """Run the city and serve it until the block ends; then stop the server and the market. ``port`` 0
+    takes a free one. The port is bound first, before the city starts: a taken port fails at once, and
+    no connection the city opens meanwhile can take it (picking a free port and binding it later raced)."""
     import uvicorn
 
     from market.city import run_market
     from server.app import create_app
 
+    listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+    except OSError as exc:
+        listener.close()
+        raise InputError(f"cannot listen on {host}:{port}: {exc.strerror}; pick another --port") from None
+    port = listener.getsockname()[1]
     ready = threading.Event()
     stop = threading.Event()
     holder: dict[str, LiveCity] = {}
@@ -119,6 +129,7 @@ def serve(config: MarketConfig, *, host: str = "127.0.0.1", port: int = 8000, re
     thread.start()
     if not ready.wait(ready_timeout_s) or failure:
         stop.set()
+        listener.close()
         if failure and isinstance(failure[0], TamcError):
             raise failure[0]
         raise RuntimeError(f"the city did not start within {ready_timeout_s:.0f} s") from (failure[0] if failure else None)
@@ -131,7 +142,7 @@ def serve(config: MarketConfig, *, host: str = "127.0.0.1", port: int = 8000, re
         app = create_app(city, access=access)
         server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=1,
                                                lifespan="on"))
-        server_thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+        server_thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, name="uvicorn", daemon=True)
         server_thread.start()
         deadline = time.monotonic() + 30
         while not server.started:
@@ -145,5 +156,6 @@ def serve(config: MarketConfig, *, host: str = "127.0.0.1", port: int = 8000, re
             server.should_exit = True
         if server_thread is not None:
             server_thread.join(timeout=10)
+        listener.close()
         stop.set()
         thread.join(timeout=config.drain_s + 60)

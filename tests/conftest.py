@@ -176,9 +176,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """``tamc serve`` as a user runs it: a small city (its own broker and ledger) sped up 600×,
     the API and the cockpit on uvicorn on a free port, and the demo's logins."""
     from market.city import MarketConfig
-    from server.runner import free_port, serve
+    from server.runner import serve
 
     config = MarketConfig(machines=4, hours=500, speed=600, seed=7, memory="off", life=False, telemetry_every_s=0.25,
                           bid_window_s=0.3, accept_window_s=0.4, drain_s=2, data_dir=tmp_path_factory.mktemp("served"))
-    with serve(config, port=free_port()) as s:
+    with serve(config, port=0) as s:  # the server binds a free port itself, before the city starts
         yield s
