@@ -132,6 +132,8 @@ class ControlDesk:
         handoff_id = cmd.handoff_id
         running = node._running
         now = datetime.now(UTC)
+        if running is not None and running.flow is None:
+            running = None  # funded, still charging: it will not start while the machine is held
         if handoff_id is None and running is not None and running.handoff is None:
             # a job under way: hold the machine now (the agent stops acting at once), and let the workflow stop
             # the job safely and raise the handoff; it is attached to this operator when raised (``attach``)
@@ -140,7 +142,7 @@ class ControlDesk:
             return f"{cmd.operator} holds {node.id}; its job {running.job.id} stops safely and waits for them"
         if handoff_id is None and running is not None:
             handoff_id = running.handoff
-        elif handoff_id is None:
+        if handoff_id is None:
             record, _ = ops.raise_handoff(HandoffRecord(
                 id=f"{node.id}~{cmd.command_id}", machine_id=node.id, job_id=None, reason="operator",
                 detail=f"{cmd.operator} took control", proposal="hand back when done", context={}, state="pending",
@@ -167,7 +169,9 @@ class ControlDesk:
         ops = self.ops
         node = self.node
         assert ops is not None
-        contract = node._running  # a job in hand while held is the one the operator holds
+        contract = node._running  # a job under way while held is the one the operator holds
+        if contract is not None and contract.flow is None:
+            contract = None  # funded and charging, never started: nothing to decide
         handoff_id = contract.handoff if contract is not None else None
         if contract is None:
             held = [h for h in ops.open_handoffs(node.id) if h.state == "taken" and h.operator == cmd.operator]
