@@ -264,6 +264,8 @@ class JobRunner:
         assert node.driver is not None
         job_id = state["job_id"]
         job = JobSpec.model_validate(state["contract"]["job"])
+        if self._current(job_id) is None:
+            return {}  # closed or given up while this step waited its turn: the machine is not the job's any more
         if node.driver.job_run(job_id) not in ("running", "paused"):
             route = [p for p in (job.pickup, job.dropoff) if p is not None]
             node.driver.start_job(job_id, max(state.get("hours", 0.0), 1e-9), route=route)
@@ -329,6 +331,8 @@ class JobRunner:
     def _carry_on(self, state: FlowState) -> None:
         driver = self.node.driver
         assert driver is not None
+        if self._current(state["job_id"]) is None:
+            return
         if driver.job_run(state["job_id"]) == "paused":
             try:
                 driver.resume()
@@ -342,9 +346,12 @@ class JobRunner:
         assert driver is not None
         job_id = state["job_id"]
         run = driver.job_run(job_id)
+        contract = self._current(job_id)
         if outcome == "done":
             if run in ("running", "paused"):
                 driver.finish_job()  # an operator says it is done: the simulator books the rest
+            if contract is not None:
+                node._job_done(contract)  # booked before 'done' goes out: the 'paid' answer finds it done
             node._publish_event(job_id, "done", progress=1.0)
             return
         if run in ("running", "paused"):
@@ -352,6 +359,10 @@ class JobRunner:
                 driver.cancel()
             except (CommandRejected, DriverError) as exc:
                 log.error("machine=%s job=%s cannot cancel the job on the machine: %s", node.id, job_id, exc)
+        if outcome == "closed":
+            return
+        if contract is not None:
+            node._job_given_up(contract)
         if outcome == "aborted":
             node._publish_event(job_id, "aborted", detail=f"an operator aborted the job ({state.get('decision')}); refund it")
         elif outcome == "escalated":
@@ -369,10 +380,17 @@ class JobRunner:
             outcome = "closed"
         if node.operations is not None and contract.flow is not None and node.flows.durable:
             node.operations.flow_closed(contract.flow)
-        if outcome == "done":
-            node._job_done(contract)
-        elif outcome != "closed":
-            node._job_given_up(contract)
+        if contract.state == "running":  # ``finish`` did not find it to book (it should have)
+            if outcome == "done":
+                node._job_done(contract)
+            elif outcome != "closed":
+                node._job_given_up(contract)
+
+    def _current(self, job_id: str) -> Contract | None:
+        """The job's contract if the machine is on it now (not closed, given up or done meanwhile)."""
+        followed = self.node._jobs.get(job_id)
+        contract = followed.contract if followed is not None else None
+        return contract if contract is not None and contract.state == "running" and self.node._running is contract else None
 
     def _next_tick(self, contract: Contract) -> float:
         node = self.node
