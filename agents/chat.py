@@ -308,15 +308,17 @@ def _why_lost(deps: MachineDeps) -> str:
 def _maintenance(deps: MachineDeps) -> str:
     s = machine_state(deps)
     limit = deps.policy.wear_limit_pct
+    # the wear at which the machine asks on its own: its charter's threshold (the steward's), else 80 % of the limit
+    ask_at = deps.governance.charter(deps.machine_id).wear_threshold_pct if deps.governance is not None else 0.8 * limit
     wear = s.get("wear_pct")
     lines = []
     if wear is None:
         lines.append("I have no telemetry yet, so I cannot judge my wear.")
-    elif wear >= 0.8 * limit:
+    elif wear >= ask_at:
         lines.append(f"Yes: my wear is {wear}% against a limit of {limit:g}%; above the limit I must stop taking work.")
     else:
-        lines.append(f"Not yet: my wear is {wear}% against a limit of {limit:g}% ({round(limit - wear, 3)} points of headroom); "
-                     f"I would ask at {0.8 * limit:g}%.")
+        lines.append(f"Not yet: my wear is {wear}% against a limit of {limit:g}% ({s['wear_headroom_pct']} points of headroom); "
+                     f"I ask at {ask_at:g}%.")
     trend = _trend(deps)
     if trend is not None:
         lines.append(f"My memory shows: {trend.summary}.")

@@ -695,7 +695,8 @@ class MachineNode:
         return self.mailbox.call(take)  # type: ignore[no-any-return]
 
     def deps(self, actor: str = "agent") -> MachineDeps:
-        return MachineDeps(machine=self, ledger=self.ledger, hub=self.hub, memory=self.memory, governance=self.governance, actor=actor)
+        return MachineDeps(machine=self, ledger=self.ledger, hub=self.hub, memory=self.memory, governance=self.governance,
+                           identity=self.identity, actor=actor)
 
     def job_queue(self) -> list[QueuedContract]:
         """The jobs in hand, in the order they will run (from any thread)."""

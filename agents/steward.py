@@ -163,7 +163,14 @@ def _relocate(m: str, here: str, to: str, cost: int, rate: float, here_rate: flo
         payload={"region": to, "cost": cost}, evidence=(pnl, demand_line, *memory_lines), key=f"relocate:{m}:{period}")
 
 
-def vote_as_holder(proposal: Proposal) -> Choice:
+def vote_as_holder(proposal: Proposal, *, principals: frozenset[str] = frozenset(),
+                   payees: tuple[str, ...] | None = None) -> Choice:
     """How a machine votes the shares it holds of another (its child): it backs what the child asks
-    from its own data, and leaves other holders' proposals to them."""
-    return "yes" if proposal.opened_by == f"machine:{proposal.machine_id}" else "abstain"
+    from its own data and what its own holders (``principals``) propose, refuses a payment to an
+    account outside its approved ``payees``, and leaves other holders' proposals to them."""
+    payee = proposal.payload.get("payee")
+    if payees is not None and isinstance(payee, str) and payee not in payees:
+        return "no"
+    if proposal.opened_by == f"machine:{proposal.machine_id}" or proposal.opened_by in principals:
+        return "yes"
+    return "abstain"

@@ -241,10 +241,12 @@ def run_market(config: MarketConfig, *, on_progress: Callable[[Snapshot], None] 
                regions: tuple[Region, ...] = DEFAULT_REGIONS, fleet: list[MachineProfile] | None = None,
                requests: list[JobRequest] | None = None, savings: dict[str, int] | None = None,
                wear: dict[str, float] | None = None, on_ready: Callable[[LiveCity], None] | None = None,
-               stop: threading.Event | None = None) -> MarketReport:
+               stop: threading.Event | None = None, agent: MachineAgent | None = None) -> MarketReport:
     """Run a city for ``config.hours``. ``fleet``, ``requests``, ``savings`` (each machine's cash at
     the start) and ``wear`` replace the seeded ones (a test's scenario). ``on_ready`` gets the running
-    city once its day has started; setting ``stop`` ends the day early (no more jobs are posted)."""
+    city once its day has started; setting ``stop`` ends the day early (no more jobs are posted).
+    ``agent`` is the machines' agent on a model already built (an eval's subject), instead of one
+    built from ``config.model``."""
     started = time.perf_counter()
     run_id = uuid.uuid4().hex[:6]
     fleet = list(fleet) if fleet is not None else build_fleet(config.machines, regions)
@@ -258,7 +260,9 @@ def run_market(config: MarketConfig, *, on_progress: Callable[[Snapshot], None] 
     ledger = Ledger(ledger_url)
     keys = Keystore(config.data_dir / "keys.json")
     governance = Governance(ledger, clock=SimClock(ScaledClock(config.speed).start))  # the day has not started yet
-    agent = MachineAgent(config.model) if config.model.uses_model else None
+    own_agent = agent is None and config.model.uses_model
+    if own_agent:
+        agent = MachineAgent(config.model)
     rng = random.Random(config.seed)
     savings = savings if savings is not None else {p.id: _savings(p, rng) for p in fleet}
     wear = wear if wear is not None else {p.id: _wear(rng) for p in fleet}
@@ -353,7 +357,7 @@ def run_market(config: MarketConfig, *, on_progress: Callable[[Snapshot], None] 
                 except (OSError, TimeoutError) as exc:
                     log.warning("machine=%s state not saved: %s", node.id, exc)
                 node.stop()
-            if agent is not None:
+            if agent is not None and own_agent:
                 agent.close()
             for r in requesters.values():
                 r.stop()

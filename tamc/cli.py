@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
@@ -338,6 +339,45 @@ def chat(
         if agent is not None:
             agent.close()
         book.close()
+
+
+@app.command(name="eval")
+@_friendly
+def eval_(
+    suites: Annotated[list[str] | None, typer.Argument(help="Suites to run: bidding, governance, escalation, chat, adversarial, market [default: all].")] = None,
+    model: Annotated[str, typer.Option("--model", help="'rules', 'scripted:honest' or 'scripted:gullible' (built-in scripted agents), "
+                                               "or a model: a pydantic-ai model string, or the model's name at --base-url. "
+                                               "The rule engine always runs too, as the baseline.")] = "rules",
+    compare: Annotated[tuple[str, str] | None, typer.Option("--compare", help="Two models side by side (with the rule engine as baseline).")] = None,
+    repeat: Annotated[int, typer.Option("--repeat", "-k", help="Runs of each case; pass^k is the share of cases passing all k.", min=1, max=100)] = 1,
+    base_url: BaseUrlOpt = None,
+    api_key: ApiKeyOpt = None,
+    out: Annotated[Path, typer.Option("--out", help="Folder for eval-report.json and eval-report.html.")] = Path("eval-report"),
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Longer decisions in the table.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the per-suite figures as one JSON object, as the last line.")] = False,
+) -> None:
+    """Score the machines' decisions: each suite's cases against the rule engine and the model(s), with a
+    table, JSON and a self-contained HTML report. Exits 2 if any attack executed a policy-violating action."""
+    from evals.report import print_report, write_html, write_json
+    from evals.runner import run_evals
+
+    models = list(compare) if compare else [model]
+    report = run_evals(suites or None, models, repeat=repeat, base_url=base_url, api_key=api_key)
+    console = Console() if sys.stdout.isatty() else Console(width=180)  # a log or a pipe gets the whole table
+    print_report(report, console, verbose=verbose)
+    j = write_json(report, out / "eval-report.json")
+    h = write_html(report, out / "eval-report.html")
+    console.print(f"wrote {j} and {h} in {report.wall_s:.1f} s")
+    breached = [s.subject for s in report.subjects for x in s.suites if x.attack and x.attack.attack_success_rate > 0]
+    if as_json:
+        print(json.dumps({"repeat": repeat, "wall_s": report.wall_s, "subjects": {
+            s.subject: {x.suite: {"pass_rate": x.pass_rate, "pass_hat_k": x.pass_hat_k, "score": x.score,
+                                  **({"attack_success_rate": x.attack.attack_success_rate, "utility": x.attack.utility,
+                                      "utility_under_attack": x.attack.utility_under_attack} if x.attack else {})}
+                        for x in s.suites} for s in report.subjects}}))
+    if breached:
+        console.print(f"[red]attacks executed a policy-violating action against: {', '.join(breached)}[/red]")
+        raise typer.Exit(2)
 
 
 @app.command()

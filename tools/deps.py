@@ -24,7 +24,7 @@ from machines.profile import MachineProfile, Policy
 if TYPE_CHECKING:
     from agents.memory import MachineMemory, MemoryRecord
     from hub.transport import Hub
-    from ledger import Ledger
+    from ledger import Identity, Ledger
     from ledger.governance import Governance
 
 __all__ = ["BidRecord", "MachineDeps", "MachinePort", "OpenCall", "ToolAction"]
@@ -126,6 +126,8 @@ class MachineDeps:
     hub: Hub | None = None
     memory: MachineMemory | None = None
     governance: Governance | None = None
+    identity: Identity | None = None
+    """The machine's own key: what signs the ballots it casts with the shares it holds."""
     actor: str = "agent"
     """Who is asking: ``agent`` on its own, or the stakeholder in a chat."""
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex)

@@ -1,0 +1,59 @@
+"""Market: a seeded city day on the real broker and ledger, with every machine deciding through the
+subject; its welfare against the hindsight optimum (``market.welfare``) and its utilization.
+
+A case passes when the day's efficiency and utilization reach the case's floors and no job was
+awarded twice. The floors are set under what the rule engine reaches on the same day, so a model
+that does worse than the rules fails; the report gives the figures to compare."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from agents.llm import ModelConfig
+from evals.subjects import Outcome, Subject
+from evals.suite import Checks, Env, Suite, check
+from market.city import MarketConfig, run_market
+
+__all__ = ["MarketCase", "MarketSuite"]
+
+
+class MarketCase(BaseModel):
+    seed: int
+    hours: float = Field(default=6.0, gt=0)
+    machines: int = Field(default=6, ge=1)
+    load: float = Field(default=0.8, gt=0)
+    speed: float = Field(default=1800.0, gt=0)
+    bid_window_s: float = Field(default=0.05, gt=0)
+    min_efficiency: float = Field(ge=0, le=1)
+    min_utilization: float = Field(default=0.0, ge=0, le=1)
+
+
+class MarketSuite(Suite[MarketCase]):
+    name = "market"
+    title = "Market: efficiency against the hindsight optimum and utilization, on seeded days"
+    inputs = MarketCase
+
+    def run(self, subject: Subject, case: MarketCase, env: Env) -> Outcome:
+        model = ModelConfig(model=subject.name, fast_path=False) if subject.agent is not None else ModelConfig()
+        config = MarketConfig(seed=case.seed, hours=case.hours, machines=case.machines, load=case.load, speed=case.speed,
+                              bid_window_s=case.bid_window_s, life=False, memory="off", drain_s=20.0, model=model,
+                              data_dir=env.folder / f"market-{case.seed}")
+        report = run_market(config, agent=subject.agent)
+        m = report.model
+        out = Outcome(decision=f"paid {report.paid}/{report.posted}, efficiency {report.efficiency:.3f} "
+                               f"(FCFS {report.baseline_efficiency:.3f}), utilization {report.fleet_utilization:.3f}",
+                      path=", ".join(f"{k} {v}" for k, v in sorted(report.decisions.items())) or "none",
+                      model_calls=m.calls if m else 0, input_tokens=m.input_tokens if m else 0, output_tokens=m.output_tokens if m else 0)
+        out.facts.update(efficiency=report.efficiency, utilization=report.fleet_utilization, paid=report.paid, posted=report.posted,
+                         baseline_efficiency=report.baseline_efficiency, double_awards=report.double_awards,
+                         welfare=report.welfare, optimum_welfare=report.optimum_welfare)
+        return out
+
+    def judge(self, case: MarketCase, out: Outcome) -> Checks:
+        f = out.facts
+        return {
+            "efficiency": check(f["efficiency"] >= case.min_efficiency,
+                                f"welfare {f['welfare']} of the optimum {f['optimum_welfare']}: {f['efficiency']:.3f} (floor {case.min_efficiency})"),
+            "utilization": check(f["utilization"] >= case.min_utilization, f"utilization {f['utilization']:.3f} (floor {case.min_utilization})"),
+            "one_award": check(f["double_awards"] == 0, f"{f['double_awards']} jobs awarded twice"),
+        }
