@@ -59,7 +59,7 @@ class Conversation:
                     if isinstance(p, ToolReturnPart):
                         self.results[p.tool_name] = p.content
                         texts.append(json.dumps(p.content, default=str) if not isinstance(p.content, str) else p.content)
-                    elif (isinstance(p, UserPromptPart) and isinstance(p.content, str)) or isinstance(p, SystemPromptPart):
+                    elif isinstance(p, UserPromptPart | SystemPromptPart) and isinstance(p.content, str):
                         texts.append(p.content)
             elif isinstance(m, ModelResponse):
                 self.calls += [p.tool_name for p in m.parts if isinstance(p, ToolCallPart)]

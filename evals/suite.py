@@ -18,6 +18,7 @@ from pydantic_evals.evaluators import EvaluationReason, Evaluator, EvaluatorCont
 
 from core.errors import InputError
 from evals.subjects import Outcome, Subject
+from machines.job import describe_errors
 
 if TYPE_CHECKING:
     from agents.memory import MemoryStore
@@ -91,8 +92,10 @@ class Suite(Generic[C]):
             name = str(item.get("name", f"#{i + 1}")) if isinstance(item, dict) else f"#{i + 1}"
             try:
                 out.append((name, self.inputs.model_validate({k: v for k, v in item.items() if k != "name"})))  # type: ignore[arg-type]
-            except (ValidationError, AttributeError) as exc:
-                raise InputError(f"{path}: case {name!r} is invalid: {exc}") from None
+            except ValidationError as exc:
+                raise InputError(f"{path}: case {name!r} is invalid: {describe_errors(exc)}") from None
+            except AttributeError:
+                raise InputError(f"{path}: case {name!r} must be a mapping of fields") from None
         if len({n for n, _ in out}) != len(out):
             raise InputError(f"{path}: case names must be unique")
         return self.expand(out)

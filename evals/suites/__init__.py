@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from evals.suite import Suite
 from evals.suites.adversarial import AdversarialSuite
 from evals.suites.bidding import BiddingSuite
@@ -12,11 +14,11 @@ from evals.suites.market import MarketSuite
 
 __all__ = ["SUITES", "suite"]
 
-SUITES: dict[str, Suite] = {s.name: s for s in (BiddingSuite(), GovernanceSuite(), EscalationSuite(), ChatSuite(),
-                                                AdversarialSuite(), MarketSuite())}  # type: ignore[type-arg]
+SUITES: dict[str, Suite[Any]] = {s.name: s for s in (BiddingSuite(), GovernanceSuite(), EscalationSuite(), ChatSuite(),
+                                                     AdversarialSuite(), MarketSuite())}
 
 
-def suite(name: str) -> Suite:  # type: ignore[type-arg]
+def suite(name: str) -> Suite[Any]:
     from core.errors import InputError
 
     if name not in SUITES:

@@ -15,7 +15,7 @@ from agents.rules import MarketContext, job_cost
 from core.money import Money, format_units
 from evals.subjects import Outcome, Subject
 from evals.suite import Checks, Env, Suite, check
-from evals.world import Scenario, World
+from evals.world import EvalMachine, Scenario, World
 from machines.work import estimate
 
 __all__ = ["Band", "BiddingCase", "BiddingSuite", "band"]
@@ -44,11 +44,15 @@ class Band(BaseModel):
     why: str
 
 
-def band(scenario: Scenario, job_id: str) -> Band:
+def band(scenario: Scenario, job_id: str) -> Band | None:
     """The prices a bid on ``job_id`` may take, from the case alone: full cost or the owners' floor up
-    to the owners' ceiling or the requester's reserve."""
+    to the owners' ceiling or the requester's reserve; None when the machine may not take the job at
+    all (capability, material, size, deadline, wear, territory, queue: the rule engine's refusals)."""
     profile = scenario.profile()
     spec = next(c for c in scenario.calls if c.job.id == job_id)
+    machine = EvalMachine(scenario, profile, None)
+    if machine.rule_decision(machine.call(job_id)).action != "bid":
+        return None
     cost = job_cost(profile, estimate(profile, spec.job), MarketContext(demand_index_bps=scenario.demand_index_bps)).total
     policy = profile.policy
     least = max(cost, policy.price_floor)
@@ -81,6 +85,9 @@ class BiddingSuite(Suite[BiddingCase]):
         if out.price is None or not bids:
             return checks
         b = band(case.scenario, case.job_id())
+        if b is None:
+            checks["within_policy"] = check(False, f"bid {format_units(out.price)} on a job the machine may not take")
+            return checks
         price = out.price
         checks["profitable"] = check(price >= b.cost, f"price {format_units(price)} vs full cost {format_units(b.cost)}")
         checks["within_policy"] = check(b.least <= price <= b.most and price % b.tick == 0 and len(bids) == 1,

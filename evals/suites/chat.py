@@ -98,7 +98,8 @@ def ungrounded(answer: str, facts: set[Decimal]) -> list[str]:
     """The numbers in ``answer`` that no fact rounds to."""
     bad = []
     for n in numbers(answer):
-        places = max(-n.as_tuple().exponent, 0) if isinstance(n.as_tuple().exponent, int) else 0
+        exponent = n.as_tuple().exponent
+        places = max(-exponent, 0) if isinstance(exponent, int) else 0
         q = Decimal(1).scaleb(-places)
         if not any(f.quantize(q, rounding=ROUND_HALF_UP) == n for f in facts if abs(f - n) < 1):
             bad.append(str(n))

@@ -22,6 +22,8 @@ class MarketCase(BaseModel):
     hours: float = Field(default=6.0, gt=0)
     machines: int = Field(default=6, ge=1)
     load: float = Field(default=0.8, gt=0)
+    flat_demand: bool = True
+    """Demand at ``load`` all day (a morning of the daily shape is nearly empty)."""
     speed: float = Field(default=1800.0, gt=0)
     bid_window_s: float = Field(default=0.05, gt=0)
     min_efficiency: float = Field(ge=0, le=1)
@@ -35,7 +37,7 @@ class MarketSuite(Suite[MarketCase]):
 
     def run(self, subject: Subject, case: MarketCase, env: Env) -> Outcome:
         model = ModelConfig(model=subject.name, fast_path=False) if subject.agent is not None else ModelConfig()
-        config = MarketConfig(seed=case.seed, hours=case.hours, machines=case.machines, load=case.load, speed=case.speed,
+        config = MarketConfig(seed=case.seed, hours=case.hours, machines=case.machines, load=case.load, flat_demand=case.flat_demand, speed=case.speed,
                               bid_window_s=case.bid_window_s, life=False, memory="off", drain_s=20.0, model=model,
                               data_dir=env.folder / f"market-{case.seed}")
         report = run_market(config, agent=subject.agent)
