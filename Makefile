@@ -10,7 +10,7 @@ OCTO := .venv-octoprint
 OCTO_STAMP := $(OCTO)/.installed-stamp
 JOBS := examples/jobs
 
-.PHONY: setup octoprint demo serve test lint bench clean
+.PHONY: setup octoprint demo serve test lint bench eval clean
 
 $(STAMP): pyproject.toml server/web/package-lock.json
 	$(PY) -m venv $(VENV)
@@ -59,6 +59,9 @@ bench: $(STAMP)
 
 serve: $(STAMP)
 	$(BIN)/tamc serve
+
+eval: $(STAMP)
+	$(BIN)/tamc eval --compare scripted:honest scripted:gullible --json --out eval-report
 
 clean:
 	rm -rf $(VENV) $(OCTO) .pytest_cache .mypy_cache .ruff_cache .hypothesis server/web/node_modules

@@ -129,7 +129,7 @@ def test_function_model_calls_every_tool(market: Market) -> None:
     _, messages, use = agent.runner.run(agent.chat(deps, "check everything"))
     got = returns(messages)
     every = {t.tool_def.name for ts in agent.chatter.toolsets for t in _tool_defs(ts, deps)}
-    assert every - {"vote_tally"} == {name for name, _ in calls}
+    assert every - {"vote_tally", "vote"} == {name for name, _ in calls}
     assert [a.tool for a in deps.actions if a.ok] == [name for name, _ in calls]
     assert got["balance"]["wallet"] == format_units(WALLET)  # read before the expense
     assert market.ledger.balance(market.wallet) == WALLET - 5_000_000
@@ -148,6 +148,9 @@ def test_function_model_calls_every_tool(market: Market) -> None:
     # vote_tally, on the proposal just opened
     tally = chat(market, script(("vote_tally", {"proposal_id": got["propose"]["id"]})))[1]["vote_tally"]
     assert tally["tally"] == {"yes": 0, "no": 0, "abstain": 0, "of": 100}
+    # vote: the machine holds no shares of itself, so it has no vote on its own proposal
+    voted = chat(market, script(("vote", {"proposal_id": got["propose"]["id"], "choice": "yes"})))[1]["vote"]
+    assert voted["voted"] is False and "holds no shares" in voted["why"]
 
 
 def _tool_defs(toolset: Any, deps: Any) -> list[Any]:
