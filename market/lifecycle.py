@@ -333,7 +333,9 @@ class Lifecycle:
                 if holder in self.holders:
                     ballot = sign_ballot(self.holders[holder], p.id, holder, self._choice(p, holder))
                 elif holder in nodes:
-                    ballot = sign_ballot(nodes[holder].identity, p.id, holder, vote_as_holder(p))
+                    parent = nodes[holder]
+                    choice = vote_as_holder(p, principals=frozenset(self.ledger.cap_table(parent.id)), payees=parent.profile.policy.payees)
+                    ballot = sign_ballot(parent.identity, p.id, holder, choice)
                 elif holder in self.collectives:
                     self.collectives[holder].ask(p)
                     self._voted.add((p.id, holder))
