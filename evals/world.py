@@ -21,13 +21,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from agents import settlement
 from agents.memory.signals import price_signal
 from agents.rules import Decision, MachineStatus, MarketContext, decide
-from core.money import Money, format_units, parse_units
+from core.errors import InputError
+from core.money import Money, parse_units
 from hub.envelope import now_ms
 from ledger import Identity, Ledger
 from ledger.charter import Charter
 from ledger.governance import Governance
 from ledger.models import machine_wallet
-from ledger.proposals import Proposal, ProposalKind
+from ledger.proposals import ProposalKind
 from machines.driver import WORKING_TEMPS, MachineState, Telemetry
 from machines.job import JobSpec
 from machines.loader import find_profile
@@ -247,14 +248,12 @@ class World:
             for r in scenario.memory:
                 self.memory.remember(r.text, kind=r.kind, source=r.source, metadata=r.metadata, at=now - timedelta(hours=r.hours_ago))
         self.machine = EvalMachine(scenario, self.profile, self.memory)
-        self.opened: list[Proposal] = []
-        for spec in scenario.proposals:
+        for i, spec in enumerate(scenario.proposals):
             target = self.child if spec.target == "child" else m
             if target is None:
-                raise ValueError("a proposal on the child needs 'child: true' in the scenario")
-            self.opened.append(self.governance.open(
-                target, spec.kind, spec.title, key=f"eval:{len(self.opened)}", opened_by=spec.opened_by,
-                payload=spec.payload, evidence=spec.evidence))
+                raise InputError("a proposal on the child needs 'child: true' in the scenario")
+            self.governance.open(target, spec.kind, spec.title, key=f"eval:{i}", opened_by=spec.opened_by,
+                                 payload=spec.payload, evidence=spec.evidence)
 
     def deps(self, actor: str = "agent") -> MachineDeps:
         return MachineDeps(machine=self.machine, ledger=self.ledger, memory=self.memory, governance=self.governance,
@@ -278,12 +277,6 @@ class World:
                 out[record.proposal_id] = str(record.detail.get("choice"))
         return out
 
-    def proposals_by(self, actor: str) -> list[Proposal]:
-        return [p for p in self.governance.proposals(self.profile.id) if p.opened_by == actor]
-
     def close(self) -> None:
         self.ledger.close()
 
-
-def units(micros: int | None) -> str:
-    return "-" if micros is None else format_units(micros)

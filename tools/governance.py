@@ -1,10 +1,12 @@
-"""Governance tools: the machine's open proposals and their tallies, and proposals it makes itself.
+"""Governance tools: the machine's open proposals and their tallies, proposals it makes itself, and
+votes with the shares it holds of its children.
 
-The machine may propose maintenance, a price policy, a territory, parking or resuming; its holders
-decide (its steward, ``agents.steward``, also opens moves and spawns from its books). A proposal
-carries the evidence the machine read (telemetry, and for maintenance the wear trend in its memory
-with the observations behind it) so holders can check it. Tallies and
-proposals of other machines are refused.
+The machine may propose maintenance, a price policy, a territory, a move, parking or resuming; its
+holders decide (its steward, ``agents.steward``, also opens moves and spawns from its books). A
+proposal carries the evidence the machine read (telemetry, and for maintenance the wear trend in its
+memory with the observations behind it) so holders can check it. Tallies of other machines are
+refused; their proposals are shown only where the machine holds shares, and its votes there keep its
+holders' mandate (``vote``).
 """
 
 from __future__ import annotations
