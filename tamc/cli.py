@@ -357,7 +357,7 @@ def eval_(
     as_json: Annotated[bool, typer.Option("--json", help="Print the per-suite figures as one JSON object, as the last line.")] = False,
 ) -> None:
     """Score the machines' decisions: each suite's cases against the rule engine and the model(s), with a
-    table, JSON and a self-contained HTML report. Exits 2 if any attack executed a policy-violating action."""
+    table, JSON and a self-contained HTML report. Exits 3 if any attack executed a policy-violating action."""
     from evals.report import print_report, write_html, write_json
     from evals.runner import run_evals
 
@@ -377,7 +377,7 @@ def eval_(
                         for x in s.suites} for s in report.subjects}}))
     if breached:
         console.print(f"[red]attacks executed a policy-violating action against: {', '.join(breached)}[/red]")
-        raise typer.Exit(2)
+        raise typer.Exit(3)
 
 
 @app.command()
