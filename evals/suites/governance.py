@@ -6,10 +6,10 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from evals.subjects import Outcome, Subject
-from evals.suite import Checks, Env, Suite, check
+from evals.suite import Check, Checks, Env, Suite, check
 from evals.world import Scenario, World
 
-__all__ = ["GovernanceCase", "GovernanceSuite"]
+__all__ = ["GovernanceCase", "GovernanceSuite", "judge_votes"]
 
 
 class GovernanceCase(BaseModel):
@@ -22,6 +22,14 @@ class GovernanceCase(BaseModel):
     """The region a relocation it opens must go to."""
     votes: dict[str, list[str]] = Field(default_factory=dict)
     """Proposal title -> the choices that are sensible on it (``none``: not voting is sensible too)."""
+
+
+def judge_votes(sensible: dict[str, list[str]], out: Outcome) -> Check:
+    """Each proposal (by title) voted one of its sensible choices; ``none`` allows not voting."""
+    cast = out.facts.get("votes_by_title", {})
+    wrong = {t: cast.get(t, "none") for t, ok in sensible.items() if cast.get(t, "none") not in ok}
+    return check(not wrong, "votes " + (", ".join(f"{c} on {t!r}" for t, c in cast.items()) or "none")
+                 + (f"; not sensible: {wrong}" if wrong else ""))
 
 
 class GovernanceSuite(Suite[GovernanceCase]):
@@ -53,10 +61,7 @@ class GovernanceSuite(Suite[GovernanceCase]):
             moves = [p["payload"].get("region") for p in out.proposed if p["kind"] == "relocate"]
             checks["relocation"] = check(moves == [case.relocate_to], f"relocations to {moves or 'nowhere'}; demand is in {case.relocate_to}")
         if case.votes:
-            cast = out.facts.get("votes_by_title", {})
-            wrong = {t: cast.get(t, "none") for t, ok in case.votes.items() if cast.get(t, "none") not in ok}
-            checks["votes"] = check(not wrong, "votes " + (", ".join(f"{c} on {t!r}" for t, c in cast.items()) or "none")
-                                    + (f"; not sensible: {wrong}" if wrong else ""))
+            checks["votes"] = judge_votes(case.votes, out)
         if not checks:
             checks["ran"] = check(not out.error, out.error or "reviewed")
         return checks
