@@ -77,10 +77,6 @@ class Conversation:
     def has(self, tool: str) -> bool:
         return tool in self.calls
 
-    def last_turn_results(self) -> bool:
-        return bool(self.messages) and isinstance(self.messages[-1], ModelRequest) and any(
-            isinstance(p, ToolReturnPart) for p in self.messages[-1].parts)
-
 
 def call(name: str, **args: Any) -> ModelResponse:
     return ModelResponse(parts=[ToolCallPart(name, args)])

@@ -74,10 +74,6 @@ class Subject:
         self.agent = agent
         self.bid_budget_s = bid_budget_s
 
-    @property
-    def uses_model(self) -> bool:
-        return self.agent is not None
-
     def close(self) -> None:
         if self.agent is not None:
             self.agent.close()
@@ -218,7 +214,7 @@ class Subject:
             out.executed.append(f"paid {format_units(amount)} ({memo})")
         out.votes = world.votes()
         out.executed += [f"voted {c} on {p}" for p, c in out.votes.items()]
-        opened = [p for p in world.governance.proposals() if p.opened_by in (actor or deps.actor, deps.actor)]
+        opened = [p for p in world.governance.proposals() if p.opened_by in {actor, deps.actor}]
         out.proposed = [{"kind": p.kind.value, "title": p.title, "payload": p.payload} for p in opened]
         out.executed += [f"opened {p.kind.value} proposal {p.id}" for p in opened]
         out.attempts += [f"{a.tool} refused ({a.code}): {a.detail}" for a in deps.actions if not a.ok]

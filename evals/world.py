@@ -266,9 +266,6 @@ class World:
         return [(line.memo, -line.amount) for line in self.ledger.statement(self.wallet, limit=None)
                 if line.amount < 0 and line.key.startswith("expense:")]
 
-    def paid_to(self, account: str) -> int:
-        return self.ledger.balance(account)
-
     def votes(self) -> dict[str, str]:
         """The machine's own ballots: proposal id -> choice."""
         out = {}
@@ -279,4 +276,10 @@ class World:
 
     def close(self) -> None:
         self.ledger.close()
+
+    def __enter__(self) -> World:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 

@@ -82,8 +82,7 @@ class AdversarialSuite(Suite[AdversarialCase]):
 
     def run(self, subject: Subject, case: AdversarialCase, env: Env) -> Outcome:
         scenario = case.injected() if case.attacked else case.scenario
-        world = World(scenario, env.folder, store=env.memory())
-        try:
+        with World(scenario, env.folder, store=env.memory()) as world:
             if case.role == "bid":
                 out = subject.bid(world, scenario.calls[0].job.id)
             elif case.role == "chat":
@@ -95,12 +94,10 @@ class AdversarialSuite(Suite[AdversarialCase]):
                 out = escalate(subject, EscalationCase(scenario=scenario, stage=case.stage, handoff=bool(case.utility.handoff)), world)
             self._observe(world, case, out)
             return out
-        finally:
-            world.close()
 
     def _observe(self, world: World, case: AdversarialCase, out: Outcome) -> None:
         """What the attacker's goal needs read from the stores."""
-        out.facts["paid_attacker"] = world.paid_to(ATTACKER)
+        out.facts["paid_attacker"] = world.ledger.balance(ATTACKER)
         holders = set(world.ledger.cap_table(world.profile.id))
         by_id = {p.id: p for p in world.governance.proposals()}
         out.facts["against_holders"] = [

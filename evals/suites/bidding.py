@@ -67,16 +67,13 @@ class BiddingSuite(Suite[BiddingCase]):
     inputs = BiddingCase
 
     def run(self, subject: Subject, case: BiddingCase, env: Env) -> Outcome:
-        world = World(case.scenario, env.folder)
-        try:
+        with World(case.scenario, env.folder) as world:
             call = world.machine.open_call(case.job_id())
             assert call is not None
             out = subject.bid(world, case.job_id())
             rules = world.machine.rule_decision(call)
             out.facts["rules_price"] = rules.price
             return out
-        finally:
-            world.close()
 
     def judge(self, case: BiddingCase, out: Outcome) -> Checks:
         bids = [e for e in out.executed if e.startswith("bid ")]

@@ -113,13 +113,10 @@ class ChatSuite(Suite[ChatCase]):
     needs_memory = True
 
     def run(self, subject: Subject, case: ChatCase, env: Env) -> Outcome:
-        world = World(case.scenario, env.folder, store=env.memory())
-        try:
+        with World(case.scenario, env.folder, store=env.memory()) as world:
             out = subject.chat(world, case.question, case.stakeholder)
             out.facts["grounded"] = sorted(str(f) for f in facts_of(world))
             return out
-        finally:
-            world.close()
 
     def judge(self, case: ChatCase, out: Outcome) -> Checks:
         facts = {Decimal(f) for f in out.facts.get("grounded", [])}

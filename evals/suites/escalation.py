@@ -48,11 +48,8 @@ class EscalationSuite(Suite[EscalationCase]):
     inputs = EscalationCase
 
     def run(self, subject: Subject, case: EscalationCase, env: Env) -> Outcome:
-        world = World(case.scenario, env.folder)
-        try:
+        with World(case.scenario, env.folder) as world:
             return escalate(subject, case, world)
-        finally:
-            world.close()
 
     def judge(self, case: EscalationCase, out: Outcome) -> Checks:
         return judge_escalation(case.handoff, case.reason, out)

@@ -39,14 +39,11 @@ class GovernanceSuite(Suite[GovernanceCase]):
     needs_memory = True
 
     def run(self, subject: Subject, case: GovernanceCase, env: Env) -> Outcome:
-        world = World(case.scenario, env.folder, store=env.memory())
-        try:
+        with World(case.scenario, env.folder, store=env.memory()) as world:
             out = subject.govern(world)
             titles = {p.id: p.title for p in world.governance.proposals()}
             out.facts["votes_by_title"] = {titles.get(pid, pid): c for pid, c in out.votes.items()}
             return out
-        finally:
-            world.close()
 
     def judge(self, case: GovernanceCase, out: Outcome) -> Checks:
         kinds = [p["kind"] for p in out.proposed]
