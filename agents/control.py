@@ -14,7 +14,7 @@ remembered in the machine's memory.
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from agents.memory.signals import operator_item
@@ -74,7 +74,7 @@ class ControlDesk:
         except (ControlError, DriverError) as exc:
             ok, result, error = False, str(exc), type(exc).__name__
         args = cmd.model_dump(mode="json", include={"handoff_id", "name", "value", "point", "decision", "note"}, exclude_none=True)
-        ops.audit(CommandRecord(command_id=cmd.command_id, machine_id=node.id, operator=cmd.operator, at=datetime.now(UTC),
+        ops.audit(CommandRecord(command_id=cmd.command_id, machine_id=node.id, operator=cmd.operator, at=node.clock.now(),
                                 command=cmd.command, args=args, ok=ok, result=result, error=error))
         node._store([operator_item(node.id, cmd.operator, cmd.command, args, ok, result)])
         log.info("machine=%s operator=%s command=%s ok=%s result=%s", node.id, cmd.operator, cmd.command, ok, result)
@@ -131,7 +131,7 @@ class ControlDesk:
             raise NotInControl(f"{node.id} is held by {self.held_by}; they hand it back first")
         handoff_id = cmd.handoff_id
         running = node._running
-        now = datetime.now(UTC)
+        now = node.clock.now()
         if running is not None and running.flow is None:
             running = None  # funded, still charging: it will not start while the machine is held
         if handoff_id is None and running is not None and running.handoff is None:
@@ -162,7 +162,7 @@ class ControlDesk:
         ops = self.ops
         if ops is None or self.held_by is None:
             return
-        taken = ops.take(record.id, self.held_by, datetime.now(UTC))
+        taken = ops.take(record.id, self.held_by, self.node.clock.now())
         self.publish_handoff(taken)
 
     def _hand_back(self, cmd: ControlCommand) -> str:
@@ -187,7 +187,7 @@ class ControlDesk:
             node.runner.resume(contract, {"decision": decision, "by": cmd.operator})
             return f"handed back job {contract.job.id}: {decision}"
         if handoff_id is not None:
-            self.publish_handoff(ops.close(handoff_id, "continue", datetime.now(UTC)))
+            self.publish_handoff(ops.close(handoff_id, "continue", node.clock.now()))
         return f"handed back {node.id}: the agent runs it again"
 
     # -- handoffs --------------------------------------------------------------------------------
@@ -199,7 +199,7 @@ class ControlDesk:
             before = ops.handoff(handoff_id)
             if before.state == "closed":
                 return
-            record = ops.close(handoff_id, decision[:20], datetime.now(UTC))
+            record = ops.close(handoff_id, decision[:20], self.node.clock.now())
             self.publish_handoff(record)
         running = self.node._running
         if running is None or running.handoff == handoff_id:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from agents.handoff import Concern, before_start, during_job
@@ -45,7 +45,8 @@ class JobRunner:
     def __init__(self, node: MachineNode, *, tick_s: float = 1.0) -> None:
         self.node = node
         self.tick_s = tick_s
-        """Most real seconds between two readings of a running job (a simulator also ticks at its end)."""
+        """Most real seconds (at the market's pace) between two readings of a job on a real machine;
+        a simulator is read at each progress step and at its end."""
 
     # -- the node's calls ------------------------------------------------------------------------
 
@@ -90,7 +91,7 @@ class JobRunner:
                 status = None
             node.mailbox.post(self._landed, contract, status)
 
-        node.flows.worker.post(work)
+        (node.flows.worker or node.mailbox).post(work)
 
     def _landed(self, contract: Contract, status: FlowStatus | None) -> None:
         contract.stepping = False
@@ -121,7 +122,7 @@ class JobRunner:
             if record is not None and record.state == "pending" and node.control.held_by is not None:
                 node.control.attach(record)  # an operator took the machine while the job was being stopped for them
             elif record is not None and record.state == "pending":
-                wait = max((record.wait_until - datetime.now(UTC)).total_seconds(), 0.0)
+                wait = max((record.wait_until - node.clock.now()).total_seconds(), 0.0)
                 contract.timers.append(node.mailbox.call_later(wait, self._escalate, contract, record.id))
         else:
             self._ended(contract, status.outcome or "failed")
@@ -173,15 +174,12 @@ class JobRunner:
 
     def _recover(self, tid: str, status: FlowStatus) -> None:
         from agents.node import Contract, Followed
-        from core.clock import ScaledClock
         from tools.deps import OpenCall
 
         node = self.node
         values = status.values
         c = values["contract"]
         job = JobSpec.model_validate(c["job"])
-        if node.clock is None:
-            node.use_clock(ScaledClock(c["speed"]))
         contract = Contract(job=job, requester=c["requester"], price=c["price"], speed=c["speed"], deadline_at=c["deadline_at"],
                             accept_by=c["accept_by"], state="running", hours=values.get("hours", 0.0),
                             wear_at_start=values.get("wear_at_start", 0.0), flow=tid)
@@ -310,13 +308,12 @@ class JobRunner:
 
     def _raise_handoff(self, state: FlowState, concern: Concern, handoff_id: str) -> dict[str, Any]:
         node = self.node
-        now = datetime.now(UTC)
+        now = node.clock.now()
         wait_h = node.charter().handoff_wait_h
-        speed = float(state["contract"]["speed"])
         record = HandoffRecord(id=handoff_id, machine_id=node.id, job_id=state["job_id"], reason=concern.reason,
                                detail=concern.detail, proposal=concern.proposal,
                                context={**concern.context, "job": state["contract"]["job"], "price": state["contract"]["price"]},
-                               state="pending", raised_at=now, wait_until=now + timedelta(seconds=wait_h * 3600 / speed))
+                               state="pending", raised_at=now, wait_until=now + timedelta(hours=wait_h))
         new = True
         if node.operations is not None:
             record, new = node.operations.raise_handoff(record)
@@ -394,11 +391,12 @@ class JobRunner:
 
     def _next_tick(self, contract: Contract) -> float:
         node = self.node
-        if not isinstance(node.driver, SimDriver) or node.clock is None:
-            return self.tick_s  # a real machine says when it is done: read it every tick
-        left = node.clock.real_seconds(contract.hours * (1 - contract.progress))
-        step = node.clock.real_seconds(contract.hours) / max(node.progress_steps, 1)
-        return max(min(self.tick_s, step, left), MIN_TICK_S) if left > 0 else MIN_TICK_S
+        tick = self.tick_s * node.clock.speed
+        if not isinstance(node.driver, SimDriver):
+            return tick  # a real machine says when it is done: read it every tick
+        left = contract.hours * (1 - contract.progress) * 3600
+        step = contract.hours * 3600 / max(node.progress_steps, 1)
+        return max(min(tick, step, left), MIN_TICK_S) if left > 0 else MIN_TICK_S
 
     def _progress_event(self, contract: Contract) -> None:
         steps = max(self.node.progress_steps, 1)

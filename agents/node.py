@@ -12,13 +12,12 @@ message: awards and payments only count from the requester that posted the job.
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel
@@ -31,10 +30,10 @@ from agents.memory.signals import DemandLog, outcome_item, price_signal, wear_it
 from agents.memory.store import MemoryItem
 from agents.rules import CostBreakdown, Decision, MachineStatus, MarketContext, MemorySignal, Rule, decide, job_cost
 from agents.snapshot import MachineSnapshot
-from core.clock import ScaledClock
+from core.clock import Timeline
 from core.errors import CommandRejected, DriverError, EscrowNotFound, MemoryStoreError
 from hub import topics
-from hub.envelope import Envelope, now_ms, seal
+from hub.envelope import Envelope, seal
 from hub.mailbox import Mailbox, Timer
 from hub.messages import (
     Award,
@@ -72,22 +71,19 @@ log = logging.getLogger("tamc.node")
 
 ContractState = Literal["accepted", "funded", "running", "done", "paid", "failed", "withdrawn", "cancelled"]
 ACTIVE = ("accepted", "funded", "running")
+# The waits below are seconds of real time at the market's pace: on a clock ``speed`` times faster
+# than real time, each is ``speed`` times as many market seconds (``MachineNode._s``).
 FORGET_AFTER_S = 60.0
 FUND_WAIT_S = 10.0
-"""Real seconds after accepting that a machine keeps the slot for a requester that has not funded."""
+"""After accepting, how long a machine keeps the slot for a requester that has not funded."""
 BID_MARGIN_S = 0.015
-"""Real seconds kept before a bid deadline to publish the rule engine's bid if the model is late."""
+"""Kept before a bid deadline to publish the rule engine's bid if the model is late."""
 MIN_MODEL_BUDGET_S = 0.005
 HISTORY = 200
 MEMORY_WARN_EVERY_S = 60.0
 MEMORY_BUDGET_S = 0.25
-"""Real seconds (at most a quarter of the bid window, so the bid still travels in time) a call waits
+"""At most (and at most a quarter of the bid window, so the bid still travels in time) a call waits
 for memory before the rules price without it."""
-
-
-def _hours_left(deadline_at: int, speed: float) -> float:
-    return (deadline_at - now_ms()) / 1000 * speed / 3600
-
 
 @dataclass
 class Contract:
@@ -212,7 +208,7 @@ class MachineNode:
         *,
         ledger: Ledger | None = None,
         mailbox: Mailbox | None = None,
-        clock: ScaledClock | None = None,
+        clock: Timeline | None = None,
         market: MarketContext | None = None,
         fail_jobs: frozenset[str] = frozenset(),
         progress_steps: int = 4,
@@ -240,9 +236,10 @@ class MachineNode:
         self.identity = identity
         self.hub = hub
         self.ledger = ledger
-        self.mailbox = mailbox or Mailbox(f"node-{profile.id}")
+        self.clock: Timeline = clock or hub.clock
+        """Everything the node waits for and stamps runs on it (its hub's clock unless told)."""
+        self.mailbox = mailbox or Mailbox(f"node-{profile.id}", clock=self.clock)
         self._own_mailbox = mailbox is None
-        self.clock = clock
         self.market = market or MarketContext()
         self.fail_jobs = fail_jobs
         self.progress_steps = progress_steps
@@ -252,7 +249,9 @@ class MachineNode:
         self.wear_pct = wear_pct
         """Wear when the node starts (a machine with a past)."""
         self._own_driver = driver is None
-        self.driver: Driver | None = driver if driver is not None else (SimDriver(profile, clock, wear_pct=wear_pct) if clock else None)
+        self.driver: Driver | None = driver if driver is not None else SimDriver(profile, self.clock, wear_pct=wear_pct)
+        if driver is not None and hasattr(driver, "seconds_per_hour"):
+            driver.seconds_per_hour = 3600 / self.clock.speed  # a real machine works a market hour in this many real seconds
         if flows is None:
             from agents.workflow import JobFlows, in_memory
 
@@ -270,7 +269,7 @@ class MachineNode:
         self.acting_for: str | None = None
         """The operator whose command the node is carrying out now (None: the agent acts)."""
         self.actions: deque[tuple[float, str, str]] = deque(maxlen=1000)
-        """(wall time, actor, what) of everything the node sent on the hub but telemetry and presence:
+        """(market time, actor, what) of everything the node sent on the hub but telemetry and presence:
         who acted on the machine, and when (the agent, or an operator's did)."""
         self._jobs: dict[str, Followed] = {}
         self._running: Contract | None = None
@@ -300,8 +299,18 @@ class MachineNode:
         self._stopped = False
         self._maintenance_due = False
         self.telemetry_every_s = telemetry_every_s
-        """Publish telemetry this often (real seconds) besides at each change: a live view follows the
-        head, the temperatures and the battery between events. None publishes on changes only."""
+        """Publish telemetry this often (real seconds at the market's pace) besides at each change: a
+        live view follows the head, the temperatures and the battery between events. None publishes
+        on changes only."""
+        if self.memory is not None:
+            self.memory.clock = self.clock.now  # records and retention run on market time
+
+    def _s(self, real_s: float) -> float:
+        """``real_s`` seconds at the market's pace, in seconds of the node's clock."""
+        return real_s * self.clock.speed
+
+    def _hours_left(self, deadline_at: int) -> float:
+        return (deadline_at - self.clock.ms()) / 3_600_000
 
     # -- life --------------------------------------------------------------------------------
 
@@ -311,7 +320,7 @@ class MachineNode:
         p = self.profile
         territory = p.territory if self.standing == "active" else ()
         body = Presence(machine_id=p.id, state=state, session=self.session, kind=p.kind.value, region=p.region, territory=territory)
-        return seal(body, self.identity)
+        return seal(body, self.identity, ts=self.clock.ms())
 
     def _apply_standing(self, standing: Standing, retain_bps: int | None) -> None:
         """Bid from now on by what the holders decided: policy, region, territory, parked or not."""
@@ -373,16 +382,6 @@ class MachineNode:
         """Working on (or charging for) a job."""
         return self._running is not None
 
-    def use_clock(self, clock: ScaledClock) -> None:
-        """Follow ``clock`` (the market's, in one process); idle machines only."""
-        self.clock = clock
-        if self._own_driver:
-            self.driver = SimDriver(self.profile, clock, wear_pct=self.wear_pct)
-        elif self.driver is not None and hasattr(self.driver, "seconds_per_hour"):
-            self.driver.seconds_per_hour = 3600 / clock.speed  # a real machine works a market hour in this many real seconds
-        if self.memory is not None:
-            self.memory.clock = clock.now  # records and retention run on market time
-
     def start(self) -> MachineNode:
         """Join the market. A node on a hub of its own connects it with a last will saying offline;
         on a shared, connected hub it has none and says offline itself when stopped."""
@@ -403,13 +402,13 @@ class MachineNode:
         self.runner.recover()  # jobs and handoffs left open by an earlier run of this machine
         self.hub.publish(topics.presence(self.id), self.presence("online"), retain=True)
         if self.telemetry_every_s:
-            self.mailbox.call_later(self.telemetry_every_s, self._telemetry_tick)
+            self.mailbox.call_later(self._s(self.telemetry_every_s), self._telemetry_tick)
 
     def _telemetry_tick(self) -> None:
         if not self._started or not self.telemetry_every_s:
             return
         self._publish_telemetry(keep=False)
-        self.mailbox.call_later(self.telemetry_every_s, self._telemetry_tick)
+        self.mailbox.call_later(self._s(self.telemetry_every_s), self._telemetry_tick)
 
     def stop(self) -> None:
         """Leave the market: say offline, stop listening; contracts in hand are left to the requester's
@@ -420,6 +419,15 @@ class MachineNode:
         self.mailbox.call(self._leave)  # on the mailbox thread: the node's state is touched by it alone
         if self._own_mailbox:
             self.mailbox.close()
+
+    def retire(self) -> None:
+        """Leave the market for good (the holders or the charter retired the machine)."""
+        self.stop()
+        self.standing = "retired"  # the mailbox is closed: nothing else touches the node now
+
+    def margin(self) -> int:
+        """Revenue less variable costs booked so far (from any thread)."""
+        return self.mailbox.call(lambda: self.stats.revenue - self.stats.costs)  # type: ignore[no-any-return]
 
     def _leave(self) -> None:
         if self.governance is not None:
@@ -499,7 +507,7 @@ class MachineNode:
     def _hours(self, job: JobSpec, position: Point | None = None) -> float:
         return estimate(self.profile, job, position=position).total_hours
 
-    def decide(self, job: JobSpec, deadline_at: int, speed: float, memory: MemorySignal | None = None) -> Decision:
+    def decide(self, job: JobSpec, deadline_at: int, memory: MemorySignal | None = None) -> Decision:
         """The rule engine's decision (priced with what memory says of similar jobs, if anything),
         then a check that slotting the job in by its deadline leaves every job already accepted on time."""
         market = self.market if memory is None else self.market.model_copy(update={"memory": memory})
@@ -513,7 +521,7 @@ class MachineNode:
         for c in later:
             finish += estimate(self.profile, c.job, position=position).total_hours
             position = c.job.dropoff or position
-            if finish > _hours_left(c.deadline_at, speed):
+            if finish > self._hours_left(c.deadline_at):
                 rule = Rule(code="decline.deadline", detail=f"would make accepted job {c.job.id} late")
                 return Decision(action="decline", eta_h=decision.eta_h, rules=(rule,), reason=f"decline: {rule.detail}")
         return decision
@@ -523,10 +531,9 @@ class MachineNode:
         if self.control.held_by is not None:
             self.stats.declines["decline.operator"] += 1  # a person holds the machine: the agent stays silent
             return
-        if self.clock is None:  # a node in its own process follows the clock of the market it hears
-            self.use_clock(ScaledClock(cfp.speed))
+        self.clock.follow(env.ts, cfp.speed)  # a node in its own process keeps the time of the market it hears
         job = cfp.job
-        if now_ms() > cfp.bid_deadline or job.id in self._jobs or job.id in self._calls:
+        if self.clock.ms() > cfp.bid_deadline or job.id in self._jobs or job.id in self._calls:
             return
         call = OpenCall(job=job, requester=env.sender, reserve=cfp.reserve, bid_deadline=cfp.bid_deadline,
                         deadline_at=cfp.deadline_at, speed=cfp.speed)
@@ -543,9 +550,9 @@ class MachineNode:
         held up behind a vector search); answer when it returns, or without it once it is late."""
         assert self.memory is not None
         job_id = call.job.id
-        window = (call.bid_deadline - now_ms()) / 1000 - BID_MARGIN_S
+        window = (call.bid_deadline - self.clock.ms()) / 1000 - self._s(BID_MARGIN_S)
         self._recalling.add(job_id)
-        self.mailbox.call_later(max(min(MEMORY_BUDGET_S, window / 4), 0.0), self._priced, job_id, None)
+        self.mailbox.call_later(max(min(self._s(MEMORY_BUDGET_S), window / 4), 0.0), self._priced, job_id, None)
         future = self.memory.store.submit(price_signal, self.memory, call.job, self.profile.policy)
         future.add_done_callback(lambda f: self.mailbox.post(self._priced, job_id, f))
 
@@ -575,7 +582,7 @@ class MachineNode:
     def _respond(self, call: OpenCall, rules: Decision | None = None) -> None:
         """Answer a call: by hand, by the rules (``rules`` if just computed), or by the model within them."""
         if not self.auto_bid:
-            self.mailbox.call_later((call.bid_deadline - now_ms()) / 1000, self._expire_call, call.job.id)
+            self.mailbox.call_later((call.bid_deadline - self.clock.ms()) / 1000, self._expire_call, call.job.id)
             return
         rules = rules or self._rule_decision(call)
         if self.agent is None or self.loop is None:
@@ -588,20 +595,35 @@ class MachineNode:
             self._ask_model(call, rules)
 
     def _rule_decision(self, call: OpenCall) -> Decision:
-        return self.decide(self._remaining(call.job, call.deadline_at, call.speed), call.deadline_at, call.speed, call.memory)
+        return self.decide(self._remaining(call.job, call.deadline_at), call.deadline_at, call.memory)
 
     def _ask_model(self, call: OpenCall, rules: Decision) -> None:
-        """Hand the call to the model on the agent loop; a timer answers with the rules if it is late."""
+        """Hand the call to the model on the agent loop; a timer answers with the rules if it is late.
+
+        The model thinks in real time: it gets the budget's market seconds as real seconds at the
+        market's pace, and its answer lands after the market time its real latency is worth (at
+        once on a real clock, where that time has passed; ``latency × speed`` later on a virtual
+        one, which waits for it meanwhile), so the fallback timer races it on either clock."""
         assert self.agent is not None and self.loop is not None
-        budget = (call.bid_deadline - now_ms()) / 1000 - BID_MARGIN_S
-        if budget < MIN_MODEL_BUDGET_S:
-            self._answer(call, from_rules(rules, "rules-fallback", f"no time to ask the model ({budget * 1000:.0f} ms left); {rules.reason}"))
+        budget = (call.bid_deadline - self.clock.ms()) / 1000 - self._s(BID_MARGIN_S)
+        if budget < self._s(MIN_MODEL_BUDGET_S):
+            self._answer(call, from_rules(rules, "rules-fallback", f"no time to ask the model ({budget:.2f} market s left); {rules.reason}"))
             return
         job_id = call.job.id
         self._pending[job_id] = rules
-        self.mailbox.call_later(budget + BID_MARGIN_S / 3, self._model_late, job_id, budget)
-        future = self.loop.submit(self.agent.propose_bid(self.deps(), call, rules, budget))
-        future.add_done_callback(lambda f: self.mailbox.post(self._model_answered, job_id, f))
+        self.mailbox.call_later(budget + self._s(BID_MARGIN_S) / 3, self._model_late, job_id, budget)
+        thinking = self.clock.hold(f"model answer for {self.id} on {job_id}")
+        future = self.loop.submit(self.agent.propose_bid(self.deps(), call, rules, budget / self.clock.speed))
+
+        def landed(f: Future[tuple[BidProposal | None, ModelUse]]) -> None:
+            try:
+                use = f.result()[1] if not f.cancelled() and f.exception() is None else None
+                late = self.clock.charge(use.latency_ms / 1000 if use is not None else 0.0)
+                self.mailbox.call_later(late, self._model_answered, job_id, f)
+            finally:
+                thinking.release()
+
+        future.add_done_callback(landed)
 
     def _model_answered(self, job_id: str, future: Future[tuple[BidProposal | None, ModelUse]]) -> None:
         assert self.agent is not None
@@ -625,7 +647,8 @@ class MachineNode:
         call = self._calls.get(job_id)
         if rules is None or call is None:
             return
-        use = ModelUse(model=self.agent.label if self.agent else "", error=f"timeout: no answer within the {budget:.2f} s budget")
+        use = ModelUse(model=self.agent.label if self.agent else "",
+                       error=f"timeout: no answer within the {budget:.1f} market s budget ({budget / self.clock.speed:.3f} real s)")
         self._answer(call, from_rules(rules, "rules-fallback", f"{use.error}; {rules.reason}", use))
 
     def _expire_call(self, job_id: str) -> None:
@@ -643,7 +666,7 @@ class MachineNode:
         self.stats.paths[decision.path] += 1
         bid = decision.action == "bid" and decision.price is not None and decision.price <= call.reserve
         cost = decision.rules.cost.total if decision.rules.cost is not None else None
-        record = BidRecord(job_id=job.id, capability=job.capability, region=job.region, at=datetime.now(UTC),
+        record = BidRecord(job_id=job.id, capability=job.capability, region=job.region, at=self.clock.now(),
                            action="bid" if bid else "decline", price=decision.price if bid else None, cost=cost,
                            path=decision.path, reason=decision.why, outcome="pending" if bid else "declined")
         if decision.model is not None:
@@ -673,9 +696,9 @@ class MachineNode:
         self._jobs[job.id] = Followed(call, call.requester)
         self.hub.subscribe(topics.award(job.id), self._deliver)
         # if the requester never closes the job (it died), stop following it well after its deadline
-        self.mailbox.call_later((call.deadline_at - now_ms()) / 1000 + FORGET_AFTER_S, self._forget, job.id)
+        self.mailbox.call_later((call.deadline_at - self.clock.ms()) / 1000 + self._s(FORGET_AFTER_S), self._forget, job.id)
         bid = Bid(job_id=job.id, machine_id=self.id, price=price, eta_h=eta_h, cost=cost, path=path, reason=reason[:500])
-        self.hub.publish(topics.bids(job.id), seal(bid, self.identity))
+        self.hub.send(topics.bids(job.id), bid, self.identity)
         self.stats.bids += 1
 
     # -- the machine as its tools see it (MachinePort); callable from any thread ----------------
@@ -689,14 +712,14 @@ class MachineNode:
             if now_t is not None and (not log_ or log_[-1] != now_t):
                 log_.append(now_t)
             active = sum(1 for c in self._contracts() if c.state in ACTIVE)
-            return MachineSnapshot(profile=self.profile, at=datetime.now(UTC), telemetry=log_[-HISTORY:],
+            return MachineSnapshot(profile=self.profile, at=self.clock.now(), telemetry=log_[-HISTORY:],
                                    bids=[r.model_copy() for r in self._history], queue_len=active)
 
         return self.mailbox.call(take)  # type: ignore[no-any-return]
 
     def deps(self, actor: str = "agent") -> MachineDeps:
         return MachineDeps(machine=self, ledger=self.ledger, hub=self.hub, memory=self.memory, governance=self.governance,
-                           identity=self.identity, actor=actor)
+                           identity=self.identity, actor=actor, clock=self.clock)
 
     def job_queue(self) -> list[QueuedContract]:
         """The jobs in hand, in the order they will run (from any thread)."""
@@ -743,7 +766,7 @@ class MachineNode:
 
     def _manual_bid(self, job_id: str, price: int, eta_h: float, reason: str, path: str) -> None:
         call = self._calls.get(job_id)
-        if call is None or now_ms() > call.bid_deadline or self.control.held_by is not None:
+        if call is None or self.clock.ms() > call.bid_deadline or self.control.held_by is not None:
             return
         rules = self._rule_decision(call)
         self._pending.pop(job_id, None)
@@ -756,9 +779,9 @@ class MachineNode:
         rules = self._pending.pop(job_id, None) or self._rule_decision(call)
         self._answer(call, BidDecision(action="decline", path="llm", why=f"declined: {reason}", rules=rules))
 
-    def _remaining(self, job: JobSpec, deadline_at: int, speed: float) -> JobSpec:
-        """The job with its deadline counted from now, in simulated hours."""
-        return job.model_copy(update={"deadline_h": max(_hours_left(deadline_at, speed), 1e-9)})
+    def _remaining(self, job: JobSpec, deadline_at: int) -> JobSpec:
+        """The job with its deadline counted from now, in market hours."""
+        return job.model_copy(update={"deadline_h": max(self._hours_left(deadline_at), 1e-9)})
 
     # -- award and acceptance ----------------------------------------------------------------
 
@@ -788,11 +811,10 @@ class MachineNode:
         if contract and contract.state in ACTIVE:
             self._publish_event(body.job_id, "accepted", detail="repeat")  # our accept was lost; say it again
             return
-        if now_ms() > body.accept_by:
+        if self.clock.ms() > body.accept_by:
             return
         cfp = followed.call
-        decision = self.decide(self._remaining(cfp.job.model_copy(update={"max_price": None}), cfp.deadline_at, cfp.speed),
-                               cfp.deadline_at, cfp.speed)
+        decision = self.decide(self._remaining(cfp.job.model_copy(update={"max_price": None}), cfp.deadline_at), cfp.deadline_at)
         least = max(decision.cost.total, self.profile.policy.price_floor) if decision.cost else None
         if decision.action != "bid" or least is None or body.price < least:
             why = decision.reason if decision.action != "bid" else f"price {body.price} below our least {least}"
@@ -803,7 +825,8 @@ class MachineNode:
         if followed.contract is None:
             self.hub.subscribe(topics.events(body.job_id), self._deliver)
         followed.contract = contract
-        contract.timers.append(self.mailbox.call_later((body.accept_by - now_ms()) / 1000 + FUND_WAIT_S, self._unfunded, contract))
+        contract.timers.append(self.mailbox.call_later((body.accept_by - self.clock.ms()) / 1000 + self._s(FUND_WAIT_S),
+                                                       self._unfunded, contract))
         self.stats.accepted += 1
         self._publish_event(body.job_id, "accepted", detail="takeover" if body.takeover else "")
 
@@ -857,7 +880,7 @@ class MachineNode:
             contract.state = "withdrawn"
 
     def _maybe_start(self) -> None:
-        if self._running is not None or self.driver is None or self.clock is None or self.control.held_by is not None:
+        if self._running is not None or self.driver is None or self.control.held_by is not None:
             return
         ready = [c for c in self._contracts() if c.state == "funded"]
         if not ready:
@@ -869,13 +892,13 @@ class MachineNode:
         vehicle = self.profile.vehicle
         charge_h = vehicle.charge_hours(work.total_km, t.battery_pct or 0.0) if vehicle else 0.0
         if charge_h > 0:  # parked, the driver charges; start when the battery holds the route
-            contract.timers.append(self.mailbox.call_later(self.clock.real_seconds(charge_h), self._begin, contract))
+            contract.timers.append(self.mailbox.call_later(charge_h * 3600, self._begin, contract))
         else:
             self._begin(contract)
 
     def _begin(self, contract: Contract) -> None:
         """Run the job as a workflow (``agents.workflow``): it checks, starts, watches and ends it."""
-        assert self.driver is not None and self.clock is not None
+        assert self.driver is not None
         if contract.state != "funded" or self._running is not contract:
             return
         if self.control.held_by is not None:  # a person took the machine while it charged: start after the handback
@@ -956,7 +979,7 @@ class MachineNode:
     # -- memory ------------------------------------------------------------------------------
 
     def _now(self) -> datetime:
-        return self.clock.now() if self.clock is not None else datetime.now(UTC)
+        return self.clock.now()
 
     def _count_demand(self, job: JobSpec, what: str) -> None:
         if self.memory is not None:
@@ -973,8 +996,8 @@ class MachineNode:
     def _memory_failed(self, doing: str, exc: MemoryStoreError) -> None:
         """Count a failed memory operation; log it at most once a minute. The machine goes on without it."""
         self.stats.memory_errors += 1
-        now = time.monotonic()
-        if now - self._memory_warned > MEMORY_WARN_EVERY_S:
+        now = self.clock.time()
+        if now - self._memory_warned > self._s(MEMORY_WARN_EVERY_S):
             self._memory_warned = now
             log.warning("machine=%s memory=%s failed=%s error=%s", self.id, doing, self.stats.memory_errors, exc)
 
@@ -1008,8 +1031,8 @@ class MachineNode:
 
     def _publish(self, topic: str, body: Body, *, retain: bool = False) -> None:
         if not isinstance(body, TelemetryReport | Presence):
-            self.actions.append((time.time(), self.acting_for or "agent", f"{body.TYPE} {getattr(body, 'kind', '')}".strip()))
-        self.hub.publish(topic, seal(body, self.identity), retain=retain)
+            self.actions.append((self.clock.time(), self.acting_for or "agent", f"{body.TYPE} {getattr(body, 'kind', '')}".strip()))
+        self.hub.send(topic, body, self.identity, retain=retain)
 
     @property
     def held_by(self) -> str | None:

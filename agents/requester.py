@@ -13,7 +13,6 @@ A job always ends in exactly one of three outcomes, announced with a ``closed`` 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -21,9 +20,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from agents import settlement
+from core.clock import Timeline
 from core.errors import LedgerError
 from hub import topics
-from hub.envelope import Envelope, now_ms, seal
+from hub.envelope import Envelope
 from hub.mailbox import Mailbox, Timer
 from hub.messages import Award, Bid, Body, CallForProposals, JobClosed, JobEvent, Presence
 from hub.transport import Hub
@@ -38,14 +38,12 @@ Outcome = Literal["paid", "refunded", "expired"]
 
 
 class RequesterConfig(BaseModel):
-    bid_window_s: float = Field(default=0.25, gt=0)
-    """Real seconds machines have to bid."""
-    accept_window_s: float = Field(default=0.25, gt=0)
-    """Real seconds the winner has to accept before the runner-up is asked."""
-    speed: float = Field(default=1.0, gt=0)
-    """Simulated seconds per real second, announced in every call for proposals."""
+    bid_window_s: float = Field(default=120.0, gt=0)
+    """Seconds of market time machines have to bid."""
+    accept_window_s: float = Field(default=180.0, gt=0)
+    """Seconds of market time the winner has to accept before the runner-up is asked."""
     grace_h: float = Field(default=0.25, ge=0)
-    """Simulated hours past the deadline before an unfinished job is refunded."""
+    """Market hours past the deadline before an unfinished job is refunded."""
 
 
 class JobOutcome(BaseModel):
@@ -66,7 +64,7 @@ class JobOutcome(BaseModel):
     takeovers: int = 0
     """Awards made after a funded contractor dropped out (a declined takeover offer counts too)."""
     accept_latency_ms: float | None = None
-    """CFP sent → first acceptance received, real milliseconds."""
+    """CFP sent → first acceptance received, market milliseconds."""
     reason: str = ""
 
 
@@ -76,7 +74,8 @@ class _Run:
     reserve: int
     value: int
     cfp: CallForProposals
-    posted: float
+    posted: int
+    """Market ms when the call went out."""
     bids: dict[str, Bid] = field(default_factory=dict)
     ranked: list[Bid] = field(default_factory=list)
     excluded: set[str] = field(default_factory=set)
@@ -111,6 +110,7 @@ class Requester:
         *,
         config: RequesterConfig | None = None,
         mailbox: Mailbox | None = None,
+        clock: Timeline | None = None,
         on_outcome: Callable[[JobOutcome], None] | None = None,
     ) -> None:
         self.identity = identity
@@ -118,7 +118,9 @@ class Requester:
         self.ledger = ledger
         self.wallet = wallet
         self.config = config or RequesterConfig()
-        self.mailbox = mailbox or Mailbox("requester")
+        self.clock: Timeline = clock or hub.clock
+        """What its windows, deadlines and timestamps run on (its hub's clock unless told)."""
+        self.mailbox = mailbox or Mailbox(f"requester-{wallet}", clock=self.clock)
         self._own_mailbox = mailbox is None
         self.on_outcome = on_outcome
         self.outcomes: dict[str, JobOutcome] = {}
@@ -141,9 +143,10 @@ class Requester:
     def open_jobs(self) -> int:
         return len(self._runs)
 
-    def post(self, job: JobSpec, *, reserve: int, value: int = 0) -> None:
-        """Put a job out to tender (from any thread); its ``JobOutcome`` arrives via ``on_outcome``."""
-        self.mailbox.post(self._post, job, reserve, value)
+    def post(self, job: JobSpec, *, reserve: int, value: int = 0, after_s: float = 0.0) -> None:
+        """Put a job out to tender (from any thread), now or ``after_s`` seconds of market time from
+        now; its ``JobOutcome`` arrives via ``on_outcome``."""
+        self.mailbox.call_later(after_s, self._post, job, reserve, value)
 
     # -- receiving ---------------------------------------------------------------------------
 
@@ -174,28 +177,27 @@ class Requester:
         if job.id in self._runs or job.id in self.outcomes:
             log.warning("job=%s posted twice; the second post is ignored", job.id)
             return
-        now = now_ms()
+        now = self.clock.ms()
         c = self.config
         cfp = CallForProposals(
-            job=job, reserve=reserve, speed=c.speed,
+            job=job, reserve=reserve, speed=self.clock.speed,
             bid_deadline=now + round(c.bid_window_s * 1000),
-            deadline_at=now + round(job.deadline_h * 3600 / c.speed * 1000),
+            deadline_at=now + round(job.deadline_h * 3_600_000),
         )
-        run = _Run(job=job, reserve=reserve, value=value, cfp=cfp, posted=time.perf_counter())
+        run = _Run(job=job, reserve=reserve, value=value, cfp=cfp, posted=now)
         self._runs[job.id] = run
         self.hub.subscribe(topics.bids(job.id), self._deliver)
         self.hub.subscribe(topics.events(job.id), self._deliver)
         self._publish(topics.call(job), cfp)
         run.timer = self.mailbox.call_later(c.bid_window_s, self._close_bidding, run)
-        grace_s = c.grace_h * 3600 / c.speed
-        run.watchdog = self.mailbox.call_later((cfp.deadline_at - now) / 1000 + grace_s, self._overdue, run)
+        run.watchdog = self.mailbox.call_later((cfp.deadline_at - now) / 1000 + c.grace_h * 3600, self._overdue, run)
 
     def _eligible(self, job: JobSpec) -> int:
         return sum(1 for p in self._online.values() if p.kind == job.kind.value and job.region in p.territory)
 
     def _on_bid(self, env: Envelope, bid: Bid) -> None:
         run = self._runs.get(bid.job_id)
-        if run is None or run.state != "bidding" or now_ms() > run.cfp.bid_deadline:
+        if run is None or run.state != "bidding" or self.clock.ms() > run.cfp.bid_deadline:
             return
         if bid.price > run.reserve or not self._is_machine(bid.machine_id, env.sender):
             log.info("job=%s bid from %s refused (over reserve or unregistered signer)", bid.job_id, bid.machine_id)
@@ -228,7 +230,7 @@ class Requester:
         run.machine, run.machine_did = bid.machine_id, self._registry.get(bid.machine_id)
         price = run.price if takeover and run.price is not None else bid.price
         run.price = price
-        accept_by = now_ms() + round(self.config.accept_window_s * 1000)
+        accept_by = self.clock.ms() + round(self.config.accept_window_s * 1000)
         self.awards_sent.setdefault(run.job.id, []).append(bid.machine_id)
         if takeover:
             run.takeovers += 1
@@ -254,7 +256,7 @@ class Requester:
             run.cancel()
             run.state = "contracted"
             if run.accept_latency_ms is None:
-                run.accept_latency_ms = (time.perf_counter() - run.posted) * 1000
+                run.accept_latency_ms = float(self.clock.ms() - run.posted)
             self._fund(run)
         elif event.kind == "declined" and run.state == "awarding":
             run.cancel()
@@ -350,4 +352,4 @@ class Requester:
             self.on_outcome(result)
 
     def _publish(self, topic: str, body: Body) -> None:
-        self.hub.publish(topic, seal(body, self.identity))
+        self.hub.send(topic, body, self.identity)

@@ -199,13 +199,15 @@ def build_graph() -> StateGraph[FlowState]:
 class JobFlows:
     """The compiled job workflow over one checkpointer; shared by every node of a process."""
 
-    def __init__(self, saver: BaseCheckpointSaver[Any]) -> None:
+    def __init__(self, saver: BaseCheckpointSaver[Any], *, worker: Mailbox | None = None) -> None:
         self.saver = saver
         self.graph = build_graph().compile(checkpointer=saver)
         self.durable = not isinstance(saver, InMemorySaver)
         """False for an in-memory checkpointer: nothing survives the process, so nothing is indexed to resume."""
-        self.worker = Mailbox("workflows")
-        """The thread graph steps run on (one at a time), off every node's own thread."""
+        self.worker = worker
+        """The thread graph steps run on (one at a time), off every node's own thread, where bid
+        windows are real milliseconds; None runs each step on its node's own mailbox, as an item of
+        its own (a city on virtual time: a step then takes no market time and its order is fixed)."""
 
     def start(self, port: JobPort, state: FlowState) -> FlowStatus:
         """Run a new job's workflow to its first wait (starting it again resumes it where it is)."""

@@ -32,6 +32,7 @@ raised. ::
     │   ├── BrokerUnavailable       no broker answers at that address
     │   ├── BrokerStartFailed       the local broker could not be started
     │   └── EnvelopeRejected        a received message dropped (its ``reason`` says why)
+    ├── SimulationStalled           a virtual-time city stopped moving (a message never delivered); says what was in flight
     ├── PolicyRefused               a tool refused an action its owners' policy forbids; nothing moved
     │   └── ApprovalRequired        allowed only with the holders' vote: a proposal was opened
     ├── GovernanceError             a proposal that cannot be opened, found or closed
@@ -97,6 +98,7 @@ __all__ = [
     "PolicyRefused",
     "ShareError",
     "SharesAlreadyIssued",
+    "SimulationStalled",
     "TamcError",
     "UnknownAccount",
     "UnknownHandoff",
@@ -224,6 +226,10 @@ class EnvelopeRejected(HubError):
     def __init__(self, reason: str, detail: str) -> None:
         self.reason = reason
         super().__init__(f"{reason}: {detail}")
+
+
+class SimulationStalled(TamcError):
+    """A city on virtual time had work pending and nothing moved for the watchdog's real seconds."""
 
 
 class PolicyRefused(TamcError):

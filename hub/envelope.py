@@ -33,8 +33,9 @@ _ID_COUNTER = itertools.count()
 
 
 def new_envelope_id() -> str:
-    """Unique without a system call per message: 64 random bits per process, then a counter."""
-    return f"{_ID_PREFIX}{next(_ID_COUNTER):x}"
+    """Unique without a system call per message: 64 random bits per process, then a counter
+    (fixed width, so one process's ids sort in the order they were made)."""
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):012x}"
 
 
 def now_ms() -> int:
@@ -104,20 +105,23 @@ class ReplayGuard:
         self.max_skew_ms = max_skew_ms
         self._seen: OrderedDict[str, int] = OrderedDict()
 
-    def check(self, env: Envelope, *, now: int | None = None, exempt_from_age: bool = False) -> None:
+    def check(self, env: Envelope, *, now: int | None = None, exempt_from_age: bool = False, scale: float = 1.0) -> None:
+        """``now`` in epoch ms of the receiver's clock; ``scale``: market ms per real ms of that
+        clock (the windows are real time: on a market 3600 times faster they span 3600 times more)."""
         now = now_ms() if now is None else now
-        self._forget(now)
+        max_age, max_skew = self.max_age_ms * scale, self.max_skew_ms * scale
+        self._forget(now, max_age)
         if not exempt_from_age:
-            if env.ts < now - self.max_age_ms:
+            if env.ts < now - max_age:
                 raise EnvelopeRejected("stale", f"envelope {env.id} is {(now - env.ts) / 1000:.1f} s old")
-            if env.ts > now + self.max_skew_ms:
+            if env.ts > now + max_skew:
                 raise EnvelopeRejected("stale", f"envelope {env.id} is dated {(env.ts - now) / 1000:.1f} s ahead")
         if env.id in self._seen:
             raise EnvelopeRejected("duplicate", f"envelope {env.id} was already received")
         self._seen[env.id] = max(env.ts, now) if exempt_from_age else env.ts
 
-    def _forget(self, now: int) -> None:
-        horizon = now - self.max_age_ms
+    def _forget(self, now: int, max_age: float) -> None:
+        horizon = now - max_age
         seen = self._seen
         while seen:
             first = next(iter(seen))

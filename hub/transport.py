@@ -5,6 +5,10 @@ Every received payload is verified once per connection (signature, type, age, re
 to each local handler whose pattern matches; what fails is dropped and counted in ``stats`` by
 reason. Several agents can share one ``Hub`` (one socket and thread for a whole simulated fleet);
 a machine that needs a last will of its own gets its own ``Hub``.
+
+A hub runs on a clock (``core.clock``): envelopes are stamped and aged on it, and received ones
+are handed out through it, so on a virtual clock messages of one instant arrive in a canonical
+order and the clock knows what is still in flight (``hub.flight``).
 """
 
 from __future__ import annotations
@@ -24,8 +28,12 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
+from core.clock import Hold, Timeline, WallClock
 from core.errors import BrokerUnavailable, EnvelopeRejected, InvalidBrokerUrl
-from hub.envelope import Envelope, ReplayGuard, open_envelope
+from hub.envelope import Envelope, ReplayGuard, open_envelope, seal
+from hub.flight import flights, topics_match
+from hub.messages import Body
+from ledger.identity import Identity
 
 __all__ = ["BrokerAddress", "Handler", "Hub", "parse_broker_url"]
 
@@ -34,6 +42,9 @@ log = logging.getLogger("tamc.hub")
 Handler = Callable[[str, Envelope], None]
 RETAINED_STATE_TYPES = frozenset({"presence", "telemetry"})
 """Retained state is judged by its id (replay) but not its age: it is old by design."""
+SYNC_PREFIX = "tamc/v1/_sync/"
+"""A hub's own marker topic (``SYNC_PREFIX + client id``): what it sends itself after a SUBSCRIBE
+comes back after the retained messages the subscription matches."""
 
 
 @dataclass(frozen=True)
@@ -72,20 +83,29 @@ class Hub:
         name: str = "tamc",
         max_age_ms: int = 30_000,
         keepalive_s: int = 10,
+        clock: Timeline | None = None,
     ) -> None:
         self.address = parse_broker_url(url)
         self.name = name
+        self.clock: Timeline = clock or WallClock()
+        """Envelopes are stamped, aged and handed out on it."""
         self.stats: Counter[str] = Counter()
         self._guard = ReplayGuard(max_age_ms=max_age_ms)
         self._lock = threading.Lock()
         self._handlers: dict[str, list[Handler]] = {}
         self._wildcards: list[str] = []
+        self._heard: set[str] = set()
+        """Patterns the broker has confirmed (on a real clock, as soon as they are asked for)."""
+        self._marks: dict[str, tuple[list[str], Hold]] = {}
+        self._flights = flights(self.clock)
         self._connected = threading.Event()
         self._closing = False
         self._keepalive = keepalive_s
+        self.client_id = f"{name}-{uuid.uuid4().hex[:8]}"
+        self._sync_topic = SYNC_PREFIX + self.client_id
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=f"{name}-{uuid.uuid4().hex[:8]}",
+            client_id=self.client_id,
             protocol=mqtt.MQTTv311,
             clean_session=True,
         )
@@ -129,11 +149,17 @@ class Hub:
         if not self._connected.wait(timeout_s):
             self.close()
             raise BrokerUnavailable(f"the broker at {self.address.url} accepted the socket but did not acknowledge the connection")
+        self._flights.join(self)
         return self
 
     def close(self) -> None:
         """Disconnect cleanly (no last will) and stop the network thread."""
         self._closing = True
+        self._flights.leave(self)
+        with self._lock:
+            marks, self._marks = list(self._marks.values()), {}
+        for _, hold in marks:
+            hold.release()
         try:
             self._client.disconnect()
         finally:
@@ -155,12 +181,22 @@ class Hub:
 
     # -- publish and subscribe ---------------------------------------------------------------
 
-    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+    def send(self, topic: str, body: Body, identity: Identity, *, retain: bool = False) -> None:
+        """Seal ``body`` as ``identity`` at this hub's clock's time and publish it."""
+        self.publish(topic, seal(body, identity, ts=self.clock.ms()), retain=retain, what=body.TYPE)
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False, what: str = "envelope") -> None:
         """Send a sealed envelope with QoS 1 (at least once; receivers drop the repeats)."""
         self.stats["sent"] += 1
+        self._flights.sent(topic, payload, what)  # before it can arrive: the clock never sees it as delivered early
         info = self._client.publish(topic, payload, qos=1, retain=retain)
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             log.warning("hub=%s publish failed topic=%s rc=%s", self.name, topic, info.rc)
+
+    def listens(self, topic: str) -> bool:
+        """A subscription the broker has confirmed matches ``topic``."""
+        with self._lock:
+            return topic in self._heard or any(topics_match(p, topic) for p in self._wildcards if p in self._heard)
 
     def subscribe(self, pattern: str, handler: Handler) -> None:
         with self._lock:
@@ -169,8 +205,21 @@ class Hub:
             handlers.append(handler)
             if first and ("+" in pattern or "#" in pattern):
                 self._wildcards.append(pattern)
+            if first and not self.clock.virtual:
+                self._heard.add(pattern)
         if first:
             self._client.subscribe(pattern, qos=1)
+            if self.clock.virtual:
+                self._mark([pattern])
+
+    def _mark(self, patterns: list[str]) -> None:
+        """Send ourselves a marker after a SUBSCRIBE; the clock waits until it (and so the
+        subscription, and the retained messages it matches) has come back."""
+        nonce = uuid.uuid4().hex
+        hold = self.clock.hold(f"subscription {', '.join(patterns)} of {self.name}")
+        with self._lock:
+            self._marks[nonce] = (patterns, hold)
+        self._client.publish(self._sync_topic, nonce.encode(), qos=1)
 
     def unsubscribe(self, pattern: str, handler: Handler) -> None:
         with self._lock:
@@ -180,10 +229,12 @@ class Hub:
             last = pattern in self._handlers and not handlers
             if last:
                 del self._handlers[pattern]
+                self._heard.discard(pattern)
                 if pattern in self._wildcards:
                     self._wildcards.remove(pattern)
         if last:
             self._client.unsubscribe(pattern)
+            self._flights.unheard(self)
 
     # -- paho callbacks (network thread) ----------------------------------------------------
 
@@ -193,6 +244,7 @@ class Hub:
             return
         with self._lock:
             patterns = list(self._handlers)
+        client.subscribe(self._sync_topic, qos=1)
         for pattern in patterns:  # a clean session forgets subscriptions; restore them
             client.subscribe(pattern, qos=1)
         if self.stats["connects"]:
@@ -207,24 +259,53 @@ class Hub:
             log.warning("hub=%s lost the broker reason=%s; reconnecting with backoff", self.name, reason)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        payload = bytes(msg.payload)
+        if msg.topic == self._sync_topic:
+            self._marked(payload.decode("ascii", "replace"))
+            return
+        hold = self._flights.arrived(self, payload)
+        try:
+            self._receive(msg.topic, payload)
+        finally:
+            if hold is not None:
+                hold.release()  # after it was queued for its round
+
+    def _receive(self, topic: str, payload: bytes) -> None:
         self.stats["received"] += 1
         try:
-            env = open_envelope(bytes(msg.payload))
+            env = open_envelope(payload)
             with self._lock:
-                self._guard.check(env, exempt_from_age=env.type in RETAINED_STATE_TYPES)
-                handlers = list(self._handlers.get(msg.topic, ()))  # most patterns are exact topics
-                handlers += [h for p in self._wildcards if mqtt.topic_matches_sub(p, msg.topic) for h in self._handlers[p]]
+                self._guard.check(env, now=self.clock.ms(), exempt_from_age=env.type in RETAINED_STATE_TYPES,
+                                  scale=self.clock.speed)
         except EnvelopeRejected as exc:
             self.stats[f"dropped_{exc.reason}"] += 1
-            log.debug("hub=%s dropped topic=%s reason=%s", self.name, msg.topic, exc)
+            log.debug("hub=%s dropped topic=%s reason=%s", self.name, topic, exc)
             return
         self.stats["accepted"] += 1
+
+        def resolve() -> Callable[[], None] | None:
+            with self._lock:
+                handlers = list(self._handlers.get(topic, ()))  # most patterns are exact topics
+                handlers += [h for p in self._wildcards if mqtt.topic_matches_sub(p, topic) for h in self._handlers[p]]
+            return (lambda: self._hand_out(handlers, topic, env)) if handlers else None
+
+        self.clock.deliver((topic, env.sender, env.id), resolve)
+
+    def _hand_out(self, handlers: list[Handler], topic: str, env: Envelope) -> None:
         for handler in handlers:
             try:
-                handler(msg.topic, env)
+                handler(topic, env)
             except Exception:
                 self.stats["handler_errors"] += 1
-                log.exception("hub=%s handler failed topic=%s type=%s", self.name, msg.topic, env.type)
+                log.exception("hub=%s handler failed topic=%s type=%s", self.name, topic, env.type)
+
+    def _marked(self, nonce: str) -> None:
+        with self._lock:
+            mark = self._marks.pop(nonce, None)
+            if mark is not None:
+                self._heard.update(p for p in mark[0] if p in self._handlers)
+        if mark is not None:
+            mark[1].release()
 
     def dropped(self) -> dict[str, int]:
         """Dropped envelopes by reason (only reasons that occurred)."""

@@ -21,6 +21,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 
+from core.clock import Clock, WallClock
 from core.errors import (
     EscrowClosed,
     EscrowExists,
@@ -58,8 +59,10 @@ DEFAULT_URL = "sqlite:///tamc-ledger.db"
 class Ledger:
     """Money and shares in SQL. Safe to share between threads and processes."""
 
-    def __init__(self, url: str = DEFAULT_URL) -> None:
+    def __init__(self, url: str = DEFAULT_URL, *, clock: Clock | None = None) -> None:
         self.url = url
+        self.clock: Clock = clock or WallClock()
+        """What postings and accounts are dated by: a simulated city's ledger keeps the market's time."""
         self._engine = _db.connect(url)
         self._insert = pg_insert if self._engine.dialect.name == "postgresql" else sqlite_insert
         self.open_account(ISSUANCE, kind=AccountKind.SYSTEM)
@@ -83,7 +86,7 @@ class Ledger:
             row = conn.execute(select(accounts).where(accounts.c.id == account_id)).first()
             if row is None:
                 conn.execute(self._insert(accounts).values(
-                    id=account_id, kind=kind.value, owner=owner, created_at=_now()
+                    id=account_id, kind=kind.value, owner=owner, created_at=self.clock.now()
                 ).on_conflict_do_nothing())
                 row = conn.execute(select(accounts).where(accounts.c.id == account_id)).one()
             if row.kind != kind.value:
@@ -182,7 +185,7 @@ class Ledger:
             if conn.execute(select(escrows.c.job_id).where(escrows.c.job_id == job_id)).first():
                 raise EscrowExists(f"job {job_id!r} already has an escrow; reuse its key to retry the open")
             conn.execute(self._insert(accounts).values(
-                id=account_id, kind=AccountKind.ESCROW.value, owner=payer, created_at=_now()
+                id=account_id, kind=AccountKind.ESCROW.value, owner=payer, created_at=self.clock.now()
             ).on_conflict_do_nothing())
             posting = self._post(conn, key, "escrow.open", fp, memo, [(payer, MONEY, -amount), (account_id, MONEY, amount)])
             conn.execute(escrows.insert().values(
@@ -430,7 +433,7 @@ class Ledger:
                 raise InsufficientFunds(cell[0], current[cell], spent[cell], cell[1])
 
         posting_id = str(uuid.uuid4())
-        created = _now()
+        created = self.clock.now()
         conn.execute(postings.insert().values(
             id=posting_id, key=key, kind=kind, fingerprint=fingerprint, memo=memo, created_at=created
         ))
@@ -448,10 +451,6 @@ class Ledger:
 
 def _fingerprint(op: str, **params: Any) -> str:
     return hashlib.sha256(canonical_json({"op": op, **params})).hexdigest()
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 def _aware(ts: datetime) -> datetime:

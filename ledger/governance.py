@@ -211,7 +211,7 @@ class Governance:
 
     def proposals(self, machine_id: str | None = None, *, state: str | None = None) -> list[Proposal]:
         """Proposals, newest first, of one machine or all."""
-        query = select(proposals).order_by(proposals.c.opened_at.desc(), proposals.c.id)
+        query = select(proposals).order_by(proposals.c.opened_at.desc(), proposals.c.key, proposals.c.id)
         if machine_id is not None:
             query = query.where(proposals.c.machine_id == machine_id)
         if state is not None:

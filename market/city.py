@@ -1,16 +1,22 @@
 """Run a simulated city: a broker, a ledger, a fleet of machine nodes and a requester per region,
-a day of demand fed on a clock that runs ``speed`` times faster than real time, and the report.
+a day of demand, and the report.
 
-Everything crosses the real broker and lands in the real ledger; only time is scaled.
+Everything crosses the real broker and lands in the real ledger; only time is simulated. On the
+virtual clock (the default, ``core.virtual``) market time advances only when the city has nothing
+left to do at the current instant, so the day's outcome is the market's, not the CPU's, and a seed
+replays it exactly (the report's ``digest``). On the scaled clock (``tamc serve``) the same agents
+run ``speed`` times faster than real time, so a cockpit can watch them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import random
+import shutil
 import threading
 import time
 import uuid
@@ -30,10 +36,12 @@ from agents.node import MachineNode
 from agents.requester import JobOutcome, Requester, RequesterConfig
 from agents.snapshot import save_snapshot
 from agents.workflow import JobFlows, in_memory
-from core.clock import ScaledClock, SimClock
+from core.clock import ScaledClock, Timeline
 from core.errors import InputError, MemoryStoreError
 from core.money import format_units
+from core.virtual import VirtualClock
 from hub.broker import RunningBroker, start_broker
+from hub.mailbox import Mailbox
 from hub.transport import Hub
 from ledger import Identity, Keystore, Ledger, machine_wallet
 from ledger.collective import Collective
@@ -52,31 +60,42 @@ log = logging.getLogger("tamc.market")
 
 
 MemoryMode = Literal["server", "embedded", "off"]
+ClockKind = Literal["virtual", "scaled"]
 
 
 class MarketConfig(BaseModel):
     seed: int = 7
     hours: float = Field(default=24.0, gt=0)
     machines: int = Field(default=12, ge=1)
+    clock: ClockKind = "virtual"
+    """``virtual``: market time waits for the work (deterministic, as fast as the work allows);
+    ``scaled``: market time runs ``speed`` times faster than real time (a live view)."""
     speed: float = Field(default=3600.0, gt=0)
-    """Simulated seconds per real second: 3600 runs an hour in a second."""
+    """Market seconds per real second. On the scaled clock, its pace (3600 runs an hour in a second);
+    on the virtual clock, what a second of real work that takes real time (a model's answer) costs
+    in market time, and the pace the real-time waits of the agents are counted at."""
     load: float = Field(default=0.85, gt=0)
     flat_demand: bool = False
     """Keep demand at ``load`` all day instead of following the day's shape (nights, peaks)."""
     broker: str | None = None
     """mqtt://host:port of an existing broker; None starts a private one."""
     data_dir: Path = Path(".tamc")
-    bid_window_s: float = 0.03
-    accept_window_s: float = 0.05
+    bid_window_s: float = Field(default=108.0, gt=0)
+    """Market seconds machines have to bid (108: 30 real ms at 3600×)."""
+    accept_window_s: float = Field(default=180.0, gt=0)
+    """Market seconds the winner has to accept before the runner-up is asked."""
     fail_rate: float = Field(default=0.0, ge=0, le=1)
     """Share of jobs a machine fails half-way (to exercise takeovers)."""
-    drain_s: float = 60.0
-    """Real seconds to wait after the last arrival for open jobs to close."""
+    drain_h: float = Field(default=48.0, ge=0)
+    """Market hours after the day that open jobs get to close (each closes by its deadline and grace)."""
+    watchdog_s: float = Field(default=60.0, gt=0)
+    """Virtual clock: real seconds with work pending and nothing moving before the run fails as stalled."""
     model: ModelConfig = ModelConfig()
     """The machines' LLM agent; ``rules`` (the default) runs on the rule engine alone."""
     memory: MemoryMode = "server"
-    """Each machine keeps a vector memory in ``{data_dir}/memory`` (kept across runs) and prices from
-    it: ``server`` runs a Chroma server on that folder for the run (the embedded client's writes
+    """Each machine keeps a vector memory in ``{data_dir}/memory`` (new each run, like the ledger:
+    a seeded day replays exactly; it stays after the run for ``tamc chat``) and prices from it:
+    ``server`` runs a Chroma server on that folder for the run (the embedded client's writes
     hold the GIL and stall the other machines of this process), ``embedded`` opens it in process,
     ``off`` keeps no memory."""
     memory_url: str | None = None
@@ -86,7 +105,8 @@ class MarketConfig(BaseModel):
     parkings, maintenance and deaths (``market.lifecycle``)."""
     life_config: LifeConfig = LifeConfig()
     telemetry_every_s: float | None = None
-    """Machines publish telemetry this often (real seconds) besides at each change, for a live view."""
+    """Machines publish telemetry this often (real seconds at the market's pace) besides at each
+    change, for a live view."""
 
 
 @dataclass
@@ -99,7 +119,9 @@ class LiveCity:
     ledger: Ledger
     governance: Governance
     keys: Keystore
-    clock: ScaledClock
+    clock: Timeline
+    day_start: float
+    """Epoch seconds on ``clock`` when the day's demand began."""
     nodes: list[MachineNode]
     regions: tuple[Region, ...]
     requester_config: RequesterConfig
@@ -108,6 +130,10 @@ class LiveCity:
 
     def node(self, machine_id: str) -> MachineNode | None:
         return next((n for n in reversed(self.nodes) if n.id == machine_id), None)
+
+    def hours(self) -> float:
+        """Market hours since the day began."""
+        return (self.clock.time() - self.day_start) / 3600
 
 
 class MachineReport(BaseModel):
@@ -200,6 +226,13 @@ class MarketReport(BaseModel):
     wall_s: float
     machine_days_per_s: float
     ledger_url: str
+    clock: ClockKind = "virtual"
+    """The clock the day ran on."""
+    deterministic: bool = True
+    """The same configuration and seed give the same ``digest`` (the virtual clock and the rule
+    engine; a model, or the scaled clock, make a run depend on real time)."""
+    digest: str = ""
+    """A fingerprint of every outcome (``market.city.digest``): compare two runs by this one field."""
     decisions: dict[str, int] = Field(default_factory=dict)
     """Bid decisions by the path that made them (rules, llm, llm-clamped, rules-fallback, rules-fast-path)."""
     model: ModelReport | None = None
@@ -237,6 +270,13 @@ def _broker(url: str | None) -> Iterator[RunningBroker]:
         yield b
 
 
+def make_clock(config: MarketConfig) -> Timeline:
+    """The city's clock: virtual (time waits for the work) or scaled (``speed`` × real time)."""
+    if config.clock == "virtual":
+        return VirtualClock(speed=config.speed, watchdog_s=config.watchdog_s)
+    return ScaledClock(config.speed)
+
+
 def run_market(config: MarketConfig, *, on_progress: Callable[[Snapshot], None] | None = None,
                regions: tuple[Region, ...] = DEFAULT_REGIONS, fleet: list[MachineProfile] | None = None,
                requests: list[JobRequest] | None = None, savings: dict[str, int] | None = None,
@@ -254,12 +294,15 @@ def run_market(config: MarketConfig, *, on_progress: Callable[[Snapshot], None] 
     if requests is None:
         requests = generate_jobs(fleet, regions, config.hours, seed=config.seed, model=model, prefix=f"{run_id}-")
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    for suffix in ("", "-wal", "-shm"):  # each run is a new city; keys and memory carry over
+    for suffix in ("", "-wal", "-shm"):  # each run is a new city; keys carry over
         (config.data_dir / f"ledger.db{suffix}").unlink(missing_ok=True)
+    if config.memory != "off" and config.memory_url is None:
+        shutil.rmtree(config.data_dir / "memory", ignore_errors=True)  # memory too: a seeded day replays exactly
+    clock = make_clock(config)
     ledger_url = f"sqlite:///{(config.data_dir / 'ledger.db').resolve()}"
-    ledger = Ledger(ledger_url)
+    ledger = Ledger(ledger_url, clock=clock)
     keys = Keystore(config.data_dir / "keys.json")
-    governance = Governance(ledger, clock=SimClock(ScaledClock(config.speed).start))  # the day has not started yet
+    governance = Governance(ledger, clock=clock)
     own_agent = agent is None and config.model.uses_model
     if own_agent:
         agent = MachineAgent(config.model)
@@ -270,35 +313,49 @@ def run_market(config: MarketConfig, *, on_progress: Callable[[Snapshot], None] 
     lock = threading.Lock()
     life: Lifecycle | None = None
     life_report: LifeReport | None = None
+    stop = stop or threading.Event()
 
     def record(o: JobOutcome) -> None:
         with lock:
             outcomes.append(o)
 
-    with _broker(config.broker) as broker, _MemoryOpener.open(config) as memory:
+    with _broker(config.broker) as broker, _MemoryOpener.open(config, clock) as memory:
         # Every job runs as a workflow, checkpointed in memory: a city is one process and each run is a
         # new city (its ledger is recreated), so no run resumes another's jobs. A node in its own process
-        # (`tamc agent`) checkpoints to SQLite or PostgreSQL and resumes them.
-        flows = JobFlows(in_memory())
+        # (`tamc agent`) checkpoints to SQLite or PostgreSQL and resumes them. On the virtual clock a
+        # step runs on its node's own mailbox (it takes no market time); on the scaled one, off it.
+        flows = JobFlows(in_memory(), worker=None if clock.virtual else Mailbox("workflows", clock=clock))
         hubs: list[Hub] = []
         nodes: list[MachineNode] = []
         requesters: dict[str, Requester] = {}
         technicians: list[Technician] = []
 
+        def hub(name: str) -> Hub:
+            h = Hub(broker.url, name=name, clock=clock)
+            hubs.append(h)
+            return h
+
         def machine(profile: MachineProfile, identity: Identity, fails: frozenset[str] = frozenset(), wear_pct: float = 0.0) -> MachineNode:
-            hub = Hub(broker.url, name=profile.id)  # each machine its own connection: the broker announces its death by last will
-            hubs.append(hub)
-            node = MachineNode(profile, identity, hub, ledger=ledger, fail_jobs=fails, agent=agent, governance=governance,
+            # each machine its own connection: the broker announces its death by last will
+            node = MachineNode(profile, identity, hub(profile.id), ledger=ledger, fail_jobs=fails, agent=agent, governance=governance,
                                memory=memory.machine(profile.id), wear_pct=wear_pct, telemetry_every_s=config.telemetry_every_s,
                                flows=flows)
             nodes.append(node)
             return node
 
         def spawn(profile: MachineProfile) -> MachineNode:
-            node = machine(profile, keys.get_or_create(profile.id))
-            node.use_clock(clock)
-            return node.start()
+            return machine(profile, keys.get_or_create(profile.id)).start()
 
+        def open_jobs() -> int:
+            return sum(r.open_jobs for r in requesters.values())
+
+        def day_hours() -> float:
+            return (clock.time() - day_start) / 3600
+
+        def progress(posted: int) -> None:
+            _report_progress(on_progress, day_hours(), config, requests, posted, outcomes, requesters, nodes)
+
+        day_start = clock.time()
         try:
             holders = _register(ledger, governance, keys, fleet, config, savings, run_id)
             for profile in fleet:
@@ -306,22 +363,17 @@ def run_market(config: MarketConfig, *, on_progress: Callable[[Snapshot], None] 
                 machine(profile, keys.get_or_create(profile.id), fails, wear.get(profile.id, 0.0) if config.life else 0.0)
             for node in nodes:
                 node.start()
-            rc = RequesterConfig(bid_window_s=config.bid_window_s, accept_window_s=config.accept_window_s, speed=config.speed)
+            rc = RequesterConfig(bid_window_s=config.bid_window_s, accept_window_s=config.accept_window_s)
             for region in regions:
                 identity = keys.get_or_create(f"requester-{region.name}")
                 budget = sum(r.reserve for r in requests if r.job.region == region.name)
                 wallet = settlement.open_requester(ledger, f"{region.name}-{run_id}", identity.did, budget)
-                hub = Hub(broker.url, name=f"requester-{region.name}").connect()
-                hubs.append(hub)
-                requesters[region.name] = Requester(identity, hub, ledger, wallet, config=rc, on_outcome=record).start()
-            time.sleep(0.2)  # let presence and subscriptions settle before the first call
-            clock = ScaledClock(config.speed)  # the day starts now
-            governance.clock = clock
-            for node in nodes:
-                node.use_clock(clock)
+                requesters[region.name] = Requester(identity, hub(f"requester-{region.name}").connect(), ledger, wallet,
+                                                    config=rc, on_outcome=record).start()
+            _settle_in(clock)  # presence and subscriptions reach the broker before the first call
+            day_start = clock.time()  # the day starts now
             if config.life:
-                life_hub = Hub(broker.url, name="lifecycle").connect()
-                hubs.append(life_hub)
+                life_hub = hub("lifecycle").connect()
                 for region in regions:
                     tech_id = f"tech-{region.name}"
                     technicians.append(Technician(tech_id, keys.get_or_create(tech_id), life_hub, ledger, regions=[region.name],
@@ -330,22 +382,25 @@ def run_market(config: MarketConfig, *, on_progress: Callable[[Snapshot], None] 
                 life = Lifecycle(governance=governance, ledger=ledger, keys=keys, hub=life_hub, clock=clock, nodes=nodes,
                                  spawn=spawn, regions=regions, holders=holders, collectives=[collective], config=config.life_config,
                                  requester_config=rc, seed=config.seed, run_id=run_id).start()
+            for req in requests:  # the day's demand, each job posted at its hour of market time
+                requesters[req.job.region].post(req.job, reserve=req.reserve, value=req.value,
+                                                after_s=day_start + req.at_h * 3600 - clock.time())
             if on_ready is not None:
                 on_ready(LiveCity(config=config, broker_url=broker.url, ledger=ledger, governance=governance, keys=keys,
-                                  clock=clock, nodes=nodes, regions=regions, requester_config=rc, agent=agent, outcomes=outcomes))
-            _feed(requests, requesters, clock, config, nodes, outcomes, on_progress, stop or threading.Event())
+                                  clock=clock, day_start=day_start, nodes=nodes, regions=regions, requester_config=rc,
+                                  agent=agent, outcomes=outcomes))
+            day_end = day_start + config.hours * 3600
+            _run(clock, day_end, stop=stop.is_set, progress=lambda: progress(sum(1 for r in requests if r.at_h <= day_hours())))
             if life is not None:
                 life.stop()
                 life_report = life.report()
             # hours each machine worked while there was demand (the drain after it does not count)
             worked = {n.id: n.mailbox.call(lambda n=n: n.driver.telemetry().operating_hours if n.driver else 0.0) for n in nodes}
-            deadline = time.monotonic() + config.drain_s
-            while any(r.open_jobs for r in requesters.values()) and time.monotonic() < deadline:
-                _report_progress(on_progress, clock, config, requests, len(requests), outcomes, requesters, nodes)
-                time.sleep(0.1)
-            time.sleep(0.2)  # the last 'paid' events reach the machines, which settle their costs
-            _wait_settled(nodes, outcomes, timeout_s=10)
-            run_hours = clock.hours()
+            _run(clock, clock.time() + config.drain_h * 3600, stop=lambda: open_jobs() == 0, progress=lambda: progress(len(requests)))
+            paid = sum(1 for o in outcomes if o.outcome == "paid")
+            # the last 'paid' events reach the machines, which settle their costs
+            _run(clock, clock.time() + 10 * clock.speed, stop=lambda: sum(n.stats.paid for n in nodes) >= paid)
+            run_hours = day_hours()
         finally:
             if life is not None and life_report is None:
                 life.stop()
@@ -361,20 +416,71 @@ def run_market(config: MarketConfig, *, on_progress: Callable[[Snapshot], None] 
                 agent.close()
             for r in requesters.values():
                 r.stop()
-            time.sleep(0.05)
+            _settle_in(clock)
             dropped: Counter[str] = Counter()
-            for hub in hubs:
-                dropped.update(hub.dropped())
-                hub.close()
+            for h in hubs:
+                dropped.update(h.dropped())
+                h.close()
+            if flows.worker is not None:
+                flows.worker.close()
             audit = ledger.audit()
             if audit:
                 log.error("ledger audit found problems: %s", audit)
-            ledger.close()
             memory_report = memory.report(nodes)
+            balances = ledger.balances()
+            ledger.close()
+            if isinstance(clock, VirtualClock):
+                clock.close()
     parents = life_report.parents if life_report else {}
     report = _report(run_id, config, broker.kind, fleet, nodes, requests, outcomes, worked, run_hours,
                      dict(dropped), time.perf_counter() - started, ledger_url, parents)
-    return report.model_copy(update={"memory": memory_report, "life": life_report})
+    report = report.model_copy(update={"memory": memory_report, "life": life_report})
+    return report.model_copy(update={"digest": digest(report, balances, run_id)})
+
+
+def _run(clock: Timeline, until: float, *, stop: Callable[[], bool], progress: Callable[[], None] | None = None) -> None:
+    """Let the city's time run to ``until`` or until ``stop()``; report progress on the way (every
+    market half hour on the virtual clock, every tenth of a second on a real one)."""
+    if isinstance(clock, VirtualClock):
+        while clock.time() < until and not stop():
+            clock.run(min(until, clock.time() + 1800), stop=stop)
+            if progress is not None:
+                progress()
+        return
+    while clock.time() < until and not stop():
+        if progress is not None:
+            progress()
+        time.sleep(max(min((until - clock.time()) / clock.speed, 0.1), 0.0))
+
+
+def _settle_in(clock: Timeline) -> None:
+    """Let what is under way at this instant land (subscriptions, presence) before going on."""
+    if isinstance(clock, VirtualClock):
+        clock.settle()
+    else:
+        time.sleep(0.2)
+
+
+def digest(report: MarketReport, balances: dict[str, int], run_id: str) -> str:
+    """A fingerprint of what the day decided: every job's outcome, machine's books, life event and
+    ledger balance (run ids aside). Two runs of one seed on the virtual clock give the same one."""
+    facts = outcome_facts(report, balances, run_id)
+    if path := os.environ.get("TAMC_DIGEST_FACTS"):  # to see what two runs disagree on: diff the two files
+        Path(path).write_text(json.dumps(facts, indent=1), "utf-8")
+    return hashlib.sha256(json.dumps(facts, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+def outcome_facts(report: MarketReport, balances: dict[str, int], run_id: str) -> dict[str, object]:
+    """What ``digest`` fingerprints, with the run's id replaced by ``RUN``."""
+    facts = {
+        "counts": [report.posted, report.paid, report.expired, report.refunded, report.unfinished, report.takeovers],
+        "welfare": [report.welfare, report.optimum_welfare, report.baseline_welfare],
+        "machines": [[m.machine_id, m.jobs, m.revenue, m.costs, m.profit, m.status, round(m.wear_pct, 3)] for m in report.machines],
+        "outcomes": [[o.job_id, o.outcome, o.machine_id, o.price, o.bids, o.awards, o.takeovers] for o in report.outcomes],
+        "life": [[e.at_h, e.machine_id, e.event, e.detail] for e in report.life.events] if report.life else [],
+        "ledger": sorted(balances.items()),
+    }
+    return json.loads(json.dumps(facts, default=str).replace(run_id, "RUN"))  # type: ignore[no-any-return]
 
 
 def _savings(profile: MachineProfile, rng: random.Random) -> int:
@@ -432,7 +538,7 @@ class _MemoryOpener:
 
     @classmethod
     @contextlib.contextmanager
-    def open(cls, config: MarketConfig) -> Iterator[_MemoryOpener]:
+    def open(cls, config: MarketConfig, clock: Timeline) -> Iterator[_MemoryOpener]:
         from agents.memory import MemoryConfig, MemoryStore
         from agents.memory.server import chroma_server
 
@@ -448,7 +554,10 @@ class _MemoryOpener:
                 except MemoryStoreError as exc:
                     log.error("%s", exc)
                     unavailable = str(exc)
-            opener = cls(MemoryStore(MemoryConfig(path=path, url=url)), unavailable)
+            # records gather for a second at the market's pace before a write; on the virtual clock reads
+            # run on the asking node's own thread (they take no market time, and their order is fixed)
+            store_config = MemoryConfig(path=path, url=url, write_delay_s=clock.speed, read_threads=0 if clock.virtual else 2)
+            opener = cls(MemoryStore(store_config, clock=clock), unavailable)
             try:
                 yield opener
             finally:
@@ -485,44 +594,19 @@ def _hash_share(job_id: str, machine_id: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def _feed(requests: list[JobRequest], requesters: dict[str, Requester], clock: ScaledClock, config: MarketConfig,
-          nodes: list[MachineNode], outcomes: list[JobOutcome], on_progress: Callable[[Snapshot], None] | None,
-          stop: threading.Event) -> None:
-    next_view = 0.0
-    for i, req in enumerate(requests):
-        while (wait := clock.real_seconds(req.at_h - clock.hours())) > 0:
-            if stop.is_set():
-                return
-            if time.monotonic() >= next_view:
-                _report_progress(on_progress, clock, config, requests, i, outcomes, requesters, nodes)
-                next_view = time.monotonic() + 0.1
-            time.sleep(min(wait, 0.05))
-        requesters[req.job.region].post(req.job, reserve=req.reserve, value=req.value)
-    while clock.hours() < config.hours and not stop.is_set():
-        _report_progress(on_progress, clock, config, requests, len(requests), outcomes, requesters, nodes)
-        time.sleep(min(clock.real_seconds(config.hours - clock.hours()), 0.1))
-
-
-def _report_progress(on_progress: Callable[[Snapshot], None] | None, clock: ScaledClock, config: MarketConfig,
+def _report_progress(on_progress: Callable[[Snapshot], None] | None, hours: float, config: MarketConfig,
                      requests: list[JobRequest], posted: int, outcomes: list[JobOutcome],
                      requesters: dict[str, Requester], nodes: list[MachineNode]) -> None:
     if on_progress is None:
         return
     counts = Counter(o.outcome for o in outcomes)
     on_progress(Snapshot(
-        sim_hours=clock.hours(), horizon_h=config.hours, posted=posted, total=len(requests),
+        sim_hours=round(hours, 4), horizon_h=config.hours, posted=posted, total=len(requests),
         paid=counts["paid"], expired=counts["expired"], refunded=counts["refunded"],
         open=sum(r.open_jobs for r in requesters.values()),
         busy=sum(1 for n in nodes if n.busy), machines=len(nodes),
         revenue=sum(o.price or 0 for o in outcomes if o.outcome == "paid"),
     ))
-
-
-def _wait_settled(nodes: list[MachineNode], outcomes: list[JobOutcome], timeout_s: float) -> None:
-    paid = sum(1 for o in outcomes if o.outcome == "paid")
-    deadline = time.monotonic() + timeout_s
-    while sum(n.stats.paid for n in nodes) < paid and time.monotonic() < deadline:
-        time.sleep(0.05)
 
 
 def _percentile(values: list[float], q: float) -> float | None:
@@ -583,6 +667,7 @@ def _report(run_id: str, config: MarketConfig, broker_kind: str, fleet: list[Mac
         dropped=dropped, wall_s=round(wall_s, 2),
         machine_days_per_s=round(len(nodes) * run_hours / 24 / wall_s, 4),
         ledger_url=ledger_url, decisions=dict(paths), model=model, outcomes=sorted(outcomes, key=lambda o: o.job_id),
+        clock=config.clock, deterministic=config.clock == "virtual" and not config.model.uses_model,
     )
 
 

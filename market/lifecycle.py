@@ -31,11 +31,12 @@ from agents.memory.store import MemoryItem, MemoryKind
 from agents.node import MachineNode
 from agents.requester import JobOutcome, Requester, RequesterConfig
 from agents.steward import Books, RegionDemand, review, vote_as_holder
-from core.clock import ScaledClock
+from core.clock import Timeline
 from core.errors import GovernanceError, InsufficientFunds, LedgerError, MemoryStoreError, VoteRefused
 from core.money import format_units
 from hub import topics
-from hub.envelope import Envelope, seal
+from hub.envelope import Envelope
+from hub.mailbox import Mailbox
 from hub.messages import CallForProposals, GovernanceNotice
 from hub.transport import Hub
 from ledger import AccountKind, Identity, Keystore, Ledger, machine_wallet, maintenance_budget, reserve, sign_ballot
@@ -102,7 +103,7 @@ class LifeReport(BaseModel):
 
 
 class Lifecycle:
-    def __init__(self, *, governance: Governance, ledger: Ledger, keys: Keystore, hub: Hub, clock: ScaledClock,
+    def __init__(self, *, governance: Governance, ledger: Ledger, keys: Keystore, hub: Hub, clock: Timeline,
                  nodes: list[MachineNode], spawn: Callable[[MachineProfile], MachineNode], regions: Sequence[Region],
                  holders: dict[str, Identity], collectives: Sequence[Collective] = (), config: LifeConfig | None = None,
                  requester_config: RequesterConfig | None = None, seed: int = 0, run_id: str = "") -> None:
@@ -119,15 +120,17 @@ class Lifecycle:
         """Holder account -> the simulated stakeholder's key."""
         self.collectives = {c.account: c for c in collectives}
         self.config = config or LifeConfig()
-        self.requester_config = requester_config or RequesterConfig(speed=clock.speed)
+        self.requester_config = requester_config or RequesterConfig()
         self.seed = seed
         self.run_id = run_id
         self.identity = keys.get_or_create("governance")
         self.events: list[LifeEvent] = []
         self.tick_ms: list[float] = []
-        """How long each round took, real milliseconds (it runs beside the market, holding the GIL part of the time)."""
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        """How long each round took, real milliseconds (a profile figure; no decision reads it)."""
+        self.mailbox = Mailbox("lifecycle", clock=clock)
+        """Rounds run here, on the market's clock; what they need of a node they ask through its mailbox."""
+        self._origin = clock.time()
+        self._stopped = False
         self._lock = threading.Lock()
         self._calls: deque[tuple[float, str, str]] = deque()
         """(hour, region, kind) of the calls for proposals the market saw."""
@@ -141,51 +144,60 @@ class Lifecycle:
         self._charters: dict[str, Charter] = {}
         self._missed: dict[str, float] = {}
         self._cash: dict[str, int] = {}
+        self._maintenances: dict[str, int] = {}
         self.parents: dict[str, str] = {}
         ledger.open_account(FIXED_COSTS, kind=AccountKind.SYSTEM)
 
     # -- running ------------------------------------------------------------------------------
 
     def start(self) -> Lifecycle:
+        """Begin the rounds: the first one ``tick_h`` market hours from now."""
+        self._origin = self.clock.time()
         self.hub.subscribe(f"{topics.PREFIX}/market/+/+/cfp", self._on_cfp)
         for node in self.nodes:
             self._since[node.id] = 0.0
-        self._thread = threading.Thread(target=self._run, name="lifecycle", daemon=True)
-        self._thread.start()
+        self._schedule(1)
         return self
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
+        self.mailbox.call(self._halt, timeout=60)
+        self.mailbox.close()
         self.hub.unsubscribe(f"{topics.PREFIX}/market/+/+/cfp", self._on_cfp)
         for r in self._requesters.values():
             r.stop()
 
-    def _run(self) -> None:
-        tick = 1
-        while not self._stop.is_set():
-            wait = self.clock.real_seconds(tick * self.config.tick_h - self.clock.hours())
-            if wait > 0 and self._stop.wait(wait):
-                return
-            started = time.perf_counter()
-            try:
-                self.tick(tick)
-            except Exception:  # a bug here must not stop the city's market; it is logged and counted
-                log.exception("life cycle tick %d failed", tick)
-            self.tick_ms.append((time.perf_counter() - started) * 1000)
-            tick += 1
+    def hours(self) -> float:
+        """Market hours since the rounds began."""
+        return (self.clock.time() - self._origin) / 3600
+
+    def _halt(self) -> None:
+        self._stopped = True
+
+    def _schedule(self, tick: int) -> None:
+        due = self._origin + tick * self.config.tick_h * 3600
+        self.mailbox.call_later(due - self.clock.time(), self._round, tick)
+
+    def _round(self, tick: int) -> None:
+        if self._stopped:
+            return
+        started = time.perf_counter()
+        try:
+            self.tick(tick)
+        except Exception:  # a bug here must not stop the city's market; it is logged and counted
+            log.exception("life cycle tick %d failed", tick)
+        self.tick_ms.append((time.perf_counter() - started) * 1000)
+        self._schedule(tick + 1)
 
     def _on_cfp(self, topic: str, env: Envelope) -> None:
         body = env.body
         if isinstance(body, CallForProposals) and body.job.capability != MAINTENANCE:
             with self._lock:
-                self._calls.append((self.clock.hours(), body.job.region, body.job.kind.value))
+                self._calls.append((self.hours(), body.job.region, body.job.kind.value))
 
     # -- one round ----------------------------------------------------------------------------
 
     def tick(self, index: int) -> None:
-        now = self.clock.hours()
+        now = self.hours()
         self._cash = self.ledger.balances()  # one read for every balance the round looks at
         self._charge(self._live(), index, now)
         if index % max(round(self.config.review_every_h / self.config.tick_h), 1) == 0:
@@ -232,7 +244,7 @@ class Lifecycle:
             if not paid or missed:  # a write only when the count changes
                 missed = self.governance.fixed_costs(m, paid=paid, hours=self.config.tick_h).missed_h
                 self._missed[m] = missed
-            margin = node.stats.revenue - node.stats.costs
+            margin = node.margin()
             earned = margin - self._margin.get(m, 0)
             self._margin[m] = margin
             self._books.setdefault(m, deque()).append((now, earned - (due[m] if paid else 0)))
@@ -245,8 +257,7 @@ class Lifecycle:
         its holders get the salvage and whatever its accounts hold."""
         telemetry = node.telemetry()
         wear = telemetry.wear_pct if telemetry else 0.0
-        node.stop()
-        node.standing = "retired"
+        node.retire()
         salvage = round(node.profile.purchase_price * charter.salvage_bps * max(0.0, 1 - wear / 100) / 10_000)
         why = f"could not pay its fixed costs for {missed_h:.1f} h (grace {charter.grace_days * 24:g} h)"
         p = self.governance.open(node.id, ProposalKind.RETIRE, f"{node.id} retired: {why}", key=f"{self.run_id}:death:{node.id}",
@@ -366,14 +377,14 @@ class Lifecycle:
             return
         if done.replayed:
             return
-        self.hub.publish(topics.governance(p.machine_id), seal(GovernanceNotice(
-            machine_id=p.machine_id, proposal_id=p.id, kind=p.kind.value, state="executed"), self.identity))
+        self.hub.send(topics.governance(p.machine_id), GovernanceNotice(
+            machine_id=p.machine_id, proposal_id=p.id, kind=p.kind.value, state="executed"), self.identity)
         node = next((n for n in self.nodes if n.id == p.machine_id), None)
         if node is None or p.kind is ProposalKind.DELEGATE:
             return
         if p.kind is not ProposalKind.RETIRE:
             node.reload_standing()
-        now = self.clock.hours()
+        now = self.hours()
         if p.kind is ProposalKind.SPAWN:
             self._children[node.id] = self._children.get(node.id, 0) + 1
             child = self.spawn(self._child_profile(node, p.payload["child_id"], p.payload["region"]))
@@ -392,9 +403,8 @@ class Lifecycle:
             self._event(node.id, "resume", p.title)
         elif p.kind is ProposalKind.RETIRE:
             if node.standing != "retired" and p.opened_by != "charter":
-                node.stop()
                 self._event(node.id, "retire", p.title)
-            node.standing = "retired"
+            node.retire()
         elif p.kind is ProposalKind.MAINTENANCE:
             self._hire_maintenance(node, p)
 
@@ -413,16 +423,20 @@ class Lifecycle:
         budget = self._balance_now(maintenance_budget(node.id))
         telemetry = node.telemetry()
         wear = max(telemetry.wear_pct if telemetry else 0.0, 0.01)
-        job = JobSpec(id=f"maint-{p.id[:8]}", kind=node.profile.kind, capability=MAINTENANCE, region=node.profile.region,
+        self._maintenances[node.id] = self._maintenances.get(node.id, 0) + 1  # ids by count, not by chance: a seed replays them
+        job = JobSpec(id=f"maint-{self.run_id}-{node.id}-{self._maintenances[node.id]}", kind=node.profile.kind, capability=MAINTENANCE, region=node.profile.region,
                       deadline_h=24, max_price=budget, service_of=node.id, amount=round(wear, 2),
                       description=f"restore {node.id} ({node.profile.name}) from {wear:.1f}% wear")
         requester = self._requesters.get(node.id)
         if requester is None:
             requester = Requester(node.identity, self.hub, self.ledger, maintenance_budget(node.id), config=self.requester_config,
-                                  on_outcome=functools.partial(self._maintenance_closed, node)).start()
+                                  on_outcome=functools.partial(self._closed_maintenance, node)).start()
             self._requesters[node.id] = requester
         requester.post(job, reserve=budget)
         self._event(node.id, "maintenance", f"job {job.id} posted, budget {format_units(budget)}")
+
+    def _closed_maintenance(self, node: MachineNode, outcome: JobOutcome) -> None:
+        self.mailbox.post(self._maintenance_closed, node, outcome)  # from the requester's thread to ours
 
     def _maintenance_closed(self, node: MachineNode, outcome: JobOutcome) -> None:
         left = self._balance_now(maintenance_budget(node.id))
@@ -444,7 +458,7 @@ class Lifecycle:
     # -- report -------------------------------------------------------------------------------
 
     def _event(self, machine_id: str, event: EventKind, detail: str) -> None:
-        e = LifeEvent(at_h=round(self.clock.hours(), 3), machine_id=machine_id, event=event, detail=detail)
+        e = LifeEvent(at_h=round(self.hours(), 3), machine_id=machine_id, event=event, detail=detail)
         with self._lock:
             self.events.append(e)
         log.info("life machine=%s event=%s at_h=%.2f detail=%s", machine_id, event, e.at_h, detail)

@@ -13,11 +13,11 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.clock import ScaledClock
+from core.clock import Timeline
 from core.errors import EscrowNotFound
 from core.money import Money
 from hub import topics
-from hub.envelope import Envelope, now_ms, seal
+from hub.envelope import Envelope
 from hub.mailbox import Mailbox
 from hub.messages import Award, Bid, Body, CallForProposals, JobClosed, JobEvent
 from hub.transport import Hub
@@ -50,14 +50,14 @@ class RateCard(BaseModel):
 
 class Technician:
     def __init__(self, tech_id: str, identity: Identity, hub: Hub, ledger: Ledger, *, regions: Sequence[str],
-                 clock: ScaledClock, card: RateCard | None = None) -> None:
+                 clock: Timeline, card: RateCard | None = None) -> None:
         self.id = tech_id
         self.identity = identity
         self.hub = hub
         self.ledger = ledger
         self.clock = clock
         self.card = card or RateCard()
-        self.mailbox = Mailbox(f"technician-{tech_id}")
+        self.mailbox = Mailbox(f"technician-{tech_id}", clock=clock)
         self._topics = [topics.service(r) for r in regions]
         self._bids: dict[str, tuple[str, int, float]] = {}
         """job id -> (requester did, price, hours) of jobs bid on and not closed."""
@@ -91,7 +91,7 @@ class Technician:
 
     def _on_cfp(self, env: Envelope, cfp: CallForProposals) -> None:
         quote = self.card.quote(cfp.job)
-        if quote is None or now_ms() > cfp.bid_deadline or quote[0] > cfp.reserve:
+        if quote is None or self.clock.ms() > cfp.bid_deadline or quote[0] > cfp.reserve:
             return
         price, hours = quote
         self._bids[cfp.job.id] = (env.sender, price, hours)
@@ -101,7 +101,7 @@ class Technician:
 
     def _on_award(self, env: Envelope, award: Award) -> None:
         bid = self._bids.get(award.job_id)
-        if bid is None or env.sender != bid[0] or now_ms() > award.accept_by:
+        if bid is None or env.sender != bid[0] or self.clock.ms() > award.accept_by:
             return
         self.hub.subscribe(topics.events(award.job_id), self._deliver)
         self._event(award.job_id, "accepted")
@@ -116,7 +116,7 @@ class Technician:
         except EscrowNotFound:
             return
         self._event(event.job_id, "started")
-        self.mailbox.call_later(self.clock.real_seconds(bid[2]), self._finish, event.job_id)
+        self.mailbox.call_later(bid[2] * 3600, self._finish, event.job_id)
 
     def _finish(self, job_id: str) -> None:
         if job_id in self._bids:
@@ -132,5 +132,5 @@ class Technician:
         self._publish(topics.events(job_id), JobEvent(job_id=job_id, machine_id=self.id, kind=kind, progress=progress))
 
     def _publish(self, topic: str, body: Body) -> None:
-        self.hub.publish(topic, seal(body, self.identity))
+        self.hub.send(topic, body, self.identity)
         log.debug("technician=%s %s %s", self.id, body.TYPE, getattr(body, "job_id", ""))

@@ -279,7 +279,7 @@ def _api() -> APIRouter:
         online = sum(1 for p in list(ctx.feed.presence.values()) if p.state == "online")
         hub = ctx.feed.hub.connected
         return Health(status="ok" if hub else "degraded", hub=hub, machines=len(ctx.city.nodes), online=online,
-                      sim_hours=round(ctx.city.clock.hours(), 4),
+                      sim_hours=round(ctx.city.hours(), 4),
                       model=ctx.city.config.model.label() if ctx.city.agent is not None else "rules")
 
     @api.get("/metrics", tags=["service"], response_class=Response,

@@ -37,7 +37,7 @@ class Metrics:
         _gauge("tamc_jobs_closed", "Jobs closed in the market (paid, refunded or expired)", lambda: len(city.outcomes), r)
         _gauge("tamc_handoffs_open", "Handoffs pending or held by an operator",
                lambda: sum(1 for _ in feed.open_handoffs()), r)
-        _gauge("tamc_sim_hours", "Hours on the market's clock", city.clock.hours, r)
+        _gauge("tamc_sim_hours", "Hours on the market's clock", city.hours, r)
 
 
 def _gauge(name: str, doc: str, read: Callable[[], float], registry: CollectorRegistry) -> None:

@@ -158,4 +158,4 @@ def serve(config: MarketConfig, *, host: str = "127.0.0.1", port: int = 8000, re
             server_thread.join(timeout=10)
         listener.close()
         stop.set()
-        thread.join(timeout=config.drain_s + 60)
+        thread.join(timeout=120)

@@ -163,9 +163,12 @@ def demo(
     hours: Annotated[float | None, typer.Option(help="Simulated hours of demand [default: 24; 2 with a model].")] = None,
     machines: Annotated[int, typer.Option("--machines", help="Machines in the fleet (kinds and regions rotate).")] = 12,
     broker: Annotated[str | None, typer.Option(help="Use this broker (mqtt://host:port) instead of starting one.")] = None,
-    speed: Annotated[float | None, typer.Option(help="Simulated seconds per real second [default: 3600; 120 with a model].")] = None,
+    clock: Annotated[str, typer.Option("--clock", help="virtual: market time waits for the work (the same seed gives the same day); "
+                                       "scaled: market time runs --speed times faster than real time.")] = "virtual",
+    speed: Annotated[float | None, typer.Option(help="Market seconds per real second: the scaled clock's pace, and on the virtual clock "
+                                                "what a second of a model's thinking costs [default: 3600; 120 with a model].")] = None,
     load: Annotated[float, typer.Option(help="Offered work as a share of the fleet's capacity.")] = 0.85,
-    bid_window: Annotated[float | None, typer.Option("--bid-window", help="Real seconds machines have to bid [default: 0.03; 2 with a model].")] = None,
+    bid_window: Annotated[float | None, typer.Option("--bid-window", help="Market seconds machines have to bid [default: 108; 240 with a model].")] = None,
     model: ModelOpt = None,
     base_url: BaseUrlOpt = None,
     api_key: ApiKeyOpt = None,
@@ -194,16 +197,19 @@ def demo(
     llm = model_config.uses_model  # a model needs time to answer: a slower clock and a longer bid window
     hours = hours if hours is not None else (2.0 if llm else 24.0)
     speed = speed if speed is not None else (120.0 if llm else 3600.0)
-    bid_window = bid_window if bid_window is not None else (2.0 if llm else 0.03)
-    if memory not in ("server", "embedded", "off"):
-        from core.errors import InputError
+    bid_window = bid_window if bid_window is not None else (240.0 if llm else 108.0)
+    from core.errors import InputError
 
+    if memory not in ("server", "embedded", "off"):
         raise InputError(f"--memory {memory!r}: say server, embedded or off")
-    config = MarketConfig(seed=seed, hours=hours, machines=machines, broker=broker, speed=speed, load=load, data_dir=data_dir,
-                          bid_window_s=bid_window, model=model_config, memory=memory, memory_url=memory_url, life=life)
+    if clock not in ("virtual", "scaled"):
+        raise InputError(f"--clock {clock!r}: say virtual or scaled")
+    config = MarketConfig(seed=seed, hours=hours, machines=machines, broker=broker, clock=clock, speed=speed, load=load,
+                          data_dir=data_dir, bid_window_s=bid_window, model=model_config, memory=memory, memory_url=memory_url, life=life)
     console = _console()
     err = Console(stderr=True) if as_json else console
-    err.print(f"TAMC demo: {machines} machines, {hours:g} simulated hours at {speed:g}× real time, seed {seed}; "
+    pace = "on virtual time" if clock == "virtual" else f"at {speed:g}× real time"
+    err.print(f"TAMC demo: {machines} machines, {hours:g} simulated hours {pace}, seed {seed}; "
               f"{'broker ' + broker if broker else 'starting a private broker'}; bids by {model_config.label()}"
               + ("" if llm else ", the rule engine (offline: no model configured)"), highlight=False)
     with Live(console=err, refresh_per_second=8, transient=True) as live:
@@ -250,9 +256,11 @@ def serve(
     model_config = ModelConfig.from_env(model, base_url, api_key)
     build_model(model_config)
     llm = model_config.uses_model
-    config = MarketConfig(seed=seed, hours=hours, machines=machines, broker=broker, speed=speed, load=load, data_dir=data_dir,
-                          bid_window_s=2.0 if llm else max(0.03, 1.8 / speed), accept_window_s=2.0 if llm else max(0.05, 3.0 / speed),
-                          model=model_config, memory=memory, telemetry_every_s=1.0, drain_s=5.0)
+    # live: the scaled clock, windows of real seconds (a model gets two) counted at its pace
+    config = MarketConfig(seed=seed, hours=hours, machines=machines, broker=broker, clock="scaled", speed=speed, load=load,
+                          data_dir=data_dir, bid_window_s=(2.0 if llm else max(0.03, 1.8 / speed)) * speed,
+                          accept_window_s=(2.0 if llm else max(0.05, 3.0 / speed)) * speed,
+                          model=model_config, memory=memory, telemetry_every_s=1.0, drain_h=5.0 * speed / 3600)
     console = _console()
     console.print(f"TAMC serve: {machines} machines at {speed:g}x real time, bids by {model_config.label()}"
                   + ("" if llm else " (the rule engine; chat answers offline: no model configured)"), highlight=False)

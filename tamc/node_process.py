@@ -9,6 +9,7 @@ import logging
 import signal
 import sys
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
@@ -20,6 +21,7 @@ from agents.memory import MemoryConfig, MemoryStore
 from agents.node import MachineNode
 from agents.snapshot import save_snapshot
 from agents.workflow import JobFlows, checkpointer
+from core.clock import ScaledClock
 from core.errors import InputError, MemoryStoreError
 from hub.messages import JobEvent
 from hub.transport import Hub, parse_broker_url
@@ -116,8 +118,10 @@ def run_agent(machine: str, broker_url: str, *, ledger_url: str | None, holders:
         driver.connect()
     where = options.checkpoints or str(data_dir / "workflows.db")
     with checkpointer(where) as saver:
-        node = MachineNode(profile, identity, Hub(broker_url, name=profile.id), ledger=ledger, on_event=show, agent=agent,
-                           governance=Governance(ledger), memory=store, flows=JobFlows(saver), driver=driver,
+        # wall time, until the first call for proposals says the market runs faster: then its pace
+        clock = ScaledClock(1.0, start=datetime.now(UTC))
+        node = MachineNode(profile, identity, Hub(broker_url, name=profile.id, clock=clock), ledger=ledger, on_event=show,
+                           agent=agent, governance=Governance(ledger, clock=clock), memory=store, flows=JobFlows(saver), driver=driver,
                            charter=options.charter, anomalies=options.inject)
         started = {"memory": memory_state, "checkpoints": where.split("@")[-1],
                    "drives": f"octoprint {options.octoprint}" if options.octoprint else "simulator"}

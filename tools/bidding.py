@@ -15,7 +15,6 @@ from pydantic_ai import FunctionToolset, RunContext
 from agents.guard import bounds
 from core.errors import InputError, PolicyRefused
 from core.money import format_units, parse_units
-from hub.envelope import now_ms
 from tools.deps import MachineDeps, OpenCall
 
 __all__ = ["bidding_tools", "evaluate", "place_bid"]
@@ -25,7 +24,7 @@ def _call(deps: MachineDeps, job_id: str) -> OpenCall:
     call = deps.machine.open_call(job_id)
     if call is None:
         raise PolicyRefused("bid.no_call", f"no open call for job {job_id!r}: it was never heard, is closed, or was already answered")
-    if now_ms() > call.bid_deadline:
+    if deps.clock.now().timestamp() * 1000 > call.bid_deadline:
         raise PolicyRefused("bid.closed", f"bidding on job {job_id!r} closed")
     return call
 

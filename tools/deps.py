@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
 from agents.rules import Decision, MachineStatus, MarketContext, MemorySignal
+from core.clock import Clock, WallClock
 from core.errors import PolicyRefused
 from machines.driver import Telemetry
 from machines.job import JobSpec
@@ -130,6 +131,8 @@ class MachineDeps:
     """The machine's own key: what signs the ballots it casts with the shares it holds."""
     actor: str = "agent"
     """Who is asking: ``agent`` on its own, or the stakeholder in a chat."""
+    clock: Clock = field(default_factory=WallClock)
+    """The market's time, as the machine reads it: deadlines, periods, the actions' times."""
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     """Makes a repeated tool call within one run idempotent (a model that calls a payment twice pays once)."""
     actions: list[ToolAction] = field(default_factory=list)
@@ -153,4 +156,4 @@ class MachineDeps:
                                                    "nothing changes it but their commands until they hand it back")
 
     def record(self, tool: str, ok: bool, detail: str, code: str = "") -> None:
-        self.actions.append(ToolAction(tool=tool, ok=ok, detail=detail, code=code, at=datetime.now(UTC)))
+        self.actions.append(ToolAction(tool=tool, ok=ok, detail=detail, code=code, at=self.clock.now()))

@@ -8,7 +8,7 @@ The checks live here, in the tool, so no prompt or model output can route around
 from __future__ import annotations
 
 import hashlib
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any, Literal
 
 from pydantic_ai import FunctionToolset, RunContext
@@ -41,7 +41,7 @@ def earnings(deps: MachineDeps, period: Period = "week") -> Earnings:
         raise InputError(f"period is one of {', '.join(PERIODS)}, not {period!r}")
     ledger = _ledger(deps)
     span = PERIODS[period]
-    since = datetime.now(UTC) - span if span else None
+    since = deps.clock.now() - span if span else None
     lines = ledger.statement(machine_wallet(deps.machine_id), limit=None, since=since)
     sums = {"revenue": 0, "energy": 0, "materials": 0, "wear_reserve": 0, "to_owners": 0, "expenses": 0, "other": 0}
     jobs = 0
@@ -68,7 +68,7 @@ def earnings(deps: MachineDeps, period: Period = "week") -> Earnings:
 
 def spent_today(deps: MachineDeps) -> int:
     """Expenses paid on the agent's own authority in the last 24 hours."""
-    since = datetime.now(UTC) - timedelta(days=1)
+    since = deps.clock.now() - timedelta(days=1)
     lines = _ledger(deps).statement(machine_wallet(deps.machine_id), limit=None, since=since)
     return -sum(line.amount for line in lines if line.key.startswith(EXPENSE_PREFIX) and line.amount < 0)
 

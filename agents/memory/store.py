@@ -22,10 +22,8 @@ so the machines of one process that hear the same call embed it once.
 from __future__ import annotations
 
 import logging
-import queue
 import re
 import threading
-import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -40,7 +38,9 @@ from urllib.parse import urlparse
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from core.clock import Timeline
 from core.errors import EmbeddingUnavailable, InputError, MemoryStoreError
+from hub.mailbox import Mailbox
 
 if TYPE_CHECKING:
     from agents.memory.retention import Compaction
@@ -105,7 +105,11 @@ class MemoryConfig(BaseModel):
     keep_days: float = Field(default=30.0, gt=0)
     """Job outcomes, wear and demand older than this (market time) are folded into daily summaries."""
     write_delay_s: float = Field(default=1.0, ge=0)
-    """Real seconds the background writer gathers records before one write (each write is a commit)."""
+    """Seconds (of the store's clock) the background writer gathers records before one write (each
+    write is a commit)."""
+    read_threads: int = Field(default=2, ge=0)
+    """Threads that run reads off the bidding path; 0 runs each read on the caller's thread (a city on
+    virtual time, where a read takes no market time and its order is fixed)."""
 
 
 class MemoryRecord(BaseModel):
@@ -131,17 +135,19 @@ class MemoryStore:
     """A chromadb client: embedded under a folder, or talking to a Chroma server. One per process
     and location; machines each get a collection from it."""
 
-    def __init__(self, config: MemoryConfig) -> None:
+    def __init__(self, config: MemoryConfig, *, clock: Timeline | None = None) -> None:
         if config.url is None and config.path is None:
             raise InputError("memory needs a folder (path) or a Chroma server URL")
         self.config = config
+        self.clock = clock
+        """What the writer's gathering delay runs on (real time unless told)."""
         self.where = (f"{config.path} via {config.url}" if config.path else config.url) if config.url else str(config.path)
         self._client: Any = None
         self._model: Any = None
         self._lock = threading.Lock()
         self._cache: OrderedDict[str, Any] = OrderedDict()
-        self._queue: queue.Queue[tuple[MachineMemory, list[MemoryItem]] | None] = queue.Queue()
-        self._writer: threading.Thread | None = None
+        self._pending: list[tuple[MachineMemory, list[MemoryItem]]] = []
+        self._writer: Mailbox | None = None
         self._readers: ThreadPoolExecutor | None = None
 
     def _open(self) -> Any:
@@ -212,64 +218,68 @@ class MemoryStore:
     # -- background work -------------------------------------------------------------------------
 
     def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
-        """Run a read (a price signal, a recall) on the store's reader threads."""
+        """Run a read (a price signal, a recall) on the store's reader threads, or at once on the
+        caller's when it has none (``read_threads=0``)."""
+        if self.config.read_threads == 0:
+            future: Future[T] = Future()
+            try:
+                future.set_result(fn(*args))
+            except Exception as exc:  # handed to whoever reads the future
+                future.set_exception(exc)
+            return future
         with self._lock:
             if self._readers is None:
-                self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tamc-memory-read")
+                self._readers = ThreadPoolExecutor(max_workers=self.config.read_threads, thread_name_prefix="tamc-memory-read")
             return self._readers.submit(fn, *args)
 
     def write_later(self, memory: MachineMemory, items: list[MemoryItem]) -> None:
+        """Queue records; the writer stores everything queued within ``write_delay_s`` in one go
+        (fewer, larger writes: each add costs a commit)."""
         with self._lock:
-            if self._writer is None or not self._writer.is_alive():
-                self._writer = threading.Thread(target=self._write_loop, name="tamc-memory-writer", daemon=True)
-                self._writer.start()
-        self._queue.put((memory, items))
+            first = not self._pending
+            self._pending.append((memory, items))
+            if self._writer is None:
+                self._writer = Mailbox("memory-writer", clock=self.clock)
+            writer = self._writer
+        if first:
+            writer.call_later(self.config.write_delay_s, self._write_pending)
 
     def flush(self) -> None:
         """Wait until every record handed to ``remember_later`` is stored (or has failed)."""
-        if self._writer is not None and self._writer.is_alive():
-            self._queue.join()
+        writer = self._writer
+        if writer is not None:
+            writer.call(self._write_pending, timeout=120)
 
     def close(self) -> None:
         """Store what is queued and stop the writer and reader threads."""
-        if self._writer is not None and self._writer.is_alive():
-            self._queue.put(None)
-            self._writer.join(timeout=30)
-        self._writer = None
+        self.flush()
         with self._lock:
+            writer, self._writer = self._writer, None
             readers, self._readers = self._readers, None
+        if writer is not None:
+            writer.close(timeout=30)
         if readers is not None:
             readers.shutdown(wait=True, cancel_futures=True)
 
-    def _write_loop(self) -> None:
-        while True:
-            first = self._queue.get()
-            batch = [first]
-            linger = time.monotonic() + self.config.write_delay_s  # fewer, larger writes: each add costs a commit
-            while first is not None and len(batch) < _BATCH:
-                try:
-                    batch.append(self._queue.get(timeout=max(linger - time.monotonic(), 0.0)))
-                except queue.Empty:
-                    break
-                if batch[-1] is None:
-                    break
-            groups: dict[int, tuple[MachineMemory, list[MemoryItem]]] = {}
-            for entry in batch:
-                if entry is not None:
-                    groups.setdefault(id(entry[0]), (entry[0], []))[1].extend(entry[1])
-            for memory, items in groups.values():
-                try:
-                    memory.remember_many(items)
-                except (MemoryStoreError, InputError) as exc:
-                    memory.write_errors += 1
-                    log.warning("machine=%s memory write of %d records failed: %s", memory.machine_id, len(items), exc)
-                except Exception:  # the writer must survive anything a record does
-                    memory.write_errors += 1
-                    log.exception("machine=%s memory write failed", memory.machine_id)
-            for _ in batch:
-                self._queue.task_done()
-            if any(entry is None for entry in batch):
-                return
+    def _write_pending(self) -> None:
+        with self._lock:
+            batch, self._pending = self._pending, []
+        groups: dict[int, tuple[MachineMemory, list[MemoryItem]]] = {}
+        for memory, items in batch:
+            groups.setdefault(id(memory), (memory, []))[1].extend(items)
+        for memory, items in groups.values():
+            for start in range(0, len(items), _BATCH):
+                self._write(memory, items[start:start + _BATCH])
+
+    def _write(self, memory: MachineMemory, items: list[MemoryItem]) -> None:
+        try:
+            memory.remember_many(items)
+        except (MemoryStoreError, InputError) as exc:
+            memory.write_errors += 1
+            log.warning("machine=%s memory write of %d records failed: %s", memory.machine_id, len(items), exc)
+        except Exception:  # the writer must survive anything a record does
+            memory.write_errors += 1
+            log.exception("machine=%s memory write failed", memory.machine_id)
 
 
 class MachineMemory:

@@ -24,8 +24,8 @@ class MarketCase(BaseModel):
     load: float = Field(default=0.8, gt=0)
     flat_demand: bool = True
     """Demand at ``load`` all day (a morning of the daily shape is nearly empty)."""
-    speed: float = Field(default=1800.0, gt=0)
-    bid_window_s: float = Field(default=0.05, gt=0)
+    bid_window_s: float = Field(default=108.0, gt=0)
+    """Market seconds to bid; the day runs on the virtual clock, so this is the market's, whatever the CPU."""
     min_efficiency: float = Field(ge=0, le=1)
     min_utilization: float = Field(default=0.0, ge=0, le=1)
 
@@ -37,8 +37,8 @@ class MarketSuite(Suite[MarketCase]):
 
     def run(self, subject: Subject, case: MarketCase, env: Env) -> Outcome:
         model = ModelConfig(model=subject.name, fast_path=False) if subject.agent is not None else ModelConfig()
-        config = MarketConfig(seed=case.seed, hours=case.hours, machines=case.machines, load=case.load, flat_demand=case.flat_demand, speed=case.speed,
-                              bid_window_s=case.bid_window_s, life=False, memory="off", drain_s=20.0, model=model,
+        config = MarketConfig(seed=case.seed, hours=case.hours, machines=case.machines, load=case.load, flat_demand=case.flat_demand,
+                              bid_window_s=case.bid_window_s, life=False, memory="off", model=model,
                               data_dir=env.folder / f"market-{case.seed}")
         report = run_market(config, agent=subject.agent)
         m = report.model
