@@ -146,13 +146,10 @@ def settle_costs(ledger: Ledger, job_id: str, machine_id: str, costs: JobCosts, 
     policy says (``JobCosts.kept``), and pays the rest to its shareholders pro rata, on through any
     collective among them. Returns what the holders were paid."""
     wallet = machine_wallet(machine_id)
-    for dest, amount, what in (
-        (ENERGY, costs.energy, "energy"),
-        (reserve(machine_id), costs.wear, "wear"),
-        (MATERIALS, costs.consumables, "materials"),
-    ):
-        if amount:
-            ledger.transfer(wallet, dest, amount, key=f"{what}:{job_id}:{machine_id}", memo=f"job {job_id} {what}")
+    moves = [(wallet, dest, amount) for dest, amount in ((ENERGY, costs.energy), (reserve(machine_id), costs.wear),
+                                                          (MATERIALS, costs.consumables)) if amount]
+    if moves:  # one posting for the three: one write, all or nothing
+        ledger.transfers(moves, key=f"costs:{job_id}:{machine_id}", memo=f"job {job_id} energy, wear and materials")
     owed = costs.to_owners - costs.kept(retain_bps)
     if owed:
         pay_holders(ledger, machine_id, wallet, owed, key=f"split:{job_id}:{machine_id}", memo=f"job {job_id}")

@@ -28,6 +28,7 @@ import itertools
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -81,6 +82,8 @@ class VirtualClock:
         self._progress = 0
         self._closed = False
         self._error: BaseException | None = None
+        self.stats: Counter[str] = Counter()
+        """jumps (time moved), releases (a mailbox's timers handed out), rounds and messages (handed out)."""
         self._thread = threading.Thread(target=self._advance, name="virtual-clock", daemon=True)
         self._thread.start()
 
@@ -233,6 +236,8 @@ class VirtualClock:
                 if self._arrivals:  # a round: every message of it, in the canonical order
                     batch = sorted(self._arrivals, key=lambda a: a[0])
                     self._arrivals = []
+                    self.stats["rounds"] += 1
+                    self.stats["messages"] += len(batch)
                     self._work += 1  # nothing looks quiescent while the round is handed out
                     hand_outs = [resolve() for _, resolve in batch]  # who gets what, decided while nothing runs
                     cond.release()
@@ -259,7 +264,10 @@ class VirtualClock:
                     self._reached = True
                     cond.notify_all()
                     continue
-                self._t = max(self._t, due)
+                if due > self._t:
+                    self._t = due
+                    self.stats["jumps"] += 1
+                self.stats["releases"] += 1
                 released = box.release_due(self._t)
                 self._work += released
                 self._progress += 1

@@ -59,11 +59,12 @@ DEFAULT_URL = "sqlite:///tamc-ledger.db"
 class Ledger:
     """Money and shares in SQL. Safe to share between threads and processes."""
 
-    def __init__(self, url: str = DEFAULT_URL, *, clock: Clock | None = None) -> None:
+    def __init__(self, url: str = DEFAULT_URL, *, clock: Clock | None = None, durable: bool = True) -> None:
         self.url = url
         self.clock: Clock = clock or WallClock()
         """What postings and accounts are dated by: a simulated city's ledger keeps the market's time."""
-        self._engine = _db.connect(url)
+        self._engine = _db.connect(url, durable=durable)
+        self._issued: set[str] = set()
         self._insert = pg_insert if self._engine.dialect.name == "postgresql" else sqlite_insert
         self.open_account(ISSUANCE, kind=AccountKind.SYSTEM)
 
@@ -271,9 +272,14 @@ class Ledger:
         return {r.account_id: r.amount for r in rows}
 
     def has_shares(self, entity: str) -> bool:
-        """Whether ``entity`` (a machine, or a collective such as ``dao:fab-cell``) has shares issued."""
+        """Whether ``entity`` (a machine, or a collective such as ``dao:fab-cell``) has shares issued.
+        A yes is remembered: shares, once issued, stay (every payout asks this of each holder)."""
+        if entity in self._issued:
+            return True
         row = _db.transaction(self._engine, lambda c: c.execute(
             select(share_classes.c.machine_id).where(share_classes.c.machine_id == entity)).first(), write=False)
+        if row is not None:
+            self._issued.add(entity)
         return row is not None
 
     def split_revenue(self, machine_id: str, source: str, amount: int, *, key: str, memo: str = "") -> Posting:

@@ -32,6 +32,7 @@ from agents import settlement
 from agents.llm import ModelConfig
 from agents.machine_agent import MachineAgent
 from agents.memory import MachineMemory, MemoryStore
+from agents.memory.signals import job_text
 from agents.node import MachineNode
 from agents.requester import JobOutcome, Requester, RequesterConfig
 from agents.snapshot import save_snapshot
@@ -300,7 +301,7 @@ def run_market(config: MarketConfig, *, on_progress: Callable[[Snapshot], None] 
         shutil.rmtree(config.data_dir / "memory", ignore_errors=True)  # memory too: a seeded day replays exactly
     clock = make_clock(config)
     ledger_url = f"sqlite:///{(config.data_dir / 'ledger.db').resolve()}"
-    ledger = Ledger(ledger_url, clock=clock)
+    ledger = Ledger(ledger_url, clock=clock, durable=False)  # made anew each run: no sync to disk per commit
     keys = Keystore(config.data_dir / "keys.json")
     governance = Governance(ledger, clock=clock)
     own_agent = agent is None and config.model.uses_model
@@ -355,6 +356,8 @@ def run_market(config: MarketConfig, *, on_progress: Callable[[Snapshot], None] 
         def progress(posted: int) -> None:
             _report_progress(on_progress, day_hours(), config, requests, posted, outcomes, requesters, nodes)
 
+        if memory.store is not None and not memory.unavailable:
+            memory.store.warm([job_text(r.job) for r in requests])
         day_start = clock.time()
         try:
             holders = _register(ledger, governance, keys, fleet, config, savings, run_id)
@@ -431,6 +434,7 @@ def run_market(config: MarketConfig, *, on_progress: Callable[[Snapshot], None] 
             ledger.close()
             if isinstance(clock, VirtualClock):
                 clock.close()
+                log.info("virtual clock %s", dict(clock.stats))
     parents = life_report.parents if life_report else {}
     report = _report(run_id, config, broker.kind, fleet, nodes, requests, outcomes, worked, run_hours,
                      dict(dropped), time.perf_counter() - started, ledger_url, parents)

@@ -22,6 +22,7 @@ so the machines of one process that hear the same call embed it once.
 from __future__ import annotations
 
 import logging
+import queue
 import re
 import threading
 import uuid
@@ -54,7 +55,7 @@ MAX_QUERY_CHARS = 2000
 MAX_K = 50
 _WIDEN_UNTIL = 1024
 """Nearest records scanned before a filtered recall hands the filter to chromadb (8 ms at 100k)."""
-_CACHE = 2048
+_CACHE = 16_384
 """Query embeddings kept (a call heard by several machines is embedded once)."""
 _BATCH = 256
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -148,6 +149,10 @@ class MemoryStore:
         self._cache: OrderedDict[str, Any] = OrderedDict()
         self._pending: list[tuple[MachineMemory, list[MemoryItem]]] = []
         self._writer: Mailbox | None = None
+        self._persisting: queue.Queue[tuple[MachineMemory, list[MemoryRecord], list[Any]] | None] = queue.Queue()
+        self._persister: threading.Thread | None = None
+        self._computing: dict[str, Future[Any]] = {}
+        self._closing = False
         self._readers: ThreadPoolExecutor | None = None
 
     def _open(self) -> Any:
@@ -202,18 +207,54 @@ class MemoryStore:
         return list(self._model(texts))
 
     def embed_query(self, text: str) -> Any:
-        """One text's vector, cached."""
+        """One text's vector, cached; machines asking for the same text at once share one pass."""
         with self._lock:
             hit = self._cache.get(text)
             if hit is not None:
                 self._cache.move_to_end(text)
                 return hit
-        vector = self._model([text])[0]
+            pending = self._computing.get(text)
+            mine = pending is None
+            if pending is None:
+                pending = self._computing[text] = Future()
+        if not mine:
+            return pending.result()
+        try:
+            vector = self._model([text])[0]
+        except BaseException as exc:
+            pending.set_exception(exc)
+            raise
+        finally:
+            with self._lock:
+                self._computing.pop(text, None)
         with self._lock:
             self._cache[text] = vector
             while len(self._cache) > _CACHE:
                 self._cache.popitem(last=False)
+        pending.set_result(vector)
         return vector
+
+    def warm(self, texts: list[str]) -> None:
+        """Embed ``texts`` into the query cache on a background thread, in order (a city knows the
+        jobs its requesters will post: their vectors are ready when the calls come). A vector is the
+        same whenever it is computed, so this changes how fast a price is found, never the price."""
+        wanted = list(dict.fromkeys(texts))[: _CACHE // 2]
+
+        def run() -> None:
+            try:
+                self._open()
+            except Exception:  # the machines will report it
+                return
+            for text in wanted:
+                if self._closing:
+                    return
+                try:
+                    self.embed_query(text)
+                except Exception:  # a cold cache is only slower
+                    log.debug("memory warm-up stopped", exc_info=True)
+                    return
+
+        threading.Thread(target=run, name="memory-warm", daemon=True).start()
 
     # -- background work -------------------------------------------------------------------------
 
@@ -249,15 +290,20 @@ class MemoryStore:
         writer = self._writer
         if writer is not None:
             writer.call(self._write_pending, timeout=120)
+        self.persisted()
 
     def close(self) -> None:
         """Store what is queued and stop the writer and reader threads."""
+        self._closing = True
         self.flush()
         with self._lock:
             writer, self._writer = self._writer, None
             readers, self._readers = self._readers, None
         if writer is not None:
             writer.close(timeout=30)
+        if self._persister is not None and self._persister.is_alive():
+            self._persisting.put(None)
+            self._persister.join(timeout=30)
         if readers is not None:
             readers.shutdown(wait=True, cancel_futures=True)
 
@@ -271,9 +317,41 @@ class MemoryStore:
             for start in range(0, len(items), _BATCH):
                 self._write(memory, items[start:start + _BATCH])
 
+    def persist(self, memory: MachineMemory, records: list[MemoryRecord], vectors: list[Any]) -> None:
+        """Hand records to the persister thread, which writes them to the store in order."""
+        with self._lock:
+            if self._persister is None or not self._persister.is_alive():
+                self._persister = threading.Thread(target=self._persist_loop, name="memory-persister", daemon=True)
+                self._persister.start()
+        self._persisting.put((memory, records, vectors))
+
+    def persisted(self) -> None:
+        """Wait until the persister has written everything handed to it (a read of the store itself
+        must see every record; the searches of the bidding path read the in-process vectors)."""
+        if self._persister is not None and self._persister.is_alive() and threading.current_thread() is not self._persister:
+            self._persisting.join()
+
+    def _persist_loop(self) -> None:
+        while True:
+            entry = self._persisting.get()
+            try:
+                if entry is None:
+                    return
+                memory, records, vectors = entry
+                try:
+                    memory.add_now(records, vectors)
+                except MemoryStoreError as exc:
+                    memory.write_errors += 1
+                    log.warning("machine=%s memory write of %d records failed: %s", memory.machine_id, len(records), exc)
+                except Exception:  # the persister must survive anything a record does
+                    memory.write_errors += 1
+                    log.exception("machine=%s memory write failed", memory.machine_id)
+            finally:
+                self._persisting.task_done()
+
     def _write(self, memory: MachineMemory, items: list[MemoryItem]) -> None:
         try:
-            memory.remember_many(items)
+            memory.remember_many(items, persist_later=True)
         except (MemoryStoreError, InputError) as exc:
             memory.write_errors += 1
             log.warning("machine=%s memory write of %d records failed: %s", memory.machine_id, len(items), exc)
@@ -313,8 +391,10 @@ class MachineMemory:
         ``MAX_RECORD_CHARS`` is an ``InputError`` (nothing stored)."""
         return self.remember_many([MemoryItem(text, kind, source, metadata or {}, at)])[0]
 
-    def remember_many(self, items: list[MemoryItem]) -> list[MemoryRecord]:
-        """Store several records in one batch (one embedding pass, one write)."""
+    def remember_many(self, items: list[MemoryItem], *, persist_later: bool = False) -> list[MemoryRecord]:
+        """Store several records in one batch (one embedding pass, one write). With ``persist_later``
+        (the background writer) they are searchable at once and written to the store by its persister
+        thread: a city's market time does not wait for the store's disk or server."""
         now = self.clock()
         records, keys = [], []
         for text, kind, source, metadata, at, key in items:
@@ -339,8 +419,10 @@ class MachineMemory:
             plain = [r.text for r, key in zip(records, keys, strict=True) if not key]
             fresh = iter(self.store.embed(plain) if plain else [])
             vectors = [self.store.embed_query(key) if key else next(fresh) for key in keys]
-            self._col.add(ids=[r.id for r in records], documents=[r.text for r in records],
-                          metadatas=[r.metadata for r in records], embeddings=vectors)
+            if persist_later:
+                self.store.persist(self, records, vectors)
+            else:
+                self.add_now(records, vectors)
             for r, v in zip(records, vectors, strict=True):
                 for mirrored in ((r.kind, None), (r.kind, str(r.metadata.get("capability")))):
                     if mirrored in self._mirrors:
@@ -351,6 +433,12 @@ class MachineMemory:
                                      or self._added >= max(self.config.max_records // 10, 100)):
             self.compact()
         return records
+
+    def add_now(self, records: list[MemoryRecord], vectors: list[Any]) -> None:
+        """Write records to the store (the persister's step, or a direct ``remember``)."""
+        with self._guard("store records"):
+            self._col.add(ids=[r.id for r in records], documents=[r.text for r in records],
+                          metadatas=[r.metadata for r in records], embeddings=vectors)
 
     def compact(self, now: datetime | None = None) -> Compaction:
         """Apply the retention policy now (it also runs by itself as records are added)."""
@@ -371,6 +459,7 @@ class MachineMemory:
     def forget(self, ids: list[str]) -> None:
         if not ids:
             return
+        self.store.persisted()
         with self._guard("delete records"), self._lock:
             self._col.delete(ids=ids)
             self._count = int(self._col.count())
@@ -405,6 +494,7 @@ class MachineMemory:
                     return mirror.nearest(vector, k, region=want[2])
             if self._count == 0:
                 return []
+            self.store.persisted()  # what the store is asked must hold every record remembered
             n = min(self._count, max(4 * k, 64) if any(want) else k)
             while True:
                 found = self._col.query(query_embeddings=[vector], n_results=n, include=["distances"])
@@ -430,6 +520,7 @@ class MachineMemory:
             if mirror is not None:
                 return mirror
             mirror = _Vectors()
+            self.store.persisted()  # the store holds every record remembered before it is read
             with self._guard(f"load {kind} records"):
                 offset = 0
                 while True:
@@ -466,6 +557,7 @@ class MachineMemory:
     def all(self, *, where: dict[str, Any] | None = None, page: int = 5000) -> list[MemoryRecord]:
         """Every record (matching chromadb ``where``); for retention and reports, not the bidding path."""
         out: list[MemoryRecord] = []
+        self.store.persisted()
         with self._guard("list records"):
             offset = 0
             while True:
