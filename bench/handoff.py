@@ -41,7 +41,6 @@ def main() -> None:
     from core.clock import ScaledClock
     from hub import topics
     from hub.broker import start_broker
-    from hub.envelope import seal
     from hub.messages import ControlCommand, ControlResult, Handoff
     from hub.transport import Hub
     from ledger import Charter, Identity, Ledger
@@ -57,11 +56,17 @@ def main() -> None:
         identity = Identity.generate()
         settlement.register_machine(ledger, "prusa-b", identity.did, {"owner": 1})
         profile = load_profiles()["prusa-01"].model_copy(update={"id": "prusa-b"})
-        node = MachineNode(profile, identity, Hub(broker.url, name="prusa-b"), ledger=ledger, clock=ScaledClock(speed),
+        clock = ScaledClock(speed)
+
+        def wall(market_s: float) -> float:
+            """The wall time (epoch s) at which the market's clock read ``market_s``."""
+            return time.time() - (clock.time() - market_s) / speed
+
+        node = MachineNode(profile, identity, Hub(broker.url, name="prusa-b", clock=clock), ledger=ledger, clock=clock,
                            flows=flows, charter=Charter(handoff_wait_h=1000)).start()
         op = Identity.generate()
         Operations(ledger.engine).grant(op.did, Role.OPERATOR, "prusa-b")
-        hub = Hub(broker.url, name="operator").connect()
+        hub = Hub(broker.url, name="operator", clock=clock).connect()
         got = threading.Condition()
         answers: dict[str, tuple[float, ControlResult]] = {}
         raised: list[tuple[float, Handoff]] = []
@@ -80,8 +85,8 @@ def main() -> None:
         def send(command: str, **fields: Any) -> tuple[float, float, ControlResult]:
             cid = uuid.uuid4().hex
             sent = time.perf_counter()
-            hub.publish(topics.control("prusa-b"), seal(ControlCommand(
-                command_id=cid, machine_id="prusa-b", operator=op.did, command=command, **fields), op))  # type: ignore[arg-type]
+            hub.send(topics.control("prusa-b"), ControlCommand(
+                command_id=cid, machine_id="prusa-b", operator=op.did, command=command, **fields), op)  # type: ignore[arg-type]
             with got:
                 got.wait_for(lambda: cid in answers, timeout=10)
                 at, result = answers[cid]
@@ -90,9 +95,9 @@ def main() -> None:
         outcomes: list[JobOutcome] = []
         rid = Identity.generate()
         wallet = settlement.open_requester(ledger, "bench", rid.did, 10**12)
-        requester_hub = Hub(broker.url, name="requester").connect()
+        requester_hub = Hub(broker.url, name="requester", clock=clock).connect()
         requester = Requester(rid, requester_hub, ledger, wallet, on_outcome=outcomes.append,
-                              config=RequesterConfig(speed=speed, bid_window_s=0.2, accept_window_s=0.3)).start()
+                              config=RequesterConfig(bid_window_s=0.2 * speed, accept_window_s=0.3 * speed)).start()
         time.sleep(0.3)
         for r in range(rounds):
             job_id = f"hot-{r}"
@@ -103,12 +108,12 @@ def main() -> None:
             with got:
                 got.wait_for(lambda b=before: len(raised) > b, timeout=20)  # type: ignore[misc]
                 seen_at, handoff = raised[-1]
-            injected = handoff.raised_at / 1000  # wall time the workflow raised it
+            injected = wall(handoff.raised_at / 1000)  # wall time the workflow raised it
             sent, answered, took = send("takeover", handoff_id=handoff.handoff_id)
             taken_wall = time.time() - (time.perf_counter() - answered)
             send("set", name="nozzle", value=215)
             time.sleep(0.2)
-            agent = [a for a in node.actions if a[1] == "agent"]
+            agent = [(wall(a[0]), *a[1:]) for a in node.actions if a[1] == "agent"]  # market times, as wall times
             last_agent = max((a[0] for a in agent if a[0] <= taken_wall + 5), default=0.0)
             during = [a for a in agent if a[0] > taken_wall]
             back_at = time.perf_counter()

@@ -1,10 +1,13 @@
-"""The market over a real broker, 5 seeds, at normal demand and at demand above capacity:
-simulated machine-days per second, fleet utilization, and welfare against the hindsight optimum
-(an LP upper bound, see market/welfare.py) and against first-come-first-served dispatch.
+"""The market over a real broker on the virtual clock, 5 seeds, at normal demand and at demand
+above capacity, memory and life cycle on: per run, wall seconds, simulated machine-days per second,
+welfare against the hindsight optimum (an LP upper bound, see market/welfare.py) and against
+first-come-first-served dispatch on the same jobs, fill and utilization; each day runs twice and
+the two digests are compared (a seed must replay exactly).
 
-    .venv/bin/python bench/market.py [--quick]
+    .venv/bin/python bench/market.py [--quick] [--once]
 
-Targets: efficiency >= 95% of the optimum; fleet idle time <= 10% when demand exceeds capacity.
+Targets: efficiency >= first-come dispatch's on every seed (and >= 95% of the optimum at normal
+demand); fleet idle time <= 10% when demand exceeds capacity; equal digests.
 Prints one JSON object per run and a summary as the last line.
 """
 
@@ -16,6 +19,7 @@ import statistics
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -30,16 +34,21 @@ SCENARIOS = {"normal": (0.85, False), "overload": (1.5, True)}
 def main() -> None:
     logging.basicConfig(level=logging.ERROR)
     hours = 6.0 if "--quick" in sys.argv else 24.0
-    runs: dict[str, list[dict[str, float]]] = {name: [] for name in SCENARIOS}
+    repeats = 1 if "--once" in sys.argv else 2
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in SCENARIOS}
     with start_broker() as broker, tempfile.TemporaryDirectory() as tmp:
         for name, (load, flat) in SCENARIOS.items():
             for seed in SEEDS:
-                r = run_market(MarketConfig(seed=seed, hours=hours, load=load, flat_demand=flat, broker=broker.url,
-                                            data_dir=Path(tmp) / f"{name}-{seed}"))
+                reports = [run_market(MarketConfig(seed=seed, hours=hours, load=load, flat_demand=flat, broker=broker.url,
+                                                   data_dir=Path(tmp) / f"{name}-{seed}-{i}")) for i in range(repeats)]
+                r = reports[0]
                 row = {"scenario": name, "seed": seed, "load": load, "jobs": r.posted, "paid": r.paid,
+                       "fill": round(r.paid / r.posted, 4) if r.posted else 1.0,
                        "efficiency": r.efficiency, "baseline_efficiency": r.baseline_efficiency,
+                       "beats_baseline": r.efficiency >= r.baseline_efficiency,
                        "fleet_utilization": r.fleet_utilization, "baseline_utilization": r.baseline_utilization,
-                       "machine_days_per_s": r.machine_days_per_s, "wall_s": r.wall_s, "double_awards": r.double_awards}
+                       "machine_days_per_s": r.machine_days_per_s, "wall_s": r.wall_s, "double_awards": r.double_awards,
+                       "digests": [x.digest for x in reports], "replays": len({x.digest for x in reports}) == 1}
                 print(json.dumps(row), flush=True)
                 runs[name].append(row)
 
@@ -51,10 +60,13 @@ def main() -> None:
         **{f"{name}_{key}": mean(name, key) for name in SCENARIOS
            for key in ("efficiency", "baseline_efficiency", "fleet_utilization", "baseline_utilization", "machine_days_per_s")},
         "overload_idle": round(1 - mean("overload", "fleet_utilization"), 4),
-        "targets": {"efficiency_min": 0.95, "idle_max_when_overloaded": 0.10},
+        "targets": {"efficiency_min": 0.95, "idle_max_when_overloaded": 0.10, "beats_baseline": True, "replays": True},
     }
     summary["met_efficiency"] = summary["normal_efficiency"] >= 0.95
     summary["met_idle"] = summary["overload_idle"] <= 0.10
+    summary["beats_baseline_every_seed"] = all(r["beats_baseline"] for rows in runs.values() for r in rows)
+    summary["replays_every_seed"] = all(r["replays"] for rows in runs.values() for r in rows)
+    summary["clock"] = "virtual"
     print(json.dumps(summary))
 
 

@@ -37,6 +37,7 @@ def run_tamc(url: str, n: int, k: int, jobs: int) -> dict[str, float]:
     from agents.node import MachineNode
     from agents.requester import JobOutcome, Requester, RequesterConfig
     from hub.mailbox import Mailbox
+    from core.clock import ScaledClock
     from hub.transport import Hub
     from ledger import Identity, Ledger
     from machines import JobSpec, load_profiles
@@ -44,8 +45,9 @@ def run_tamc(url: str, n: int, k: int, jobs: int) -> dict[str, float]:
     folder = tempfile.mkdtemp(dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
     ledger = Ledger(f"sqlite:///{folder}/ledger.db")
     base = load_profiles()["prusa-01"]
-    nodes_hub = Hub(url, name="nodes").connect()  # one connection for the whole simulated fleet
-    mailbox = Mailbox("nodes")
+    clock = ScaledClock(SPEED)
+    nodes_hub = Hub(url, name="nodes", clock=clock).connect()  # one connection for the whole simulated fleet
+    mailbox = Mailbox("nodes", clock=clock)
     nodes = []
     for i in range(n):
         policy = base.policy.model_copy(update={"margin_bps": 2000 + i * 10, "max_queue": 10_000})
@@ -55,7 +57,7 @@ def run_tamc(url: str, n: int, k: int, jobs: int) -> dict[str, float]:
         nodes.append(MachineNode(profile, identity, nodes_hub, mailbox=mailbox, progress_steps=1).start())
     rid = Identity.generate()
     wallet = settlement.open_requester(ledger, "bench", rid.did, 10**15)
-    req_hub = Hub(url, name="requester").connect()
+    req_hub = Hub(url, name="requester", clock=clock).connect()
     done = threading.Event()
     outcomes: list[JobOutcome] = []
     posted = [0]
@@ -76,14 +78,14 @@ def run_tamc(url: str, n: int, k: int, jobs: int) -> dict[str, float]:
             done.set()
 
     requester = Requester(rid, req_hub, ledger, wallet, on_outcome=on_outcome,
-                          config=RequesterConfig(speed=SPEED, bid_window_s=5.0, accept_window_s=5.0)).start()
+                          config=RequesterConfig(bid_window_s=5.0 * SPEED, accept_window_s=5.0 * SPEED)).start()
     time.sleep(1.0)  # retained presence of all nodes reaches the requester: it can close bidding early
     t0 = time.perf_counter()
     for _ in range(min(k, jobs)):
         post_next()
     done.wait(600)
     wall = time.perf_counter() - t0
-    lat = sorted(o.accept_latency_ms or 0.0 for o in outcomes)
+    lat = sorted((o.accept_latency_ms or 0.0) / SPEED for o in outcomes)  # market ms back to real ms
     sent = nodes_hub.stats["sent"] + req_hub.stats["sent"]
     received = nodes_hub.stats["received"] + req_hub.stats["received"]
     for node in nodes:

@@ -64,7 +64,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=15.0)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        config = MarketConfig(machines=12, hours=200, speed=60, memory="off", telemetry_every_s=1.0, data_dir=Path(tmp))
+        config = MarketConfig(machines=12, hours=200, clock="scaled", speed=60, memory="off", telemetry_every_s=1.0, data_dir=Path(tmp))
         with serve(config, port=0) as s:
             token = s.login("alice").token
             with httpx.Client(base_url=s.url, headers={"Authorization": f"Bearer {token}"}) as c:

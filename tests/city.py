@@ -1,4 +1,8 @@
-"""A small market for tests: machines, a requester and observers on the real broker and ledger."""
+"""A small market for tests: machines, a requester and observers on the real broker and ledger.
+
+It runs on the virtual clock unless a test gives it a real one: ``wait``, ``settled`` and ``run``
+let market time advance (as fast as the work allows) until what the test waits for has happened;
+on a real clock they poll real time."""
 
 from __future__ import annotations
 
@@ -10,7 +14,8 @@ from typing import Any
 from agents import settlement
 from agents.node import MachineNode
 from agents.requester import JobOutcome, Requester, RequesterConfig
-from core.clock import ScaledClock
+from core.clock import Timeline
+from core.virtual import VirtualClock
 from hub import topics
 from hub.messages import JobEvent
 from hub.transport import Hub
@@ -34,7 +39,7 @@ def printer(machine_id: str, margin_bps: int) -> MachineProfile:
 class City:
     broker_url: str
     ledger: Ledger
-    clock: ScaledClock = field(default_factory=lambda: ScaledClock(SPEED))
+    clock: Timeline = field(default_factory=lambda: VirtualClock(speed=SPEED, watchdog_s=20.0))
     hubs: list[Hub] = field(default_factory=list)
     nodes: dict[str, MachineNode] = field(default_factory=dict)
     outcomes: list[JobOutcome] = field(default_factory=list)
@@ -45,7 +50,7 @@ class City:
     wallet: str = ""
 
     def hub(self, name: str, *, connect: bool = True) -> Hub:
-        hub = Hub(self.broker_url, name=name)
+        hub = Hub(self.broker_url, name=name, clock=self.clock)
         self.hubs.append(hub)
         return hub.connect() if connect else hub
 
@@ -60,25 +65,49 @@ class City:
     def open_requester(self, **config: float) -> Requester:
         identity = Identity.generate()
         self.wallet = settlement.open_requester(self.ledger, f"r-{identity.did[-6:]}", identity.did, BUDGET)
-        cfg = RequesterConfig(**{"speed": SPEED, "bid_window_s": 0.2, "accept_window_s": 0.3, **config})
+        cfg = RequesterConfig(**config)  # the market's own windows, unless a test says otherwise
         self.requester = Requester(identity, self.hub("requester"), self.ledger, self.wallet, config=cfg,
                                    on_outcome=self.outcomes.append).start()
         watcher = self.hub("watcher")
         watcher.subscribe(f"{topics.PREFIX}/jobs/+/events", lambda t, e: self.events.append((t, e.body)))  # type: ignore[arg-type]
-        time.sleep(0.3)  # presence and subscriptions reach the broker
+        self.settle()  # presence and subscriptions reach the broker
         return self.requester
 
-    def wait(self, n: int = 1, timeout: float = 20.0) -> list[JobOutcome]:
-        deadline = time.monotonic() + timeout
-        while len(self.outcomes) < n and time.monotonic() < deadline:
+    @property
+    def virtual(self) -> bool:
+        return isinstance(self.clock, VirtualClock)
+
+    def ms(self) -> int:
+        """Now on the market's clock, epoch ms (what the protocol's instants are in)."""
+        return self.clock.ms()
+
+    def settle(self) -> None:
+        """Let what is under way at this instant land (subscriptions, presence, messages)."""
+        if isinstance(self.clock, VirtualClock):
+            self.clock.settle()
+        else:
+            time.sleep(0.3)
+
+    def run(self, market_s: float, stop: Callable[[], bool] | None = None, timeout: float = 20.0) -> None:
+        """Let ``market_s`` seconds of market time pass (or until ``stop()``: it runs while the city
+        is quiescent, so it reads state and waits for nothing)."""
+        if isinstance(self.clock, VirtualClock):
+            self.clock.run(self.clock.time() + market_s, stop=stop, watchdog_s=timeout)
+            return
+        deadline = time.monotonic() + min(market_s / self.clock.speed, timeout)
+        while time.monotonic() < deadline and not (stop and stop()):
             time.sleep(0.02)
-        assert len(self.outcomes) >= n, f"only {len(self.outcomes)} of {n} jobs closed in {timeout} s"
+
+    def wait(self, n: int = 1, timeout: float = 20.0, *, within_h: float = 72.0) -> list[JobOutcome]:
+        """Run until ``n`` jobs have closed (at most ``within_h`` market hours, or ``timeout`` real
+        seconds on a real clock)."""
+        self.run(within_h * 3600, stop=lambda: len(self.outcomes) >= n, timeout=timeout)
+        assert len(self.outcomes) >= n, f"only {len(self.outcomes)} of {n} jobs closed in {within_h} market hours"
         return self.outcomes
 
     def settled(self, machine_id: str, timeout: float = 5.0, *, jobs: int = 1) -> None:
-        deadline = time.monotonic() + timeout
-        while len(self.nodes[machine_id].stats.settled) < jobs and time.monotonic() < deadline:
-            time.sleep(0.02)
+        node = self.nodes[machine_id]
+        self.run(3600, stop=lambda: len(node.stats.settled) >= jobs, timeout=timeout)
 
     def kinds(self, job_id: str) -> list[tuple[str, str]]:
         return [(e.machine_id, e.kind) for _, e in self.events if e.job_id == job_id and e.kind != "progress"]

@@ -11,10 +11,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from city import City
+from city import SPEED, City
 from sqlalchemy import create_engine, text
 
 from agents.memory import MemoryConfig, MemoryStore
+from core.clock import ScaledClock
+from core.virtual import VirtualClock
 from ledger import Ledger
 
 PG_URL = os.environ.get("TAMC_TEST_POSTGRES_URL", "")
@@ -154,6 +156,24 @@ def city(broker_url: str, shm_ledger: Ledger) -> Iterator[City]:
         hub.close()
     for close in c.closers:
         close()
+    if isinstance(c.clock, VirtualClock):
+        c.clock.close()
+
+
+@pytest.fixture
+def live_city(broker_url: str, shm_ledger: Ledger) -> Iterator[City]:
+    """The same market on a scaled real-time clock: for what must be shown in real time (a model
+    answering against a real deadline)."""
+    c = City(broker_url, shm_ledger, clock=ScaledClock(SPEED))
+    yield c
+    for node in c.nodes.values():
+        node.stop()
+    if c.requester:
+        c.requester.stop()
+    for hub in c.hubs:
+        hub.close()
+    for close in c.closers:
+        close()
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -178,7 +198,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     from market.city import MarketConfig
     from server.runner import serve
 
-    config = MarketConfig(machines=4, hours=500, speed=600, seed=7, memory="off", life=False, telemetry_every_s=0.25,
-                          bid_window_s=0.3, accept_window_s=0.4, drain_s=2, data_dir=tmp_path_factory.mktemp("served"))
+    config = MarketConfig(machines=4, hours=500, clock="scaled", speed=600, seed=7, memory="off", life=False,
+                          telemetry_every_s=0.25, bid_window_s=0.3 * 600, accept_window_s=0.4 * 600, drain_h=2 * 600 / 3600,
+                          data_dir=tmp_path_factory.mktemp("served"))
     with serve(config, port=0) as s:  # the server binds a free port itself, before the city starts
         yield s

@@ -2,7 +2,9 @@
 model behind the real openai client over HTTP (a local stand-in), and the bid that reaches the
 requester's topic. Whatever the model does — a good answer, a price out of policy, malformed JSON,
 a 500, an answer slower than the deadline — a valid decision is published before the bid deadline,
-and it says which path made it and why."""
+and it says which path made it and why. These run on scaled real time (``live_city``): a model
+answering against a deadline of real milliseconds; ``test_virtual_clock`` has the same race on
+virtual time."""
 
 from __future__ import annotations
 
@@ -18,13 +20,18 @@ from agents.llm import ModelConfig
 from agents.machine_agent import MachineAgent
 from agents.node import MachineNode
 from hub import topics
-from hub.envelope import Envelope, now_ms, seal
+from hub.envelope import Envelope
 from hub.messages import Bid, CallForProposals
 from ledger import Identity
 
 RESERVE = 80_000_000
 WINDOW_MS = 700
 DESCRIBED = "Bracket for a bike rack, matte finish please."
+
+
+@pytest.fixture
+def city(live_city: City) -> City:
+    return live_city
 
 
 @pytest.fixture
@@ -43,16 +50,19 @@ def offer(city: City, job_id: str, *, window_ms: int = WINDOW_MS, region: str = 
     """Publish a CFP for a described (so never routine) print job; collect bids with their arrival times."""
     bids: list[tuple[float, Bid]] = []
     rx = city.hub(f"observer-{job_id}")
-    rx.subscribe(topics.bids(job_id), lambda t, e: bids.append((now_ms(), e.body)))  # type: ignore[arg-type]
+    rx.subscribe(topics.bids(job_id), lambda t, e: bids.append((city.ms(), e.body)))  # type: ignore[arg-type]
     time.sleep(0.15)
     spec = job(job_id, description=DESCRIBED, **changes)
-    cfp = CallForProposals(job=spec, reserve=RESERVE, bid_deadline=now_ms() + window_ms, deadline_at=now_ms() + 8_000, speed=SPEED)
-    rx.publish(topics.cfp(region, "printer_3d"), seal(cfp, Identity.generate()))
+    now = city.ms()  # market ms: the windows are real ms at the market's pace
+    cfp = CallForProposals(job=spec, reserve=RESERVE, bid_deadline=now + round(window_ms * SPEED), deadline_at=now + 8_000 * round(SPEED),
+                           speed=SPEED)
+    rx.send(topics.cfp(region, "printer_3d"), cfp, Identity.generate())
     return cfp, bids
 
 
 def wait_for(bids: list[tuple[float, Bid]], until_ms: int) -> None:
-    while not bids and now_ms() < until_ms + 300:
+    deadline = time.monotonic() + WINDOW_MS / 1000 + 0.5  # the window, in real time, and the way back
+    while not bids and time.monotonic() < deadline:
         time.sleep(0.01)
 
 
@@ -64,7 +74,7 @@ def the_bid(bids: list[tuple[float, Bid]], cfp: CallForProposals) -> Bid:
     wait_for(bids, cfp.bid_deadline)
     assert len(bids) == 1, f"expected one bid, got {len(bids)}"
     arrived, bid = bids[0]
-    assert arrived <= cfp.bid_deadline, f"bid arrived {arrived - cfp.bid_deadline} ms after the deadline"
+    assert arrived <= cfp.bid_deadline, f"bid arrived {(arrived - cfp.bid_deadline) / SPEED:.1f} real ms after the deadline: {bid.reason}"
     return bid
 
 
@@ -90,7 +100,7 @@ def test_price_under_the_floor_is_clamped_to_the_least_price(city: City, standin
     standin.script = turns(call("final_result", final("0.50", "win at any cost")))
     cfp, bids = offer(city, "llm-2")
     bid = the_bid(bids, cfp)
-    rules = node.decide(job("llm-2"), cfp.deadline_at, SPEED)
+    rules = node.decide(job("llm-2"), cfp.deadline_at)
     assert rules.cost is not None
     least = max(rules.cost.total, node.profile.policy.price_floor)
     assert bid.path == "llm-clamped"
@@ -120,7 +130,7 @@ def test_model_failures_fall_back_to_the_rules_before_the_deadline(city: City, s
     standin.script = script  # type: ignore[assignment]
     cfp, bids = offer(city, f"fb-{case}")
     bid = the_bid(bids, cfp)
-    rules = node.decide(job(f"fb-{case}"), cfp.deadline_at, SPEED)
+    rules = node.decide(job(f"fb-{case}"), cfp.deadline_at)
     assert bid.path == "rules-fallback"
     assert bid.price == rules.price
     assert error in bid.reason
@@ -138,8 +148,10 @@ def test_routine_jobs_skip_the_model(city: City, standin: StandIn) -> None:
     rx = city.hub("observer-routine")
     rx.subscribe(topics.bids("plain-1"), lambda t, e: bids.append(e))
     time.sleep(0.15)
-    cfp = CallForProposals(job=job("plain-1"), reserve=RESERVE, bid_deadline=now_ms() + WINDOW_MS, deadline_at=now_ms() + 8_000, speed=SPEED)
-    rx.publish(topics.cfp("north", "printer_3d"), seal(cfp, Identity.generate()))
+    now = city.ms()
+    cfp = CallForProposals(job=job("plain-1"), reserve=RESERVE, bid_deadline=now + round(WINDOW_MS * SPEED),
+                           deadline_at=now + 8_000 * round(SPEED), speed=SPEED)
+    rx.send(topics.cfp("north", "printer_3d"), cfp, Identity.generate())
     deadline = time.monotonic() + 2
     while not bids and time.monotonic() < deadline:
         time.sleep(0.01)
