@@ -36,8 +36,8 @@ def run_tamc(url: str, n: int, k: int, jobs: int) -> dict[str, float]:
     from agents import settlement
     from agents.node import MachineNode
     from agents.requester import JobOutcome, Requester, RequesterConfig
-    from hub.mailbox import Mailbox
     from core.clock import ScaledClock
+    from hub.mailbox import Mailbox
     from hub.transport import Hub
     from ledger import Identity, Ledger
     from machines import JobSpec, load_profiles

@@ -47,7 +47,6 @@ from core.errors import (
     VoteRefused,
 )
 from hub import topics
-from hub.envelope import seal
 from hub.messages import GovernanceNotice
 from ledger import machine_wallet, reserve
 from ledger.holders import ProposalRow, cast_vote, list_proposals, open_proposal, resolve, shares
@@ -131,7 +130,7 @@ class ServerContext:
 
 
 def create_app(city: LiveCity, *, access: Access | None = None, web_dir: Path | None = None) -> FastAPI:
-    feed = Feed(city.broker_url)
+    feed = Feed(city.broker_url, clock=city.clock)
     access = access or Access(city.ledger)
     relay = city.keys.get_or_create("server-console")  # relays the commands of operators it authenticated
     access.grant(relay.did, Role.CONSOLE)
@@ -499,8 +498,8 @@ def _api() -> APIRouter:
         ctx.metrics.votes.labels(body.choice).inc()
         p = gov.get(p.id)
         if p.state == "executed":
-            ctx.feed.hub.publish(topics.governance(p.machine_id), seal(GovernanceNotice(
-                machine_id=p.machine_id, proposal_id=p.id, kind=p.kind.value, state="executed"), ctx.city.keys.get_or_create("governance")))
+            ctx.feed.hub.send(topics.governance(p.machine_id), GovernanceNotice(
+                machine_id=p.machine_id, proposal_id=p.id, kind=p.kind.value, state="executed"), ctx.city.keys.get_or_create("governance"))
         row = _row(ctx, p.id)
         ctx.feed.emit(LiveEvent(type="proposal", machine_id=p.machine_id, data=row.model_dump(mode="json")))
         return VoteResult(proposal=row, said=said)

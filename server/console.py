@@ -16,7 +16,6 @@ from pydantic import BaseModel, Field
 from agents.settlement import machine_owner
 from core.errors import CommandRejected, ControlError, DriverError, MachineSilent, NotInControl, UnknownHandoff
 from hub import topics
-from hub.envelope import seal
 from hub.messages import Command, ControlCommand, Decision
 from ledger import Identity, Ledger
 from machines.profile import Point
@@ -69,7 +68,7 @@ class Console:
                               **request.model_dump(exclude_none=True))
         started = time.perf_counter()
         self.feed.expect(command_id)
-        self.feed.hub.publish(topics.control(machine_id), seal(body, self.identity))
+        self.feed.hub.send(topics.control(machine_id), body, self.identity)
         got = self.feed.answer(command_id, self.timeout_s)
         owner = machine_owner(self.ledger, machine_id)
         if got is None or got[0] != owner:

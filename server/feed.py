@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from core.clock import Timeline
 from hub import topics
 from hub.envelope import Envelope
 from hub.messages import ControlResult, GovernanceNotice, Handoff, JobEvent, Presence, TelemetryReport
@@ -68,8 +69,8 @@ class Subscription:
 
 
 class Feed:
-    def __init__(self, broker_url: str, *, name: str = "server") -> None:
-        self.hub = Hub(broker_url, name=name)
+    def __init__(self, broker_url: str, *, name: str = "server", clock: Timeline | None = None) -> None:
+        self.hub = Hub(broker_url, name=name, clock=clock)  # the market's clock: what it sends is dated, and aged, on it
         self.telemetry: dict[str, Telemetry] = {}
         self.presence: dict[str, Presence] = {}
         self.job_events: dict[str, deque[JobEvent]] = defaultdict(lambda: deque(maxlen=JOB_EVENTS_KEPT))

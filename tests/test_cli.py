@@ -146,3 +146,22 @@ def test_holders_govern_a_machine_from_the_command_line(tmp_path: Path) -> None:
     assert after["standing"]["policy"] == {"price_floor": 12_500_000}
     late = tamc("vote", pid[:8], "no", "--as", "bob", *d)
     assert late.returncode == 1 and "closed" in late.stderr
+
+
+@pytest.mark.slow
+def test_the_demo_twice_prints_the_same_day_and_beats_first_come_dispatch(tmp_path: Path) -> None:
+    """``tamc demo --json`` as the README runs it (12 machines, a day, memory and life cycle on),
+    twice: the same digest and figures, and a market at least as good as first-come dispatch."""
+    runs = []
+    for name in ("first", "second"):
+        env = {k: v for k, v in os.environ.items() if k != "TAMC_PROFILES"}
+        out = subprocess.run([*TAMC, "demo", "--json", "--data-dir", str(tmp_path / name)], capture_output=True, text=True,
+                             cwd=ROOT, env=env, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    first, second = runs
+    assert first["clock"] == "virtual" and first["deterministic"] is True
+    assert first["digest"] == second["digest"]
+    figures = ("posted", "paid", "expired", "refunded", "welfare", "revenue", "costs", "profit", "efficiency")
+    assert {k: first[k] for k in figures} == {k: second[k] for k in figures}
+    assert first["efficiency"] >= first["baseline_efficiency"], (first["efficiency"], first["baseline_efficiency"])

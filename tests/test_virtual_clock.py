@@ -1,0 +1,139 @@
+"""Virtual time: a simulated city whose outcome is the market's, not the CPU's.
+
+A seeded day replays to the same digest run after run, with both cores kept busy by other
+processes, and on the embedded broker as on mosquitto; a message that never arrives stops the run
+with the watchdog naming it (time does not move past it, nothing hangs); a model slower than the
+bid window loses to the rules in market time, and the rules' bid still lands before the deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from city import City, job, printer
+from pydantic_ai.messages import ModelMessage, ModelResponse, ToolCallPart
+from pydantic_ai.models.function import AgentInfo, FunctionModel
+
+from agents.llm import ModelConfig
+from agents.machine_agent import MachineAgent
+from core.errors import SimulationStalled
+from core.virtual import VirtualClock
+from hub import topics
+from hub.broker import start_broker
+from hub.envelope import Envelope
+from hub.messages import Bid, CallForProposals
+from hub.transport import Hub
+from ledger import Identity
+from market.city import MarketConfig, MarketReport, run_market
+
+DAY = dict(seed=11, hours=8.0, machines=6, load=0.9, memory="embedded", life=True)
+"""A small day with memory and the life cycle on: every kind of background work is in it."""
+
+
+def day(broker_url: str, folder: Path) -> MarketReport:
+    return run_market(MarketConfig(broker=broker_url, data_dir=folder, **DAY))  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def busy_cores() -> Iterator[None]:
+    """Two CPU-bound processes beside the test, one per core of a 2-core machine."""
+    loops = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    yield
+    for p in loops:
+        p.kill()
+        p.wait()
+
+
+@pytest.mark.slow
+def test_a_seeded_day_replays_to_the_same_digest(broker_url: str, tmp_path: Path) -> None:
+    first = day(broker_url, tmp_path / "first")
+    second = day(broker_url, tmp_path / "second")
+    assert first.clock == "virtual" and first.deterministic
+    assert first.posted > 20 and first.paid > 10, "the day must hold a market to replay"
+    assert first.digest == second.digest
+    assert (first.paid, first.expired, first.refunded, first.welfare) == (second.paid, second.expired, second.refunded, second.welfare)
+    assert [(m.machine_id, m.jobs, m.revenue, m.costs) for m in first.machines] == \
+        [(m.machine_id, m.jobs, m.revenue, m.costs) for m in second.machines]
+    assert first.run_id != second.run_id  # two cities, one outcome
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # amqtt leaves its sockets to the collector
+def test_the_same_day_with_both_cores_busy_and_on_the_embedded_broker(broker_url: str, tmp_path: Path, busy_cores: None) -> None:
+    quiet = day(broker_url, tmp_path / "quiet")
+    loaded = day(broker_url, tmp_path / "loaded")  # the two loops run beside it: everything takes longer
+    with start_broker("embedded") as embedded:
+        other = day(embedded.url, tmp_path / "embedded")
+    assert loaded.digest == quiet.digest
+    assert other.digest == quiet.digest
+
+
+def test_a_lost_message_stops_the_day_naming_it(city: City) -> None:
+    clock = city.clock
+    assert isinstance(clock, VirtualClock)
+    node = city.machine(printer("prusa-a", 2000))
+    requester = city.open_requester()
+    withheld: list[str] = []
+    hub: Hub = node.hub
+    receive = hub._on_message  # the node's own network callback; the test withholds one delivery from it
+
+    def lossy(client: object, userdata: object, msg: object) -> None:
+        if not withheld and b'"type":"award"' in msg.payload:  # type: ignore[attr-defined]
+            withheld.append(msg.topic)  # type: ignore[attr-defined]
+            return
+        receive(client, userdata, msg)  # type: ignore[arg-type]
+
+    hub._client.on_message = lossy
+    posted_at = clock.time()
+    requester.post(job("j-lost"), reserve=50_000_000, value=60_000_000)
+    with pytest.raises(SimulationStalled) as stalled:
+        city.wait(1, timeout=2.0, within_h=48)
+    said = str(stalled.value)
+    assert withheld == [topics.award("j-lost")]
+    assert f"message award on {topics.award('j-lost')} to prusa-a" in said
+    assert "nothing moved for 2 real seconds" in said
+    assert clock.time() == posted_at, "time must not move past a message still in flight"
+    assert city.outcomes == []
+
+
+def slow_model(delay_s: float) -> FunctionModel:
+    """A model that thinks ``delay_s`` real seconds, then bids 30.00."""
+
+    async def think(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        await asyncio.sleep(delay_s)
+        return ModelResponse(parts=[ToolCallPart("final_result", {"action": "bid", "price": "30.00", "eta_h": 2.0,
+                                                                    "rationale": "thought it over"})])
+
+    return FunctionModel(think)
+
+
+@pytest.mark.parametrize(("delay_s", "path"), [(1.0, "rules-fallback"), (0.01, "llm")])
+def test_a_model_slower_than_the_window_loses_to_the_rules_in_market_time(city: City, delay_s: float, path: str) -> None:
+    agent = MachineAgent(ModelConfig(model="function", fast_path=False), model=slow_model(delay_s))
+    city.closers.append(agent.close)
+    node = city.machine(printer("prusa-m", 2000), agent=agent)
+    bids: list[Envelope] = []
+    rx = city.hub("observer")
+    rx.subscribe(topics.bids("j-think"), lambda t, e: bids.append(e))
+    city.settle()
+    window_s = 1800.0  # half a market hour: at 3600x the model gets about 0.45 real seconds of it
+    posted = city.ms()
+    cfp = CallForProposals(job=job("j-think", description="a described job: the model is asked"), reserve=80_000_000,
+                           bid_deadline=posted + round(window_s * 1000), deadline_at=posted + 8 * 3_600_000, speed=city.clock.speed)
+    rx.send(topics.cfp("north", "printer_3d"), cfp, Identity.generate())
+    city.run(window_s * 2)  # the whole window and past it: the model's late answer lands too
+    assert len(bids) == 1
+    bid = bids[0]
+    assert isinstance(bid.body, Bid) and bid.body.path == path
+    assert posted < bid.ts <= cfp.bid_deadline, "the bid goes out in market time, before the deadline"
+    if path == "rules-fallback":
+        assert "timeout" in bid.body.reason
+        assert bid.ts - posted > 0.4 * 3600 * 1000, "the model's real time was charged in market time first"
+    else:
+        assert bid.body.price == 30_000_000
+    assert node.stats.model_decisions == 1
