@@ -532,7 +532,6 @@ class MachineNode:
         if self.control.held_by is not None:
             self.stats.declines["decline.operator"] += 1  # a person holds the machine: the agent stays silent
             return
-        self.clock.follow(env.ts, cfp.speed)  # a node in its own process keeps the time of the market it hears
         job = cfp.job
         if self.clock.ms() > cfp.bid_deadline or job.id in self._jobs or job.id in self._calls:
             return
@@ -554,8 +553,14 @@ class MachineNode:
         window = (call.bid_deadline - self.clock.ms()) / 1000 - self._s(BID_MARGIN_S)
         self._recalling.add(job_id)
         self.mailbox.call_later(max(min(self._s(MEMORY_BUDGET_S), window / 4), 0.0), self._priced, job_id, None)
+        reading = self.clock.hold(f"memory read for {self.id} on {job_id}")  # a virtual clock waits for it
         future = self.memory.store.submit(price_signal, self.memory, call.job, self.profile.policy)
-        future.add_done_callback(lambda f: self.mailbox.post(self._priced, job_id, f))
+
+        def answered(f: Future[MemorySignal | None]) -> None:
+            self.mailbox.post(self._priced, job_id, f)
+            reading.release()
+
+        future.add_done_callback(answered)
 
     def _priced(self, job_id: str, future: Future[MemorySignal | None] | None) -> None:
         if job_id not in self._recalling:

@@ -21,15 +21,18 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from hub.mailbox import Mailbox
 
-__all__ = ["Clock", "Hold", "RealTime", "ScaledClock", "SimClock", "Timeline", "WallClock", "epoch_ms"]
+__all__ = ["Clock", "Hold", "MarketAnchor", "RealTime", "ScaledClock", "SimClock", "Timeline", "WallClock", "epoch_ms"]
 
 DEFAULT_START = datetime(2026, 1, 1, 0, 0, tzinfo=UTC)
+RESYNC_AFTER_S = 60.0
+"""How far (real seconds at the market's pace) a market heard may be from a following clock before it re-anchors."""
 MAX_REAL_WAIT_S = 0.25
 """A mailbox on a real clock re-reads its next timer at least this often (a clock that ``follow``\\ s a
 market may change its rate)."""
@@ -164,7 +167,8 @@ class ScaledClock(RealTime):
     """Market time that runs ``speed`` times faster than real time, for a market that lives a day
     in a minute while real messages cross a real broker."""
 
-    def __init__(self, speed: float, start: datetime | None = None) -> None:
+    def __init__(self, speed: float, start: datetime | None = None, *,
+                 on_follow: Callable[[MarketAnchor], None] | None = None) -> None:
         if speed <= 0:
             raise ValueError("a clock's speed must be positive")
         self.start = start or DEFAULT_START
@@ -174,6 +178,8 @@ class ScaledClock(RealTime):
         self.speed = speed
         self._base = self.start.timestamp()
         self._t0 = time.monotonic()
+        self.on_follow = on_follow
+        """Told the new anchor when the clock takes a market's time (to keep it across a restart)."""
 
     def time(self) -> float:
         return self._base + (time.monotonic() - self._t0) * self.speed
@@ -183,14 +189,40 @@ class ScaledClock(RealTime):
         return (self.time() - self.start.timestamp()) / 3600
 
     def follow(self, market_ms: int, speed: float) -> None:
-        """Re-anchor to a market heard at ``market_ms`` running at ``speed`` (a node in its own
-        process keeps the time of the market whose calls it answers)."""
+        """Take the time of a market heard at ``market_ms`` running at ``speed`` (a node in its own
+        process keeps the time of the market whose calls it answers): when the pace changes, or
+        the market is a minute (real) away from this clock — another market, or a restart's anchor
+        gone stale; calls in step with it do not move it (the anchor is off by one message's trip).
+        Whoever publishes the first call at a new pace sets it (the broker does not yet fence who may)."""
         if speed <= 0:
             return
         with self._lock:
-            if speed == self.speed and abs(self.time() - market_ms / 1000) < 1.0 * speed:
+            if speed == self.speed and abs(self.time() - market_ms / 1000) < RESYNC_AFTER_S * speed:
                 return
             self._base, self._t0, self.speed = market_ms / 1000, time.monotonic(), speed
+        if self.on_follow is not None:
+            self.on_follow(self.anchor())
+
+    def anchor(self) -> MarketAnchor:
+        """Where the clock stands against the wall: enough to rebuild it in another process."""
+        with self._lock:
+            return MarketAnchor(market_s=self.time(), wall_s=time.time(), speed=self.speed)
+
+    @classmethod
+    def resume(cls, anchor: MarketAnchor, **options: Callable[[MarketAnchor], None] | None) -> ScaledClock:
+        """The clock an ``anchor`` was taken from, as it reads now (a restarted node keeps the market's time)."""
+        clock = cls(anchor.speed, **options)  # type: ignore[arg-type]
+        clock._base = anchor.market_s + (time.time() - anchor.wall_s) * anchor.speed
+        return clock
+
+
+@dataclass(frozen=True)
+class MarketAnchor:
+    """A market's time at a wall-clock instant, and its pace."""
+
+    market_s: float
+    wall_s: float
+    speed: float
 
 
 class SimClock:

@@ -32,7 +32,7 @@ from core.clock import Hold, Timeline, WallClock
 from core.errors import BrokerUnavailable, EnvelopeRejected, InvalidBrokerUrl
 from hub.envelope import Envelope, ReplayGuard, open_envelope, seal
 from hub.flight import flights, topics_match
-from hub.messages import Body
+from hub.messages import Body, CallForProposals
 from ledger.identity import Identity
 
 __all__ = ["BrokerAddress", "Handler", "Hub", "parse_broker_url"]
@@ -274,6 +274,8 @@ class Hub:
         self.stats["received"] += 1
         try:
             env = open_envelope(payload)
+            if isinstance(env.body, CallForProposals):  # a node in its own process keeps the time of the market it hears
+                self.clock.follow(env.ts, env.body.speed)
             with self._lock:
                 self._guard.check(env, now=self.clock.ms(), exempt_from_age=env.type in RETAINED_STATE_TYPES,
                                   scale=self.clock.speed)

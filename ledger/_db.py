@@ -11,7 +11,9 @@ other writer's result.
 from __future__ import annotations
 
 import random
+import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -213,8 +215,26 @@ def connect(url: str, *, durable: bool = True) -> Engine:
     return engine
 
 
+_WRITERS: weakref.WeakKeyDictionary[Engine, threading.RLock] = weakref.WeakKeyDictionary()
+_WRITERS_GUARD = threading.Lock()
+
+
+def _writer_lock(engine: Engine) -> threading.RLock | None:
+    """One lock per SQLite engine for its writers: threads of one process take turns on it at once,
+    instead of in SQLite's busy handler, which sleeps 1, 2, 5… ms between tries (another process
+    still waits in the busy handler)."""
+    if engine.dialect.name != "sqlite":
+        return None
+    with _WRITERS_GUARD:
+        lock = _WRITERS.get(engine)
+        if lock is None:
+            lock = _WRITERS[engine] = threading.RLock()
+        return lock
+
+
 def transaction(engine: Engine, fn: Callable[[Connection], T], *, write: bool = True) -> T:
     """Run ``fn`` in one transaction, retrying it whole on write-write collisions."""
+    lock = _writer_lock(engine) if write else None
 
     def attempt() -> T:
         with engine.connect() as conn:
@@ -222,7 +242,10 @@ def transaction(engine: Engine, fn: Callable[[Connection], T], *, write: bool = 
             with conn.begin():
                 return fn(conn)
 
-    return _retry(attempt, (IntegrityError, OperationalError))
+    if lock is None:
+        return _retry(attempt, (IntegrityError, OperationalError))
+    with lock:
+        return _retry(attempt, (IntegrityError, OperationalError))
 
 
 def _retry(fn: Callable[[], T], errors: tuple[type[Exception], ...], attempts: int = 12) -> T:

@@ -81,27 +81,39 @@ def hindsight_optimum(requests: Sequence[JobRequest], fleet: Sequence[MachinePro
         return WelfareResult(welfare=0, filled=0, busy_hours=0.0, assignment={})
     n = len(cols)
     rows, colidx, vals, upper = [], [], [], []
+    by_job: dict[int, list[int]] = {}
+    by_machine: dict[int, list[int]] = {}
+    for k, (j, i, _) in enumerate(cols):
+        by_job.setdefault(j, []).append(k)
+        by_machine.setdefault(i, []).append(k)
     r = 0
-    for j in range(len(requests)):  # each job at most once
-        members = [k for k, (jj, _, _) in enumerate(cols) if jj == j]
-        if members:
-            rows += [r] * len(members)
-            colidx += members
-            vals += [1.0] * len(members)
-            upper.append(1.0)
-            r += 1
+    for j in sorted(by_job):  # each job at most once
+        members = by_job[j]
+        rows += [r] * len(members)
+        colidx += members
+        vals += [1.0] * len(members)
+        upper.append(1.0)
+        r += 1
     horizon = math.ceil(run_hours)
     starts = [i * GRID_H for i in range(int(horizon / GRID_H))]
-    windows = {(a, min(a + length, horizon)) for length in WINDOWS_H for a in starts} | {(0.0, float(horizon))}
-    for i in range(len(fleet)):
-        mine = [(k, requests[j], p) for k, (j, ii, p) in enumerate(cols) if ii == i]
-        for a, b in sorted(windows):
-            inside = [(k, p) for k, req, p in mine if req.at_h >= a and req.at_h + req.job.deadline_h <= b]
-            if not inside or sum(p.hours for _, p in inside) <= b - a:
+    windows = sorted({(a, min(a + length, horizon)) for length in WINDOWS_H for a in starts} | {(0.0, float(horizon))})
+    for i in sorted(by_machine):
+        # the machine's pairs by arrival: a window holds those arriving in it whose deadline is in it too
+        mine = sorted(by_machine[i], key=lambda k: requests[cols[k][0]].at_h)
+        at = np.array([requests[cols[k][0]].at_h for k in mine])
+        end = np.array([requests[cols[k][0]].at_h + requests[cols[k][0]].job.deadline_h for k in mine])
+        hours = np.array([cols[k][2].hours for k in mine])
+        ks = np.array(mine)
+        for a, b in windows:
+            lo, hi = np.searchsorted(at, a, "left"), np.searchsorted(at, b, "right")
+            if lo == hi:
+                continue
+            inside = np.nonzero(end[lo:hi] <= b)[0] + lo
+            if not len(inside) or hours[inside].sum() <= b - a:
                 continue  # cannot bind
             rows += [r] * len(inside)
-            colidx += [k for k, _ in inside]
-            vals += [p.hours for _, p in inside]
+            colidx += ks[inside].tolist()
+            vals += hours[inside].tolist()
             upper.append(float(b - a))
             r += 1
     a_matrix = coo_matrix((vals, (rows, colidx)), shape=(r, n)).tocsr()

@@ -4,6 +4,7 @@ with a last will, follows the market's clock from the calls it hears, and logs e
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import signal
@@ -21,7 +22,7 @@ from agents.memory import MemoryConfig, MemoryStore
 from agents.node import MachineNode
 from agents.snapshot import save_snapshot
 from agents.workflow import JobFlows, checkpointer
-from core.clock import ScaledClock
+from core.clock import MarketAnchor, ScaledClock
 from core.errors import InputError, MemoryStoreError
 from hub.messages import JobEvent
 from hub.transport import Hub, parse_broker_url
@@ -118,14 +119,27 @@ def run_agent(machine: str, broker_url: str, *, ledger_url: str | None, holders:
         driver.connect()
     where = options.checkpoints or str(data_dir / "workflows.db")
     with checkpointer(where) as saver:
-        # wall time, until the first call for proposals says the market runs faster: then its pace
-        clock = ScaledClock(1.0, start=datetime.now(UTC))
+        clock = _market_clock(data_dir)
         node = MachineNode(profile, identity, Hub(broker_url, name=profile.id, clock=clock), ledger=ledger, on_event=show,
                            agent=agent, governance=Governance(ledger, clock=clock), memory=store, flows=JobFlows(saver), driver=driver,
                            charter=options.charter, anomalies=options.inject)
         started = {"memory": memory_state, "checkpoints": where.split("@")[-1],
                    "drives": f"octoprint {options.octoprint}" if options.octoprint else "simulator"}
         _serve(node, data_dir, model, stop, {"broker": broker_url, **started})
+
+
+def _market_clock(data_dir: Path) -> ScaledClock:
+    """Wall time, until the first call for proposals says the market runs faster: then its pace,
+    kept in ``{data_dir}/market-clock.json`` so a restarted node keeps the market's time."""
+    path = data_dir / "market-clock.json"
+
+    def keep(anchor: MarketAnchor) -> None:
+        path.write_text(json.dumps(dataclasses.asdict(anchor)), "utf-8")
+
+    try:
+        return ScaledClock.resume(MarketAnchor(**json.loads(path.read_text("utf-8"))), on_follow=keep)
+    except (OSError, ValueError, TypeError):
+        return ScaledClock(1.0, start=datetime.now(UTC), on_follow=keep)
 
 
 def _serve(node: MachineNode, data_dir: Path, model: ModelConfig, stop: threading.Event | None, started: dict[str, str]) -> None:

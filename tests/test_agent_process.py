@@ -15,6 +15,7 @@ import pytest
 
 from agents import settlement
 from agents.requester import JobOutcome, Requester, RequesterConfig
+from core.clock import ScaledClock
 from hub import topics
 from hub.messages import JobEvent
 from hub.transport import Hub
@@ -65,11 +66,11 @@ def test_killed_machine_process_is_taken_over_and_the_requester_charged_once(bro
         wallet = settlement.open_requester(ledger, "proc", identity.did, 100_000_000)
         outcomes: list[JobOutcome] = []
         started: list[str] = []
-        hub = Hub(broker_url, name="proc-requester").connect()
+        hub = Hub(broker_url, name="proc-requester", clock=ScaledClock(SPEED)).connect()  # the market runs SPEED x real time
         hub.subscribe(topics.events("proc-job"), lambda t, e: started.append(e.body.machine_id)  # type: ignore[union-attr]
                       if isinstance(e.body, JobEvent) and e.body.kind == "started" else None)
         requester = Requester(identity, hub, ledger, wallet, on_outcome=outcomes.append,
-                              config=RequesterConfig(speed=SPEED, bid_window_s=1.0, accept_window_s=1.0)).start()
+                              config=RequesterConfig(bid_window_s=1.0 * SPEED, accept_window_s=1.0 * SPEED)).start()
         time.sleep(0.5)
         job = JobSpec(id="proc-job", kind="printer_3d", capability="print", region="north", deadline_h=6,
                       material="PLA", size_mm=(80, 60, 40), amount=20)

@@ -9,8 +9,8 @@ holds the machine.
 from __future__ import annotations
 
 import threading
-import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -19,7 +19,6 @@ from city import BUDGET, City, job, printer
 from agents.requester import Requester
 from core.errors import PolicyRefused
 from hub import topics
-from hub.envelope import seal
 from hub.messages import ControlCommand, ControlResult, Handoff
 from hub.transport import Hub
 from ledger import Charter, Identity
@@ -33,8 +32,11 @@ pytestmark = pytest.mark.slow
 class Console:
     """An operator's side of the control topic: signed commands out, results and handoffs in."""
 
-    def __init__(self, hub: Hub, identity: Identity, machine_id: str) -> None:
+    def __init__(self, hub: Hub, identity: Identity, machine_id: str,
+                 run: Callable[[float, Callable[[], bool]], None] | None = None) -> None:
         self.hub, self.identity, self.machine_id = hub, identity, machine_id
+        self.run = run
+        """How to let market time pass until something is true (a virtual city's ``run``); None: real time."""
         self.results: dict[str, ControlResult] = {}
         self.handoffs: list[Handoff] = []
         self._got = threading.Condition()
@@ -55,12 +57,14 @@ class Console:
                               command=command, **fields)  # type: ignore[arg-type]
         with self._got:
             self.results.pop(cid, None)
-        self.hub.publish(topics.control(self.machine_id), seal(body, self.identity))
+        self.hub.send(topics.control(self.machine_id), body, self.identity)
         with self._got:
             assert self._got.wait_for(lambda: cid in self.results, timeout=5), f"no answer to {command}"
             return self.results[cid]
 
     def wait_handoff(self, state: str, timeout: float = 10.0) -> Handoff:
+        if self.run is not None:
+            self.run(72 * 3600, lambda: any(h.state == state for h in self.handoffs))
         with self._got:
             assert self._got.wait_for(lambda: any(h.state == state for h in self.handoffs), timeout=timeout), \
                 f"no {state} handoff; saw {[h.state for h in self.handoffs]}"
@@ -70,7 +74,7 @@ class Console:
 def operator(city: City, machine_id: str) -> tuple[Identity, Console]:
     identity = Identity.generate()
     Operations(city.ledger.engine).grant(identity.did, Role.OPERATOR, machine_id)
-    return identity, Console(city.hub(f"console-{identity.did[-6:]}"), identity, machine_id)
+    return identity, Console(city.hub(f"console-{identity.did[-6:]}"), identity, machine_id, run=city.run)
 
 
 def test_anomaly_hands_off_operator_takes_over_commands_hands_back_paid_once(city: City) -> None:
@@ -89,7 +93,7 @@ def test_anomaly_hands_off_operator_takes_over_commands_hands_back_paid_once(cit
 
     took = console.send("takeover", handoff_id=raised.handoff_id)
     assert took.ok, took.result
-    taken_at = time.time()
+    taken_at = city.clock.time()
     assert node.held_by == op.did
     assert console.wait_handoff("taken").operator == op.did
     assert not console.send("move_to", point={"x_km": 1, "y_km": 1}).ok  # a printer does not travel: refused, audited
@@ -98,7 +102,7 @@ def test_anomaly_hands_off_operator_takes_over_commands_hands_back_paid_once(cit
     assert console.send("resume").ok
     assert node.telemetry().state is MachineState.WORKING
     assert console.send("pause").ok
-    time.sleep(0.3)  # the agent would tick, bid or step the job here if it were still acting
+    city.run(3 * 3600)  # the agent would tick, bid or step the job here if it were still acting
     agent_after = [a for a in node.actions if a[0] > taken_at and a[1] == "agent"]
     assert agent_after == [], f"the agent acted on a machine under human control: {agent_after}"
 
@@ -143,7 +147,7 @@ def test_nobody_but_an_operator_holding_the_machine_commands_it_and_the_agent_st
         node.deps("alice").hands_off()
     assert not other_console.send("takeover").ok  # held by someone else
     assert not other_console.send("pause").ok
-    taken_at = time.time()
+    taken_at = city.clock.time()
     requester.post(job("j-while-held"), reserve=50_000_000, value=60_000_000)
     [first] = city.wait(1, timeout=10)
     assert first.outcome == "expired" and first.bids == 0  # the agent did not bid while a person held the machine

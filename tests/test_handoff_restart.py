@@ -19,6 +19,7 @@ from test_handoff import Console
 from agents import settlement
 from agents.requester import JobOutcome, Requester, RequesterConfig
 from agents.workflow import JobFlows, checkpointer
+from core.clock import ScaledClock
 from hub import topics
 from hub.messages import Bid, JobEvent
 from hub.transport import Hub
@@ -63,7 +64,7 @@ def test_killed_with_a_pending_handoff_restarts_it_pending_and_resumes_without_d
         assert online["checkpoints"] == str(data / "workflows.db"), online
         op = Identity.generate()
         ops.grant(op.did, Role.OPERATOR, "prusa-01")
-        hub = Hub(broker_url, name="restart-test").connect()
+        hub = Hub(broker_url, name="restart-test", clock=ScaledClock(SPEED)).connect()  # the market runs SPEED x real time
         hubs.append(hub)
         console = Console(hub, op, "prusa-01")
         bids: list[Bid] = []
@@ -74,7 +75,7 @@ def test_killed_with_a_pending_handoff_restarts_it_pending_and_resumes_without_d
         wallet = settlement.open_requester(ledger, "restart", requester_id.did, 100_000_000)
         outcomes: list[JobOutcome] = []
         requester = Requester(requester_id, hub, ledger, wallet, on_outcome=outcomes.append,
-                              config=RequesterConfig(speed=SPEED, bid_window_s=1.0, accept_window_s=1.0)).start()
+                              config=RequesterConfig(bid_window_s=1.0 * SPEED, accept_window_s=1.0 * SPEED)).start()
         time.sleep(0.5)
         job = JobSpec(id="j-restart", kind="printer_3d", capability="print", region="north", deadline_h=200,
                       material="PLA", size_mm=(80, 60, 40), amount=40)

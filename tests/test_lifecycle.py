@@ -36,7 +36,7 @@ def life(broker_url: str, tmp_path_factory: pytest.TempPathFactory) -> MarketRep
     north = [rich] + [_printer(f"prusa-x{i}", "north") for i in range(3)]
     demand = generate_jobs(north, DEFAULT_REGIONS, 14, seed=5, model=DemandModel(load=1.0, hourly=FLAT), prefix="life-")
     config = MarketConfig(seed=5, hours=14, machines=3, broker=broker_url, data_dir=tmp_path_factory.mktemp("life"),
-                          memory="off", drain_s=30, bid_window_s=0.05, accept_window_s=0.08,
+                          memory="off",
                           life_config=LifeConfig(tick_h=0.5, charter=Charter(window_h=1, review_h=6, grace_days=0.25),
                                                  yes_bps=10_000))
     return run_market(config, fleet=[rich, lost, doomed], requests=demand,  # type: ignore[list-item]
@@ -111,7 +111,7 @@ def test_a_machine_hires_its_maintenance_out_and_pays_from_the_budget(life: Mark
 
 
 def test_a_machine_without_the_life_cycle_keeps_paying_everything_out(broker_url: str, tmp_path: Path) -> None:
-    config = MarketConfig(seed=3, hours=2, machines=2, broker=broker_url, data_dir=tmp_path, memory="off", life=False, drain_s=20)
+    config = MarketConfig(seed=3, hours=2, machines=2, broker=broker_url, data_dir=tmp_path, memory="off", life=False)
     report = run_market(config)
     assert report.life is None and all(m.status == "active" for m in report.machines)
     ledger = Ledger(report.ledger_url)
