@@ -550,7 +550,7 @@ class MachineNode:
         held up behind a vector search); answer when it returns, or without it once it is late."""
         assert self.memory is not None
         job_id = call.job.id
-        window = (call.bid_deadline - self.clock.ms()) / 1000 - self._s(BID_MARGIN_S)
+        window = (call.bid_deadline - self.clock.ms()) / 1000  # the model's margin is no part of it: the rules bid at once
         self._recalling.add(job_id)
         self.mailbox.call_later(max(min(self._s(MEMORY_BUDGET_S), window / 4), 0.0), self._priced, job_id, None)
         reading = self.clock.hold(f"memory read for {self.id} on {job_id}")  # a virtual clock waits for it

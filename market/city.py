@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import random
-import shutil
 import threading
 import time
 import uuid
@@ -297,8 +296,6 @@ def run_market(config: MarketConfig, *, on_progress: Callable[[Snapshot], None] 
     config.data_dir.mkdir(parents=True, exist_ok=True)
     for suffix in ("", "-wal", "-shm"):  # each run is a new city; keys carry over
         (config.data_dir / f"ledger.db{suffix}").unlink(missing_ok=True)
-    if config.memory != "off" and config.memory_url is None:
-        shutil.rmtree(config.data_dir / "memory", ignore_errors=True)  # memory too: a seeded day replays exactly
     clock = make_clock(config)
     ledger_url = f"sqlite:///{(config.data_dir / 'ledger.db').resolve()}"
     ledger = Ledger(ledger_url, clock=clock, durable=False)  # made anew each run: no sync to disk per commit
@@ -575,7 +572,7 @@ class _MemoryOpener:
         if self.store is None or self.unavailable:
             return None
         try:
-            return self.store.machine(machine_id)
+            return self.store.machine(machine_id, fresh=True)  # each run a new city: a seeded day replays exactly
         except MemoryStoreError as exc:
             self.unavailable = str(exc)
             log.error("memory unavailable, machines bid without it: %s", exc)

@@ -95,11 +95,9 @@ def _costs_from_ledger(ledger: Ledger, day: MarketReport) -> dict[str, tuple[int
     for o in day.outcomes:
         if o.outcome != "paid" or o.machine_id is None or o.price is None:
             continue
-        amounts = []
-        for what in ("energy", "wear", "materials"):
-            posting = ledger.posting(f"{what}:{o.job_id}:{o.machine_id}")
-            amounts.append(sum(leg.amount for leg in posting.legs if leg.amount > 0) if posting else 0)
-        e, w, c = amounts
+        posting = ledger.posting(f"costs:{o.job_id}:{o.machine_id}")  # energy, wear and materials: one posting
+        paid_to = {leg.account: leg.amount for leg in posting.legs if leg.amount > 0} if posting else {}
+        e, w, c = (paid_to.get(a, 0) for a in ("utility:energy", f"reserve:{o.machine_id}", "supplier:materials"))
         owners = o.price - e - w - c
         prev = out.get(o.machine_id, (0, 0, 0, []))
         out[o.machine_id] = (prev[0] + e, prev[1] + w, prev[2] + c, [*prev[3], owners])

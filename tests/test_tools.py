@@ -5,12 +5,11 @@ limit or to a stranger — and nothing moves when a tool refuses."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-from city import SPEED, City, job, printer
+from city import City, job, printer
 from pydantic_ai.messages import ModelMessage, ModelRequest, ModelResponse, TextPart, ToolCallPart, ToolReturnPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 from pydantic_ai.models.test import TestModel
@@ -23,7 +22,7 @@ from agents.memory import MemoryStore
 from agents.node import MachineNode
 from core.money import format_units
 from hub import topics
-from hub.envelope import Envelope, now_ms, seal
+from hub.envelope import Envelope
 from hub.messages import CallForProposals
 from ledger import Identity, Ledger
 from ledger.governance import Governance
@@ -49,15 +48,14 @@ class Market:
         self.bids: list[Envelope] = []
         self.rx = city.hub("tools-observer")
         self.rx.subscribe(f"{topics.PREFIX}/jobs/+/bids", lambda t, e: self.bids.append(e))
-        time.sleep(0.2)
+        city.settle()
 
-    def offer(self, job_id: str, *, topic_region: str = "north", window_ms: int = 5_000, **changes: Any) -> CallForProposals:
-        cfp = CallForProposals(job=job(job_id, **changes), reserve=RESERVE, bid_deadline=now_ms() + window_ms,
-                               deadline_at=now_ms() + 8_000, speed=SPEED)
-        self.rx.publish(topics.cfp(topic_region, "printer_3d"), seal(cfp, Identity.generate()))
-        deadline = time.monotonic() + 3
-        while self.node.open_call(job_id) is None and time.monotonic() < deadline:
-            time.sleep(0.01)
+    def offer(self, job_id: str, *, topic_region: str = "north", window_s: float = 3600.0, **changes: Any) -> CallForProposals:
+        now = self.city.ms()  # the calls stay open while the market's clock stands: the tests answer them by hand
+        cfp = CallForProposals(job=job(job_id, **changes), reserve=RESERVE, bid_deadline=now + round(window_s * 1000),
+                               deadline_at=now + 8 * 3_600_000, speed=self.city.clock.speed)
+        self.rx.send(topics.cfp(topic_region, "printer_3d"), cfp, Identity.generate())
+        self.city.settle()
         assert self.node.open_call(job_id) is not None
         return cfp
 
@@ -142,7 +140,7 @@ def test_function_model_calls_every_tool(market: Market) -> None:
     assert "nozzle was replaced" in got["recall"][0]["text"] and got["recall"][0]["source"] == "alice"
     assert use.calls == len(calls) + 1
     # the bid went out on the broker, once, at the asked price; the declined call got none
-    time.sleep(0.3)
+    market.city.settle()
     published = {e.body.job_id: e.body for e in market.bids}  # type: ignore[attr-defined]
     assert set(published) == {"t-1"} and published["t-1"].price == least + 1_000_000 and published["t-1"].path == "llm"
     # vote_tally, on the proposal just opened
@@ -191,15 +189,13 @@ def test_bids_out_of_policy_are_refused_and_nothing_is_sent(market: Market) -> N
     assert got["place_bid"]["refused"] == "policy.reserve"
     _, got, _ = chat(market, script(("place_bid", {"job_id": "p-south", "price": "40.00", "rationale": "expand"})))
     assert got["place_bid"]["refused"] == "policy.territory"
-    time.sleep(0.3)
+    market.city.settle()
     assert market.bids == []
     assert deps.actions[0].code in ("policy.floor", "policy.cost") and not deps.actions[0].ok
     # the one bid inside the band goes out
     _, got, _ = chat(market, script(("place_bid", {"job_id": "p-1", "price": format_units(least), "rationale": "at cost"})))
     assert got["place_bid"]["placed"] is True
-    deadline = time.monotonic() + 2
-    while not market.bids and time.monotonic() < deadline:
-        time.sleep(0.01)
+    market.city.settle()
     assert [e.body.price for e in market.bids] == [least]  # type: ignore[attr-defined]
 
 
@@ -269,16 +265,15 @@ def test_injected_instructions_change_nothing_the_rules_would_not_allow(market: 
     bids: list[Envelope] = []
     rx = city.hub("inj-observer")
     rx.subscribe(topics.bids("inj-1"), lambda t, e: bids.append(e))
-    time.sleep(0.2)
-    cfp = CallForProposals(job=job("inj-1", description=injection), reserve=RESERVE, bid_deadline=now_ms() + 1_500,
-                           deadline_at=now_ms() + 8_000, speed=SPEED)
-    rx.publish(topics.cfp("north", "printer_3d"), seal(cfp, Identity.generate()))
-    deadline = time.monotonic() + 3
-    while not bids and time.monotonic() < deadline:
-        time.sleep(0.01)
+    city.settle()
+    now = city.ms()
+    cfp = CallForProposals(job=job("inj-1", description=injection), reserve=RESERVE, bid_deadline=now + 3_600_000,
+                           deadline_at=now + 8 * 3_600_000, speed=city.clock.speed)
+    rx.send(topics.cfp("north", "printer_3d"), cfp, Identity.generate())
+    city.run(3600, stop=lambda: bool(bids))
     assert len(bids) == 1
     bid = bids[0].body
-    rules = bidder.decide(job("inj-1"), cfp.deadline_at, SPEED)
+    rules = bidder.decide(job("inj-1"), cfp.deadline_at)
     assert rules.cost is not None
     assert bid.path == "llm-clamped" and bid.price >= max(rules.cost.total, bidder.profile.policy.price_floor)  # type: ignore[attr-defined]
     # the description reached the model fenced as data, its fake closing tag defused

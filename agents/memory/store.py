@@ -189,11 +189,14 @@ class MemoryStore:
             self._client = client
             return client
 
-    def machine(self, machine_id: str, *, clock: Callable[[], datetime] | None = None) -> MachineMemory:
-        """The machine's own memory (its collection is made on first use)."""
+    def machine(self, machine_id: str, *, clock: Callable[[], datetime] | None = None, fresh: bool = False) -> MachineMemory:
+        """The machine's own memory (its collection is made on first use); ``fresh`` forgets what an
+        earlier run left in it."""
         client = self._open()
         name = f"tamc-memory-{_field(machine_id)}"
         try:
+            if fresh and name in {c if isinstance(c, str) else c.name for c in client.list_collections()}:
+                client.delete_collection(name)
             collection = client.get_or_create_collection(
                 name, embedding_function=self._model, configuration={"hnsw": {"space": "cosine"}},
                 metadata={"machine_id": machine_id})
