@@ -146,6 +146,8 @@ class Followed:
     call: OpenCall
     requester: str
     contract: Contract | None = None
+    forget: Timer | None = None
+    """Stops following the job if its requester never closes it (cancelled when it does)."""
 
 
 @dataclass
@@ -283,8 +285,8 @@ class MachineNode:
             self.loop = shared_loop()
         self.memory = memory
         self._demand = DemandLog()
-        self._recalling: set[str] = set()
-        """Calls waiting for memory's price signal."""
+        self._recalling: dict[str, Timer] = {}
+        """Calls waiting for memory's price signal, with the timer that prices without it if memory is late."""
         self._memory_warned = 0.0
         self.governance = governance
         self.auto_bid = auto_bid
@@ -551,8 +553,7 @@ class MachineNode:
         assert self.memory is not None
         job_id = call.job.id
         window = (call.bid_deadline - self.clock.ms()) / 1000  # the model's margin is no part of it: the rules bid at once
-        self._recalling.add(job_id)
-        self.mailbox.call_later(max(min(self._s(MEMORY_BUDGET_S), window / 4), 0.0), self._priced, job_id, None)
+        self._recalling[job_id] = self.mailbox.call_later(max(min(self._s(MEMORY_BUDGET_S), window / 4), 0.0), self._priced, job_id, None)
         reading = self.clock.hold(f"memory read for {self.id} on {job_id}")  # a virtual clock waits for it
         future = self.memory.store.submit(price_signal, self.memory, call.job, self.profile.policy)
 
@@ -563,9 +564,10 @@ class MachineNode:
         future.add_done_callback(answered)
 
     def _priced(self, job_id: str, future: Future[MemorySignal | None] | None) -> None:
-        if job_id not in self._recalling:
-            return  # answered already (memory was late, or this is the timer after it answered)
-        self._recalling.discard(job_id)
+        late = self._recalling.pop(job_id, None)
+        if late is None:
+            return  # answered already (memory was late)
+        late.cancel()  # no timer left to fire for nothing (on a virtual clock, each is an instant of its own)
         call = self._calls.get(job_id)
         if call is None:
             return
@@ -699,10 +701,10 @@ class MachineNode:
 
     def _send_bid(self, call: OpenCall, price: int, eta_h: float, cost: int, reason: str, path: str) -> None:
         job = call.job
-        self._jobs[job.id] = Followed(call, call.requester)
+        followed = self._jobs[job.id] = Followed(call, call.requester)
         self.hub.subscribe(topics.award(job.id), self._deliver)
         # if the requester never closes the job (it died), stop following it well after its deadline
-        self.mailbox.call_later((call.deadline_at - self.clock.ms()) / 1000 + self._s(FORGET_AFTER_S), self._forget, job.id)
+        followed.forget = self.mailbox.call_later((call.deadline_at - self.clock.ms()) / 1000 + self._s(FORGET_AFTER_S), self._forget, job.id)
         bid = Bid(job_id=job.id, machine_id=self.id, price=price, eta_h=eta_h, cost=cost, path=path, reason=reason[:500])
         self.hub.send(topics.bids(job.id), bid, self.identity)
         self.stats.bids += 1
@@ -1016,6 +1018,8 @@ class MachineNode:
         followed = self._jobs.pop(job_id, None)
         if followed is None:
             return
+        if followed.forget is not None:
+            followed.forget.cancel()
         self.hub.unsubscribe(topics.award(job_id), self._deliver)
         if followed.contract is not None:
             followed.contract.cancel_timers()

@@ -8,9 +8,11 @@ since the Unix epoch, sender's wall clock), ``body`` (the typed payload as JSON)
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
+import threading
 import time
 from collections import OrderedDict
 from typing import Literal
@@ -67,8 +69,31 @@ def seal(body: Body, identity: Identity, *, ts: int | None = None, envelope_id: 
     return json.dumps(sign_document(doc, identity), separators=(",", ":")).encode("utf-8")
 
 
+_OPENED: OrderedDict[bytes, Envelope] = OrderedDict()
+_OPENED_MAX = 4096
+_OPENED_LOCK = threading.Lock()
+
+
 def open_envelope(payload: bytes) -> Envelope:
-    """Parse and verify one received payload, or raise ``EnvelopeRejected`` with the reason."""
+    """Parse and verify one received payload, or raise ``EnvelopeRejected`` with the reason.
+
+    The same bytes open to the same envelope: every hub of a process that receives a message (a
+    call for proposals reaches each bidder's connection) shares one verification, found by the
+    payload's BLAKE2b digest. Whether it is fresh or a repeat is each receiver's own check."""
+    key = hashlib.blake2b(payload, digest_size=16).digest()
+    with _OPENED_LOCK:
+        hit = _OPENED.get(key)
+    if hit is not None:
+        return hit
+    env = _open(payload)
+    with _OPENED_LOCK:
+        _OPENED[key] = env
+        while len(_OPENED) > _OPENED_MAX:
+            _OPENED.popitem(last=False)
+    return env
+
+
+def _open(payload: bytes) -> Envelope:
     try:
         doc = json.loads(payload)
     except (ValueError, UnicodeDecodeError) as exc:

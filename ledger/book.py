@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select, tuple_, update
+from sqlalchemy import bindparam, func, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
@@ -446,13 +446,15 @@ class Ledger:
         conn.execute(entries.insert(), [
             {"posting_id": posting_id, "account_id": a, "asset": s, "amount": n} for a, s, n in legs
         ])
-        for cell in cells:
-            conn.execute(update(balances).where(balances.c.account_id == cell[0], balances.c.asset == cell[1])
-                         .values(amount=balances.c.amount + deltas[cell]))
+        conn.execute(_ADD_TO_BALANCE, [{"a": a, "s": asset, "d": deltas[(a, asset)]} for a, asset in cells])  # one round trip
         return Posting(
             id=posting_id, key=key, kind=kind, memo=memo, created_at=created,
             legs=tuple(Leg(account=a, asset=s, amount=n) for a, s, n in legs),
         )
+
+
+_ADD_TO_BALANCE = (update(balances).where(balances.c.account_id == bindparam("a"), balances.c.asset == bindparam("s"))
+                   .values(amount=balances.c.amount + bindparam("d")))
 
 
 def _fingerprint(op: str, **params: Any) -> str:
