@@ -251,7 +251,6 @@ class MachineNode:
         self.stats = NodeStats()
         self.wear_pct = wear_pct
         """Wear when the node starts (a machine with a past)."""
-        self._own_driver = driver is None
         self.driver: Driver | None = driver if driver is not None else SimDriver(profile, self.clock, wear_pct=wear_pct)
         if driver is not None and hasattr(driver, "seconds_per_hour"):
             driver.seconds_per_hour = 3600 / self.clock.speed  # a real machine works a market hour in this many real seconds
@@ -362,8 +361,8 @@ class MachineNode:
 
     @property
     def maintenance_due(self) -> bool:
-        """Serviced, and waiting for the job in hand to end to reset its wear."""
-        return self._maintenance_due
+        """Serviced, and waiting for the job in hand to end to reset its wear (from any thread)."""
+        return self.mailbox.call(lambda: self._maintenance_due)  # type: ignore[no-any-return]
 
     def maintained(self) -> None:
         """The maintenance job was done: wear back to zero (from any thread); a machine busy with a
@@ -603,7 +602,12 @@ class MachineNode:
             self._ask_model(call, rules)
 
     def _rule_decision(self, call: OpenCall) -> Decision:
-        return self.decide(self._remaining(call.job, call.deadline_at), call.deadline_at, call.memory)
+        """The rules on a call, with the requester's reserve as the most it pays: a price that memory
+        (or demand) puts above the reserve comes down to it, while the reserve covers the least price,
+        instead of the machine staying silent on work it could do at a profit."""
+        most = min(call.reserve, call.job.max_price) if call.job.max_price is not None else call.reserve
+        job = self._remaining(call.job.model_copy(update={"max_price": most}), call.deadline_at)
+        return self.decide(job, call.deadline_at, call.memory)
 
     def _ask_model(self, call: OpenCall, rules: Decision) -> None:
         """Hand the call to the model on the agent loop; a timer answers with the rules if it is late.

@@ -4,9 +4,10 @@ A virtual clock may jump only when no message published is still on its way to a
 subscriber. Every hub on that clock registers here; a publish holds the clock once for each local
 hub with a subscription the broker has confirmed that matches the topic, and the hold is released
 when the message arrives there (after it was queued for its round) or when that hub stops
-listening for it. A subscription counts once the broker has confirmed it and handed over the
-retained messages it matches: the hub sends itself a marker after the SUBSCRIBE, and the broker
-answers in order on one connection, so the marker arrives after them.
+listening for it. A subscription counts once the broker has confirmed it: the hub sends itself a marker after the
+SUBSCRIBE and waits for it to come back. The retained messages the subscription matches are owed to
+it too (the tracker keeps the newest retained payload each local hub published on a topic): an
+embedded broker may hand them over after the marker, and the clock waits for them either way.
 
 On a real clock there is nothing to track: ``flights(clock)`` is a no-op then.
 """
@@ -48,6 +49,8 @@ class Flights:
         self._lock = threading.Lock()
         self._hubs: list[Listener] = []
         self._owed: dict[tuple[int, bytes], list[tuple[str, Hold]]] = defaultdict(list)
+        self._retained: dict[str, bytes] = {}
+        """The newest retained payload published on each topic by a local hub."""
 
     def join(self, hub: Listener) -> None:
         with self._lock:
@@ -61,15 +64,30 @@ class Flights:
         for hold in holds:
             hold.release()
 
-    def sent(self, topic: str, payload: bytes, what: str) -> None:
-        """``payload`` goes out on ``topic``: hold the clock for each local hub it must reach."""
+    def sent(self, topic: str, payload: bytes, what: str, *, retain: bool = False) -> None:
+        """``payload`` goes out on ``topic``: hold the clock for each local hub it must reach. A
+        retained one is kept: the broker hands it to every later subscription too."""
         with self._lock:
+            if retain:
+                if payload:
+                    self._retained[topic] = payload
+                else:
+                    self._retained.pop(topic, None)
             hubs = [h for h in self._hubs if h.listens(topic)]
             if not hubs:
                 return
             key = digest(payload)
             for hub in hubs:
                 self._owed[(id(hub), key)].append((topic, self.clock.hold(f"message {what} on {topic} to {hub.name}")))
+
+    def subscribing(self, hub: Listener, pattern: str) -> None:
+        """``hub`` asks for ``pattern``: the broker will hand it the retained messages that match,
+        when it likes (an embedded broker after the subscription's marker): hold the clock for each."""
+        with self._lock:
+            for topic, payload in self._retained.items():
+                if topics_match(pattern, topic):
+                    self._owed[(id(hub), digest(payload))].append(
+                        (topic, self.clock.hold(f"retained message on {topic} to {hub.name}")))
 
     def arrived(self, hub: Listener, payload: bytes) -> Hold | None:
         """The hold of a message that reached ``hub`` (the caller releases it once the message is
@@ -106,7 +124,10 @@ class _NoFlights(Flights):
     def leave(self, hub: Listener) -> None:
         return None
 
-    def sent(self, topic: str, payload: bytes, what: str) -> None:
+    def sent(self, topic: str, payload: bytes, what: str, *, retain: bool = False) -> None:
+        return None
+
+    def subscribing(self, hub: Listener, pattern: str) -> None:
         return None
 
     def arrived(self, hub: Listener, payload: bytes) -> Hold | None:

@@ -188,7 +188,7 @@ class Hub:
     def publish(self, topic: str, payload: bytes, *, retain: bool = False, what: str = "envelope") -> None:
         """Send a sealed envelope with QoS 1 (at least once; receivers drop the repeats)."""
         self.stats["sent"] += 1
-        self._flights.sent(topic, payload, what)  # before it can arrive: the clock never sees it as delivered early
+        self._flights.sent(topic, payload, what, retain=retain)  # before it can arrive: the clock never sees it as delivered early
         info = self._client.publish(topic, payload, qos=1, retain=retain)
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             log.warning("hub=%s publish failed topic=%s rc=%s", self.name, topic, info.rc)
@@ -208,6 +208,7 @@ class Hub:
             if first and not self.clock.virtual:
                 self._heard.add(pattern)
         if first:
+            self._flights.subscribing(self, pattern)  # the retained messages it matches are owed before they can come
             self._client.subscribe(pattern, qos=1)
             if self.clock.virtual:
                 self._mark([pattern])

@@ -104,6 +104,9 @@ class MarketConfig(BaseModel):
     """Run the life cycle: fixed costs, the machines' proposals, holders' votes, births, moves,
     parkings, maintenance and deaths (``market.lifecycle``)."""
     life_config: LifeConfig = LifeConfig()
+    progress_steps: int = Field(default=2, ge=1)
+    """Progress readings of each job (the last one is its end): each is a reading of the machine and a
+    message; a live view (``tamc serve``) wants 4, a day nobody watches does with 2."""
     telemetry_every_s: float | None = None
     """Machines publish telemetry this often (real seconds at the market's pace) besides at each
     change, for a live view."""
@@ -337,7 +340,7 @@ def run_market(config: MarketConfig, *, on_progress: Callable[[Snapshot], None] 
             # each machine its own connection: the broker announces its death by last will
             node = MachineNode(profile, identity, hub(profile.id), ledger=ledger, fail_jobs=fails, agent=agent, governance=governance,
                                memory=memory.machine(profile.id), wear_pct=wear_pct, telemetry_every_s=config.telemetry_every_s,
-                               flows=flows)
+                               flows=flows, progress_steps=config.progress_steps)
             nodes.append(node)
             return node
 

@@ -260,7 +260,7 @@ def serve(
     config = MarketConfig(seed=seed, hours=hours, machines=machines, broker=broker, clock="scaled", speed=speed, load=load,
                           data_dir=data_dir, bid_window_s=(2.0 if llm else max(0.03, 1.8 / speed)) * speed,
                           accept_window_s=(2.0 if llm else max(0.05, 3.0 / speed)) * speed,
-                          model=model_config, memory=memory, telemetry_every_s=1.0, drain_h=5.0 * speed / 3600)
+                          model=model_config, memory=memory, telemetry_every_s=1.0, drain_h=5.0 * speed / 3600, progress_steps=4)
     console = _console()
     console.print(f"TAMC serve: {machines} machines at {speed:g}x real time, bids by {model_config.label()}"
                   + ("" if llm else " (the rule engine; chat answers offline: no model configured)"), highlight=False)

@@ -200,6 +200,6 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
 
     config = MarketConfig(machines=4, hours=500, clock="scaled", speed=600, seed=7, memory="off", life=False,
                           telemetry_every_s=0.25, bid_window_s=0.3 * 600, accept_window_s=0.4 * 600, drain_h=2 * 600 / 3600,
-                          data_dir=tmp_path_factory.mktemp("served"))
+                          progress_steps=4, data_dir=tmp_path_factory.mktemp("served"))
     with serve(config, port=0) as s:  # the server binds a free port itself, before the city starts
         yield s
