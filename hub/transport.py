@@ -44,7 +44,7 @@ RETAINED_STATE_TYPES = frozenset({"presence", "telemetry"})
 """Retained state is judged by its id (replay) but not its age: it is old by design."""
 SYNC_PREFIX = "tamc/v1/_sync/"
 """A hub's own marker topic (``SYNC_PREFIX + client id``): what it sends itself after a SUBSCRIBE
-comes back after the retained messages the subscription matches."""
+comes back once the broker holds the subscription (one connection is answered in order)."""
 
 
 @dataclass(frozen=True)
@@ -215,7 +215,7 @@ class Hub:
 
     def _mark(self, patterns: list[str]) -> None:
         """Send ourselves a marker after a SUBSCRIBE; the clock waits until it (and so the
-        subscription, and the retained messages it matches) has come back."""
+        subscription) has come back."""
         nonce = uuid.uuid4().hex
         hold = self.clock.hold(f"subscription {', '.join(patterns)} of {self.name}")
         with self._lock:

@@ -73,10 +73,6 @@ class City:
         self.settle()  # presence and subscriptions reach the broker
         return self.requester
 
-    @property
-    def virtual(self) -> bool:
-        return isinstance(self.clock, VirtualClock)
-
     def ms(self) -> int:
         """Now on the market's clock, epoch ms (what the protocol's instants are in)."""
         return self.clock.ms()
