@@ -40,8 +40,9 @@ def standin() -> Iterator[StandIn]:
 
 def test_market_of_llm_agents(standin: StandIn, tmp_path: Path, broker_url: str) -> None:
     model = ModelConfig(model="standin", base_url=standin.base_url, fast_path=False)
-    # virtual time: a model's real latency is charged at 1800x; windows of 0.4 and 0.2 real seconds at that pace
-    report = run_market(MarketConfig(seed=3, hours=2, machines=4, speed=1800, bid_window_s=0.4 * 1800, accept_window_s=0.2 * 1800,
+    # virtual time: a model's real latency is charged at 1800x; a bid window of 4 real seconds at that pace, so a
+    # stand-in slowed by a busy machine still answers in it (a longer window costs no wall time: the clock waits)
+    report = run_market(MarketConfig(seed=3, hours=2, machines=4, speed=1800, bid_window_s=4 * 1800, accept_window_s=0.2 * 1800,
                                      data_dir=tmp_path, broker=broker_url, model=model))
     assert report.clock == "virtual" and not report.deterministic  # a model's latency is real
     assert report.model is not None
@@ -61,7 +62,7 @@ def test_market_of_llm_agents(standin: StandIn, tmp_path: Path, broker_url: str)
 def test_tamc_demo_with_a_model(standin: StandIn, tmp_path: Path, broker_url: str) -> None:
     out = subprocess.run(
         [sys.executable, "-m", "tamc", "demo", "--model", "standin", "--base-url", standin.base_url, "--no-fast-path",
-         "--hours", "1", "--machines", "4", "--speed", "600", "--bid-window", "360", "--broker", broker_url,
+         "--hours", "1", "--machines", "4", "--speed", "600", "--bid-window", "2400", "--broker", broker_url,
          "--data-dir", str(tmp_path), "--json"],
         capture_output=True, text=True, timeout=180,
     )

@@ -24,8 +24,9 @@ class MarketCase(BaseModel):
     load: float = Field(default=0.8, gt=0)
     flat_demand: bool = True
     """Demand at ``load`` all day (a morning of the daily shape is nearly empty)."""
-    bid_window_s: float = Field(default=108.0, gt=0)
-    """Market seconds to bid; the day runs on the virtual clock, so this is the market's, whatever the CPU."""
+    bid_window_s: float = Field(default=1800.0, gt=0)
+    """Market seconds to bid, on the virtual clock (the market's, whatever the CPU): half a market
+    hour, so a model subject gets about 0.45 real seconds to answer (its latency is charged at 3600x)."""
     min_efficiency: float = Field(ge=0, le=1)
     min_utilization: float = Field(default=0.0, ge=0, le=1)
 
