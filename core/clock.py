@@ -5,7 +5,7 @@ requester and life cycle run on any of them:
 
 - ``WallClock``: real time (``tamc agent`` on a machine's own computer);
 - ``ScaledClock``: market time that runs ``speed`` times faster than real time (``tamc serve``,
-  so the cockpit moves); a node in its own process ``follow``\\ s the market it hears;
+  so the cockpit moves); a node in its own process follows the market it hears (``follow``);
 - ``VirtualClock`` (``core.virtual``): time that advances only when the city has nothing left to do
   at the current instant (``tamc demo``, the benchmarks, the eval market, the tests' cities);
 - ``SimClock``: time that moves only when a test says so (drivers, governance windows).
@@ -28,18 +28,14 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from hub.mailbox import Mailbox
 
-__all__ = ["Clock", "Hold", "MarketAnchor", "RealTime", "ScaledClock", "SimClock", "Timeline", "WallClock", "epoch_ms"]
+__all__ = ["Clock", "Hold", "MarketAnchor", "RealTime", "ScaledClock", "SimClock", "Timeline", "WallClock"]
 
 DEFAULT_START = datetime(2026, 1, 1, 0, 0, tzinfo=UTC)
 RESYNC_AFTER_S = 60.0
 """How far (real seconds at the market's pace) a market heard may be from a following clock before it re-anchors."""
 MAX_REAL_WAIT_S = 0.25
-"""A mailbox on a real clock re-reads its next timer at least this often (a clock that ``follow``\\ s a
+"""A mailbox on a real clock re-reads its next timer at least this often (a clock that follows a
 market may change its rate)."""
-
-
-def epoch_ms(moment: datetime) -> int:
-    return round(moment.timestamp() * 1000)
 
 
 class Clock(Protocol):
