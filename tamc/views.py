@@ -49,8 +49,9 @@ def report_tables(r: MarketReport) -> list[Any]:
     unfinished = f", {r.unfinished} STILL OPEN (drain time ran out)" if r.unfinished else ""
     summary = (f"{r.posted} jobs posted: {r.paid} paid, {r.expired} expired unfilled, {r.refunded} refunded{unfinished}; "
                f"{r.takeovers} takeovers; jobs paid twice: {r.double_awards}; envelopes dropped: {drops}; "
-               f"CFP→accept p50/p99 {latency}; {r.wall_s:.1f} s wall, {r.machine_days_per_s:.2f} machine-days/s; "
-               f"ledger {r.ledger_url}")
+               f"CFP→accept p50/p99 {latency} (market time); {r.wall_s:.1f} s wall, {r.machine_days_per_s:.2f} machine-days/s; "
+               f"{r.clock} clock, digest {r.digest}" + ("" if r.deterministic else " (not replayable: real time decided part of it)")
+               + f"; ledger {r.ledger_url}")
     decisions = Table(title="Bidding decisions by path", show_header=True)
     for col in ("path", "decisions", "what it means"):
         decisions.add_column(col, justify="right" if col == "decisions" else "left")
