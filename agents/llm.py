@@ -120,6 +120,8 @@ class BackgroundLoop:
     def close(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(5)
+        if not self._thread.is_alive():
+            self.loop.close()  # its self-pipe sockets too: nothing left for the collector to warn about
 
 
 _shared: BackgroundLoop | None = None

@@ -151,5 +151,7 @@ def _start_embedded(port: int) -> RunningBroker:
             fut.result(10)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
+        if not thread.is_alive():
+            loop.close()
 
     return RunningBroker("embedded", f"mqtt://127.0.0.1:{port}", [stop])
