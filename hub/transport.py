@@ -272,7 +272,6 @@ class Hub:
                 hold.release()  # after it was queued for its round
 
     def _receive(self, topic: str, payload: bytes) -> None:
-        self.stats["received"] += 1
         try:
             env = open_envelope(payload)
             if isinstance(env.body, CallForProposals):  # a node in its own process keeps the time of the market it hears
@@ -282,9 +281,11 @@ class Hub:
                                   scale=self.clock.speed)
         except EnvelopeRejected as exc:
             self.stats[f"dropped_{exc.reason}"] += 1
+            self.stats["received"] += 1  # counted once judged: received = accepted + dropped, whenever it is read
             log.debug("hub=%s dropped topic=%s reason=%s", self.name, topic, exc)
             return
         self.stats["accepted"] += 1
+        self.stats["received"] += 1
 
         def resolve() -> Callable[[], None] | None:
             with self._lock:
