@@ -105,6 +105,19 @@ class City:
         node = self.nodes[machine_id]
         self.run(3600, stop=lambda: len(node.stats.settled) >= jobs, timeout=timeout)
 
+    def close(self) -> None:
+        """Stop everything in the city: nodes, requester, hubs, what the test added, the clock."""
+        for node in self.nodes.values():
+            node.stop()
+        if self.requester:
+            self.requester.stop()
+        for hub in self.hubs:
+            hub.close()
+        for close in self.closers:
+            close()
+        if isinstance(self.clock, VirtualClock):
+            self.clock.close()
+
     def kinds(self, job_id: str) -> list[tuple[str, str]]:
         return [(e.machine_id, e.kind) for _, e in self.events if e.job_id == job_id and e.kind != "progress"]
 

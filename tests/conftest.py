@@ -16,7 +16,6 @@ from sqlalchemy import create_engine, text
 
 from agents.memory import MemoryConfig, MemoryStore
 from core.clock import ScaledClock
-from core.virtual import VirtualClock
 from ledger import Ledger
 
 PG_URL = os.environ.get("TAMC_TEST_POSTGRES_URL", "")
@@ -145,19 +144,9 @@ def memory_store(tmp_path: Path) -> Iterator[MemoryStore]:
 @pytest.fixture
 def city(broker_url: str, shm_ledger: Ledger) -> Iterator[City]:
     """A market on the test broker and a tmpfs ledger; everything in it is stopped afterwards."""
-
     c = City(broker_url, shm_ledger)
     yield c
-    for node in c.nodes.values():
-        node.stop()
-    if c.requester:
-        c.requester.stop()
-    for hub in c.hubs:
-        hub.close()
-    for close in c.closers:
-        close()
-    if isinstance(c.clock, VirtualClock):
-        c.clock.close()
+    c.close()
 
 
 @pytest.fixture
@@ -166,14 +155,7 @@ def live_city(broker_url: str, shm_ledger: Ledger) -> Iterator[City]:
     answering against a real deadline)."""
     c = City(broker_url, shm_ledger, clock=ScaledClock(SPEED))
     yield c
-    for node in c.nodes.values():
-        node.stop()
-    if c.requester:
-        c.requester.stop()
-    for hub in c.hubs:
-        hub.close()
-    for close in c.closers:
-        close()
+    c.close()
 
 
 @pytest.fixture(autouse=True, scope="session")
