@@ -77,8 +77,10 @@ FORGET_AFTER_S = 60.0
 FUND_WAIT_S = 10.0
 """After accepting, how long a machine keeps the slot for a requester that has not funded."""
 BID_MARGIN_S = 0.05
-"""Kept before a bid deadline to publish the rule engine's bid if the model is late (15 ms was missed by up to
-5 ms on a loaded 2-core machine: broker, thread hand-offs and the GIL between the timer and the requester)."""
+BID_MARGIN_SHARE = 0.2
+"""Kept before a bid deadline to publish the rule engine's bid if the model is late: the larger of 50 ms
+and a fifth of the window (a fixed 50 ms was missed by 29 ms on a loaded 2-core CI machine: the broker,
+thread hand-offs and the GIL between the timer and the requester grow with the load, not the window)."""
 MIN_MODEL_BUDGET_S = 0.005
 HISTORY = 200
 MEMORY_WARN_EVERY_S = 60.0
@@ -617,7 +619,8 @@ class MachineNode:
         once on a real clock, where that time has passed; ``latency × speed`` later on a virtual
         one, which waits for it meanwhile), so the fallback timer races it on either clock."""
         assert self.agent is not None and self.loop is not None
-        budget = (call.bid_deadline - self.clock.ms()) / 1000 - self._s(BID_MARGIN_S)
+        left = (call.bid_deadline - self.clock.ms()) / 1000
+        budget = left - max(self._s(BID_MARGIN_S), BID_MARGIN_SHARE * left)
         if budget < self._s(MIN_MODEL_BUDGET_S):
             self._answer(call, from_rules(rules, "rules-fallback", f"no time to ask the model ({budget:.2f} market s left); {rules.reason}"))
             return

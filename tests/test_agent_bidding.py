@@ -25,7 +25,7 @@ from hub.messages import Bid, CallForProposals
 from ledger import Identity
 
 RESERVE = 80_000_000
-WINDOW_MS = 700
+WINDOW_MS = 1000
 DESCRIBED = "Bracket for a bike rack, matte finish please."
 
 

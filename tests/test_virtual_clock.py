@@ -123,7 +123,7 @@ def test_a_model_slower_than_the_window_loses_to_the_rules_in_market_time(city: 
     rx = city.hub("observer")
     rx.subscribe(topics.bids("j-think"), lambda t, e: bids.append(e))
     city.settle()
-    window_s = 1800.0  # half a market hour: at 3600x the model gets about 0.45 real seconds of it
+    window_s = 1800.0  # half a market hour: at 3600x the model gets 0.4 real seconds of it (a fifth is kept to publish in)
     posted = city.ms()
     cfp = CallForProposals(job=job("j-think", description="a described job: the model is asked"), reserve=80_000_000,
                            bid_deadline=posted + round(window_s * 1000), deadline_at=posted + 8 * 3_600_000, speed=city.clock.speed)
@@ -135,7 +135,7 @@ def test_a_model_slower_than_the_window_loses_to_the_rules_in_market_time(city: 
     assert posted < bid.ts <= cfp.bid_deadline, "the bid goes out in market time, before the deadline"
     if path == "rules-fallback":
         assert "timeout" in bid.body.reason
-        assert bid.ts - posted > 0.4 * 3600 * 1000, "the model's real time was charged in market time first"
+        assert bid.ts - posted >= 0.4 * 3600 * 1000, "the model's real time was charged in market time first"
     else:
         assert bid.body.price == 30_000_000
     assert node.stats.model_decisions == 1
