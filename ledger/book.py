@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -66,6 +66,8 @@ class Ledger:
         self._engine = _db.connect(url, durable=durable)
         self._issued: set[str] = set()
         self._insert = pg_insert if self._engine.dialect.name == "postgresql" else sqlite_insert
+        self._open_account = self._insert(accounts).on_conflict_do_nothing()
+        self._open_balance = self._insert(balances).on_conflict_do_nothing()
         self.open_account(ISSUANCE, kind=AccountKind.SYSTEM)
 
     def close(self) -> None:
@@ -183,16 +185,13 @@ class Ledger:
         def run(conn: Connection) -> Posting:
             if done := self._replay(conn, key, fp):
                 return done
-            if conn.execute(select(escrows.c.job_id).where(escrows.c.job_id == job_id)).first():
+            if conn.execute(_ESCROW_EXISTS, {"job": job_id}).first():
                 raise EscrowExists(f"job {job_id!r} already has an escrow; reuse its key to retry the open")
-            conn.execute(self._insert(accounts).values(
-                id=account_id, kind=AccountKind.ESCROW.value, owner=payer, created_at=self.clock.now()
-            ).on_conflict_do_nothing())
+            conn.execute(self._open_account, {"id": account_id, "kind": AccountKind.ESCROW.value, "owner": payer,
+                                              "created_at": self.clock.now()})
             posting = self._post(conn, key, "escrow.open", fp, memo, [(payer, MONEY, -amount), (account_id, MONEY, amount)])
-            conn.execute(escrows.insert().values(
-                job_id=job_id, account_id=account_id, payer=payer, amount=amount,
-                state=EscrowState.HELD.value, open_key=key,
-            ))
+            conn.execute(_ADD_ESCROW, {"job_id": job_id, "account_id": account_id, "payer": payer, "amount": amount,
+                                       "state": EscrowState.HELD.value, "open_key": key})
             return posting
 
         return _db.transaction(self._engine, run)
@@ -212,21 +211,21 @@ class Ledger:
         def run(conn: Connection) -> Posting:
             if done := self._replay(conn, key, fp):
                 return done
-            row = conn.execute(select(escrows).where(escrows.c.job_id == job_id).with_for_update()).first()
+            row = conn.execute(_ESCROW_FOR_UPDATE, {"job": job_id}).first()
             if row is None:
                 raise EscrowNotFound(f"no escrow for job {job_id!r}")
             if row.state != EscrowState.HELD.value:
                 raise EscrowClosed(f"escrow for job {job_id!r} was already {row.state} (posting {row.close_posting})")
             to = payee if payee is not None else row.payer
             posting = self._post(conn, key, kind, fp, memo, [(row.account_id, MONEY, -row.amount), (to, MONEY, row.amount)])
-            conn.execute(update(escrows).where(escrows.c.job_id == job_id).values(state=state.value, close_posting=posting.id))
+            conn.execute(_CLOSE_ESCROW, {"job": job_id, "state": state.value, "posting": posting.id})
             return posting
 
         return _db.transaction(self._engine, run)
 
     def escrow(self, job_id: str) -> Escrow:
         row = _db.transaction(
-            self._engine, lambda c: c.execute(select(escrows).where(escrows.c.job_id == job_id)).first(), write=False
+            self._engine, lambda c: c.execute(_ESCROW, {"job": job_id}).first(), write=False
         )
         if row is None:
             raise EscrowNotFound(f"no escrow for job {job_id!r}")
@@ -264,23 +263,22 @@ class Ledger:
         return _db.transaction(self._engine, lambda c: self._cap_table(c, machine_id), write=False)
 
     def _cap_table(self, conn: Connection, machine_id: str) -> dict[str, int]:
-        rows = conn.execute(
-            select(balances.c.account_id, balances.c.amount)
-            .where(balances.c.asset == share_asset(machine_id), balances.c.account_id != ISSUANCE, balances.c.amount > 0)
-            .order_by(balances.c.account_id)
-        )
+        rows = conn.execute(_CAP_TABLE, {"asset": share_asset(machine_id)})
         return {r.account_id: r.amount for r in rows}
 
     def has_shares(self, entity: str) -> bool:
-        """Whether ``entity`` (a machine, or a collective such as ``dao:fab-cell``) has shares issued.
-        A yes is remembered: shares, once issued, stay (every payout asks this of each holder)."""
-        if entity in self._issued:
-            return True
-        row = _db.transaction(self._engine, lambda c: c.execute(
-            select(share_classes.c.machine_id).where(share_classes.c.machine_id == entity)).first(), write=False)
-        if row is not None:
-            self._issued.add(entity)
-        return row is not None
+        """Whether ``entity`` (a machine, or a collective such as ``dao:fab-cell``) has shares issued."""
+        return entity in self.issued([entity])
+
+    def issued(self, entities: Iterable[str]) -> set[str]:
+        """Which of ``entities`` have shares issued, in one read (a payout asks it of every holder
+        it pays). A yes is remembered: shares, once issued, stay."""
+        asked = set(entities)
+        unknown = asked - self._issued
+        if unknown:
+            rows = _db.transaction(self._engine, lambda c: c.execute(_ISSUED, {"ids": sorted(unknown)}).all(), write=False)
+            self._issued.update(r.machine_id for r in rows)
+        return asked & self._issued
 
     def split_revenue(self, machine_id: str, source: str, amount: int, *, key: str, memo: str = "") -> Posting:
         """Pay ``amount`` from ``source`` to the holders of ``machine_id`` pro rata, exactly."""
@@ -304,9 +302,7 @@ class Ledger:
     def balance(self, account: str, asset: str = MONEY) -> int:
         def run(conn: Connection) -> int:
             self._require_accounts(conn, {account})
-            amount = conn.execute(
-                select(balances.c.amount).where(balances.c.account_id == account, balances.c.asset == asset)
-            ).scalar()
+            amount = conn.execute(_BALANCE, {"account": account, "asset": asset}).scalar()
             return int(amount or 0)
 
         return _db.transaction(self._engine, run, write=False)
@@ -379,7 +375,7 @@ class Ledger:
     def _replay(self, conn: Connection, key: str, fingerprint: str) -> Posting | None:
         if not isinstance(key, str) or not key or len(key) > 300:
             raise InputError(f"idempotency key must be a non-empty string of at most 300 characters, got {key!r}")
-        row = conn.execute(select(postings.c.fingerprint).where(postings.c.key == key)).first()
+        row = conn.execute(_FINGERPRINT, {"key": key}).first()
         if row is None:
             return None
         if row.fingerprint != fingerprint:
@@ -400,7 +396,7 @@ class Ledger:
         )
 
     def _require_accounts(self, conn: Connection, ids: set[str]) -> dict[str, str]:
-        found = {r.id: r.kind for r in conn.execute(select(accounts.c.id, accounts.c.kind).where(accounts.c.id.in_(ids)))}
+        found = {r.id: r.kind for r in conn.execute(_ACCOUNT_KINDS, {"ids": sorted(ids)})}
         if missing := sorted(ids - found.keys()):
             raise UnknownAccount(f"no account {', '.join(map(repr, missing))}; open it first")
         return found
@@ -422,16 +418,8 @@ class Ledger:
             raise InputError("escrow accounts move money only through release_escrow and refund_escrow")
 
         cells = sorted(deltas)  # one lock order for every writer: no deadlocks between postings
-        conn.execute(self._insert(balances).values([
-            {"account_id": a, "asset": s, "amount": 0} for a, s in cells
-        ]).on_conflict_do_nothing())
-        current = {
-            (r.account_id, r.asset): r.amount
-            for r in conn.execute(
-                select(balances).where(tuple_(balances.c.account_id, balances.c.asset).in_(cells))
-                .order_by(balances.c.account_id, balances.c.asset).with_for_update()
-            )
-        }
+        conn.execute(self._open_balance, [{"account_id": a, "asset": s, "amount": 0} for a, s in cells])
+        current = {(r.account_id, r.asset): r.amount for r in conn.execute(_BALANCES_FOR_UPDATE, {"cells": cells})}
         for cell in cells:
             # Each account must hold what it pays out before any leg pays it back (a holder
             # splitting revenue to itself still needs the whole amount first).
@@ -440,10 +428,9 @@ class Ledger:
 
         posting_id = str(uuid.uuid4())
         created = self.clock.now()
-        conn.execute(postings.insert().values(
-            id=posting_id, key=key, kind=kind, fingerprint=fingerprint, memo=memo, created_at=created
-        ))
-        conn.execute(entries.insert(), [
+        conn.execute(_ADD_POSTING, {"id": posting_id, "key": key, "kind": kind, "fingerprint": fingerprint, "memo": memo,
+                                    "created_at": created})
+        conn.execute(_ADD_ENTRIES, [
             {"posting_id": posting_id, "account_id": a, "asset": s, "amount": n} for a, s, n in legs
         ])
         conn.execute(_ADD_TO_BALANCE, [{"a": a, "s": asset, "d": deltas[(a, asset)]} for a, asset in cells])  # one round trip
@@ -453,8 +440,27 @@ class Ledger:
         )
 
 
+# The statements of the hot paths, built once: building one costs more than running it, and a built
+# statement keeps its cache key, so SQLAlchemy finds its compiled form at once.
 _ADD_TO_BALANCE = (update(balances).where(balances.c.account_id == bindparam("a"), balances.c.asset == bindparam("s"))
                    .values(amount=balances.c.amount + bindparam("d")))
+_BALANCES_FOR_UPDATE = (select(balances).where(tuple_(balances.c.account_id, balances.c.asset).in_(bindparam("cells", expanding=True)))
+                        .order_by(balances.c.account_id, balances.c.asset).with_for_update())
+_BALANCE = select(balances.c.amount).where(balances.c.account_id == bindparam("account"), balances.c.asset == bindparam("asset"))
+_ACCOUNT_KINDS = select(accounts.c.id, accounts.c.kind).where(accounts.c.id.in_(bindparam("ids", expanding=True)))
+_FINGERPRINT = select(postings.c.fingerprint).where(postings.c.key == bindparam("key"))
+_ADD_POSTING = postings.insert()
+_ADD_ENTRIES = entries.insert()
+_ESCROW = select(escrows).where(escrows.c.job_id == bindparam("job"))
+_ESCROW_FOR_UPDATE = _ESCROW.with_for_update()
+_ESCROW_EXISTS = select(escrows.c.job_id).where(escrows.c.job_id == bindparam("job"))
+_ADD_ESCROW = escrows.insert()
+_CLOSE_ESCROW = (update(escrows).where(escrows.c.job_id == bindparam("job"))
+                 .values(state=bindparam("state"), close_posting=bindparam("posting")))
+_CAP_TABLE = (select(balances.c.account_id, balances.c.amount)
+              .where(balances.c.asset == bindparam("asset"), balances.c.account_id != ISSUANCE, balances.c.amount > 0)
+              .order_by(balances.c.account_id))
+_ISSUED = select(share_classes.c.machine_id).where(share_classes.c.machine_id.in_(bindparam("ids", expanding=True)))
 
 
 def _fingerprint(op: str, **params: Any) -> str:

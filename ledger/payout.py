@@ -26,8 +26,10 @@ def pay_holders(ledger: Ledger, entity: str, source: str, amount: int, *, key: s
     made = [first]
     if _depth >= MAX_DEPTH:
         return made
-    for leg in first.legs:
-        if leg.amount > 0 and leg.account != source and ledger.has_shares(leg.account):
+    paid = [leg for leg in first.legs if leg.amount > 0 and leg.account != source]
+    collectives = ledger.issued(leg.account for leg in paid)  # one read for every holder
+    for leg in paid:
+        if leg.account in collectives:
             made += pay_holders(ledger, leg.account, leg.account, leg.amount, key=f"{key}>{leg.account}",
                                 memo=f"{memo} (via {leg.account})".strip(), _depth=_depth + 1)
     return made

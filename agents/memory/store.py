@@ -21,6 +21,8 @@ so the machines of one process that hear the same call embed it once.
 
 from __future__ import annotations
 
+import contextlib
+
 import logging
 import queue
 import re
@@ -195,8 +197,11 @@ class MemoryStore:
         client = self._open()
         name = f"tamc-memory-{_field(machine_id)}"
         try:
-            if fresh and name in {c if isinstance(c, str) else c.name for c in client.list_collections()}:
-                client.delete_collection(name)
+            if fresh:
+                from chromadb.errors import NotFoundError
+
+                with contextlib.suppress(NotFoundError):  # asking first lists every collection, each validated
+                    client.delete_collection(name)
             collection = client.get_or_create_collection(
                 name, embedding_function=self._model, configuration={"hnsw": {"space": "cosine"}},
                 metadata={"machine_id": machine_id})
