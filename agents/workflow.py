@@ -23,6 +23,7 @@ job already running does nothing, a handoff id is derived from the job and a cou
 
 from __future__ import annotations
 
+import pickle
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -246,9 +247,21 @@ def _status(tid: str, values: dict[str, Any], waits: list[Any]) -> FlowStatus:
     return FlowStatus(thread_id=tid, waiting=waiting, values=dict(values), ended=bool(values.get("finished")))
 
 
+class _Pickled:
+    """What an in-memory checkpointer keeps a state as: its pickle (the states are plain data). It
+    never leaves the process, so langgraph's portable msgpack serializer, with its type hooks, is a
+    fifth of a city's CPU spent for nothing."""
+
+    def dumps_typed(self, obj: Any) -> tuple[str, bytes]:
+        return "pickle", pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def loads_typed(self, data: tuple[str, bytes]) -> Any:
+        return pickle.loads(data[1])  # noqa: S301 - bytes this process pickled itself, never read from outside
+
+
 def in_memory() -> BaseCheckpointSaver[Any]:
     """A checkpointer in memory: a simulation aid (a restart loses its workflows)."""
-    return InMemorySaver()
+    return InMemorySaver(serde=_Pickled())
 
 
 @contextmanager

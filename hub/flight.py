@@ -4,10 +4,10 @@ A virtual clock may jump only when no message published is still on its way to a
 subscriber. Every hub on that clock registers here; a publish holds the clock once for each local
 hub with a subscription the broker has confirmed that matches the topic, and the hold is released
 when the message arrives there (after it was queued for its round) or when that hub stops
-listening for it. A subscription counts once the broker has confirmed it: the hub sends itself a marker after the
-SUBSCRIBE and waits for it to come back. The retained messages the subscription matches are owed to
-it too (the tracker keeps the newest retained payload each local hub published on a topic): an
-embedded broker may hand them over after the marker, and the clock waits for them either way.
+listening for it. A subscription counts once the broker has confirmed it with its SUBACK, which
+the clock waits for. The retained messages the subscription matches are owed to it too (the
+tracker keeps the newest retained payload each local hub published on a topic): the broker sends
+them after the SUBACK, and the clock waits for them either way.
 
 On a real clock there is nothing to track: ``flights(clock)`` is a no-op then.
 """
@@ -82,7 +82,7 @@ class Flights:
 
     def subscribing(self, hub: Listener, pattern: str) -> None:
         """``hub`` asks for ``pattern``: the broker will hand it the retained messages that match,
-        when it likes (an embedded broker after the subscription's marker): hold the clock for each."""
+        when it likes (after the SUBACK): hold the clock for each."""
         with self._lock:
             for topic, payload in self._retained.items():
                 if topics_match(pattern, topic):

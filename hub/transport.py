@@ -42,9 +42,6 @@ log = logging.getLogger("tamc.hub")
 Handler = Callable[[str, Envelope], None]
 RETAINED_STATE_TYPES = frozenset({"presence", "telemetry"})
 """Retained state is judged by its id (replay) but not its age: it is old by design."""
-SYNC_PREFIX = "tamc/v1/_sync/"
-"""A hub's own marker topic (``SYNC_PREFIX + client id``): what it sends itself after a SUBSCRIBE
-comes back once the broker holds the subscription (one connection is answered in order)."""
 
 
 @dataclass(frozen=True)
@@ -96,13 +93,16 @@ class Hub:
         self._wildcards: list[str] = []
         self._heard: set[str] = set()
         """Patterns the broker has confirmed (on a real clock, as soon as they are asked for)."""
-        self._marks: dict[str, tuple[list[str], Hold]] = {}
+        self._asked: dict[int, tuple[str, Hold | None]] = {}
+        """SUBSCRIBEs not yet acknowledged, by packet id: the broker sends SUBACK once it holds the
+        subscription (mosquitto and amqtt add it first), and retained messages after it."""
+        self._acked: set[int] = set()
+        """SUBACKs that came before ``subscribe`` had noted their packet id."""
         self._flights = flights(self.clock)
         self._connected = threading.Event()
         self._closing = False
         self._keepalive = keepalive_s
         self.client_id = f"{name}-{uuid.uuid4().hex[:8]}"
-        self._sync_topic = SYNC_PREFIX + self.client_id
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
@@ -113,6 +113,7 @@ class Hub:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         client.reconnect_delay_set(min_delay=1, max_delay=8)
         client.max_inflight_messages_set(1000)
         client.max_queued_messages_set(0)
@@ -157,9 +158,10 @@ class Hub:
         self._closing = True
         self._flights.leave(self)
         with self._lock:
-            marks, self._marks = list(self._marks.values()), {}
-        for _, hold in marks:
-            hold.release()
+            asked, self._asked = list(self._asked.values()), {}
+        for _, hold in asked:
+            if hold is not None:
+                hold.release()
         try:
             self._client.disconnect()
         finally:
@@ -209,18 +211,37 @@ class Hub:
                 self._heard.add(pattern)
         if first:
             self._flights.subscribing(self, pattern)  # the retained messages it matches are owed before they can come
-            self._client.subscribe(pattern, qos=1)
-            if self.clock.virtual:
-                self._mark([pattern])
+            # the clock waits for the SUBACK: until then nothing sent to the pattern is owed to this hub
+            hold = self.clock.hold(f"subscription {pattern} of {self.name}") if self.clock.virtual else None
+            self._ask(pattern, hold)
 
-    def _mark(self, patterns: list[str]) -> None:
-        """Send ourselves a marker after a SUBSCRIBE; the clock waits until it (and so the
-        subscription) has come back."""
-        nonce = uuid.uuid4().hex
-        hold = self.clock.hold(f"subscription {', '.join(patterns)} of {self.name}")
+    def _ask(self, pattern: str, hold: Hold | None) -> None:
+        rc, mid = self._client.subscribe(pattern, qos=1)
+        if rc != mqtt.MQTT_ERR_SUCCESS or mid is None:  # not connected: the subscription is made again on connect
+            if hold is not None:
+                hold.release()
+            return
         with self._lock:
-            self._marks[nonce] = (patterns, hold)
-        self._client.publish(self._sync_topic, nonce.encode(), qos=1)
+            if mid not in self._acked:
+                self._asked[mid] = (pattern, hold)
+                return
+            self._acked.discard(mid)
+        self._subscribed(pattern, hold)
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, properties: Any) -> None:
+        with self._lock:
+            asked = self._asked.pop(mid, None)
+            if asked is None:
+                self._acked.add(mid)  # faster than ``subscribe`` returned its packet id
+                return
+        self._subscribed(*asked)
+
+    def _subscribed(self, pattern: str, hold: Hold | None) -> None:
+        with self._lock:
+            if pattern in self._handlers:
+                self._heard.add(pattern)
+        if hold is not None:
+            hold.release()
 
     def unsubscribe(self, pattern: str, handler: Handler) -> None:
         with self._lock:
@@ -245,9 +266,8 @@ class Hub:
             return
         with self._lock:
             patterns = list(self._handlers)
-        client.subscribe(self._sync_topic, qos=1)
         for pattern in patterns:  # a clean session forgets subscriptions; restore them
-            client.subscribe(pattern, qos=1)
+            self._ask(pattern, None)
         if self.stats["connects"]:
             log.info("hub=%s reconnected broker=%s resubscribed=%d", self.name, self.address.url, len(patterns))
         self.stats["connects"] += 1
@@ -261,9 +281,6 @@ class Hub:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         payload = bytes(msg.payload)
-        if msg.topic == self._sync_topic:
-            self._marked(payload.decode("ascii", "replace"))
-            return
         hold = self._flights.arrived(self, payload)
         try:
             self._receive(msg.topic, payload)
@@ -302,14 +319,6 @@ class Hub:
             except Exception:
                 self.stats["handler_errors"] += 1
                 log.exception("hub=%s handler failed topic=%s type=%s", self.name, topic, env.type)
-
-    def _marked(self, nonce: str) -> None:
-        with self._lock:
-            mark = self._marks.pop(nonce, None)
-            if mark is not None:
-                self._heard.update(p for p in mark[0] if p in self._handlers)
-        if mark is not None:
-            mark[1].release()
 
     def dropped(self) -> dict[str, int]:
         """Dropped envelopes by reason (only reasons that occurred)."""

@@ -81,7 +81,9 @@ class MiniLMInt8(ONNXMiniLM_L6_V2):
         so = self.ort.SessionOptions()
         so.log_severity_level = 3
         so.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.intra_op_num_threads = min(os.cpu_count() or 1, 2)  # a single query gains from two; more lose to contention
+        # One thread: on a 2-core machine a second one left a query's wall time as it was (11 ms) and
+        # took half as much CPU again (16 ms), CPU the machines' own threads need.
+        so.intra_op_num_threads = 1
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle threads sleep: a spinning pool starves the machines' threads
         providers = self._preferred_providers or ["CPUExecutionProvider"]
         return self.ort.InferenceSession(str(model_files()[0]), providers=providers, sess_options=so)
