@@ -77,7 +77,8 @@ class Mailbox:
         with self._cond:
             if not self._closed:
                 heapq.heappush(self._heap, (self.clock.time() + delay_s, next(self._seq), item))
-                self._cond.notify()
+                if self._heap[0][2] is item:  # the thread waits for the earliest timer: wake it only for a new one
+                    self._cond.notify()
         return timer
 
     def call(self, fn: Callable[..., Any], *args: Any, timeout: float = 10.0) -> Any:

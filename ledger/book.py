@@ -418,8 +418,10 @@ class Ledger:
             raise InputError("escrow accounts move money only through release_escrow and refund_escrow")
 
         cells = sorted(deltas)  # one lock order for every writer: no deadlocks between postings
-        conn.execute(self._open_balance, [{"account_id": a, "asset": s, "amount": 0} for a, s in cells])
         current = {(r.account_id, r.asset): r.amount for r in conn.execute(_BALANCES_FOR_UPDATE, {"cells": cells})}
+        if missing := [c for c in cells if c not in current]:  # a first movement of an asset: open its balance at 0
+            conn.execute(self._open_balance, [{"account_id": a, "asset": s, "amount": 0} for a, s in missing])
+            current = {(r.account_id, r.asset): r.amount for r in conn.execute(_BALANCES_FOR_UPDATE, {"cells": cells})}
         for cell in cells:
             # Each account must hold what it pays out before any leg pays it back (a holder
             # splitting revenue to itself still needs the whole amount first).
