@@ -12,6 +12,8 @@ import asyncio
 import gc
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -52,24 +54,31 @@ def test_a_seeded_day_replays_to_the_same_digest(broker_url: str, tmp_path: Path
     assert first.run_id != second.run_id  # two cities, one outcome
 
 
-@pytest.mark.slow
-def test_the_same_day_with_both_cores_busy(broker_url: str, tmp_path: Path) -> None:
-    quiet = day(broker_url, tmp_path / "quiet")
-    loops = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]  # one per core of a 2-core machine
+@contextmanager
+def busy_cores(n: int = 2) -> Iterator[None]:
+    """``n`` CPU-bound processes beside the test: one per core of a 2-core machine."""
+    loops = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
     try:
-        loaded = day(broker_url, tmp_path / "loaded")  # everything takes longer; nothing may come out otherwise
+        yield
     finally:
         for p in loops:
             p.kill()
             p.wait()
+
+
+@pytest.mark.slow
+def test_the_same_day_with_both_cores_busy(broker_url: str, tmp_path: Path) -> None:
+    quiet = day(broker_url, tmp_path / "quiet")
+    with busy_cores():
+        loaded = day(broker_url, tmp_path / "loaded")  # everything takes longer; nothing may come out otherwise
     assert loaded.digest == quiet.digest
 
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # amqtt leaves its sockets to the collector
-def test_the_same_day_on_the_embedded_broker(broker_url: str, tmp_path: Path) -> None:
+def test_the_same_day_on_the_embedded_broker_with_both_cores_busy(broker_url: str, tmp_path: Path) -> None:
     on_mosquitto = day(broker_url, tmp_path / "mosquitto")
-    with start_broker("embedded") as embedded:
+    with busy_cores(), start_broker("embedded") as embedded:
         on_amqtt = day(embedded.url, tmp_path / "embedded")
     gc.collect()  # what amqtt left to the collector goes now, under this test's filter, not at the end of the run
     assert on_amqtt.digest == on_mosquitto.digest
