@@ -256,7 +256,7 @@ class _Pickled:
         return "pickle", pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
 
     def loads_typed(self, data: tuple[str, bytes]) -> Any:
-        return pickle.loads(data[1])  # noqa: S301 - bytes this process pickled itself, never read from outside
+        return pickle.loads(data[1])
 
 
 def in_memory() -> BaseCheckpointSaver[Any]:

@@ -22,7 +22,6 @@ so the machines of one process that hear the same call embed it once.
 from __future__ import annotations
 
 import contextlib
-
 import logging
 import queue
 import re
