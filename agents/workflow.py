@@ -249,8 +249,8 @@ def _status(tid: str, values: dict[str, Any], waits: list[Any]) -> FlowStatus:
 
 class _Pickled:
     """What an in-memory checkpointer keeps a state as: its pickle (the states are plain data). It
-    never leaves the process, so langgraph's portable msgpack serializer, with its type hooks, is a
-    fifth of a city's CPU spent for nothing."""
+    never leaves the process, so langgraph's portable msgpack serializer, with a type hook per
+    value, would be work spent for nothing at every step of every job."""
 
     def dumps_typed(self, obj: Any) -> tuple[str, bytes]:
         return "pickle", pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
