@@ -59,6 +59,7 @@ _WIDEN_UNTIL = 1024
 _CACHE = 16_384
 """Query embeddings kept (a call heard by several machines is embedded once)."""
 _WARM_BATCH = 32
+"""Texts the warm-up embeds in one pass."""
 _BATCH = 256
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _FIELD = re.compile(r"[^a-zA-Z0-9_.-]")
@@ -258,7 +259,8 @@ class MemoryStore:
             for i in range(0, len(wanted), _WARM_BATCH):
                 if self._closing:
                     return
-                batch = [t for t in wanted[i:i + _WARM_BATCH] if t not in self._cache]
+                with self._lock:  # the cache is written by the machines' threads too
+                    batch = [t for t in wanted[i:i + _WARM_BATCH] if t not in self._cache]
                 try:
                     vectors = self._model(batch) if batch else []
                 except Exception:  # a cold cache is only slower
