@@ -58,6 +58,8 @@ class Timeline(Clock, Protocol):
 
     speed: float
     virtual: bool
+    step: int
+    """A virtual clock's count of steps (``hub.flight``); 0 on a real one."""
 
     def time(self) -> float:
         """Seconds since the epoch on this clock."""
@@ -109,6 +111,7 @@ class RealTime:
 
     speed: float = 1.0
     virtual = False
+    step = 0
 
     def time(self) -> float:  # pragma: no cover - every real clock defines it
         raise NotImplementedError

@@ -13,6 +13,10 @@ Within one instant the order is canonical, so thread scheduling cannot change an
    city is quiescent, then all of them are handed out sorted by (topic, sender, id), and the next
    round begins. A round's mailboxes run at once; each one's inputs arrive in a fixed order.
 
+Each release and each round is a step (``step``), and so is what the caller does between two runs:
+nothing is handed out then, so the caller acts alone (to see a message handled it runs the clock).
+A hub's subscription takes effect at the end of its step (``hub.flight``).
+
 What still decides an outcome by thread timing is only what two actors do to shared state in the
 same round without a message between them (the ledger's balances); the city has none of that on
 its bidding path.
@@ -82,6 +86,9 @@ class VirtualClock:
         self._progress = 0
         self._closed = False
         self._error: BaseException | None = None
+        self.step = 0
+        """Counts the steps (``hub.flight``): a round handed out, a mailbox's timers released, and
+        what the caller does between two runs. A subscription takes effect after its step."""
         self.stats: Counter[str] = Counter()
         """jumps (time moved), releases (a mailbox's timers handed out), rounds and messages (handed out)."""
         self._thread = threading.Thread(target=self._advance, name="virtual-clock", daemon=True)
@@ -230,12 +237,13 @@ class VirtualClock:
         cond = self._cond
         with cond:
             while not self._closed:
-                if self._work > 0:
+                if self._work > 0 or self._reached:  # between runs the caller acts alone: nothing is handed out
                     cond.wait()
                     continue
                 if self._arrivals:  # a round: every message of it, in the canonical order
                     batch = sorted(self._arrivals, key=lambda a: a[0])
                     self._arrivals = []
+                    self.step += 1
                     self.stats["rounds"] += 1
                     self.stats["messages"] += len(batch)
                     self._work += 1  # nothing looks quiescent while the round is handed out
@@ -250,27 +258,28 @@ class VirtualClock:
                         self._work -= 1
                         self._progress += 1
                     continue
-                if self._reached:
-                    cond.wait()
-                    continue
                 if self._until is not None and self._until():
-                    self._reached = True
-                    cond.notify_all()
+                    self._end_run()
                     continue
                 due, box = self._next()
                 if box is None or due > self._horizon:
                     if self._horizon != float("inf") and self._horizon > self._t and (box is None or due > self._horizon):
                         self._t = self._horizon  # the run ends at its horizon, not at the last timer before it
-                    self._reached = True
-                    cond.notify_all()
+                    self._end_run()
                     continue
                 if due > self._t:
                     self._t = due
                     self.stats["jumps"] += 1
+                self.step += 1
                 self.stats["releases"] += 1
                 released = box.release_due(self._t)
                 self._work += released
                 self._progress += 1
+
+    def _end_run(self) -> None:
+        self._reached = True
+        self.step += 1  # what the caller does next is a step of its own
+        self._cond.notify_all()
 
     def _next(self) -> tuple[float, Any]:
         best: tuple[float, Any] = (float("inf"), None)

@@ -8,7 +8,8 @@ a machine that needs a last will of its own gets its own ``Hub``.
 
 A hub runs on a clock (``core.clock``): envelopes are stamped and aged on it, and received ones
 are handed out through it, so on a virtual clock messages of one instant arrive in a canonical
-order and the clock knows what is still in flight (``hub.flight``).
+order and the clock knows what is still in flight; a copy this hub is not owed there (a stray) is
+dropped and counted in ``stats["strays"]`` (``hub.flight``).
 """
 
 from __future__ import annotations
@@ -93,6 +94,8 @@ class Hub:
         self._wildcards: list[str] = []
         self._heard: set[str] = set()
         """Patterns the broker has confirmed (on a real clock, as soon as they are asked for)."""
+        self._since: dict[str, int] = {}
+        """The clock's step each pattern was asked in: on a virtual clock it takes effect after it."""
         self._asked: dict[int, tuple[str, Hold | None]] = {}
         """SUBSCRIBEs not yet acknowledged, by packet id: the broker sends SUBACK once it holds the
         subscription (mosquitto and amqtt add it first), and retained messages after it."""
@@ -196,9 +199,25 @@ class Hub:
             log.warning("hub=%s publish failed topic=%s rc=%s", self.name, topic, info.rc)
 
     def listens(self, topic: str) -> bool:
-        """A subscription the broker has confirmed matches ``topic``."""
+        """A subscription in effect matches ``topic``: confirmed by the broker and, on a virtual
+        clock, asked in an earlier step (``hub.flight``)."""
+        step = self.clock.step
         with self._lock:
-            return topic in self._heard or any(topics_match(p, topic) for p in self._wildcards if p in self._heard)
+            since = self._since
+            if topic in self._heard and since[topic] < step:
+                return True
+            return any(since[p] < step and topics_match(p, topic) for p in self._wildcards if p in self._heard)
+
+    def awaits(self, topic: str) -> bool:
+        """A subscription asked in the clock's current step matches ``topic`` (it takes effect after)."""
+        step = self.clock.step
+        with self._lock:
+            return any(s == step and topics_match(p, topic) for p, s in self._since.items())
+
+    def asks(self, topic: str) -> bool:
+        """Any subscription this hub holds matches ``topic``."""
+        with self._lock:
+            return topic in self._handlers or any(topics_match(p, topic) for p in self._wildcards)
 
     def subscribe(self, pattern: str, handler: Handler) -> None:
         with self._lock:
@@ -207,6 +226,8 @@ class Hub:
             handlers.append(handler)
             if first and ("+" in pattern or "#" in pattern):
                 self._wildcards.append(pattern)
+            if first:
+                self._since[pattern] = self.clock.step if self.clock.virtual else -1
             if first and not self.clock.virtual:
                 self._heard.add(pattern)
         if first:
@@ -252,6 +273,7 @@ class Hub:
             if last:
                 del self._handlers[pattern]
                 self._heard.discard(pattern)
+                self._since.pop(pattern, None)
                 if pattern in self._wildcards:
                     self._wildcards.remove(pattern)
         if last:
@@ -281,14 +303,17 @@ class Hub:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         payload = bytes(msg.payload)
-        hold = self._flights.arrived(self, payload)
+        arrival, hold = self._flights.arrived(self, msg.topic, payload)
         try:
-            self._receive(msg.topic, payload)
+            if arrival == "stray":  # a copy of a local message this hub is not owed (``hub.flight``)
+                self.stats["strays"] += 1
+                return
+            self._receive(msg.topic, payload, retained=arrival == "retained")
         finally:
             if hold is not None:
                 hold.release()  # after it was queued for its round
 
-    def _receive(self, topic: str, payload: bytes) -> None:
+    def _receive(self, topic: str, payload: bytes, *, retained: bool = False) -> None:
         try:
             env = open_envelope(payload)
             if isinstance(env.body, CallForProposals):  # a node in its own process keeps the time of the market it hears
@@ -305,6 +330,9 @@ class Hub:
         self.stats["received"] += 1
 
         def resolve() -> Callable[[], None] | None:
+            if retained and not self._flights.handing(self, topic, payload):
+                self.stats["strays"] += 1  # a retained payload replaced within the step it came in
+                return None
             with self._lock:
                 handlers = list(self._handlers.get(topic, ()))  # most patterns are exact topics
                 handlers += [h for p in self._wildcards if mqtt.topic_matches_sub(p, topic) for h in self._handlers[p]]

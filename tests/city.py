@@ -60,6 +60,8 @@ class City:
         node = MachineNode(profile, identity, self.hub(profile.id, connect=False), ledger=self.ledger,
                            clock=self.clock, fail_jobs=fail_jobs, **node_options).start()
         self.nodes[profile.id] = node
+        if isinstance(self.clock, VirtualClock):
+            self.clock.settle()  # its subscriptions take effect: a message sent next reaches it
         return node
 
     def open_requester(self, **config: float) -> Requester:

@@ -1,9 +1,11 @@
 """Virtual time: a simulated city whose outcome is the market's, not the CPU's.
 
 A seeded day replays to the same digest run after run, with both cores kept busy by other
-processes, and on the embedded broker as on mosquitto; a message that never arrives stops the run
-with the watchdog naming it (time does not move past it, nothing hangs); a model slower than the
-bid window loses to the rules in market time, and the rules' bid still lands before the deadline.
+processes, and on the embedded broker as on mosquitto; a subscription takes effect after the step
+it is asked in, and a new one gets a retained topic as it stands at the end of that step, whatever
+the broker sent first (on both brokers); a message that never arrives stops the run with the
+watchdog naming it (time does not move past it, nothing hangs); a model slower than the bid window
+loses to the rules in market time, and the rules' bid still lands before the deadline.
 """
 
 from __future__ import annotations
@@ -12,12 +14,13 @@ import asyncio
 import gc
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from city import City, job, printer
+from city import SPEED, City, job, printer, until
 from pydantic_ai.messages import ModelMessage, ModelResponse, ToolCallPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
@@ -28,7 +31,7 @@ from core.virtual import VirtualClock
 from hub import topics
 from hub.broker import start_broker
 from hub.envelope import Envelope
-from hub.messages import Bid, CallForProposals
+from hub.messages import Bid, CallForProposals, Presence
 from hub.transport import Hub
 from ledger import Identity
 from market.city import MarketConfig, MarketReport, run_market
@@ -82,6 +85,71 @@ def test_the_same_day_on_the_embedded_broker_with_both_cores_busy(broker_url: st
         on_amqtt = day(embedded.url, tmp_path / "embedded")
     gc.collect()  # what amqtt left to the collector goes now, under this test's filter, not at the end of the run
     assert on_amqtt.digest == on_mosquitto.digest
+
+
+ALICE = Identity.from_seed(b"a" * 32)
+
+
+@pytest.fixture(params=["session", "embedded"])
+def any_broker(request: pytest.FixtureRequest, broker_url: str) -> Iterator[str]:
+    """The session's broker (mosquitto in CI) and the embedded one: the rules hold on both."""
+    if request.param == "session":
+        yield broker_url
+        return
+    with start_broker("embedded") as embedded:
+        yield embedded.url
+    gc.collect()  # what amqtt leaves to the collector goes under this test
+
+
+def confirmed(clock: VirtualClock) -> None:
+    """Wait in real time, within the caller's step, until the broker acknowledged every subscription."""
+    held = until(clock.in_flight, lambda held: not any(h.startswith("subscription") for h in held), timeout=10)
+    assert not any(h.startswith("subscription") for h in held), held
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # amqtt leaves its sockets to the collector
+def test_a_subscription_takes_effect_after_its_step_and_a_copy_it_was_not_owed_is_a_stray(any_broker: str) -> None:
+    clock = VirtualClock(speed=SPEED, watchdog_s=20.0)
+    topic = f"{topics.PREFIX}/test/{uuid.uuid4().hex}/bids"
+    first, second = (Bid(job_id="j-step", machine_id=m, price=5_000_000, eta_h=2.0, cost=3_000_000) for m in ("m-1", "m-2"))
+    heard: list[object] = []
+    try:
+        with Hub(any_broker, name="listener", clock=clock) as listener, Hub(any_broker, name="talker", clock=clock) as talker:
+            listener.subscribe(topic, lambda t, env: heard.append(env.body))
+            confirmed(clock)  # the broker holds the subscription before the first bid: it sends the listener a copy
+            talker.send(topic, first, ALICE)  # in the step the subscription was asked in
+            assert until(lambda: listener.stats["strays"], lambda n: n == 1, timeout=10) == 1
+            clock.settle()
+            assert heard == [], "a copy of a message sent in the subscription's own step was handed out"
+            talker.send(topic, second, ALICE)
+            clock.settle()
+            assert heard == [second]
+    finally:
+        clock.close()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # amqtt leaves its sockets to the collector
+def test_a_new_subscription_gets_the_retained_state_at_the_end_of_its_step(any_broker: str) -> None:
+    clock = VirtualClock(speed=SPEED, watchdog_s=20.0)
+    machine = f"m-{uuid.uuid4().hex[:8]}"
+    old, new = (Presence(machine_id=machine, state="online", session=s, kind="drone", region="north", territory=t)
+                for s, t in (("s1", ("north",)), ("s2", ("north", "south"))))
+    heard: list[object] = []
+    try:
+        with Hub(any_broker, name="listener", clock=clock) as listener, Hub(any_broker, name="talker", clock=clock) as talker:
+            talker.send(topics.presence(machine), old, ALICE, retain=True)
+            clock.settle()
+            listener.subscribe(topics.ALL_PRESENCE, lambda t, env: heard.append(env.body))
+            confirmed(clock)
+            # the old presence reaches the new subscription first; then, in the same step, the machine
+            # says it serves the south too: the broker sends that one live
+            assert until(lambda: listener.stats["received"], lambda n: n >= 1, timeout=10) >= 1
+            talker.send(topics.presence(machine), new, ALICE, retain=True)
+            clock.settle()
+            assert [b for b in heard if getattr(b, "machine_id", None) == machine] == [new]
+            assert listener.stats["strays"] == 1  # the old one, replaced within the step
+    finally:
+        clock.close()
 
 
 def test_a_lost_message_stops_the_day_naming_it(city: City) -> None:
