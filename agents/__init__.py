@@ -1,7 +1,6 @@
-"""The brains of a machine: the rule engine, the LLM agent checked by it, chat, the vector memory,
-the machine node and the requester. Heavy parts (pydantic-ai, the model clients, chromadb, ONNX)
-load only from their own modules; job workflows join in a later issue."""
+"""The actors and the LLM: the machine node, the requester, the machine's agent and its chat, the
+job workflows and their handoffs. Pricing (``pricing``), memory (``memory``) and the money of a job
+(``ledger.settlement``) are packages below this one. Heavy parts (pydantic-ai, the model clients,
+langgraph) load only from their own modules, so nothing is exported here."""
 
-from agents.rules import CostBreakdown, Decision, MachineStatus, MarketContext, Rule, decide
-
-__all__ = ["CostBreakdown", "Decision", "MachineStatus", "MarketContext", "Rule", "decide"]
+__all__: list[str] = []

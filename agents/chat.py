@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel
 
-from agents.guard import ModelUse
-from agents.memory.signals import WearTrend, trend_of
-from agents.settlement import holder, machine_wallet, reserve
 from core.errors import InputError, MemoryStoreError, PolicyRefused
 from core.money import format_units
+from ledger.settlement import holder, machine_wallet, reserve
+from memory.signals import WearTrend, trend_of
+from pricing.guard import ModelUse
 from tools.deps import MachineDeps
 from tools.governance import describe
 from tools.telemetry import machine_state
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from pydantic_ai.messages import ModelMessage
 
     from agents.machine_agent import MachineAgent
-    from agents.memory import MemoryRecord
+    from memory import MemoryRecord
 
 __all__ = ["OFFLINE_NOTE", "ChatAnswer", "ChatHistory", "Citation", "MachineChat", "answer_offline"]
 

@@ -17,12 +17,12 @@ import logging
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from agents.memory.signals import operator_item
 from core.errors import CommandRejected, ControlError, DriverError, NotInControl, UnknownHandoff
 from hub import topics
 from hub.envelope import Envelope
 from hub.messages import ControlCommand, ControlResult, Handoff
 from ledger.operations import CommandRecord, HandoffRecord, Operations, Role
+from memory.signals import operator_item
 
 if TYPE_CHECKING:
     from agents.node import MachineNode

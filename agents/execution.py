@@ -174,7 +174,7 @@ class JobRunner:
 
     def _recover(self, tid: str, status: FlowStatus) -> None:
         from agents.node import Contract, Followed
-        from tools.deps import OpenCall
+        from pricing.bids import OpenCall
 
         node = self.node
         values = status.values

@@ -4,7 +4,7 @@ machine's toolsets, with the machine's profile and policy rendered into its inst
 Bidding is on the critical path, so the agent only proposes: ``propose_bid`` runs the model within
 the call's time budget (transient errors retried with tenacity, never past the budget) and returns
 ``None`` with the reason on any timeout, error, invalid output or refusal; the caller then uses the
-rule engine, and ``agents.guard`` checks whatever the model said. Every call's requests, tokens and
+rule engine, and ``pricing.guard`` checks whatever the model said. Every call's requests, tokens and
 latency are counted in a ``ModelUse``.
 """
 
@@ -15,12 +15,13 @@ import time
 from collections.abc import AsyncIterable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from agents.guard import BidProposal, ModelUse
 from agents.llm import BackgroundLoop, ModelConfig, build_model, shared_loop, transient_errors
-from agents.rules import Decision, MachineStatus, MarketContext
 from machines.profile import Policy
+from pricing.bids import OpenCall
+from pricing.guard import BidProposal, ModelUse
+from pricing.rules import Decision, MachineStatus, MarketContext
 from prompts import render
-from tools import MachineDeps, OpenCall, bidding_tools, governance_tools, memory_tools, telemetry_tools, wallet_tools
+from tools import MachineDeps, bidding_tools, governance_tools, memory_tools, telemetry_tools, wallet_tools
 
 if TYPE_CHECKING:
     from pydantic_ai import Agent

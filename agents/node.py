@@ -2,7 +2,7 @@
 
 It hears calls for proposals for its kind in its territory, prices them with the rule engine, and,
 when it has a model, asks its LLM agent for a bid off the mailbox thread: the answer is checked by
-the rules (``agents.guard``) and a timer falls back to the rule engine's own decision before the
+the rules (``pricing.guard``) and a timer falls back to the rule engine's own decision before the
 bid deadline, whatever the model does. It bids or stays silent, accepts an award
 only if it can still keep the deadline, waits for escrow, runs the job on its driver with progress
 events, and when paid settles its costs and pays its shareholders. Every step checks who sent the
@@ -22,19 +22,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel
 
-from agents import settlement
 from agents.control import ControlDesk
 from agents.execution import JobRunner
-from agents.guard import BidDecision, BidProposal, ModelUse, from_rules, guard
-from agents.memory.signals import DemandLog, outcome_item, price_signal, wear_item
-from agents.memory.store import MemoryItem
-from agents.rules import CostBreakdown, Decision, MachineStatus, MarketContext, MemorySignal, Rule, decide, job_cost
 from agents.snapshot import MachineSnapshot
 from core.clock import Timeline
 from core.errors import CommandRejected, DriverError, EscrowNotFound, MemoryStoreError
+from core.mailbox import Mailbox, Timer
 from hub import topics
 from hub.envelope import Envelope, seal
-from hub.mailbox import Mailbox, Timer
 from hub.messages import (
     Award,
     Bid,
@@ -49,21 +44,26 @@ from hub.messages import (
     TelemetryReport,
 )
 from hub.transport import Hub
-from ledger import Charter, Identity, Ledger
+from ledger import Charter, Identity, Ledger, settlement
 from ledger.operations import Operations
 from machines.driver import Driver, SimDriver, Telemetry
 from machines.job import JobSpec
 from machines.profile import MachineProfile, Point, Policy
 from machines.work import estimate
-from tools.deps import BidRecord, MachineDeps, OpenCall
+from memory.signals import DemandLog, outcome_item, price_signal, wear_item
+from memory.store import MemoryItem
+from pricing.bids import BidRecord, OpenCall
+from pricing.guard import BidDecision, BidProposal, ModelUse, from_rules, guard
+from pricing.rules import CostBreakdown, Decision, MachineStatus, MarketContext, MemorySignal, Rule, decide, job_cost
+from tools.deps import MachineDeps
 
 if TYPE_CHECKING:
     from agents.llm import BackgroundLoop
     from agents.machine_agent import MachineAgent
-    from agents.memory import MachineMemory
     from agents.workflow import JobFlows
     from ledger.governance import Governance
     from ledger.proposals import Standing
+    from memory import MachineMemory
 
 __all__ = ["Contract", "MachineNode", "NodeStats", "QueuedContract"]
 

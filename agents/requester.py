@@ -19,15 +19,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agents import settlement
 from core.clock import Timeline
 from core.errors import LedgerError
+from core.mailbox import Mailbox, Timer
 from hub import topics
 from hub.envelope import Envelope
-from hub.mailbox import Mailbox, Timer
 from hub.messages import Award, Bid, Body, CallForProposals, JobClosed, JobEvent, Presence
 from hub.transport import Hub
-from ledger import Identity, Ledger
+from ledger import Identity, Ledger, settlement
 from machines.job import JobSpec
 
 __all__ = ["JobOutcome", "Requester", "RequesterConfig"]

@@ -12,11 +12,11 @@ from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
-from agents.rules import Decision, MachineStatus, MarketContext, Rule
 from core.errors import InputError, PolicyRefused, UnknownMachine
 from machines.driver import Telemetry
 from machines.profile import MachineProfile
-from tools.deps import BidRecord, OpenCall
+from pricing.bids import BidRecord, OpenCall
+from pricing.rules import Decision, MachineStatus, MarketContext, Rule
 
 __all__ = ["MachineSnapshot", "SnapshotMachine", "load_snapshot", "save_snapshot", "snapshot_path"]
 

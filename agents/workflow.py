@@ -39,7 +39,7 @@ from pydantic import BaseModel
 
 from agents.handoff import Concern
 from core.errors import InputError
-from hub.mailbox import Mailbox
+from core.mailbox import Mailbox
 
 __all__ = ["FlowState", "FlowStatus", "JobFlows", "JobPort", "Outcome", "Run", "checkpointer", "in_memory", "thread_id"]
 

@@ -39,14 +39,15 @@ def main() -> None:
     from pydantic_ai.messages import ModelMessage, ModelResponse, ToolCallPart
     from pydantic_ai.models.function import AgentInfo, FunctionModel
 
-    from agents.guard import BidProposal, guard
     from agents.llm import ModelConfig
     from agents.machine_agent import MachineAgent
-    from agents.rules import Decision, decide
     from agents.snapshot import MachineSnapshot, SnapshotMachine
     from hub.envelope import now_ms
     from machines import JobSpec, load_profiles
-    from tools import MachineDeps, OpenCall
+    from pricing.bids import OpenCall
+    from pricing.guard import BidProposal, guard
+    from pricing.rules import Decision, decide
+    from tools import MachineDeps
 
     profile = load_profiles()["prusa-01"]
     job = JobSpec(id="b-1", kind="printer_3d", capability="print", region="north", deadline_h=8, material="PLA",

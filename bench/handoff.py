@@ -34,7 +34,6 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     rounds = parser.parse_args().rounds
 
-    from agents import settlement
     from agents.node import MachineNode
     from agents.requester import JobOutcome, Requester, RequesterConfig
     from agents.workflow import JobFlows, checkpointer
@@ -43,7 +42,7 @@ def main() -> None:
     from hub.broker import start_broker
     from hub.messages import ControlCommand, ControlResult, Handoff
     from hub.transport import Hub
-    from ledger import Charter, Identity, Ledger
+    from ledger import Charter, Identity, Ledger, settlement
     from ledger.operations import Operations, Role
     from machines import JobSpec, load_profiles
 

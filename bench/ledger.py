@@ -31,8 +31,8 @@ def _writer(url: str, tag: str, n: int) -> None:
 
 
 def _city_job_cpu_ms(jobs: int = 300) -> float:
-    from agents import settlement
-    from agents.settlement import JobCosts
+    from ledger import settlement
+    from ledger.settlement import JobCosts
 
     book = Ledger(f"sqlite:///{Path(tempfile.mkdtemp()) / 'city.db'}", durable=False)
     settlement.register_machine(book, "m1", "did:key:m1", {"alice": 600_000, "bob": 300_000, "carol": 100_000})

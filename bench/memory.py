@@ -32,8 +32,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agents.memory import MemoryConfig, MemoryItem, MemoryStore  # noqa: E402
-from agents.memory.store import _where  # noqa: E402
+from memory import MemoryConfig, MemoryItem, MemoryStore  # noqa: E402
+from memory.store import _where  # noqa: E402
 
 CAPS = ["print", "mill", "cut", "ride", "deliver"]
 REGIONS = ["north", "south", "east", "west"]

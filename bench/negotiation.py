@@ -33,13 +33,12 @@ def _jobs(n: int, quick: bool) -> int:
 
 
 def run_tamc(url: str, n: int, k: int, jobs: int) -> dict[str, float]:
-    from agents import settlement
     from agents.node import MachineNode
     from agents.requester import JobOutcome, Requester, RequesterConfig
     from core.clock import ScaledClock
-    from hub.mailbox import Mailbox
+    from core.mailbox import Mailbox
     from hub.transport import Hub
-    from ledger import Identity, Ledger
+    from ledger import Identity, Ledger, settlement
     from machines import JobSpec, load_profiles
 
     folder = tempfile.mkdtemp(dir="/dev/shm" if os.path.isdir("/dev/shm") else None)

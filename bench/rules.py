@@ -13,8 +13,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agents.rules import MachineStatus, MarketContext, decide
 from machines import load_job, load_profiles
+from pricing.rules import MachineStatus, MarketContext, decide
 
 PAIRS = [("prusa-01", "print-bracket"), ("shapeoko-01", "mill-plate"), ("glowforge-01", "cut-sign"),
          ("taxi-01", "ride-station"), ("drone-01", "drone-parcel"), ("bambu-02", "print-bracket")]

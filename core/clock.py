@@ -26,7 +26,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from hub.mailbox import Mailbox
+    from core.mailbox import Mailbox
 
 __all__ = ["Clock", "Hold", "MarketAnchor", "RealTime", "ScaledClock", "SimClock", "Timeline", "WallClock"]
 

@@ -41,7 +41,7 @@ from core.clock import DEFAULT_START
 from core.errors import SimulationStalled
 
 if TYPE_CHECKING:
-    from hub.mailbox import Mailbox
+    from core.mailbox import Mailbox
 
 __all__ = ["VirtualClock"]
 

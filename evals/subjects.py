@@ -12,7 +12,6 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from agents.chat import ChatHistory, MachineChat
-from agents.guard import BidDecision, ModelUse, from_rules, guard
 from agents.handoff import Concern, before_start, during_job
 from agents.llm import ModelConfig
 from agents.machine_agent import MachineAgent
@@ -21,6 +20,7 @@ from core.errors import GovernanceError, InputError, PolicyRefused
 from core.money import format_units
 from evals.world import World
 from machines.work import estimate
+from pricing.guard import BidDecision, ModelUse, from_rules, guard
 from tools.bidding import place_bid
 from tools.deps import MachineDeps
 from tools.governance import propose, vote

@@ -21,7 +21,7 @@ from evals.subjects import Outcome, Subject
 from machines.job import describe_errors
 
 if TYPE_CHECKING:
-    from agents.memory import MemoryStore
+    from memory import MemoryStore
 
 __all__ = ["CASES_DIR", "Check", "Checks", "Env", "Suite", "check"]
 
@@ -38,7 +38,7 @@ class Env:
 
     def memory(self) -> MemoryStore:
         if self._store is None:
-            from agents.memory import MemoryConfig, MemoryStore
+            from memory import MemoryConfig, MemoryStore
 
             self._store = MemoryStore(MemoryConfig(path=self.folder / "memory", write_delay_s=0.0))
         return self._store

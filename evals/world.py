@@ -18,13 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from agents import settlement
-from agents.memory.signals import price_signal
-from agents.rules import Decision, MachineStatus, MarketContext, decide
 from core.errors import InputError
 from core.money import Money, parse_units
 from hub.envelope import now_ms
-from ledger import Identity, Ledger
+from ledger import Identity, Ledger, settlement
 from ledger.charter import Charter
 from ledger.governance import Governance
 from ledger.models import machine_wallet
@@ -33,10 +30,13 @@ from machines.driver import WORKING_TEMPS, MachineState, Telemetry
 from machines.job import JobSpec
 from machines.loader import find_profile
 from machines.profile import MachineProfile, Point
-from tools.deps import BidRecord, MachineDeps, OpenCall
+from memory.signals import price_signal
+from pricing.bids import BidRecord, OpenCall
+from pricing.rules import Decision, MachineStatus, MarketContext, decide
+from tools.deps import MachineDeps
 
 if TYPE_CHECKING:
-    from agents.memory import MachineMemory, MemoryStore
+    from memory import MachineMemory, MemoryStore
 
 __all__ = ["ATTACKER", "CallSpec", "EvalMachine", "ProposalSpec", "Published", "RegionLoad", "Remembered", "Scenario", "World"]
 

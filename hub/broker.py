@@ -8,43 +8,27 @@ import contextlib
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
 from core.errors import BrokerStartFailed
+from core.net import free_port, wait_for_port
 
-__all__ = ["BrokerKind", "RunningBroker", "find_mosquitto", "free_port", "start_broker", "wait_for_port"]
+__all__ = ["BrokerKind", "RunningBroker", "find_mosquitto", "start_broker"]
 
 log = logging.getLogger("tamc.broker")
 
 BrokerKind = Literal["mosquitto", "embedded", "external"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def find_mosquitto() -> str | None:
     return shutil.which("mosquitto") or next(
         (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.access(p, os.X_OK)), None
     )
-
-
-def wait_for_port(host: str, port: int, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.2):
-            return True
-        time.sleep(0.02)
-    return False
 
 
 class RunningBroker:

@@ -63,7 +63,7 @@ class Bid(Body):
     cost: Micros
     """The machine's own variable cost of the job (energy, wear, consumables, travel)."""
     path: Literal["rules", "llm", "llm-clamped", "rules-fallback", "rules-fast-path"] = "rules"
-    """Which path made the decision (see ``agents.guard.DecisionPath``): the rule engine alone, or
+    """Which path made the decision (see ``pricing.guard.DecisionPath``): the rule engine alone, or
     the model checked by the rules."""
     reason: str = ""
 

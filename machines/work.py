@@ -1,6 +1,6 @@
 """The physics of a job on a machine: how long it takes, what it draws, how much it wears.
 
-Pricing lives in the rule engine (``agents.rules``); this module only measures. It assumes the
+Pricing lives in the rule engine (``pricing.rules``); this module only measures. It assumes the
 machine can do the job at all (capability and material checked by the caller).
 """
 

@@ -27,23 +27,20 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agents import settlement
 from agents.llm import ModelConfig
 from agents.machine_agent import MachineAgent
-from agents.memory import MachineMemory, MemoryStore
-from agents.memory.signals import job_text
 from agents.node import MachineNode
 from agents.requester import JobOutcome, Requester, RequesterConfig
 from agents.snapshot import save_snapshot
 from agents.workflow import JobFlows, in_memory
 from core.clock import ScaledClock, Timeline
 from core.errors import InputError, MemoryStoreError
+from core.mailbox import Mailbox
 from core.money import format_units
 from core.virtual import VirtualClock
 from hub.broker import RunningBroker, start_broker
-from hub.mailbox import Mailbox
 from hub.transport import Hub
-from ledger import Identity, Keystore, Ledger, machine_wallet
+from ledger import Identity, Keystore, Ledger, machine_wallet, settlement
 from ledger.collective import Collective
 from ledger.governance import Governance
 from machines.profile import MachineProfile
@@ -53,6 +50,8 @@ from market.lifecycle import LifeConfig, Lifecycle, LifeReport
 from market.regions import DEFAULT_REGIONS, Region
 from market.technician import Technician
 from market.welfare import fcfs_dispatch, hindsight_optimum
+from memory import MachineMemory, MemoryStore
+from memory.signals import job_text
 
 __all__ = ["LiveCity", "MachineReport", "MarketConfig", "MarketReport", "ModelReport", "Snapshot", "run_market"]
 
@@ -543,8 +542,8 @@ class _MemoryOpener:
     @classmethod
     @contextlib.contextmanager
     def open(cls, config: MarketConfig, clock: Timeline) -> Iterator[_MemoryOpener]:
-        from agents.memory import MemoryConfig, MemoryStore
-        from agents.memory.server import chroma_server
+        from memory import MemoryConfig, MemoryStore
+        from memory.server import chroma_server
 
         if config.memory == "off":
             yield cls(None)

@@ -16,11 +16,11 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agents.rules import MachineStatus, decide
 from machines.job import JobSpec
 from machines.profile import MachineProfile
 from machines.work import estimate
 from market.regions import Region
+from pricing.rules import MachineStatus, decide
 
 __all__ = ["FLAT", "HOURLY_SHAPE", "DemandModel", "JobRequest", "generate_jobs"]
 

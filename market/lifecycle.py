@@ -27,16 +27,15 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agents.memory.store import MemoryItem, MemoryKind
 from agents.node import MachineNode
 from agents.requester import JobOutcome, Requester, RequesterConfig
 from agents.steward import Books, RegionDemand, review, vote_as_holder
 from core.clock import Timeline
 from core.errors import GovernanceError, InsufficientFunds, LedgerError, MemoryStoreError, VoteRefused
+from core.mailbox import Mailbox
 from core.money import format_units
 from hub import topics
 from hub.envelope import Envelope
-from hub.mailbox import Mailbox
 from hub.messages import CallForProposals, GovernanceNotice
 from hub.transport import Hub
 from ledger import AccountKind, Identity, Keystore, Ledger, machine_wallet, maintenance_budget, reserve, sign_ballot
@@ -47,6 +46,7 @@ from ledger.proposals import Proposal, ProposalKind
 from machines.job import MAINTENANCE, JobSpec
 from machines.profile import MachineProfile
 from market.regions import Region
+from memory.store import MemoryItem, MemoryKind
 from tools.governance import propose
 
 __all__ = ["FIXED_COSTS", "LifeConfig", "LifeEvent", "LifeReport", "Lifecycle"]

@@ -15,10 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from core.clock import Timeline
 from core.errors import EscrowNotFound
+from core.mailbox import Mailbox
 from core.money import Money
 from hub import topics
 from hub.envelope import Envelope
-from hub.mailbox import Mailbox
 from hub.messages import Award, Bid, Body, CallForProposals, JobClosed, JobEvent
 from hub.transport import Hub
 from ledger import Identity, Ledger, machine_wallet

@@ -26,9 +26,9 @@ from pydantic import BaseModel, ConfigDict
 from scipy.optimize import linprog
 from scipy.sparse import coo_matrix
 
-from agents.rules import MachineStatus, decide
 from machines.profile import MachineProfile, Point
 from market.demand import JobRequest
+from pricing.rules import MachineStatus, decide
 
 __all__ = ["Pair", "WelfareResult", "fcfs_dispatch", "hindsight_optimum", "pair_terms"]
 

@@ -538,7 +538,7 @@ def _api() -> APIRouter:
         """Register a key, grant it roles, open its requester wallet (admins only)."""
         if not ctx.access.is_admin(caller.did):
             raise Forbidden(f"{caller.name} is not an admin")
-        from agents import settlement
+        from ledger import settlement
 
         principal = ctx.access.register(body.did, body.name)
         for machine_id in body.operator_of:

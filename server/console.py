@@ -13,11 +13,11 @@ import uuid
 
 from pydantic import BaseModel, Field
 
-from agents.settlement import machine_owner
 from core.errors import CommandRejected, ControlError, DriverError, MachineSilent, NotInControl, UnknownHandoff
 from hub import topics
 from hub.messages import Command, ControlCommand, Decision
 from ledger import Identity, Ledger
+from ledger.settlement import machine_owner
 from machines.profile import Point
 from server.feed import Feed
 

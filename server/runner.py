@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
-from agents import settlement
 from core.errors import InputError, TamcError
+from ledger import settlement
 from server.access import Access, Role
 
 if TYPE_CHECKING:
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
     from market.city import LiveCity, MarketConfig, MarketReport
 
-__all__ = ["DemoLogin", "Served", "demo_logins", "free_port", "serve"]
+__all__ = ["DemoLogin", "Served", "demo_logins", "serve"]
 
 log = logging.getLogger("tamc.server")
 
@@ -65,12 +65,6 @@ def demo_logins(city: LiveCity, access: Access) -> list[DemoLogin]:
         settlement.open_requester(city.ledger, DEMO_REQUESTER, rita.did, REQUESTER_BUDGET)
     out.append((DEMO_REQUESTER, "requester", rita.did))
     return [DemoLogin(name=n, role=r, did=d, token=access.issue(d)[0]) for n, r, d in out]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

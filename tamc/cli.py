@@ -93,9 +93,9 @@ def quote(
     as_json: JsonOpt = False,
 ) -> None:
     """The rule engine's decision on a job: bid or decline, price, ETA, and why."""
-    from agents.rules import MachineStatus, MarketContext, decide
     from core.money import format_units, parse_units
     from machines import find_profile, load_job
+    from pricing.rules import MachineStatus, MarketContext, decide
 
     profile = find_profile(machine, profiles)
     job = load_job(job_file)
@@ -319,8 +319,8 @@ def chat(
     console = _console()
     recall = None
     if memory:
-        from agents.memory import MemoryConfig, MemoryStore
         from core.errors import MemoryStoreError
+        from memory import MemoryConfig, MemoryStore
 
         try:
             recall = MemoryStore(MemoryConfig(path=data_dir / "memory", url=memory_url)).machine(machine)

@@ -15,10 +15,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
-from agents import settlement
 from agents.llm import ModelConfig
 from agents.machine_agent import MachineAgent
-from agents.memory import MemoryConfig, MemoryStore
 from agents.node import MachineNode
 from agents.snapshot import save_snapshot
 from agents.workflow import JobFlows, checkpointer
@@ -26,9 +24,10 @@ from core.clock import MarketAnchor, ScaledClock
 from core.errors import InputError, MemoryStoreError
 from hub.messages import JobEvent
 from hub.transport import Hub, parse_broker_url
-from ledger import Charter, Keystore, Ledger
+from ledger import Charter, Keystore, Ledger, settlement
 from ledger.governance import Governance
 from machines.loader import find_profile, load_profile
+from memory import MemoryConfig, MemoryStore
 
 __all__ = ["NodeOptions", "parse_holders", "run_agent"]
 

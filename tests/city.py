@@ -11,7 +11,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from agents import settlement
 from agents.node import MachineNode
 from agents.requester import JobOutcome, Requester, RequesterConfig
 from core.clock import Timeline
@@ -19,7 +18,7 @@ from core.virtual import VirtualClock
 from hub import topics
 from hub.messages import JobEvent
 from hub.transport import Hub
-from ledger import Identity, Ledger
+from ledger import Identity, Ledger, settlement
 from machines import JobSpec, load_profiles
 from machines.profile import MachineProfile
 

@@ -14,9 +14,9 @@ import pytest
 from city import SPEED, City
 from sqlalchemy import create_engine, text
 
-from agents.memory import MemoryConfig, MemoryStore
 from core.clock import ScaledClock
 from ledger import Ledger
+from memory import MemoryConfig, MemoryStore
 
 PG_URL = os.environ.get("TAMC_TEST_POSTGRES_URL", "")
 IN_CI = bool(os.environ.get("CI"))

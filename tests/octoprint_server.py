@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from hub.broker import free_port
+from core.net import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 OCTOPRINT_VERSION = "1.11.8"

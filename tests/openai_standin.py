@@ -17,7 +17,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from hub.broker import free_port
+from core.net import free_port
 
 
 @dataclass

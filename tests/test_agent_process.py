@@ -13,13 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from agents import settlement
 from agents.requester import JobOutcome, Requester, RequesterConfig
 from core.clock import ScaledClock
 from hub import topics
 from hub.messages import JobEvent
 from hub.transport import Hub
-from ledger import Identity, Ledger
+from ledger import Identity, Ledger, settlement
 from machines import JobSpec
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,7 +13,6 @@ from city import City, job, printer
 from pydantic_ai.messages import ModelMessage, ModelRequest, ModelResponse, TextPart, ToolCallPart, ToolReturnPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
-from agents import settlement
 from agents.chat import OFFLINE_NOTE, ChatHistory, MachineChat
 from agents.llm import ModelConfig
 from agents.machine_agent import MachineAgent
@@ -21,6 +20,7 @@ from agents.node import MachineNode
 from agents.snapshot import save_snapshot
 from core.errors import InputError, PolicyRefused
 from core.money import format_units
+from ledger import settlement
 from ledger.governance import Governance
 
 RESERVE = 80_000_000

@@ -115,8 +115,7 @@ def test_keys(tmp_path: Path) -> None:
 
 
 def test_holders_govern_a_machine_from_the_command_line(tmp_path: Path) -> None:
-    from agents import settlement
-    from ledger import Governance, Keystore, Ledger, machine_wallet
+    from ledger import Governance, Keystore, Ledger, machine_wallet, settlement
 
     book = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
     keys = Keystore(tmp_path / "keys.json")

@@ -8,12 +8,11 @@ from datetime import datetime
 
 from city import BUDGET, City, job, printer
 
-from agents import settlement
 from core.clock import Clock
 from hub import topics
 from hub.envelope import Envelope
 from hub.messages import Bid, CallForProposals, JobEvent, Presence
-from ledger import Identity, split_pro_rata
+from ledger import Identity, settlement, split_pro_rata
 from machines.driver import SimDriver
 
 

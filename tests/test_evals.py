@@ -17,7 +17,6 @@ import pytest
 from openai_standin import Step, say, standin_server
 from pydantic_ai import models
 
-from agents import settlement
 from core.errors import PolicyRefused
 from evals.runner import CaseRun, CheckResult, EvalReport, run_evals, summarize
 from evals.subjects import Outcome
@@ -26,6 +25,7 @@ from evals.suites import SUITES
 from evals.suites.adversarial import attack_succeeded
 from evals.suites.chat import facts_of, numbers, ungrounded
 from evals.world import ATTACKER, Scenario, World
+from ledger import settlement
 from ledger.proposals import ProposalKind
 from tools.governance import vote
 

@@ -7,11 +7,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from agents.guard import BidProposal, bounds, guard
 from agents.llm import ModelConfig, build_model
-from agents.rules import MachineStatus, decide
 from core.errors import InvalidModelConfig
 from machines import JobSpec, load_profiles
+from pricing.guard import BidProposal, bounds, guard
+from pricing.rules import MachineStatus, decide
 from prompts import ROLES, render, untrusted
 
 PROFILES = load_profiles()

@@ -189,7 +189,7 @@ def test_no_operator_in_time_escalates_and_the_runner_up_finishes_the_job(city: 
 
 
 def test_the_machine_remembers_each_command_and_who_sent_it(city: City, tmp_path: Any) -> None:
-    from agents.memory import MemoryConfig, MemoryStore
+    from memory import MemoryConfig, MemoryStore
 
     store = MemoryStore(MemoryConfig(path=tmp_path / "memory"))
     city.closers.append(store.close)

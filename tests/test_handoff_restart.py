@@ -16,14 +16,13 @@ import pytest
 from test_agent_process import _online
 from test_handoff import Console
 
-from agents import settlement
 from agents.requester import JobOutcome, Requester, RequesterConfig
 from agents.workflow import JobFlows, checkpointer
 from core.clock import ScaledClock
 from hub import topics
 from hub.messages import Bid, JobEvent
 from hub.transport import Hub
-from ledger import Identity, Ledger
+from ledger import Identity, Ledger, settlement
 from ledger.operations import Operations, Role
 from machines import JobSpec
 

@@ -10,8 +10,9 @@ import time
 import pytest
 
 from core.errors import BrokerUnavailable, EnvelopeRejected, InvalidBrokerUrl
+from core.net import free_port
 from hub import topics
-from hub.broker import free_port, start_broker
+from hub.broker import start_broker
 from hub.envelope import Envelope, ReplayGuard, now_ms, open_envelope, seal
 from hub.messages import Bid, Presence
 from hub.transport import Hub, parse_broker_url

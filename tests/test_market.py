@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agents import settlement
-from ledger import Ledger, split_pro_rata
+from ledger import Ledger, settlement, split_pro_rata
 from market.city import MarketConfig, MarketReport, run_market
 from market.demand import DemandModel, generate_jobs
 from market.fleet import COLLECTIVE_MEMBERS, FAB_CELL, build_fleet, stakeholders

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from agents.memory import MemoryConfig, MemoryItem, MemoryStore
-from agents.memory.server import chroma_server
 from core.errors import InputError, MemoryStoreError
+from memory import MemoryConfig, MemoryItem, MemoryStore
+from memory.server import chroma_server
 from prompts import untrusted
 
 CAPS = ["print", "mill", "cut", "ride", "deliver"]
@@ -63,7 +63,7 @@ def test_memory_persists_across_process_restarts(tmp_path: Path) -> None:
     folder = tmp_path / "memory"
     write = textwrap.dedent(f"""
         from pathlib import Path
-        from agents.memory import MemoryConfig, MemoryStore
+        from memory import MemoryConfig, MemoryStore
         m = MemoryStore(MemoryConfig(path=Path({str(folder)!r}))).machine("prusa-restart")
         m.remember("the spool holder cracked and was glued", kind="fact", source="carol")
         m.remember("wear 12.5% after job j1 (print)", kind="wear", source="telemetry", metadata={{"wear_pct": 12.5}})
@@ -71,7 +71,7 @@ def test_memory_persists_across_process_restarts(tmp_path: Path) -> None:
         """)
     read = textwrap.dedent(f"""
         from pathlib import Path
-        from agents.memory import MemoryConfig, MemoryStore
+        from memory import MemoryConfig, MemoryStore
         m = MemoryStore(MemoryConfig(path=Path({str(folder)!r}))).machine("prusa-restart")
         r = m.recall("what happened to the spool holder?", k=1)[0]
         print(m.count(), r.source, r.text, sep="|")

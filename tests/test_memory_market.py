@@ -17,12 +17,12 @@ from pydantic_ai.models.function import AgentInfo, FunctionModel
 from agents.chat import ChatHistory, MachineChat
 from agents.llm import ModelConfig
 from agents.machine_agent import MachineAgent
-from agents.memory import MachineMemory, MemoryItem, MemoryStore
-from agents.memory.signals import job_text, price_signal, wear_item
 from agents.node import MachineNode
-from agents.rules import MarketContext, decide
 from ledger.governance import Governance
 from machines.profile import MachineProfile
+from memory import MachineMemory, MemoryItem, MemoryStore
+from memory.signals import job_text, price_signal, wear_item
+from pricing.rules import MarketContext, decide
 from tools.governance import propose
 
 RESERVE = 80_000_000

@@ -16,7 +16,7 @@ from octoprint_server import OctoPrintServer
 from octoprint_server import octoprint as octoprint  # the session fixture, shared with this module
 
 from core.errors import CommandRejected, DriverError
-from hub.broker import free_port
+from core.net import free_port
 from machines import MachineState, Point, load_profiles
 from machines.gcode import print_program
 from machines.octoprint import OctoPrintDriver, file_name

@@ -15,11 +15,10 @@ from city import until
 from octoprint_server import OctoPrintServer
 from octoprint_server import octoprint as octoprint
 
-from agents import settlement
 from agents.node import MachineNode
 from agents.workflow import JobFlows, checkpointer
 from hub.transport import Hub
-from ledger import Identity
+from ledger import Identity, settlement
 from machines import load_profiles
 from machines.driver import MachineState
 from machines.octoprint import OctoPrintDriver

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from agents.rules import MachineStatus, MarketContext, decide
 from machines import JobSpec, MachineProfile, Policy, load_profiles
+from pricing.rules import MachineStatus, MarketContext, decide
 
 PROFILES = load_profiles()
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from server.runner import free_port
+from core.net import free_port
 
 
 @pytest.mark.slow

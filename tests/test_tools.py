@@ -14,18 +14,17 @@ from pydantic_ai.messages import ModelMessage, ModelRequest, ModelResponse, Text
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 from pydantic_ai.models.test import TestModel
 
-from agents import settlement
-from agents.guard import BidProposal
 from agents.llm import ModelConfig
 from agents.machine_agent import BID_TOOLS, MachineAgent
-from agents.memory import MemoryStore
 from agents.node import MachineNode
 from core.money import format_units
 from hub import topics
 from hub.envelope import Envelope
 from hub.messages import CallForProposals
-from ledger import Identity, Ledger
+from ledger import Identity, Ledger, settlement
 from ledger.governance import Governance
+from memory import MemoryStore
+from pricing.guard import BidProposal
 
 RESERVE = 80_000_000
 WALLET = 500_000_000

@@ -7,7 +7,7 @@ toolset wrappers hand the refusal back to the model as data, so it can explain i
 """
 
 from tools.bidding import bidding_tools
-from tools.deps import BidRecord, MachineDeps, MachinePort, OpenCall, ToolAction
+from tools.deps import MachineDeps, MachinePort, ToolAction
 from tools.governance import governance_tools
 from tools.memory import memory_tools
 from tools.telemetry import telemetry_tools
@@ -15,10 +15,8 @@ from tools.wallet import wallet_tools
 
 __all__ = [
     "ALL_TOOLSETS",
-    "BidRecord",
     "MachineDeps",
     "MachinePort",
-    "OpenCall",
     "ToolAction",
     "bidding_tools",
     "governance_tools",

@@ -12,10 +12,11 @@ from typing import Any
 
 from pydantic_ai import FunctionToolset, RunContext
 
-from agents.guard import bounds
 from core.errors import InputError, PolicyRefused
 from core.money import format_units, parse_units
-from tools.deps import MachineDeps, OpenCall
+from pricing.bids import OpenCall
+from pricing.guard import bounds
+from tools.deps import MachineDeps
 
 __all__ = ["bidding_tools", "evaluate", "place_bid"]
 

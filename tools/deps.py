@@ -11,69 +11,24 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 
-from agents.rules import Decision, MachineStatus, MarketContext, MemorySignal
 from core.clock import Clock, WallClock
 from core.errors import PolicyRefused
 from machines.driver import Telemetry
-from machines.job import JobSpec
 from machines.profile import MachineProfile, Policy
+from pricing.bids import BidRecord, OpenCall
+from pricing.rules import Decision, MachineStatus, MarketContext
 
 if TYPE_CHECKING:
-    from agents.memory import MachineMemory, MemoryRecord
     from hub.transport import Hub
     from ledger import Identity, Ledger
     from ledger.governance import Governance
+    from memory import MachineMemory, MemoryRecord
 
-__all__ = ["BidRecord", "MachineDeps", "MachinePort", "OpenCall", "ToolAction"]
-
-Outcome = Literal["pending", "won", "lost", "declined", "no-award"]
-
-
-class OpenCall(BaseModel):
-    """A call for proposals the machine heard and may still bid on."""
-
-    model_config = ConfigDict(frozen=True)
-
-    job: JobSpec
-    requester: str
-    reserve: int
-    bid_deadline: int
-    """Epoch ms after which bids are not counted."""
-    deadline_at: int
-    """Epoch ms by which the job must be finished."""
-    speed: float = 1.0
-    memory: MemorySignal | None = None
-    """What memory of similar past jobs said when the call came (the rules price with it)."""
-
-
-class BidRecord(BaseModel):
-    """What the machine did with one call, and how it ended: the memory behind "why did we lose?"."""
-
-    job_id: str
-    capability: str
-    region: str
-    at: datetime
-    action: Literal["bid", "decline"]
-    price: int | None = None
-    cost: int | None = None
-    """The rule engine's full cost of the job when we bid (for price-to-cost ratios in memory)."""
-    path: str = "rules"
-    reason: str = ""
-    outcome: Outcome = "pending"
-    winner: str | None = None
-    winning_price: int | None = None
-    model_calls: int = 0
-    """Requests this decision sent to the model, its tokens and how long the model took (0 when not asked)."""
-    input_tokens: int = 0
-    output_tokens: int = 0
-    model_ms: float = 0.0
-    confidence: float | None = None
-    """The model's own confidence in a bid it made; below the charter's floor a person reviews the job."""
-
+__all__ = ["MachineDeps", "MachinePort", "ToolAction"]
 
 class ToolAction(BaseModel):
     """One thing a tool did or refused, for the run's audit trail."""

@@ -121,7 +121,7 @@ def vote(deps: MachineDeps, proposal_id: str, choice: Choice) -> Tally:
 
 def _wear_evidence(deps: MachineDeps, payload: dict[str, Any]) -> list[str]:
     """The wear trend memory shows, with the observations (memory refs) it rests on."""
-    from agents.memory.signals import wear_trend
+    from memory.signals import wear_trend
 
     assert deps.memory is not None
     try:

@@ -1,6 +1,6 @@
 """Memory tools: recall and remember.
 
-The store is the machine's chromadb memory (``agents.memory``). What a stakeholder tells the
+The store is the machine's chromadb memory (``memory``). What a stakeholder tells the
 machine is stored as a quote of who told it, never as an instruction, and recalled inside a fence
 that says so; a store that fails answers with the error instead of failing the run.
 """

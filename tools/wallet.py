@@ -13,10 +13,10 @@ from typing import Any, Literal
 
 from pydantic_ai import FunctionToolset, RunContext
 
-from agents.settlement import machine_wallet, reserve
 from core.errors import ApprovalRequired, InputError, LedgerError, PolicyRefused
 from core.money import format_units, parse_units, require_micros
 from ledger import Ledger
+from ledger.settlement import machine_wallet, reserve
 from tools.deps import MachineDeps
 
 __all__ = ["Earnings", "Period", "earnings", "pay_expense", "wallet_tools"]

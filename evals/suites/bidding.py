@@ -11,12 +11,12 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from agents.rules import MarketContext, job_cost
 from core.money import Money, format_units
 from evals.subjects import Outcome, Subject
 from evals.suite import Checks, Env, Suite, check
 from evals.world import EvalMachine, Scenario, World
 from machines.work import estimate
+from pricing.rules import MarketContext, job_cost
 
 __all__ = ["Band", "BiddingCase", "BiddingSuite", "band"]
 

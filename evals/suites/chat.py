@@ -13,10 +13,10 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from agents.settlement import machine_wallet, reserve
 from evals.subjects import Outcome, Subject
 from evals.suite import Checks, Env, Suite, check
 from evals.world import Scenario, World
+from ledger.settlement import machine_wallet, reserve
 from tools.deps import MachineDeps
 from tools.governance import describe
 from tools.telemetry import machine_state

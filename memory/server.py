@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from core.errors import MemoryStoreError
-from hub.broker import free_port, wait_for_port
+from core.net import free_port, wait_for_port
 
 __all__ = ["chroma_server"]
 

@@ -14,10 +14,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from agents.rules import Decision
 from core.errors import InvalidAmount
 from core.money import format_units, parse_units
 from machines.profile import Policy
+from pricing.rules import Decision
 
 __all__ = ["BidDecision", "BidProposal", "DecisionPath", "ModelUse", "PriceBounds", "bounds", "from_rules", "guard"]
 

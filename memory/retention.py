@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from agents.memory.store import MemoryItem, MemoryKind, MemoryRecord
 from core.money import format_units
+from memory.store import MemoryItem, MemoryKind, MemoryRecord
 
 if TYPE_CHECKING:
-    from agents.memory.store import MachineMemory
+    from memory.store import MachineMemory
 
 __all__ = ["Compaction", "compact", "summarize"]
 

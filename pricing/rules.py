@@ -30,7 +30,7 @@ class _Frozen(BaseModel):
 class MemorySignal(_Frozen):
     """What the machine's memory of similar past jobs says a price should be, as a ratio to cost.
 
-    Computed from stored outcomes (``agents.memory.signals``) before the rules run, so the rule
+    Computed from stored outcomes (``memory.signals``) before the rules run, so the rule
     engine — and with it every fallback — prices from memory too, and stays pure."""
 
     target_bps: int = Field(gt=0)

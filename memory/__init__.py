@@ -5,6 +5,6 @@
 demand, ``retention`` keeps the store bounded. Open one with ``open_memory``.
 """
 
-from agents.memory.store import MachineMemory, MemoryConfig, MemoryItem, MemoryKind, MemoryRecord, MemoryStore
+from memory.store import MachineMemory, MemoryConfig, MemoryItem, MemoryKind, MemoryRecord, MemoryStore
 
 __all__ = ["MachineMemory", "MemoryConfig", "MemoryItem", "MemoryKind", "MemoryRecord", "MemoryStore"]

@@ -1,7 +1,7 @@
 """The machine's memory: one chromadb collection per machine, embedded or on a Chroma server.
 
 Records are short texts with metadata (kind, capability, region, time, and numbers such as prices
-or wear) embedded on this machine (``agents.memory.embedding``). What stakeholders tell the machine
+or wear) embedded on this machine (``memory.embedding``). What stakeholders tell the machine
 is stored as a quote of who said it; it is recalled as data, never obeyed.
 
 Filtered recalls do not use chromadb's metadata filter: on a local store it scans every record
@@ -42,10 +42,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from core.clock import Timeline
 from core.errors import EmbeddingUnavailable, InputError, MemoryStoreError
-from hub.mailbox import Mailbox
+from core.mailbox import Mailbox
 
 if TYPE_CHECKING:
-    from agents.memory.retention import Compaction
+    from memory.retention import Compaction
 
 __all__ = ["MAX_RECORD_CHARS", "MachineMemory", "MemoryConfig", "MemoryItem", "MemoryKind", "MemoryRecord", "MemoryStore"]
 
@@ -165,7 +165,7 @@ class MemoryStore:
             import chromadb
             from chromadb.config import Settings
 
-            from agents.memory.embedding import MiniLMInt8, model_files
+            from memory.embedding import MiniLMInt8, model_files
 
             model_files()  # missing model files: say how to install them before touching the store
             settings = Settings(anonymized_telemetry=False, allow_reset=False)
@@ -458,7 +458,7 @@ class MachineMemory:
 
     def compact(self, now: datetime | None = None) -> Compaction:
         """Apply the retention policy now (it also runs by itself as records are added)."""
-        from agents.memory.retention import compact
+        from memory.retention import compact
 
         self._compacting, self._added = True, 0
         try:

@@ -13,15 +13,15 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from agents.memory.store import MemoryItem, MemoryKind
-from agents.rules import BPS, MemorySignal
 from core.money import format_units
 from machines.job import JobSpec
 from machines.profile import Policy
+from memory.store import MemoryItem, MemoryKind
+from pricing.rules import BPS, MemorySignal
 
 if TYPE_CHECKING:
-    from agents.memory.store import MachineMemory, MemoryRecord
-    from tools.deps import BidRecord
+    from memory.store import MachineMemory, MemoryRecord
+    from pricing.bids import BidRecord
 
 __all__ = ["DemandLog", "WearTrend", "job_text", "outcome_item", "price_signal", "trend_of", "wear_item", "wear_trend"]
 

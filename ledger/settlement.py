@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping
+from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict
 
-from agents.rules import CostBreakdown
 from core.errors import EscrowExists, SharesAlreadyIssued, UnknownAccount
 from ledger import AccountKind, Ledger
 from ledger.holders import holder_account
@@ -23,6 +23,7 @@ from ledger.payout import pay_holders
 __all__ = [
     "ENERGY",
     "MATERIALS",
+    "JobCost",
     "JobCosts",
     "fund_job",
     "holder",
@@ -43,6 +44,22 @@ MAINTENANCE = "supplier:maintenance"
 """Technicians and parts: where the machine's agent pays maintenance expenses."""
 
 
+class JobCost(Protocol):
+    """What the rule engine priced a job's costs at (``pricing.rules.CostBreakdown`` is one): the
+    money side reads these fields alone, so the ledger needs nothing of the pricing."""
+
+    @property
+    def energy(self) -> int: ...
+    @property
+    def travel(self) -> int: ...
+    @property
+    def wear(self) -> int: ...
+    @property
+    def consumables(self) -> int: ...
+    @property
+    def fixed(self) -> int: ...
+
+
 def holder(name: str) -> str:
     """A stakeholder's account: ``holder:{name}``; an account id (``dao:…``, ``machine:…``) stays as it is."""
     return holder_account(name)
@@ -61,7 +78,7 @@ class JobCosts(BaseModel):
     """The job's share of the machine's fixed costs (rent, insurance), priced into it."""
 
     @classmethod
-    def of(cls, price: int, cost: CostBreakdown) -> JobCosts:
+    def of(cls, price: int, cost: JobCost) -> JobCosts:
         return cls(price=price, energy=cost.energy + cost.travel, wear=cost.wear, consumables=cost.consumables, fixed=cost.fixed)
 
     @property
