@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from agents.handoff import Concern, before_start, during_job
 from agents.workflow import FlowState, FlowStatus, Outcome, Run, thread_id
@@ -225,7 +225,7 @@ class JobRunner:
     # -- JobPort: what the graph asks (on the workflows' worker; each effect runs on the node's thread) --
 
     def _on_node(self, fn: Callable[..., T], *args: Any) -> T:
-        return cast(T, self.node.mailbox.call(fn, *args, timeout=60.0))
+        return self.node.mailbox.call(fn, *args, timeout=60.0)
 
     def check_start(self, state: FlowState) -> Concern | None:
         return self._on_node(self._check_start, state)

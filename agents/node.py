@@ -359,12 +359,12 @@ class MachineNode:
                     left += settlement.JobCosts.of(c.price, cost).to_owners
             return left
 
-        return self.mailbox.call(total)  # type: ignore[no-any-return]
+        return self.mailbox.call(total)
 
     @property
     def maintenance_due(self) -> bool:
         """Serviced, and waiting for the job in hand to end to reset its wear (from any thread)."""
-        return self.mailbox.call(lambda: self._maintenance_due)  # type: ignore[no-any-return]
+        return self.mailbox.call(lambda: self._maintenance_due)
 
     def maintained(self) -> None:
         """The maintenance job was done: wear back to zero (from any thread); a machine busy with a
@@ -431,7 +431,7 @@ class MachineNode:
 
     def margin(self) -> int:
         """Revenue less variable costs booked so far (from any thread)."""
-        return self.mailbox.call(lambda: self.stats.revenue - self.stats.costs)  # type: ignore[no-any-return]
+        return self.mailbox.call(lambda: self.stats.revenue - self.stats.costs)
 
     def _leave(self) -> None:
         if self.governance is not None:
@@ -730,7 +730,7 @@ class MachineNode:
             return MachineSnapshot(profile=self.profile, at=self.clock.now(), telemetry=log_[-HISTORY:],
                                    bids=[r.model_copy() for r in self._history], queue_len=active)
 
-        return self.mailbox.call(take)  # type: ignore[no-any-return]
+        return self.mailbox.call(take)
 
     def deps(self, actor: str = "agent") -> MachineDeps:
         return MachineDeps(machine=self, ledger=self.ledger, hub=self.hub, memory=self.memory, governance=self.governance,
@@ -745,10 +745,10 @@ class MachineNode:
                                    price=c.price, deadline_at=c.deadline_at)
                     for c in sorted(live, key=lambda c: (c.state != "running", c.deadline_at))]
 
-        return self.mailbox.call(read)  # type: ignore[no-any-return]
+        return self.mailbox.call(read)
 
     def telemetry(self) -> Telemetry | None:
-        return self.mailbox.call(self._telemetry_now)  # type: ignore[no-any-return]
+        return self.mailbox.call(self._telemetry_now)
 
     def _telemetry_now(self) -> Telemetry | None:
         if self.driver is not None:
@@ -756,22 +756,22 @@ class MachineNode:
         return self._telemetry_log[-1] if self._telemetry_log else None
 
     def telemetry_history(self) -> list[Telemetry]:
-        return self.mailbox.call(lambda: list(self._telemetry_log))  # type: ignore[no-any-return]
+        return self.mailbox.call(lambda: list(self._telemetry_log))
 
     def machine_status(self) -> MachineStatus:
-        return self.mailbox.call(self.status)  # type: ignore[no-any-return]
+        return self.mailbox.call(self.status)
 
     def open_call(self, job_id: str) -> OpenCall | None:
-        return self.mailbox.call(self._calls.get, job_id)  # type: ignore[no-any-return]
+        return self.mailbox.call(self._calls.get, job_id)
 
     def open_calls(self) -> list[OpenCall]:
-        return self.mailbox.call(lambda: list(self._calls.values()))  # type: ignore[no-any-return]
+        return self.mailbox.call(lambda: list(self._calls.values()))
 
     def rule_decision(self, call: OpenCall) -> Decision:
-        return self.mailbox.call(self._rule_decision, call)  # type: ignore[no-any-return]
+        return self.mailbox.call(self._rule_decision, call)
 
     def bid_history(self) -> list[BidRecord]:
-        return self.mailbox.call(lambda: [r.model_copy() for r in self._history])  # type: ignore[no-any-return]
+        return self.mailbox.call(lambda: [r.model_copy() for r in self._history])
 
     def submit_bid(self, job_id: str, price: int, eta_h: float, reason: str, path: str) -> None:
         self.mailbox.call(self._manual_bid, job_id, price, eta_h, reason, path)

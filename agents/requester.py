@@ -23,6 +23,7 @@ from core.clock import Timeline
 from core.errors import LedgerError
 from core.mailbox import Mailbox, Timer
 from hub import topics
+from hub.dispatch import Dispatch
 from hub.envelope import Envelope
 from hub.messages import Award, Bid, Body, CallForProposals, JobClosed, JobEvent, Presence
 from hub.transport import Hub
@@ -120,6 +121,7 @@ class Requester:
         self.clock: Timeline = clock or hub.clock
         """What its windows, deadlines and timestamps run on (its hub's clock unless told)."""
         self.mailbox = mailbox or Mailbox(f"requester-{wallet}", clock=self.clock)
+        self._dispatch = Dispatch().on(Bid, self._on_bid).on(JobEvent, self._on_event).on(Presence, self._on_presence)
         self._own_mailbox = mailbox is None
         self.on_outcome = on_outcome
         self.outcomes: dict[str, JobOutcome] = {}
@@ -150,16 +152,7 @@ class Requester:
     # -- receiving ---------------------------------------------------------------------------
 
     def _deliver(self, topic: str, env: Envelope) -> None:
-        self.mailbox.post(self._handle, env)
-
-    def _handle(self, env: Envelope) -> None:
-        body = env.body
-        if isinstance(body, Bid):
-            self._on_bid(env, body)
-        elif isinstance(body, JobEvent):
-            self._on_event(env, body)
-        elif isinstance(body, Presence):
-            self._on_presence(body, env.sender)
+        self.mailbox.post(self._dispatch, env)
 
     def _is_machine(self, machine_id: str, did: str) -> bool:
         """A bid counts only if signed by the did the machine registered in the ledger with."""
@@ -299,8 +292,8 @@ class Requester:
         run.started = False
         self._award_next(run)
 
-    def _on_presence(self, presence: Presence, sender: str) -> None:
-        if not self._is_machine(presence.machine_id, sender):
+    def _on_presence(self, env: Envelope, presence: Presence) -> None:
+        if not self._is_machine(presence.machine_id, env.sender):
             return
         if presence.state == "online":
             self._online[presence.machine_id] = presence

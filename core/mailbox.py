@@ -18,7 +18,7 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from core.clock import Timeline, WallClock
 
@@ -27,6 +27,7 @@ __all__ = ["Mailbox", "Timer"]
 log = logging.getLogger("tamc.mailbox")
 
 _WALL = WallClock()
+T = TypeVar("T")
 
 
 class Timer:
@@ -81,7 +82,7 @@ class Mailbox:
                     self._cond.notify()
         return timer
 
-    def call(self, fn: Callable[..., Any], *args: Any, timeout: float = 10.0) -> Any:
+    def call(self, fn: Callable[..., T], *args: Any, timeout: float = 10.0) -> T:
         """Run ``fn(*args)`` on the mailbox thread and wait for its result (at once if already on it,
         or if the mailbox is closed and its thread gone: nothing else touches the state any more)."""
         if threading.current_thread() is self._thread or (self._closed and not self._thread.is_alive()):
@@ -102,7 +103,7 @@ class Mailbox:
             raise TimeoutError(f"mailbox {self.name} did not answer within {timeout} s")
         if "error" in box:
             raise box["error"]
-        return box.get("value")
+        return cast(T, box.get("value"))
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop after the work already due; pending timers are dropped."""

@@ -18,6 +18,7 @@ from core.errors import EscrowNotFound
 from core.mailbox import Mailbox
 from core.money import Money
 from hub import topics
+from hub.dispatch import Dispatch
 from hub.envelope import Envelope
 from hub.messages import Award, Bid, Body, CallForProposals, JobClosed, JobEvent
 from hub.transport import Hub
@@ -58,6 +59,8 @@ class Technician:
         self.clock = clock
         self.card = card or RateCard()
         self.mailbox = Mailbox(f"technician-{tech_id}", clock=clock)
+        self._dispatch = (Dispatch().on(CallForProposals, self._on_cfp).on(Award, self._on_award)
+                          .on(JobEvent, self._on_funded).on(JobClosed, self._on_closed))
         self._topics = [topics.service(r) for r in regions]
         self._bids: dict[str, tuple[str, int, float]] = {}
         """job id -> (requester did, price, hours) of jobs bid on and not closed."""
@@ -76,18 +79,7 @@ class Technician:
         self.mailbox.close()
 
     def _deliver(self, topic: str, env: Envelope) -> None:
-        self.mailbox.post(self._handle, env)
-
-    def _handle(self, env: Envelope) -> None:
-        body = env.body
-        if isinstance(body, CallForProposals):
-            self._on_cfp(env, body)
-        elif isinstance(body, Award) and body.machine_id == self.id:
-            self._on_award(env, body)
-        elif isinstance(body, JobEvent) and body.machine_id == self.id and body.kind == "funded":
-            self._on_funded(env, body)
-        elif isinstance(body, JobClosed):
-            self._close(body.job_id)
+        self.mailbox.post(self._dispatch, env)
 
     def _on_cfp(self, env: Envelope, cfp: CallForProposals) -> None:
         quote = self.card.quote(cfp.job)
@@ -100,6 +92,8 @@ class Technician:
                                                    reason=f"technician: {hours:.1f} h labour and parts for {cfp.job.amount:g}% wear"))
 
     def _on_award(self, env: Envelope, award: Award) -> None:
+        if award.machine_id != self.id:
+            return
         bid = self._bids.get(award.job_id)
         if bid is None or env.sender != bid[0] or self.clock.ms() > award.accept_by:
             return
@@ -107,6 +101,8 @@ class Technician:
         self._event(award.job_id, "accepted")
 
     def _on_funded(self, env: Envelope, event: JobEvent) -> None:
+        if event.machine_id != self.id or event.kind != "funded":
+            return
         bid = self._bids.get(event.job_id)
         if bid is None or env.sender != bid[0]:
             return
@@ -122,6 +118,9 @@ class Technician:
         if job_id in self._bids:
             self.done.append(job_id)
             self._event(job_id, "done", progress=1.0)
+
+    def _on_closed(self, env: Envelope, closed: JobClosed) -> None:
+        self._close(closed.job_id)
 
     def _close(self, job_id: str) -> None:
         if self._bids.pop(job_id, None) is not None:
