@@ -45,6 +45,8 @@ def main() -> None:
     from ledger import Charter, Identity, Ledger, settlement
     from ledger.operations import Operations, Role
     from machines import JobSpec, load_profiles
+    from machines.driver import SimDriver
+    from machines.faults import FaultyDriver
 
     folder = Path(tempfile.mkdtemp(dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
     ledger = Ledger(f"sqlite:///{folder}/ledger.db")
@@ -61,8 +63,9 @@ def main() -> None:
             """The wall time (epoch s) at which the market's clock read ``market_s``."""
             return time.time() - (clock.time() - market_s) / speed
 
+        faults = FaultyDriver(SimDriver(profile, clock))
         node = MachineNode(profile, identity, Hub(broker.url, name="prusa-b", clock=clock), ledger=ledger, clock=clock,
-                           flows=flows, charter=Charter(handoff_wait_h=1000)).start()
+                           driver=faults, flows=flows, charter=Charter(handoff_wait_h=1000)).start()
         op = Identity.generate()
         Operations(ledger.engine).grant(op.did, Role.OPERATOR, "prusa-b")
         hub = Hub(broker.url, name="operator", clock=clock).connect()
@@ -100,7 +103,7 @@ def main() -> None:
         time.sleep(0.3)
         for r in range(rounds):
             job_id = f"hot-{r}"
-            node.anomalies[job_id] = (0.2, "thermal_runaway")
+            faults.plan(job_id, 0.2, "thermal_runaway")
             before = len(raised)
             requester.post(JobSpec(id=job_id, kind="printer_3d", capability="print", region="north", deadline_h=200,
                                    material="PLA", size_mm=(80, 60, 40), amount=40), reserve=50_000_000, value=60_000_000)

@@ -23,12 +23,9 @@ import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from core.mailbox import Mailbox
-
-__all__ = ["Clock", "Hold", "MarketAnchor", "RealTime", "ScaledClock", "SimClock", "Timeline", "WallClock"]
+__all__ = ["Clock", "Hold", "MarketAnchor", "RealTime", "ScaledClock", "SimClock", "Timeline", "Waiter", "WallClock"]
 
 DEFAULT_START = datetime(2026, 1, 1, 0, 0, tzinfo=UTC)
 RESYNC_AFTER_S = 60.0
@@ -52,6 +49,17 @@ class Hold(Protocol):
     def release(self) -> None: ...
 
 
+class Waiter(Protocol):
+    """What a clock asks of a mailbox waiting on it (``core.mailbox.Mailbox`` is one): a virtual
+    clock releases due timers when it jumps, and reports what a stalled mailbox is doing."""
+
+    name: str
+
+    def next_due(self) -> float | None: ...
+    def release_due(self, now: float) -> int: ...
+    def doing(self) -> str | None: ...
+
+
 class Timeline(Clock, Protocol):
     """A clock agents set timers on. ``speed`` is market seconds per real second: how fast the
     clock runs against the wall, and how much market time a piece of real work is charged."""
@@ -73,8 +81,8 @@ class Timeline(Clock, Protocol):
         """Real seconds a mailbox waits for a timer due at ``due``; None: until the clock wakes it."""
         ...
 
-    def attach(self, box: Mailbox) -> None: ...
-    def detach(self, box: Mailbox) -> None: ...
+    def attach(self, box: Waiter) -> None: ...
+    def detach(self, box: Waiter) -> None: ...
     def add_work(self, n: int = 1) -> None: ...
     def work_done(self, n: int = 1) -> None: ...
     def hold(self, what: str) -> Hold: ...
@@ -125,10 +133,10 @@ class RealTime:
     def wait_s(self, due: float) -> float | None:
         return min((due - self.time()) / self.speed, MAX_REAL_WAIT_S)
 
-    def attach(self, box: Mailbox) -> None:
+    def attach(self, box: Waiter) -> None:
         return None
 
-    def detach(self, box: Mailbox) -> None:
+    def detach(self, box: Waiter) -> None:
         return None
 
     def add_work(self, n: int = 1) -> None:

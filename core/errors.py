@@ -33,6 +33,7 @@ raised. ::
     │   ├── BrokerStartFailed       the local broker could not be started
     │   └── EnvelopeRejected        a received message dropped (its ``reason`` says why)
     ├── SimulationStalled           a virtual-time city stopped moving (a message never delivered); says what was in flight
+    ├── ContractStateError          a contract asked to move where its state table forbids (a bug; nothing changed)
     ├── PolicyRefused               a tool refused an action its owners' policy forbids; nothing moved
     │   └── ApprovalRequired        allowed only with the holders' vote: a proposal was opened
     ├── GovernanceError             a proposal that cannot be opened, found or closed
@@ -64,6 +65,7 @@ __all__ = [
     "BrokerStartFailed",
     "BrokerUnavailable",
     "CommandRejected",
+    "ContractStateError",
     "ControlError",
     "DriverError",
     "EmbeddingUnavailable",
@@ -230,6 +232,11 @@ class EnvelopeRejected(HubError):
 
 class SimulationStalled(TamcError):
     """A city on virtual time had work pending and nothing moved for the watchdog's real seconds."""
+
+
+class ContractStateError(TamcError):
+    """A machine's contract was asked to move from one state to another its transition table does not
+    allow: a bug in the caller. The contract is left as it was."""
 
 
 class PolicyRefused(TamcError):

@@ -35,13 +35,10 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from core.clock import DEFAULT_START
+from core.clock import DEFAULT_START, Waiter
 from core.errors import SimulationStalled
-
-if TYPE_CHECKING:
-    from core.mailbox import Mailbox
 
 __all__ = ["VirtualClock"]
 
@@ -75,7 +72,7 @@ class VirtualClock:
         self._t = self.start.timestamp()
         self._cond = threading.Condition()
         self._work = 0
-        self._boxes: list[tuple[str, int, Mailbox]] = []
+        self._boxes: list[tuple[str, int, Waiter]] = []
         self._made = itertools.count()
         self._arrivals: list[tuple[tuple[str, ...], Callable[[], Callable[[], object] | None]]] = []
         self._holds: dict[int, str] = {}
@@ -114,12 +111,12 @@ class VirtualClock:
     def wait_s(self, due: float) -> float | None:
         return None  # a timer is released by the clock when it jumps
 
-    def attach(self, box: Mailbox) -> None:
+    def attach(self, box: Waiter) -> None:
         with self._cond:
             self._boxes.append((box.name, next(self._made), box))
             self._boxes.sort(key=lambda b: (b[0], b[1]))
 
-    def detach(self, box: Mailbox) -> None:
+    def detach(self, box: Waiter) -> None:
         with self._cond:
             self._boxes = [b for b in self._boxes if b[2] is not box]
 

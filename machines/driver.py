@@ -78,6 +78,17 @@ class Driver(Protocol):
     server fails. ``start_job`` for a job already running is a no-op: a resumed workflow repeats it.
     """
 
+    @property
+    def paced_by_clock(self) -> bool:
+        """True when the machine's state is a function of the node's clock (a simulator): the runner
+        reads it at each progress step and at the job's end. False when it works at its own pace
+        (a real machine): the runner reads it every tick."""
+    def set_pace(self, seconds_per_hour: float) -> None:
+        """A market hour lasts this many real seconds: a real machine works a job's market hours in
+        them; a simulator follows its clock and ignores it."""
+    def recover(self, job_id: str, hours: float, progress: float, *, paused: bool, route: list[Point] | None = None) -> None:
+        """A restarted node's workflow says ``job_id`` is on the machine, this far along: a simulator
+        puts it back; a real machine kept its own state and ignores it."""
     def telemetry(self) -> Telemetry: ...
     def start_job(self, job_id: str, hours: float, *, route: list[Point] | None = None) -> None: ...
     def job_run(self, job_id: str) -> JobRun: ...
@@ -93,6 +104,8 @@ class Driver(Protocol):
 
 
 class SimDriver:
+    paced_by_clock = True
+
     def __init__(
         self,
         profile: MachineProfile,
@@ -241,6 +254,9 @@ class SimDriver:
         self._state = MachineState.PAUSED if paused else MachineState.WORKING
         self._job, self._job_hours, self._done_hours = job_id, hours, hours * min(max(progress, 0.0), 1.0)
         self._route = list(route or [])
+
+    def set_pace(self, seconds_per_hour: float) -> None:
+        """A simulator follows its clock: the market's pace is already in it."""
 
     def maintain(self) -> None:
         """Service the machine: wear back to zero."""

@@ -112,6 +112,16 @@ class OctoPrintDriver:
         volume = fab.build_volume_mm if fab else BOX_MM
         self._box = (min(BOX_MM[0], volume[0] / 2), min(BOX_MM[1], volume[1] / 2), min(BOX_MM[2], volume[2] / 2))
 
+    paced_by_clock = False
+
+    def set_pace(self, seconds_per_hour: float) -> None:
+        if not seconds_per_hour > 0:
+            raise ValueError(f"seconds_per_hour must be positive, not {seconds_per_hour}")
+        self.seconds_per_hour = seconds_per_hour
+
+    def recover(self, job_id: str, hours: float, progress: float, *, paused: bool, route: list[Point] | None = None) -> None:
+        """OctoPrint kept the print across the node's restart: nothing to put back."""
+
     def __enter__(self) -> OctoPrintDriver:
         return self
 

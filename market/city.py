@@ -43,6 +43,8 @@ from hub.transport import Hub
 from ledger import Identity, Keystore, Ledger, machine_wallet, settlement
 from ledger.collective import Collective
 from ledger.governance import Governance
+from machines.driver import SimDriver
+from machines.faults import FaultyDriver
 from machines.profile import MachineProfile
 from market.demand import FLAT, HOURLY_SHAPE, DemandModel, JobRequest, generate_jobs
 from market.fleet import COLLECTIVE_MEMBERS, FAB_CELL, build_fleet, stakeholders
@@ -337,8 +339,10 @@ def run_market(config: MarketConfig, *, on_progress: Callable[[Snapshot], None] 
 
         def machine(profile: MachineProfile, identity: Identity, fails: frozenset[str] = frozenset(), wear_pct: float = 0.0) -> MachineNode:
             # each machine its own connection: the broker announces its death by last will
-            node = MachineNode(profile, identity, hub(profile.id), ledger=ledger, fail_jobs=fails, agent=agent, governance=governance,
-                               memory=memory.machine(profile.id), wear_pct=wear_pct, telemetry_every_s=config.telemetry_every_s,
+            # a simulated machine, whose planned failures (``fail_rate``) fire half-way through their jobs
+            driver = FaultyDriver(SimDriver(profile, clock, wear_pct=wear_pct), {job: (0.5, "fail") for job in fails})
+            node = MachineNode(profile, identity, hub(profile.id), ledger=ledger, driver=driver, agent=agent, governance=governance,
+                               memory=memory.machine(profile.id), telemetry_every_s=config.telemetry_every_s,
                                flows=flows, progress_steps=config.progress_steps)
             nodes.append(node)
             return node

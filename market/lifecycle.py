@@ -46,7 +46,7 @@ from ledger.proposals import Proposal, ProposalKind
 from machines.job import MAINTENANCE, JobSpec
 from machines.profile import MachineProfile
 from market.regions import Region
-from memory.store import MemoryItem, MemoryKind
+from memory.records import MemoryItem, MemoryKind
 from tools.governance import propose
 
 __all__ = ["FIXED_COSTS", "LifeConfig", "LifeEvent", "LifeReport", "Lifecycle"]
@@ -409,7 +409,7 @@ class Lifecycle:
             self._hire_maintenance(node, p)
 
     def _child_profile(self, parent: MachineNode, child_id: str, region: str) -> MachineProfile:
-        base = parent.base_profile
+        base = parent.mandate.base
         update: dict[str, object] = {
             "id": child_id, "name": f"{base.name.split(',')[0]}, {region} (child of {parent.id})", "region": region,
             "policy": base.policy.model_copy(update={"territory": base.policy.territory if base.vehicle else (region,)}),

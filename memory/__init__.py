@@ -5,6 +5,7 @@
 demand, ``retention`` keeps the store bounded. Open one with ``open_memory``.
 """
 
-from memory.store import MachineMemory, MemoryConfig, MemoryItem, MemoryKind, MemoryRecord, MemoryStore
+from memory.records import MemoryConfig, MemoryItem, MemoryKind, MemoryRecord
+from memory.store import MachineMemory, MemoryStore
 
 __all__ = ["MachineMemory", "MemoryConfig", "MemoryItem", "MemoryKind", "MemoryRecord", "MemoryStore"]

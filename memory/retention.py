@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from statistics import median
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel
 
 from core.money import format_units
-from memory.store import MemoryItem, MemoryKind, MemoryRecord
-
-if TYPE_CHECKING:
-    from memory.store import MachineMemory
+from memory.records import MemoryConfig, MemoryItem, MemoryKind, MemoryRecord
 
 __all__ = ["Compaction", "compact", "summarize"]
 
@@ -32,6 +30,19 @@ HEADROOM = 0.9
 """Compaction brings a machine down to this share of its limit, so it does not run on every add."""
 
 
+class Compacted(Protocol):
+    """What compaction needs of a machine's memory (``memory.store.MachineMemory`` is one)."""
+
+    machine_id: str
+    config: MemoryConfig
+    clock: Callable[[], datetime]
+
+    def all(self) -> list[MemoryRecord]: ...
+    def count(self) -> int: ...
+    def remember_many(self, items: list[MemoryItem]) -> Any: ...
+    def forget(self, ids: list[str]) -> Any: ...
+
+
 class Compaction(BaseModel):
     folded: int = 0
     summaries: int = 0
@@ -40,7 +51,7 @@ class Compaction(BaseModel):
     """Records left."""
 
 
-def compact(memory: MachineMemory, now: datetime | None = None) -> Compaction:
+def compact(memory: Compacted, now: datetime | None = None) -> Compaction:
     now = now or memory.clock()
     records = memory.all()
     target = int(memory.config.max_records * HEADROOM)

@@ -16,11 +16,12 @@ from pydantic import BaseModel
 from core.money import format_units
 from machines.job import JobSpec
 from machines.profile import Policy
-from memory.store import MemoryItem, MemoryKind
+from memory.records import MemoryItem, MemoryKind
 from pricing.rules import BPS, MemorySignal
 
 if TYPE_CHECKING:
-    from memory.store import MachineMemory, MemoryRecord
+    from memory.records import MemoryRecord
+    from memory.store import MachineMemory
     from pricing.bids import BidRecord
 
 __all__ = ["DemandLog", "WearTrend", "job_text", "outcome_item", "price_signal", "trend_of", "wear_item", "wear_trend"]

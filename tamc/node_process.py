@@ -26,6 +26,8 @@ from hub.messages import JobEvent
 from hub.transport import Hub, parse_broker_url
 from ledger import Charter, Keystore, Ledger, settlement
 from ledger.governance import Governance
+from machines.driver import Driver, SimDriver
+from machines.faults import FaultyDriver
 from machines.loader import find_profile, load_profile
 from memory import MemoryConfig, MemoryStore
 
@@ -109,7 +111,7 @@ def run_agent(machine: str, broker_url: str, *, ledger_url: str | None, holders:
             memory_state = f"unavailable: {exc}"
             log.error("machine=%s memory unavailable: %s", profile.id, exc)
     options = options or NodeOptions()
-    driver = None
+    driver: Driver | None = None
     if options.octoprint:
         from machines.octoprint import OctoPrintDriver
 
@@ -119,9 +121,11 @@ def run_agent(machine: str, broker_url: str, *, ledger_url: str | None, holders:
     where = options.checkpoints or str(data_dir / "workflows.db")
     with checkpointer(where) as saver:
         clock = _market_clock(data_dir)
+        if driver is None and options.inject:  # a simulator with faults planned on purpose (``--inject``)
+            driver = FaultyDriver(SimDriver(profile, clock), options.inject)
         node = MachineNode(profile, identity, Hub(broker_url, name=profile.id, clock=clock), ledger=ledger, on_event=show,
                            agent=agent, governance=Governance(ledger, clock=clock), memory=store, flows=JobFlows(saver), driver=driver,
-                           charter=options.charter, anomalies=options.inject)
+                           charter=options.charter)
         started = {"memory": memory_state, "checkpoints": where.split("@")[-1],
                    "drives": f"octoprint {options.octoprint}" if options.octoprint else "simulator"}
         _serve(node, data_dir, model, stop, {"broker": broker_url, **started})

@@ -20,6 +20,8 @@ from hub.messages import JobEvent
 from hub.transport import Hub
 from ledger import Identity, Ledger, settlement
 from machines import JobSpec, load_profiles
+from machines.driver import SimDriver
+from machines.faults import FaultyDriver
 from machines.profile import MachineProfile
 
 PROFILES = load_profiles()
@@ -53,11 +55,15 @@ class City:
         self.hubs.append(hub)
         return hub.connect() if connect else hub
 
-    def machine(self, profile: MachineProfile, *, fail_jobs: frozenset[str] = frozenset(), **node_options: Any) -> MachineNode:
+    def machine(self, profile: MachineProfile, *, fail_jobs: frozenset[str] = frozenset(),
+                faults: dict[str, tuple[float, str]] | None = None, wear_pct: float = 0.0, **node_options: Any) -> MachineNode:
+        """A simulated machine on the city's clock; ``fail_jobs`` fail half-way, ``faults`` fire as planned."""
         identity = Identity.generate()
         settlement.register_machine(self.ledger, profile.id, identity.did, {"alice": 60, "bob": 40})
+        planned = {**{job: (0.5, "fail") for job in fail_jobs}, **(faults or {})}
+        driver = node_options.pop("driver", None) or FaultyDriver(SimDriver(profile, self.clock, wear_pct=wear_pct), planned)
         node = MachineNode(profile, identity, self.hub(profile.id, connect=False), ledger=self.ledger,
-                           clock=self.clock, fail_jobs=fail_jobs, **node_options).start()
+                           clock=self.clock, driver=driver, **node_options).start()
         self.nodes[profile.id] = node
         if isinstance(self.clock, VirtualClock):
             self.clock.settle()  # its subscriptions take effect: a message sent next reaches it

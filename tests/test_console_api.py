@@ -11,6 +11,7 @@ import pytest
 from city import until
 from test_server_api import client
 
+from machines.faults import FaultyDriver
 from server.runner import Served
 
 pytestmark = pytest.mark.slow
@@ -19,13 +20,19 @@ JOB = {"kind": "printer_3d", "capability": "print", "region": "north", "deadline
        "material": "PLA", "size_mm": [60, 40, 30], "amount": 20, "description": "a bracket"}
 
 
+def faulty(node: object) -> FaultyDriver:
+    driver = getattr(node, "driver", None)
+    assert isinstance(driver, FaultyDriver), "a simulated city's machines run on a fault-planning simulator"
+    return driver
+
+
 def test_an_anomaly_is_handed_to_an_operator_who_takes_over_commands_and_hands_back(served: Served) -> None:
     rita, olga, alice = client(served, "rita"), client(served, "olga"), client(served, "alice")
     posted = rita.post("/v1/jobs", json=JOB)
     assert posted.status_code == 202, posted.text
     job_id = posted.json()["job_id"]
     for node in served.city.nodes:  # whichever printer wins, its nozzle runs away a fifth of the way in
-        node.anomalies[job_id] = (0.2, "thermal_runaway")
+        faulty(node).plan(job_id, 0.2, "thermal_runaway")
 
     queue = until(lambda: olga.get("/v1/handoffs").json(), lambda q: any(h["job_id"] == job_id for h in q))
     [handoff] = [h for h in queue if h["job_id"] == job_id]

@@ -80,7 +80,7 @@ def operator(city: City, machine_id: str) -> tuple[Identity, Console]:
 
 
 def test_anomaly_hands_off_operator_takes_over_commands_hands_back_paid_once(city: City) -> None:
-    node = city.machine(printer("prusa-h", 2000), anomalies={"j-hot": (0.25, "thermal_runaway")},
+    node = city.machine(printer("prusa-h", 2000), faults={"j-hot": (0.25, "thermal_runaway")},
                         charter=Charter(handoff_wait_h=1000))
     op, console = operator(city, "prusa-h")
     requester: Requester = city.open_requester()
@@ -174,7 +174,7 @@ def test_a_redelivered_command_is_carried_out_once(city: City) -> None:
 
 
 def test_no_operator_in_time_escalates_and_the_runner_up_finishes_the_job(city: City) -> None:
-    hot = city.machine(printer("prusa-e1", 1000), anomalies={"j-esc": (0.25, "wear_spike")}, charter=Charter(handoff_wait_h=0.5))
+    hot = city.machine(printer("prusa-e1", 1000), faults={"j-esc": (0.25, "wear_spike")}, charter=Charter(handoff_wait_h=0.5))
     city.machine(printer("prusa-e2", 3000))
     requester = city.open_requester()
     requester.post(job("j-esc", deadline_h=40), reserve=50_000_000, value=60_000_000)

@@ -1,0 +1,271 @@
+"""The workshop: a won job from award to payment.
+
+It accepts an award only if the machine can still keep the deadline at the price, releases a slot
+the requester never funds, starts funded jobs earliest deadline first (a vehicle charges first),
+runs each as a workflow (``JobRunner``), books it when done, frees the machine when a job is given
+up or closed, and when paid settles its costs and pays the holders. Every step checks who sent the
+message: awards and payments only count from the requester that posted the job.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from agents.node.bidder import Bidder
+from agents.node.book import Contract, ContractBook, ContractState, Followed, Terms
+from agents.node.diary import Diary
+from agents.node.effects import JobEnds
+from agents.node.holding import Holding
+from agents.node.mandate import Mandate
+from agents.node.outbox import Inbox, Outbox
+from agents.node.runner import JobRunner
+from agents.node.stats import NodeStats
+from agents.workflow import JobFlows
+from core.clock import Timeline
+from core.errors import CommandRejected, DriverError, EscrowNotFound
+from core.mailbox import Mailbox
+from hub import topics
+from hub.envelope import Envelope
+from hub.messages import Award, JobClosed, JobEvent
+from ledger import Ledger, settlement
+from ledger.operations import Operations
+from machines.driver import Driver
+from machines.work import estimate
+from memory.signals import wear_item
+from pricing.rules import MarketContext, job_cost
+
+__all__ = ["FUND_WAIT_S", "Workshop"]
+
+log = logging.getLogger("tamc.node")
+
+FUND_WAIT_S = 10.0
+"""After accepting, how long (real seconds at the market's pace) a machine keeps the slot for a
+requester that has not funded."""
+
+
+class Workshop:
+    def __init__(self, *, machine_id: str, mandate: Mandate, clock: Timeline, mailbox: Mailbox, stats: NodeStats,
+                 book: ContractBook, outbox: Outbox, inbox: Inbox, diary: Diary, bidder: Bidder, holding: Holding,
+                 driver: Driver, ledger: Ledger | None, ops: Operations | None, flows: JobFlows, market: MarketContext,
+                 forget: Callable[[str], None], tick_s: float = 1.0, progress_steps: int = 4) -> None:
+        self.machine_id = machine_id
+        self.mandate = mandate
+        self.clock = clock
+        self.mailbox = mailbox
+        self.stats = stats
+        self.book = book
+        self.outbox = outbox
+        self.inbox = inbox
+        self.diary = diary
+        self.bidder = bidder
+        self.holding = holding
+        self.driver = driver
+        self.ledger = ledger
+        self.market = market
+        self.forget = forget
+        self.maintenance_due = False
+        """Serviced while busy: wear resets when the job in hand ends."""
+        self.ends = JobEnds(done=self.job_done, given_up=self.given_up, stop=self.stop_running, settle=self.settle)
+        self.runner = JobRunner(machine_id=machine_id, clock=clock, mailbox=mailbox, book=book, outbox=outbox, driver=driver,
+                                flows=flows, ops=ops, mandate=mandate, holding=holding, ends=self.ends,
+                                confidence=bidder.confidence, tick_s=tick_s, progress_steps=progress_steps)
+
+    # -- the award topic -------------------------------------------------------------------------
+
+    def on_award(self, env: Envelope, body: Award) -> None:
+        followed = self._from_requester(env, body.job_id)
+        if followed is None:
+            return
+        self.bidder.note_outcome(body)
+        contract = followed.contract
+        if body.machine_id != self.machine_id:
+            if contract and contract.state in (ContractState.ACCEPTED, ContractState.FUNDED):
+                contract.move(ContractState.WITHDRAWN)  # our accept came too late; the job went to another machine
+                self.stop_running(contract)
+            return
+        self.stats.awards += 1
+        if self.holding.held_by is not None:
+            return  # a person holds the machine: no accept, no decline; the requester moves on
+        if contract and contract.active:
+            self.outbox.event(body.job_id, "accepted", detail="repeat")  # our accept was lost; say it again
+            return
+        if self.clock.ms() > body.accept_by:
+            return
+        cfp = followed.call
+        pricer = self.bidder.pricer
+        decision = pricer.decide(pricer.remaining(cfp.job.model_copy(update={"max_price": None}), cfp.deadline_at), cfp.deadline_at)
+        least = max(decision.cost.total, self.mandate.profile.policy.price_floor) if decision.cost else None
+        if decision.action != "bid" or least is None or body.price < least:
+            why = decision.reason if decision.action != "bid" else f"price {body.price} below our least {least}"
+            self.outbox.event(body.job_id, "declined", detail=why)
+            return
+        terms = Terms(job=cfp.job, requester=followed.requester, price=body.price, speed=cfp.speed, deadline_at=cfp.deadline_at,
+                      accept_by=body.accept_by)
+        contract = Contract(terms)
+        contract.costing.hours = estimate(self.mandate.profile, cfp.job).total_hours
+        if followed.contract is None:
+            self.inbox.listen(topics.events(body.job_id))
+        followed.contract = contract
+        contract.timers.add(self.mailbox.call_later((body.accept_by - self.clock.ms()) / 1000 + FUND_WAIT_S * self.clock.speed,
+                                                    self._unfunded, contract))
+        self.stats.accepted += 1
+        self.outbox.event(body.job_id, "accepted", detail="takeover" if body.takeover else "")
+
+    def on_closed(self, env: Envelope, body: JobClosed) -> None:
+        followed = self._from_requester(env, body.job_id)
+        if followed is None:
+            return
+        self.bidder.note_outcome(body)
+        contract = followed.contract
+        if contract and contract.state == ContractState.DONE and body.outcome == "paid" and body.machine_id == self.machine_id:
+            self.settle(contract)  # the 'paid' event may arrive after this, or not at all
+        if contract and contract.active:
+            self.runner.closed(contract, body.outcome)
+            contract.move(ContractState.CANCELLED)
+            self.stop_running(contract)
+        self.forget(body.job_id)
+
+    def _from_requester(self, env: Envelope, job_id: str) -> Followed | None:
+        """The job if we follow it and ``env`` comes from the requester that posted it."""
+        followed = self.book.followed(job_id)
+        return followed if followed is not None and env.sender == followed.requester else None
+
+    # -- the job's events ------------------------------------------------------------------------
+
+    def on_event(self, env: Envelope, event: JobEvent) -> None:
+        contract = self.book.contract(event.job_id)
+        if contract is None or env.sender != contract.terms.requester or event.machine_id != self.machine_id:
+            return
+        if event.kind == "funded" and contract.state == ContractState.ACCEPTED:
+            if self.ledger is not None and not self._escrow_holds(contract):
+                return
+            contract.move(ContractState.FUNDED)
+            contract.timers.cancel()
+            self.maybe_start()
+        elif event.kind == "paid" and contract.state == ContractState.DONE:
+            self.settle(contract)
+
+    def _escrow_holds(self, contract: Contract) -> bool:
+        assert self.ledger is not None
+        try:
+            escrow = self.ledger.escrow(contract.job.id)
+        except EscrowNotFound:
+            log.warning("machine=%s job=%s told funded but no escrow exists", self.machine_id, contract.job.id)
+            return False
+        return escrow.state.value == "held" and escrow.amount >= contract.terms.price
+
+    def _unfunded(self, contract: Contract) -> None:
+        if contract.state == ContractState.ACCEPTED:
+            log.warning("machine=%s job=%s never funded; slot released", self.machine_id, contract.job.id)
+            contract.move(ContractState.WITHDRAWN)
+
+    # -- running ---------------------------------------------------------------------------------
+
+    def maybe_start(self) -> None:
+        if self.book.running is not None or self.holding.held_by is not None:
+            return
+        contract = self.book.next_ready()  # earliest deadline first
+        if contract is None:
+            return
+        self.book.run(contract)
+        t = self.driver.telemetry()
+        profile = self.mandate.profile
+        work = estimate(profile, contract.job, position=t.position)
+        vehicle = profile.vehicle
+        charge_h = vehicle.charge_hours(work.total_km, t.battery_pct or 0.0) if vehicle else 0.0
+        if charge_h > 0:  # parked, the driver charges; start when the battery holds the route
+            contract.timers.add(self.mailbox.call_later(charge_h * 3600, self._begin, contract))
+        else:
+            self._begin(contract)
+
+    def _begin(self, contract: Contract) -> None:
+        """Run the job as a workflow: it checks, starts, watches and ends it."""
+        if contract.state != ContractState.FUNDED or self.book.running is not contract:
+            return
+        if self.holding.held_by is not None:  # a person took the machine while it charged: start after the handback
+            self.book.release()
+            return
+        t = self.driver.telemetry()
+        profile = self.mandate.profile
+        work = estimate(profile, contract.job, position=t.position)
+        costing = contract.costing
+        costing.hours = work.total_hours
+        costing.cost = job_cost(profile, work, self.market)
+        costing.wear_at_start = t.wear_pct
+        contract.move(ContractState.RUNNING)
+        self.runner.begin(contract, work.total_hours, work.wear_pct(profile))
+
+    def job_done(self, contract: Contract) -> None:
+        """The workflow finished the job (and said ``done``): book it, start the next."""
+        contract.move(ContractState.DONE)
+        contract.timers.cancel()
+        wear = self.driver.telemetry().wear_pct
+        costing = contract.costing
+        self.diary.store([wear_item(contract.job.id, contract.job.capability, wear, wear - costing.wear_at_start, costing.hours)])
+        self.book.release(contract)
+        self.stats.done += 1
+        self.stats.busy_hours += costing.hours
+        if self.maintenance_due:
+            self.maintain()
+        self.outbox.telemetry(self.driver.telemetry())
+        self.maybe_start()
+
+    def given_up(self, contract: Contract) -> None:
+        """The workflow ended the job unfinished (failed, escalated, aborted by an operator)."""
+        if contract.state == ContractState.RUNNING:
+            self.stats.failed += 1
+            contract.move(ContractState.FAILED)
+        self.stop_running(contract)
+
+    def stop_running(self, contract: Contract) -> None:
+        contract.timers.cancel()
+        if self.book.running is contract:
+            if self.driver.job_run(contract.job.id) in ("running", "paused"):
+                try:
+                    self.driver.cancel()
+                except (CommandRejected, DriverError) as exc:
+                    log.error("machine=%s job=%s cannot stop the job on the machine: %s", self.machine_id, contract.job.id, exc)
+            self.book.release()
+            if self.maintenance_due:
+                self.maintain()
+            self.maybe_start()
+
+    def maintain(self) -> None:
+        """The maintenance job was done: wear back to zero; a machine busy with a job is serviced as
+        soon as that job ends."""
+        if self.book.running is not None:
+            self.maintenance_due = True
+            return
+        self.maintenance_due = False
+        self.driver.maintain()
+        self.outbox.telemetry(self.driver.telemetry())
+
+    # -- money -----------------------------------------------------------------------------------
+
+    def settle(self, contract: Contract) -> None:
+        assert contract.costing.cost is not None
+        costs = settlement.JobCosts.of(contract.terms.price, contract.costing.cost)
+        owed = costs.to_owners - costs.kept(self.mandate.retain_bps)
+        if self.ledger is not None:
+            owed = settlement.settle_costs(self.ledger, contract.job.id, self.machine_id, costs, retain_bps=self.mandate.retain_bps)
+        contract.move(ContractState.PAID)
+        s = self.stats
+        s.paid += 1
+        s.revenue += costs.price
+        s.energy += costs.energy
+        s.wear_cost += costs.wear
+        s.consumables += costs.consumables
+        s.to_owners += owed
+        s.settled.append((contract.job.id, costs))
+
+    def work_in_hand(self) -> int:
+        """What the jobs accepted and not yet paid will leave after their variable costs: earned, not
+        yet booked. A machine busy with long jobs is not losing money."""
+        left = 0
+        profile = self.mandate.profile
+        for c in self.book.contracts():
+            if c.active or c.state == ContractState.DONE:
+                cost = c.costing.cost or job_cost(profile, estimate(profile, c.job), self.market)
+                left += settlement.JobCosts.of(c.terms.price, cost).to_owners
+        return left
