@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field
 
 from core.clock import Timeline
 from hub import topics
+from hub.dispatch import Dispatch
 from hub.envelope import Envelope
 from hub.messages import ControlResult, GovernanceNotice, Handoff, JobEvent, Presence, TelemetryReport
 from hub.transport import Hub
@@ -83,6 +84,9 @@ class Feed:
         """Answers to commands this server sent, by command id, with who signed them."""
         self._answered = threading.Condition(self._lock)
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._dispatch = (Dispatch().on(TelemetryReport, self._on_telemetry).on(Presence, self._on_presence)
+                          .on(JobEvent, self._on_job).on(Handoff, self._on_handoff).on(ControlResult, self._on_control)
+                          .on(GovernanceNotice, self._on_governance))
 
     def start(self, loop: asyncio.AbstractEventLoop) -> Feed:
         self._loop = loop
@@ -146,32 +150,36 @@ class Feed:
     # -- the hub ---------------------------------------------------------------------------------
 
     def _on_message(self, topic: str, env: Envelope) -> None:
-        body = env.body
         self.received += 1
-        if isinstance(body, TelemetryReport):
-            t = body.telemetry
-            self.telemetry[t.machine_id] = t
-            self.emit(LiveEvent(type="telemetry", machine_id=t.machine_id, data=t.model_dump(mode="json")))
-        elif isinstance(body, Presence):
-            self.presence[body.machine_id] = body
-            self.emit(LiveEvent(type="presence", machine_id=body.machine_id,
-                                data=body.model_dump(mode="json", include={"state", "kind", "region", "territory"})))
-        elif isinstance(body, JobEvent):
-            self.job_events[body.job_id].append(body)
-            self.emit(LiveEvent(type="job", machine_id=body.machine_id, job_id=body.job_id,
-                                data=body.model_dump(mode="json", exclude={"job_id", "machine_id"})))
-        elif isinstance(body, Handoff):  # a prompt to look: the console reads the handoffs from the ledger
-            self.handoffs[body.machine_id] = body
-            self.emit(LiveEvent(type="handoff", machine_id=body.machine_id, job_id=body.job_id,
-                                data=body.model_dump(mode="json", include={"handoff_id", "state", "reason", "detail", "operator"})))
-        elif isinstance(body, ControlResult):
-            with self._answered:
-                self._answers[body.command_id] = (env.sender, body)
-                if len(self._answers) > 1000:  # answers nobody waited for (sent by other consoles)
-                    self._answers.pop(next(iter(self._answers)))
-                self._answered.notify_all()
-            self.emit(LiveEvent(type="control", machine_id=body.machine_id,
-                                data=body.model_dump(mode="json", exclude={"machine_id"})))
-        elif isinstance(body, GovernanceNotice):
-            self.emit(LiveEvent(type="governance", machine_id=body.machine_id,
-                                data=body.model_dump(mode="json", exclude={"machine_id"})))
+        self._dispatch(env)
+
+    def _on_telemetry(self, env: Envelope, body: TelemetryReport) -> None:
+        t = body.telemetry
+        self.telemetry[t.machine_id] = t
+        self.emit(LiveEvent(type="telemetry", machine_id=t.machine_id, data=t.model_dump(mode="json")))
+
+    def _on_presence(self, env: Envelope, body: Presence) -> None:
+        self.presence[body.machine_id] = body
+        self.emit(LiveEvent(type="presence", machine_id=body.machine_id,
+                            data=body.model_dump(mode="json", include={"state", "kind", "region", "territory"})))
+
+    def _on_job(self, env: Envelope, body: JobEvent) -> None:
+        self.job_events[body.job_id].append(body)
+        self.emit(LiveEvent(type="job", machine_id=body.machine_id, job_id=body.job_id,
+                            data=body.model_dump(mode="json", exclude={"job_id", "machine_id"})))
+
+    def _on_handoff(self, env: Envelope, body: Handoff) -> None:  # a prompt to look: the console reads the ledger
+        self.handoffs[body.machine_id] = body
+        self.emit(LiveEvent(type="handoff", machine_id=body.machine_id, job_id=body.job_id,
+                            data=body.model_dump(mode="json", include={"handoff_id", "state", "reason", "detail", "operator"})))
+
+    def _on_control(self, env: Envelope, body: ControlResult) -> None:
+        with self._answered:
+            self._answers[body.command_id] = (env.sender, body)
+            if len(self._answers) > 1000:  # answers nobody waited for (sent by other consoles)
+                self._answers.pop(next(iter(self._answers)))
+            self._answered.notify_all()
+        self.emit(LiveEvent(type="control", machine_id=body.machine_id, data=body.model_dump(mode="json", exclude={"machine_id"})))
+
+    def _on_governance(self, env: Envelope, body: GovernanceNotice) -> None:
+        self.emit(LiveEvent(type="governance", machine_id=body.machine_id, data=body.model_dump(mode="json", exclude={"machine_id"})))
