@@ -58,7 +58,7 @@ log = logging.getLogger("tamc.node")
 class MachineNode:
     def __init__(self, profile: MachineProfile, identity: Identity, hub: Hub, *, ledger: Ledger | None = None,
                  mailbox: Mailbox | None = None, clock: Timeline | None = None, market: MarketContext | None = None,
-                 driver: Driver | None = None, wear_pct: float = 0.0, agent: MachineAgent | None = None,
+                 driver: Driver | None = None, agent: MachineAgent | None = None,
                  loop: BackgroundLoop | None = None, memory: MachineMemory | None = None, governance: Governance | None = None,
                  charter: Charter | None = None, flows: JobFlows | None = None, auto_bid: bool = True, progress_steps: int = 4,
                  tick_s: float = 1.0, telemetry_every_s: float | None = None,
@@ -72,7 +72,7 @@ class MachineNode:
         self.market = market or MarketContext()
         self.session = uuid.uuid4().hex
         self.stats = NodeStats()
-        self.driver: Driver = driver if driver is not None else SimDriver(profile, self.clock, wear_pct=wear_pct)
+        self.driver: Driver = driver if driver is not None else SimDriver(profile, self.clock)
         self.driver.set_pace(3600 / self.clock.speed)  # a real machine works a market hour in this many real seconds
         self.flows = flows if flows is not None else JobFlows(in_memory())
         """Where each job's workflow is checkpointed (in memory unless the caller gives a SQLite or PostgreSQL one)."""
