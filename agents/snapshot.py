@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
+from core.datadir import DataDir
 from core.errors import InputError, PolicyRefused, UnknownMachine
 from machines.driver import Telemetry
 from machines.profile import MachineProfile
@@ -31,7 +32,7 @@ class MachineSnapshot(BaseModel):
 
 
 def snapshot_path(data_dir: Path, machine_id: str) -> Path:
-    return data_dir / "machines" / f"{machine_id}.json"
+    return DataDir(data_dir).machines / f"{machine_id}.json"
 
 
 def save_snapshot(data_dir: Path, snapshot: MachineSnapshot) -> Path:

@@ -24,7 +24,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hub.broker import start_broker
-from market.city import MarketConfig, run_market
+from market.city import simulate
+from market.config import MarketConfig
 
 SEEDS = (1, 2, 3, 4, 5)
 SCENARIOS = {"normal": (0.85, False), "overload": (1.5, True)}
@@ -39,7 +40,7 @@ def main() -> None:
     with start_broker() as broker, tempfile.TemporaryDirectory() as tmp:
         for name, (load, flat) in SCENARIOS.items():
             for seed in SEEDS:
-                reports = [run_market(MarketConfig(seed=seed, hours=hours, load=load, flat_demand=flat, broker=broker.url,
+                reports = [simulate(MarketConfig(seed=seed, hours=hours, load=load, flat_demand=flat, broker=broker.url,
                                                    data_dir=Path(tmp) / f"{name}-{seed}-{i}")) for i in range(repeats)]
                 r = reports[0]
                 row = {"scenario": name, "seed": seed, "load": load, "jobs": r.posted, "paid": r.paid,

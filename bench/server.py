@@ -24,7 +24,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from market.city import MarketConfig
+from market.config import MarketConfig
 from server.runner import serve
 
 

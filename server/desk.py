@@ -24,7 +24,7 @@ from server.access import Principal
 from server.feed import Feed
 
 if TYPE_CHECKING:
-    from market.city import LiveCity
+    from market.city import City
 
 __all__ = ["JobDesk", "JobPost", "JobStatus", "JobStep"]
 
@@ -65,7 +65,7 @@ class JobStatus(BaseModel):
 
 
 class JobDesk:
-    def __init__(self, city: LiveCity, feed: Feed) -> None:
+    def __init__(self, city: City, feed: Feed) -> None:
         self.city = city
         self.feed = feed
         self._requesters: dict[str, Requester] = {}

@@ -11,14 +11,14 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 if TYPE_CHECKING:
-    from market.city import LiveCity
+    from market.city import City
     from server.feed import Feed
 
 __all__ = ["Metrics"]
 
 
 class Metrics:
-    def __init__(self, city: LiveCity, feed: Feed) -> None:
+    def __init__(self, city: City, feed: Feed) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("tamc_http_requests", "HTTP requests answered", ["method", "route", "status"], registry=r)

@@ -1,7 +1,8 @@
 """``tamc serve``: the demo city, running, with the API and the cockpit in front of it.
 
-The market runs in a thread of its own (``market.city.run_market``); when its day has started, the
-server gets the running city, makes the demo's logins and serves on uvicorn. Tests start the very
+The city is started here (``market.city.City``), its day runs on a thread of its own, and the server
+gets the started city, makes the demo's logins and serves on uvicorn; on exit the day stops (no
+drain), the server stops, and the city tears down, each wait bounded and named. Tests start the very
 same thing on a free port.
 """
 
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
-from core.errors import InputError, TamcError
+from core.errors import InputError
 from ledger import settlement
 from server.access import Access, Role
 
@@ -26,7 +27,8 @@ if TYPE_CHECKING:
     import uvicorn
     from fastapi import FastAPI
 
-    from market.city import LiveCity, MarketConfig, MarketReport
+    from market.city import City
+    from market.config import MarketConfig
 
 __all__ = ["DemoLogin", "Served", "demo_logins", "serve"]
 
@@ -46,7 +48,7 @@ class DemoLogin(BaseModel):
     token: str
 
 
-def demo_logins(city: LiveCity, access: Access) -> list[DemoLogin]:
+def demo_logins(city: City, access: Access) -> list[DemoLogin]:
     """A stakeholder (alice, whose key owns ``holder:alice``), an operator of every machine, a
     requester with a funded wallet and an admin; each with a fresh token."""
     keys = city.keys
@@ -71,14 +73,14 @@ def demo_logins(city: LiveCity, access: Access) -> list[DemoLogin]:
 class Served:
     """A running city with its server."""
 
-    city: LiveCity
+    city: City
     app: FastAPI
     access: Access
     logins: list[DemoLogin]
     url: str
     server: uvicorn.Server
-    report: list[MarketReport]
-    """The market's report, once its day has ended."""
+    day_over: threading.Event
+    """Set when the market's day has ended (the city stays up: the server goes on showing it)."""
 
     def login(self, name: str) -> DemoLogin:
         return next(x for x in self.logins if x.name == name)
@@ -91,7 +93,7 @@ def serve(config: MarketConfig, *, host: str = "127.0.0.1", port: int = 8000, re
     no connection the city opens meanwhile can take it (picking a free port and binding it later raced)."""
     import uvicorn
 
-    from market.city import run_market
+    from market.city import City
     from server.app import create_app
 
     listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
@@ -102,54 +104,53 @@ def serve(config: MarketConfig, *, host: str = "127.0.0.1", port: int = 8000, re
         listener.close()
         raise InputError(f"cannot listen on {host}:{port}: {exc.strerror}; pick another --port") from None
     port = listener.getsockname()[1]
-    ready = threading.Event()
     stop = threading.Event()
-    holder: dict[str, LiveCity] = {}
-    failure: list[BaseException] = []
-    report: list[MarketReport] = []
-
-    def on_ready(city: LiveCity) -> None:
-        holder["city"] = city
-        ready.set()
-
-    def market() -> None:
-        try:
-            report.append(run_market(config, on_ready=on_ready, stop=stop))
-        except BaseException as exc:  # reported to the caller waiting for the city
-            failure.append(exc)
-            ready.set()
-
-    thread = threading.Thread(target=market, name="market", daemon=True)
-    thread.start()
-    if not ready.wait(ready_timeout_s) or failure:
-        stop.set()
-        listener.close()
-        if failure and isinstance(failure[0], TamcError):
-            raise failure[0]
-        raise RuntimeError(f"the city did not start within {ready_timeout_s:.0f} s") from (failure[0] if failure else None)
-    city = holder["city"]
+    day_over = threading.Event()
     server: uvicorn.Server | None = None
     server_thread: threading.Thread | None = None
-    try:
-        access = Access(city.ledger)
-        logins = demo_logins(city, access)
-        app = create_app(city, access=access)
-        server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=1,
-                                               lifespan="on"))
-        server_thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, name="uvicorn", daemon=True)
-        server_thread.start()
-        deadline = time.monotonic() + 30
-        while not server.started:
-            if not server_thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"the server did not start on {host}:{port} (is the port taken?)")
-            time.sleep(0.05)
-        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-        yield Served(city=city, app=app, access=access, logins=logins, url=f"http://{shown}:{port}", server=server, report=report)
-    finally:
-        if server is not None:
-            server.should_exit = True
-        if server_thread is not None:
-            server_thread.join(timeout=10)
-        listener.close()
-        stop.set()
-        thread.join(timeout=120)
+    day: threading.Thread | None = None
+    with contextlib.ExitStack() as stack:
+        stack.callback(listener.close)
+        city = stack.enter_context(City(config))
+        def run_day() -> None:
+            try:
+                city.run(stop=stop)
+            except BaseException:  # the server goes on showing the city; the failure is logged
+                log.exception("the market's day failed")
+            day_over.set()
+
+        day = threading.Thread(target=run_day, name="market", daemon=True)
+        day.start()
+        try:
+            access = Access(city.ledger)
+            logins = demo_logins(city, access)
+            app = create_app(city, access=access)
+            server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=1,
+                                                   lifespan="on"))
+            server_thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, name="uvicorn", daemon=True)
+            server_thread.start()
+            deadline = time.monotonic() + ready_timeout_s
+            while not server.started:
+                if not server_thread.is_alive() or time.monotonic() > deadline:
+                    raise RuntimeError(f"the server did not start on {host}:{port} (is the port taken?)")
+                time.sleep(0.05)
+            shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+            yield Served(city=city, app=app, access=access, logins=logins, url=f"http://{shown}:{port}", server=server, day_over=day_over)
+        finally:
+            stop.set()  # first the day: no more jobs, no drain
+            if server is not None:
+                server.should_exit = True
+            _join(server_thread, "the HTTP server (open streams close within a second)", 5.0)
+            _join(day, "the market's day to notice the stop", 10.0)
+
+
+def _join(thread: threading.Thread | None, what: str, timeout_s: float) -> None:
+    """Wait for ``thread``, saying what it is if it takes more than a moment; give up after ``timeout_s``."""
+    if thread is None:
+        return
+    thread.join(1.0)
+    if thread.is_alive():
+        log.warning("stopping: waiting for %s", what)
+        thread.join(max(timeout_s - 1.0, 0.0))
+        if thread.is_alive():
+            log.error("stopping: %s did not end within %.0f s; going on", what, timeout_s)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -188,7 +189,9 @@ def demo(
     from rich.live import Live
 
     from agents.llm import ModelConfig, build_model
-    from market.city import MarketConfig, describe, run_market
+    from market.city import simulate
+    from market.config import MarketConfig
+    from market.report import describe
     from tamc.views import live_view, report_tables
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
@@ -213,7 +216,7 @@ def demo(
               f"{'broker ' + broker if broker else 'starting a private broker'}; bids by {model_config.label()}"
               + ("" if llm else ", the rule engine (offline: no model configured)"), highlight=False)
     with Live(console=err, refresh_per_second=8, transient=True) as live:
-        report = run_market(config, on_progress=lambda s: live.update(live_view(s)))
+        report = simulate(config, on_progress=lambda s: live.update(live_view(s)))
     err.print(f"done: {describe(report)}", highlight=False)
     if as_json:
         print(json.dumps(report.model_dump(mode="json", exclude={"outcomes"}), separators=(",", ":")))
@@ -246,7 +249,7 @@ def serve(
 
     from agents.llm import ModelConfig, build_model
     from core.errors import InputError
-    from market.city import MarketConfig
+    from market.config import MarketConfig
     from server.runner import DEMO_OPERATOR, DEMO_STAKEHOLDER
     from server.runner import serve as run_server
 
@@ -274,10 +277,10 @@ def serve(
             console.print(f"login {login.role:<11} {login.name:<6} token {login.token}  {link}", highlight=False, soft_wrap=True)
         console.print("Ctrl-C stops the server and the market.", highlight=False)
         while not done.wait(0.5):
-            if served.report:
+            if served.day_over.is_set():
                 console.print("the market's last day has ended; the server goes on showing it (Ctrl-C to stop)", highlight=False)
                 done.wait()
-        console.print("stopping: the server, then the market (open jobs get a few seconds to close)", highlight=False)
+        console.print("stopping: the day, the server, then the city (open jobs are left to their deadlines)", highlight=False)
     console.print("stopped", highlight=False)
 
 
@@ -302,12 +305,13 @@ def chat(
     from agents.chat import ChatHistory, MachineChat
     from agents.llm import ModelConfig
     from agents.snapshot import SnapshotMachine, load_snapshot
+    from core.datadir import DataDir
     from ledger import Ledger
     from ledger.governance import Governance
     from tools.deps import MachineDeps
 
     snapshot = load_snapshot(data_dir, machine)
-    book = Ledger(ledger or f"sqlite:///{(data_dir / 'ledger.db').resolve()}")
+    book = Ledger(ledger or DataDir(data_dir).ledger_url)
     port = SnapshotMachine(snapshot)
     governance = Governance(book)
     model_config = ModelConfig.from_env(model, base_url, api_key)
@@ -323,11 +327,11 @@ def chat(
         from memory import MemoryConfig, MemoryStore
 
         try:
-            recall = MemoryStore(MemoryConfig(path=data_dir / "memory", url=memory_url)).machine(machine)
+            recall = MemoryStore(MemoryConfig(path=DataDir(data_dir).memory, url=memory_url)).machine(machine)
         except MemoryStoreError as exc:
             Console(stderr=True).print(f"memory unavailable, answering without it: {exc}", markup=False, highlight=False)
     session = MachineChat(lambda who: MachineDeps(machine=port, ledger=book, governance=governance, memory=recall, actor=who),
-                          ChatHistory(data_dir / "chat"), agent)
+                          ChatHistory(DataDir(data_dir).chats), agent)
     questions = [message] if message is not None else (line for line in sys.stdin)
     if message is None and sys.stdin.isatty():
         console.print(f"Talking with {machine} as {stakeholder} ({model_config.label()}); state saved {snapshot.at:%Y-%m-%d %H:%M} UTC. "
@@ -430,10 +434,11 @@ AsOpt = Annotated[str, typer.Option("--as", envvar="TAMC_STAKEHOLDER",
 
 
 def _books(data_dir: Path, ledger: str | None) -> tuple[Any, Any, Any]:
+    from core.datadir import DataDir
     from ledger import Governance, Keystore, Ledger
 
-    book = Ledger(ledger or f"sqlite:///{(data_dir / 'ledger.db').resolve()}")
-    return book, Governance(book), Keystore(data_dir / "keys.json")
+    book = Ledger(ledger or DataDir(data_dir).ledger_url)
+    return book, Governance(book), Keystore(DataDir(data_dir).keys)
 
 
 @app.command()
@@ -573,7 +578,15 @@ def _console() -> Any:
     return console if console.is_terminal else Console(width=120, emoji=False)
 
 
+def _terminated(signum: int, frame: object) -> None:
+    """SIGTERM (a service manager, ``timeout``) unwinds like Ctrl-C: every ``with`` block closes, so
+    the private broker, the memory server and the city stop with the command. A second one waits."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _terminated)
     app(prog_name="tamc")
 
 

@@ -21,6 +21,7 @@ from agents.node import MachineNode
 from agents.snapshot import save_snapshot
 from agents.workflow import JobFlows, checkpointer
 from core.clock import MarketAnchor, ScaledClock
+from core.datadir import DataDir
 from core.errors import InputError, MemoryStoreError
 from hub.messages import JobEvent
 from hub.transport import Hub, parse_broker_url
@@ -94,8 +95,8 @@ def run_agent(machine: str, broker_url: str, *, ledger_url: str | None, holders:
     agent = MachineAgent(model) if model.uses_model else None  # a bad model setting fails here too
     profile = load_profile(machine) if machine.endswith(".toml") else find_profile(machine, profiles)
     data_dir.mkdir(parents=True, exist_ok=True)
-    ledger = Ledger(ledger_url or f"sqlite:///{(data_dir / 'ledger.db').resolve()}")
-    identity = Keystore(data_dir / "keys.json").get_or_create(profile.id)
+    ledger = Ledger(ledger_url or DataDir(data_dir).ledger_url)
+    identity = Keystore(DataDir(data_dir).keys).get_or_create(profile.id)
     settlement.register_machine(ledger, profile.id, identity.did, parse_holders(holders))
 
     def show(machine_id: str, event: JobEvent) -> None:
@@ -105,7 +106,7 @@ def run_agent(machine: str, broker_url: str, *, ledger_url: str | None, holders:
     store, memory_state = None, "off"
     if memory:
         try:
-            store = MemoryStore(MemoryConfig(path=data_dir / "memory", url=memory_url)).machine(profile.id)
+            store = MemoryStore(MemoryConfig(path=DataDir(data_dir).memory, url=memory_url)).machine(profile.id)
             memory_state = f"{store.where} ({store.count()} records)"
         except MemoryStoreError as exc:  # bid without memory, and say why
             memory_state = f"unavailable: {exc}"
@@ -118,7 +119,7 @@ def run_agent(machine: str, broker_url: str, *, ledger_url: str | None, holders:
         assert options.octoprint_key is not None
         driver = OctoPrintDriver(profile, options.octoprint, options.octoprint_key)
         driver.connect()
-    where = options.checkpoints or str(data_dir / "workflows.db")
+    where = options.checkpoints or str(DataDir(data_dir).workflows)
     with checkpointer(where) as saver:
         clock = _market_clock(data_dir)
         if driver is None and options.inject:  # a simulator with faults planned on purpose (``--inject``)
@@ -134,7 +135,7 @@ def run_agent(machine: str, broker_url: str, *, ledger_url: str | None, holders:
 def _market_clock(data_dir: Path) -> ScaledClock:
     """Wall time, until the first call for proposals says the market runs faster: then its pace,
     kept in ``{data_dir}/market-clock.json`` so a restarted node keeps the market's time."""
-    path = data_dir / "market-clock.json"
+    path = DataDir(data_dir).market_clock
 
     def keep(anchor: MarketAnchor) -> None:
         path.write_text(json.dumps(dataclasses.asdict(anchor)), "utf-8")

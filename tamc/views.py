@@ -7,7 +7,7 @@ from typing import Any
 from rich.table import Table
 
 from core.money import format_units
-from market.city import MarketReport, Snapshot
+from market.report import MarketReport, Snapshot
 
 __all__ = ["live_view", "report_tables"]
 

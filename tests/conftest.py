@@ -177,7 +177,7 @@ def _no_real_models() -> Iterator[None]:
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """``tamc serve`` as a user runs it: a small city (its own broker and ledger) sped up 600×,
     the API and the cockpit on uvicorn on a free port, and the demo's logins."""
-    from market.city import MarketConfig
+    from market.config import MarketConfig
     from server.runner import serve
 
     config = MarketConfig(machines=4, hours=500, clock="scaled", speed=600, seed=7, memory="off", life=False,

@@ -18,7 +18,8 @@ from pydantic_ai import models
 
 from agents.llm import ModelConfig
 from ledger import Ledger
-from market.city import MarketConfig, run_market
+from market.city import simulate
+from market.config import MarketConfig
 
 
 def undercut(request: dict[str, Any]) -> Step:
@@ -42,7 +43,7 @@ def test_market_of_llm_agents(standin: StandIn, tmp_path: Path, broker_url: str)
     model = ModelConfig(model="standin", base_url=standin.base_url, fast_path=False)
     # virtual time: a model's real latency is charged at 1800x; a bid window of 4 real seconds at that pace, so a
     # stand-in slowed by a busy machine still answers in it (a longer window costs no wall time: the clock waits)
-    report = run_market(MarketConfig(seed=3, hours=2, machines=4, speed=1800, bid_window_s=4 * 1800, accept_window_s=0.2 * 1800,
+    report = simulate(MarketConfig(seed=3, hours=2, machines=4, speed=1800, bid_window_s=4 * 1800, accept_window_s=0.2 * 1800,
                                      data_dir=tmp_path, broker=broker_url, model=model))
     assert report.clock == "virtual" and not report.deterministic  # a model's latency is real
     assert report.model is not None

@@ -11,10 +11,12 @@ from core.money import MICROS_PER_UNIT
 from ledger import Governance, Ledger, machine_wallet, maintenance_budget, reserve
 from ledger.charter import Charter
 from machines import load_profiles
-from market.city import MarketConfig, MarketReport, run_market
+from market.city import simulate
+from market.config import MarketConfig
 from market.demand import FLAT, DemandModel, generate_jobs
 from market.lifecycle import FIXED_COSTS, LifeConfig
 from market.regions import DEFAULT_REGIONS
+from market.report import MarketReport
 
 PROFILES = load_profiles()
 UNIT = MICROS_PER_UNIT
@@ -39,7 +41,7 @@ def life(broker_url: str, tmp_path_factory: pytest.TempPathFactory) -> MarketRep
                           memory="off",
                           life_config=LifeConfig(tick_h=0.5, charter=Charter(window_h=1, review_h=6, grace_days=0.25),
                                                  yes_bps=10_000))
-    return run_market(config, fleet=[rich, lost, doomed], requests=demand,  # type: ignore[list-item]
+    return simulate(config, fleet=[rich, lost, doomed], requests=demand,  # type: ignore[list-item]
                       savings={"prusa-rich": 2000 * UNIT, "prusa-lost": 300 * UNIT, "laser-doomed": UNIT // 2},
                       wear={"prusa-rich": 61.0})
 
@@ -112,7 +114,7 @@ def test_a_machine_hires_its_maintenance_out_and_pays_from_the_budget(life: Mark
 
 def test_a_machine_without_the_life_cycle_keeps_paying_everything_out(broker_url: str, tmp_path: Path) -> None:
     config = MarketConfig(seed=3, hours=2, machines=2, broker=broker_url, data_dir=tmp_path, memory="off", life=False)
-    report = run_market(config)
+    report = simulate(config)
     assert report.life is None and all(m.status == "active" for m in report.machines)
     ledger = Ledger(report.ledger_url)
     try:

@@ -12,10 +12,12 @@ from pathlib import Path
 import pytest
 
 from ledger import Ledger, settlement, split_pro_rata
-from market.city import MarketConfig, MarketReport, run_market
+from market.city import simulate
+from market.config import MarketConfig
 from market.demand import DemandModel, generate_jobs
 from market.fleet import COLLECTIVE_MEMBERS, FAB_CELL, build_fleet, stakeholders
 from market.regions import DEFAULT_REGIONS
+from market.report import MarketReport
 from market.welfare import fcfs_dispatch, hindsight_optimum
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,7 +31,7 @@ def day(broker_url: str, tmp_path_factory: pytest.TempPathFactory) -> MarketRepo
     # day is the market's, whatever the CPU does meanwhile.
     config = MarketConfig(seed=1, hours=24, machines=12, load=1.0, broker=broker_url, fail_rate=0.03,
                           data_dir=tmp_path_factory.mktemp("city"), life=False, memory="off")
-    return run_market(config)
+    return simulate(config)
 
 
 def test_a_seeded_day_of_500_jobs_closes_every_job_exactly_once(day: MarketReport) -> None:

@@ -39,7 +39,7 @@ def ratios(node: MachineNode) -> list[float]:
     return [r.price / r.cost for r in node.bid_history() if r.action == "bid" and r.price and r.cost]
 
 
-def run_market(city: City, store: MemoryStore | None) -> tuple[MachineNode, MachineNode]:
+def simulate(city: City, store: MemoryStore | None) -> tuple[MachineNode, MachineNode]:
     """A cheap printer (10% margin) and a dear one (60%) bid for the same seeded stream of small
     jobs, one at a time, so each outcome is known (and remembered) before the next call."""
     memory = (lambda mid: store.machine(mid)) if store else (lambda mid: None)
@@ -57,7 +57,7 @@ def run_market(city: City, store: MemoryStore | None) -> tuple[MachineNode, Mach
 
 
 def test_with_memory_the_loser_lowers_and_the_winner_raises_its_price(city: City, memory_store: MemoryStore) -> None:
-    cheap, dear = run_market(city, memory_store)
+    cheap, dear = simulate(city, memory_store)
     won = {o.machine_id for o in city.outcomes}
     assert "prusa-cheap" in won
     c, d = ratios(cheap), ratios(dear)
@@ -76,7 +76,7 @@ def test_with_memory_the_loser_lowers_and_the_winner_raises_its_price(city: City
 
 
 def test_without_memory_prices_do_not_move(city: City) -> None:
-    cheap, dear = run_market(city, None)
+    cheap, dear = simulate(city, None)
     assert {o.machine_id for o in city.outcomes} == {"prusa-cheap"}
     for r in (ratios(cheap), ratios(dear)):
         assert max(r) - min(r) < 0.03, f"prices follow cost only (to the 0.01 tick): {r}"
@@ -218,8 +218,9 @@ def test_a_store_that_breaks_mid_run_costs_no_bid(city: City, memory_store: Memo
 
 
 def test_a_market_with_an_unusable_memory_says_so_and_trades_on(broker_url: str, tmp_path: Path) -> None:
-    from market.city import MarketConfig, describe
-    from market.city import run_market as run_city
+    from market.city import simulate as run_city
+    from market.config import MarketConfig
+    from market.report import describe
 
     (tmp_path / "memory").mkdir()
     (tmp_path / "memory" / "chroma.sqlite3").write_bytes(b"garbage" * 200)  # a damaged store

@@ -34,14 +34,16 @@ from hub.envelope import Envelope
 from hub.messages import Bid, CallForProposals, Presence
 from hub.transport import Hub
 from ledger import Identity
-from market.city import MarketConfig, MarketReport, run_market
+from market.city import simulate
+from market.config import MarketConfig
+from market.report import MarketReport
 
 DAY = dict(seed=11, hours=8.0, machines=6, load=0.9, memory="embedded", life=True)
 """A small day with memory and the life cycle on: every kind of background work is in it."""
 
 
 def day(broker_url: str, folder: Path) -> MarketReport:
-    return run_market(MarketConfig(broker=broker_url, data_dir=folder, **DAY))  # type: ignore[arg-type]
+    return simulate(MarketConfig(broker=broker_url, data_dir=folder, **DAY))  # type: ignore[arg-type]
 
 
 @pytest.mark.slow

@@ -12,7 +12,8 @@ from pydantic import BaseModel, Field
 from agents.llm import ModelConfig
 from evals.subjects import Outcome, Subject
 from evals.suite import Checks, Env, Suite, check
-from market.city import MarketConfig, run_market
+from market.city import simulate
+from market.config import MarketConfig
 
 __all__ = ["MarketCase", "MarketSuite"]
 
@@ -41,7 +42,7 @@ class MarketSuite(Suite[MarketCase]):
         config = MarketConfig(seed=case.seed, hours=case.hours, machines=case.machines, load=case.load, flat_demand=case.flat_demand,
                               bid_window_s=case.bid_window_s, life=False, memory="off", model=model,
                               data_dir=env.folder / f"market-{case.seed}")
-        report = run_market(config, agent=subject.agent)
+        report = simulate(config, agent=subject.agent)
         m = report.model
         out = Outcome(decision=f"paid {report.paid}/{report.posted}, efficiency {report.efficiency:.3f} "
                                f"(FCFS {report.baseline_efficiency:.3f}), utilization {report.fleet_utilization:.3f}",
