@@ -1,4 +1,7 @@
-"""A small market for tests: machines, a requester and observers on the real broker and ledger.
+"""A small market for protocol tests: the few machines a test names, a requester and observers on
+the real broker and ledger. A whole day's fleet is ``market.city.City`` (``simulate``), the city
+the demo, the evals and the benchmarks run; this one is built machine by machine, with the same
+parts (``MachineNode``, ``Requester``, ``Hub``, ``settlement``) and the same clocks.
 
 It runs on the virtual clock unless a test gives it a real one: ``wait``, ``settled`` and ``run``
 let market time advance (as fast as the work allows) until what the test waits for has happened;
@@ -37,7 +40,7 @@ def printer(machine_id: str, margin_bps: int) -> MachineProfile:
 
 
 @dataclass
-class City:
+class SmallMarket:
     broker_url: str
     ledger: Ledger
     clock: Timeline = field(default_factory=lambda: VirtualClock(speed=SPEED, watchdog_s=20.0))

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from city import SPEED, City
+from city import SPEED, SmallMarket
 from sqlalchemy import create_engine, text
 
 from core.clock import ScaledClock
@@ -142,18 +142,18 @@ def memory_store(tmp_path: Path) -> Iterator[MemoryStore]:
 
 
 @pytest.fixture
-def city(broker_url: str, shm_ledger: Ledger) -> Iterator[City]:
+def city(broker_url: str, shm_ledger: Ledger) -> Iterator[SmallMarket]:
     """A market on the test broker and a tmpfs ledger; everything in it is stopped afterwards."""
-    c = City(broker_url, shm_ledger)
+    c = SmallMarket(broker_url, shm_ledger)
     yield c
     c.close()
 
 
 @pytest.fixture
-def live_city(broker_url: str, shm_ledger: Ledger) -> Iterator[City]:
+def live_city(broker_url: str, shm_ledger: Ledger) -> Iterator[SmallMarket]:
     """The same market on a scaled real-time clock: for what must be shown in real time (a model
     answering against a real deadline)."""
-    c = City(broker_url, shm_ledger, clock=ScaledClock(SPEED))
+    c = SmallMarket(broker_url, shm_ledger, clock=ScaledClock(SPEED))
     yield c
     c.close()
 

@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from city import SPEED, City, job, printer
+from city import SPEED, SmallMarket, job, printer
 from openai_standin import StandIn, call, fail, standin_server, turns
 from pydantic_ai import models
 
@@ -30,7 +30,7 @@ DESCRIBED = "Bracket for a bike rack, matte finish please."
 
 
 @pytest.fixture
-def city(live_city: City) -> City:
+def city(live_city: SmallMarket) -> SmallMarket:
     return live_city
 
 
@@ -40,13 +40,13 @@ def standin() -> Iterator[StandIn]:
         yield server
 
 
-def llm_node(city: City, standin: StandIn, machine_id: str = "prusa-llm", **options: object) -> MachineNode:
+def llm_node(city: SmallMarket, standin: StandIn, machine_id: str = "prusa-llm", **options: object) -> MachineNode:
     agent = MachineAgent(ModelConfig(model="standin", base_url=standin.base_url))
     city.closers.append(agent.close)
     return city.machine(printer(machine_id, 2000), agent=agent, **options)  # type: ignore[arg-type]
 
 
-def offer(city: City, job_id: str, *, window_ms: int = WINDOW_MS, region: str = "north", **changes: object) -> tuple[CallForProposals, list[tuple[float, Bid]]]:
+def offer(city: SmallMarket, job_id: str, *, window_ms: int = WINDOW_MS, region: str = "north", **changes: object) -> tuple[CallForProposals, list[tuple[float, Bid]]]:
     """Publish a CFP for a described (so never routine) print job; collect bids with their arrival times."""
     bids: list[tuple[float, Bid]] = []
     rx = city.hub(f"observer-{job_id}")
@@ -78,7 +78,7 @@ def the_bid(bids: list[tuple[float, Bid]], cfp: CallForProposals) -> Bid:
     return bid
 
 
-def test_model_bid_with_a_tool_call_is_published_as_llm(city: City, standin: StandIn) -> None:
+def test_model_bid_with_a_tool_call_is_published_as_llm(city: SmallMarket, standin: StandIn) -> None:
     node = llm_node(city, standin)
     standin.script = turns(call("evaluate_job", {"job_id": "llm-1"}), call("final_result", final("31.00", "busy week, fair margin")))
     cfp, bids = offer(city, "llm-1")
@@ -95,7 +95,7 @@ def test_model_bid_with_a_tool_call_is_published_as_llm(city: City, standin: Sta
     assert (record.model_calls, record.output_tokens) == (2, 24) and record.input_tokens > 0 and 0 < record.model_ms < WINDOW_MS
 
 
-def test_price_under_the_floor_is_clamped_to_the_least_price(city: City, standin: StandIn) -> None:
+def test_price_under_the_floor_is_clamped_to_the_least_price(city: SmallMarket, standin: StandIn) -> None:
     node = llm_node(city, standin)
     standin.script = turns(call("final_result", final("0.50", "win at any cost")))
     cfp, bids = offer(city, "llm-2")
@@ -108,7 +108,7 @@ def test_price_under_the_floor_is_clamped_to_the_least_price(city: City, standin
     assert "raised to" in bid.reason
 
 
-def test_price_over_the_reserve_is_lowered_to_it(city: City, standin: StandIn) -> None:
+def test_price_over_the_reserve_is_lowered_to_it(city: SmallMarket, standin: StandIn) -> None:
     llm_node(city, standin)
     standin.script = turns(call("final_result", final("900.00")))
     cfp, bids = offer(city, "llm-3")
@@ -125,7 +125,7 @@ def test_price_over_the_reserve_is_lowered_to_it(city: City, standin: StandIn) -
         ("refusal", turns(call("final_result", {"action": "maybe"})), "invalid output"),
     ],
 )
-def test_model_failures_fall_back_to_the_rules_before_the_deadline(city: City, standin: StandIn, case: str, script: object, error: str) -> None:
+def test_model_failures_fall_back_to_the_rules_before_the_deadline(city: SmallMarket, standin: StandIn, case: str, script: object, error: str) -> None:
     node = llm_node(city, standin, f"prusa-{case}")
     standin.script = script  # type: ignore[assignment]
     cfp, bids = offer(city, f"fb-{case}")
@@ -141,7 +141,7 @@ def test_model_failures_fall_back_to_the_rules_before_the_deadline(city: City, s
         assert len(standin.requests) >= 2, "a 500 is retried while the budget lasts"
 
 
-def test_routine_jobs_skip_the_model(city: City, standin: StandIn) -> None:
+def test_routine_jobs_skip_the_model(city: SmallMarket, standin: StandIn) -> None:
     node = llm_node(city, standin)
     standin.script = turns(fail(500))
     bids: list[Envelope] = []

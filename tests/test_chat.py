@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from city import City, job, printer
+from city import SmallMarket, job, printer
 from pydantic_ai.messages import ModelMessage, ModelRequest, ModelResponse, TextPart, ToolCallPart, ToolReturnPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
@@ -27,7 +27,7 @@ RESERVE = 80_000_000
 
 
 @pytest.fixture
-def worked(city: City) -> tuple[City, MachineNode, MachineNode]:
+def worked(city: SmallMarket) -> tuple[SmallMarket, MachineNode, MachineNode]:
     """Two printers compete for two jobs: the cheap one wins both, the dear one loses both."""
     cheap = city.machine(printer("prusa-cheap", 1000), governance=Governance(city.ledger))
     dear = city.machine(printer("prusa-dear", 6000), governance=Governance(city.ledger))
@@ -40,11 +40,11 @@ def worked(city: City) -> tuple[City, MachineNode, MachineNode]:
     return city, cheap, dear
 
 
-def session(city: City, node: MachineNode, folder: Path, agent: MachineAgent | None = None) -> MachineChat:
+def session(city: SmallMarket, node: MachineNode, folder: Path, agent: MachineAgent | None = None) -> MachineChat:
     return MachineChat(node.deps, ChatHistory(folder), agent)
 
 
-def test_offline_answers_carry_the_ledgers_and_telemetrys_numbers(worked: tuple[City, MachineNode, MachineNode], tmp_path: Path) -> None:
+def test_offline_answers_carry_the_ledgers_and_telemetrys_numbers(worked: tuple[SmallMarket, MachineNode, MachineNode], tmp_path: Path) -> None:
     city, cheap, dear = worked
     chat = session(city, cheap, tmp_path)
     revenue = sum(line.amount for line in city.ledger.statement(settlement.machine_wallet(cheap.id), limit=None)
@@ -66,7 +66,7 @@ def test_offline_answers_carry_the_ledgers_and_telemetrys_numbers(worked: tuple[
     assert "lost job chat-1" in lost and f"prusa-cheap won at {format_units(winning)}" in lost and "lost 2 of my last 2 bids" in lost
 
 
-def test_history_is_kept_per_stakeholder_and_only_holders_may_ask(worked: tuple[City, MachineNode, MachineNode], tmp_path: Path) -> None:
+def test_history_is_kept_per_stakeholder_and_only_holders_may_ask(worked: tuple[SmallMarket, MachineNode, MachineNode], tmp_path: Path) -> None:
     city, cheap, _ = worked
     chat = session(city, cheap, tmp_path)
     chat.ask("alice", "what is your balance?")
@@ -85,7 +85,7 @@ def test_history_is_kept_per_stakeholder_and_only_holders_may_ask(worked: tuple[
     assert not (tmp_path / cheap.id / "mallory.json").exists()
 
 
-def test_model_answers_from_tool_calls_and_sees_the_conversation(worked: tuple[City, MachineNode, MachineNode], tmp_path: Path) -> None:
+def test_model_answers_from_tool_calls_and_sees_the_conversation(worked: tuple[SmallMarket, MachineNode, MachineNode], tmp_path: Path) -> None:
     city, cheap, _ = worked
     seen: list[int] = []
 
@@ -107,7 +107,7 @@ def test_model_answers_from_tool_calls_and_sees_the_conversation(worked: tuple[C
     assert len(ChatHistory(tmp_path).load(cheap.id, "alice")) == 8
 
 
-def test_a_models_answer_streams_as_it_is_written(worked: tuple[City, MachineNode, MachineNode], tmp_path: Path) -> None:
+def test_a_models_answer_streams_as_it_is_written(worked: tuple[SmallMarket, MachineNode, MachineNode], tmp_path: Path) -> None:
     """The cockpit shows the answer as the model writes it: ``on_text`` gets the text in the
     model's own chunks, after the tool call, and they add up to the answer."""
     from collections.abc import AsyncIterator
@@ -131,7 +131,7 @@ def test_a_models_answer_streams_as_it_is_written(worked: tuple[City, MachineNod
     assert len(chunks) == 4 and "".join(chunks) == answer.text == f"This week I earned {format_units(cheap.stats.revenue)} units (ledger)."
 
 
-def test_a_failing_model_falls_back_to_offline_answers(worked: tuple[City, MachineNode, MachineNode], tmp_path: Path) -> None:
+def test_a_failing_model_falls_back_to_offline_answers(worked: tuple[SmallMarket, MachineNode, MachineNode], tmp_path: Path) -> None:
     city, cheap, _ = worked
 
     def broken(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
@@ -143,7 +143,7 @@ def test_a_failing_model_falls_back_to_offline_answers(worked: tuple[City, Machi
     assert format_units(city.ledger.balance(settlement.machine_wallet(cheap.id))) in answer.text
 
 
-def test_tamc_chat_command_answers_from_saved_state(worked: tuple[City, MachineNode, MachineNode], tmp_path: Path) -> None:
+def test_tamc_chat_command_answers_from_saved_state(worked: tuple[SmallMarket, MachineNode, MachineNode], tmp_path: Path) -> None:
     city, cheap, _ = worked
     save_snapshot(tmp_path, cheap.snapshot())
     url = city.ledger.url

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 from datetime import datetime
 
-from city import BUDGET, City, job, printer
+from city import BUDGET, SmallMarket, job, printer
 
 from core.clock import Clock
 from hub import topics
@@ -26,7 +26,7 @@ class SlowClock:
         return self.origin + (self.clock.now() - self.origin) * self.rate
 
 
-def test_bid_round_trip_signed_by_the_machine(city: City) -> None:
+def test_bid_round_trip_signed_by_the_machine(city: SmallMarket) -> None:
     node = city.machine(printer("prusa-a", 2000))
     bids: list[Envelope] = []
     rx = city.hub("observer")
@@ -46,7 +46,7 @@ def test_bid_round_trip_signed_by_the_machine(city: City) -> None:
     assert bid.body.cost == expected.cost.variable  # type: ignore[union-attr]
 
 
-def test_job_is_done_paid_and_split_to_the_micro_unit(city: City) -> None:
+def test_job_is_done_paid_and_split_to_the_micro_unit(city: SmallMarket) -> None:
     city.machine(printer("prusa-a", 2000))
     city.machine(printer("prusa-b", 4000))
     requester = city.open_requester()
@@ -71,7 +71,7 @@ def test_job_is_done_paid_and_split_to_the_micro_unit(city: City) -> None:
     assert led.audit() == []
 
 
-def test_silent_winner_is_passed_over_for_the_runner_up(city: City) -> None:
+def test_silent_winner_is_passed_over_for_the_runner_up(city: SmallMarket) -> None:
     # A registered machine that bids low and then never answers its award.
     ghost = Identity.generate()
     settlement.register_machine(city.ledger, "ghost", ghost.did, {"alice": 1})
@@ -97,7 +97,7 @@ def test_silent_winner_is_passed_over_for_the_runner_up(city: City) -> None:
     assert city.ledger.balance(city.wallet) == BUDGET - (outcome.price or 0)
 
 
-def test_failure_mid_job_hands_it_to_the_runner_up_and_charges_once(city: City) -> None:
+def test_failure_mid_job_hands_it_to_the_runner_up_and_charges_once(city: SmallMarket) -> None:
     city.machine(printer("prusa-a", 2000), fail_jobs=frozenset({"j-fail"}))
     city.machine(printer("prusa-b", 4000))
     requester = city.open_requester()
@@ -115,7 +115,7 @@ def test_failure_mid_job_hands_it_to_the_runner_up_and_charges_once(city: City) 
     assert [j for j, _ in city.nodes["prusa-b"].stats.settled] == ["j-fail"]
 
 
-def test_redelivered_and_late_messages_change_nothing(city: City) -> None:
+def test_redelivered_and_late_messages_change_nothing(city: SmallMarket) -> None:
     node = city.machine(printer("prusa-a", 2000))
     requester = city.open_requester()
     requester.post(job("j-idem"), reserve=50_000_000, value=60_000_000)
@@ -134,7 +134,7 @@ def test_redelivered_and_late_messages_change_nothing(city: City) -> None:
     assert len(city.outcomes) == 1 and outcome.outcome == "paid"
 
 
-def test_no_bids_expires_and_an_impossible_deadline_refunds(city: City) -> None:
+def test_no_bids_expires_and_an_impossible_deadline_refunds(city: SmallMarket) -> None:
     city.machine(printer("prusa-a", 2000))
     requester = city.open_requester(grace_h=0.0)
     requester.post(job("j-cheap"), reserve=100_000, value=200_000)  # under every machine's floor
@@ -145,7 +145,7 @@ def test_no_bids_expires_and_an_impossible_deadline_refunds(city: City) -> None:
     assert city.ledger.balance(city.wallet) == BUDGET
 
 
-def test_job_past_its_deadline_is_refunded_in_full(city: City) -> None:
+def test_job_past_its_deadline_is_refunded_in_full(city: SmallMarket) -> None:
     profile = printer("prusa-a", 2000)
     city.machine(profile, driver=SimDriver(profile, SlowClock(city.clock, 0.9)))  # it works slow: it finishes after the deadline
     requester = city.open_requester(grace_h=0.0)
@@ -157,7 +157,7 @@ def test_job_past_its_deadline_is_refunded_in_full(city: City) -> None:
     assert city.ledger.escrow("j-late").state.value == "refunded"
 
 
-def test_offline_notice_for_an_old_session_is_ignored(city: City) -> None:
+def test_offline_notice_for_an_old_session_is_ignored(city: SmallMarket) -> None:
     node = city.machine(printer("prusa-a", 2000))
     requester = city.open_requester()
     stale = node.presence("offline")
@@ -169,7 +169,7 @@ def test_offline_notice_for_an_old_session_is_ignored(city: City) -> None:
     assert "prusa-a" in requester._online
 
 
-def test_many_jobs_in_flight_close_exactly_once(city: City) -> None:
+def test_many_jobs_in_flight_close_exactly_once(city: SmallMarket) -> None:
     for i, margin in enumerate((2000, 2500, 3000)):
         city.machine(printer(f"prusa-{i}", margin))
     # 30 calls at once, on the market's own windows: on the virtual clock they are the market's time,

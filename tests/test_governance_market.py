@@ -3,14 +3,14 @@ changes the next bid, whoever executed it and in whichever process."""
 
 from __future__ import annotations
 
-from city import City, job, printer
+from city import SmallMarket, job, printer
 
 from hub import topics
 from hub.messages import GovernanceNotice
 from ledger import Governance, Identity, sign_ballot
 
 
-def test_an_executed_proposal_changes_the_next_bids_floor(city: City) -> None:
+def test_an_executed_proposal_changes_the_next_bids_floor(city: SmallMarket) -> None:
     gov = Governance(city.ledger)
     node = city.machine(printer("prusa-floor", 2000), governance=gov)
     alice = Identity.generate()

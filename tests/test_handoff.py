@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from city import BUDGET, City, job, printer
+from city import BUDGET, SmallMarket, job, printer
 
 from agents.requester import Requester
 from core.errors import PolicyRefused
@@ -73,13 +73,13 @@ class Console:
             return next(h for h in reversed(self.handoffs) if h.state == state)
 
 
-def operator(city: City, machine_id: str) -> tuple[Identity, Console]:
+def operator(city: SmallMarket, machine_id: str) -> tuple[Identity, Console]:
     identity = Identity.generate()
     Operations(city.ledger.engine).grant(identity.did, Role.OPERATOR, machine_id)
     return identity, Console(city.hub(f"console-{identity.did[-6:]}"), identity, machine_id, run=city.run)
 
 
-def test_anomaly_hands_off_operator_takes_over_commands_hands_back_paid_once(city: City) -> None:
+def test_anomaly_hands_off_operator_takes_over_commands_hands_back_paid_once(city: SmallMarket) -> None:
     node = city.machine(printer("prusa-h", 2000), faults={"j-hot": (0.25, "thermal_runaway")},
                         charter=Charter(handoff_wait_h=1000))
     op, console = operator(city, "prusa-h")
@@ -127,7 +127,7 @@ def test_anomaly_hands_off_operator_takes_over_commands_hands_back_paid_once(cit
     assert console.wait_handoff("closed").decision == "continue"
 
 
-def test_nobody_but_an_operator_holding_the_machine_commands_it_and_the_agent_stands_by(city: City) -> None:
+def test_nobody_but_an_operator_holding_the_machine_commands_it_and_the_agent_stands_by(city: SmallMarket) -> None:
     node = city.machine(printer("prusa-c", 2000))
     op, console = operator(city, "prusa-c")
     other, other_console = operator(city, "prusa-c")
@@ -163,7 +163,7 @@ def test_nobody_but_an_operator_holding_the_machine_commands_it_and_the_agent_st
     assert {r.operator for r in audit if not r.ok} >= {stranger.did, other.did}
 
 
-def test_a_redelivered_command_is_carried_out_once(city: City) -> None:
+def test_a_redelivered_command_is_carried_out_once(city: SmallMarket) -> None:
     city.machine(printer("prusa-r", 2000))
     _, console = operator(city, "prusa-r")
     cid = uuid.uuid4().hex
@@ -173,7 +173,7 @@ def test_a_redelivered_command_is_carried_out_once(city: City) -> None:
     assert [r.command for r in Operations(city.ledger.engine).audit_log("prusa-r")] == ["takeover"]
 
 
-def test_no_operator_in_time_escalates_and_the_runner_up_finishes_the_job(city: City) -> None:
+def test_no_operator_in_time_escalates_and_the_runner_up_finishes_the_job(city: SmallMarket) -> None:
     hot = city.machine(printer("prusa-e1", 1000), faults={"j-esc": (0.25, "wear_spike")}, charter=Charter(handoff_wait_h=0.5))
     city.machine(printer("prusa-e2", 3000))
     requester = city.open_requester()
@@ -188,7 +188,7 @@ def test_no_operator_in_time_escalates_and_the_runner_up_finishes_the_job(city: 
     assert hot.held_by is None
 
 
-def test_the_machine_remembers_each_command_and_who_sent_it(city: City, tmp_path: Any) -> None:
+def test_the_machine_remembers_each_command_and_who_sent_it(city: SmallMarket, tmp_path: Any) -> None:
     from memory import MemoryConfig, MemoryStore
 
     store = MemoryStore(MemoryConfig(path=tmp_path / "memory"))

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from city import City, job, printer
+from city import SmallMarket, job, printer
 from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart, ToolReturnPart, UserPromptPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
@@ -39,7 +39,7 @@ def ratios(node: MachineNode) -> list[float]:
     return [r.price / r.cost for r in node.bid_history() if r.action == "bid" and r.price and r.cost]
 
 
-def simulate(city: City, store: MemoryStore | None) -> tuple[MachineNode, MachineNode]:
+def simulate(city: SmallMarket, store: MemoryStore | None) -> tuple[MachineNode, MachineNode]:
     """A cheap printer (10% margin) and a dear one (60%) bid for the same seeded stream of small
     jobs, one at a time, so each outcome is known (and remembered) before the next call."""
     memory = (lambda mid: store.machine(mid)) if store else (lambda mid: None)
@@ -56,7 +56,7 @@ def simulate(city: City, store: MemoryStore | None) -> tuple[MachineNode, Machin
     return cheap, dear
 
 
-def test_with_memory_the_loser_lowers_and_the_winner_raises_its_price(city: City, memory_store: MemoryStore) -> None:
+def test_with_memory_the_loser_lowers_and_the_winner_raises_its_price(city: SmallMarket, memory_store: MemoryStore) -> None:
     cheap, dear = simulate(city, memory_store)
     won = {o.machine_id for o in city.outcomes}
     assert "prusa-cheap" in won
@@ -75,7 +75,7 @@ def test_with_memory_the_loser_lowers_and_the_winner_raises_its_price(city: City
     assert len(outcome) == 1 and outcome[0].metadata["outcome"] == "lost" and outcome[0].metadata["winner"] == "prusa-cheap"
 
 
-def test_without_memory_prices_do_not_move(city: City) -> None:
+def test_without_memory_prices_do_not_move(city: SmallMarket) -> None:
     cheap, dear = simulate(city, None)
     assert {o.machine_id for o in city.outcomes} == {"prusa-cheap"}
     for r in (ratios(cheap), ratios(dear)):
@@ -129,7 +129,7 @@ def test_the_price_signal_is_deterministic_and_moves_the_rules_within_policy(mem
     assert memory.kind == "fact" and price_signal(few, spec, profile.policy).wins == 0  # type: ignore[union-attr]
 
 
-def test_a_rising_wear_trend_backs_a_maintenance_proposal(city: City, memory_store: MemoryStore) -> None:
+def test_a_rising_wear_trend_backs_a_maintenance_proposal(city: SmallMarket, memory_store: MemoryStore) -> None:
     memory = memory_store.machine("prusa-worn")
     node = city.machine(printer("prusa-worn", 2000), memory=memory, governance=Governance(city.ledger))
     start = datetime(2026, 11, 1, tzinfo=UTC)
@@ -145,7 +145,7 @@ def test_a_rising_wear_trend_backs_a_maintenance_proposal(city: City, memory_sto
     assert memory.recent(kind="maintenance")[-1].metadata["proposal_id"] == proposal.id
 
 
-def test_chat_answers_cite_the_remembered_facts(city: City, memory_store: MemoryStore, tmp_path: Path) -> None:
+def test_chat_answers_cite_the_remembered_facts(city: SmallMarket, memory_store: MemoryStore, tmp_path: Path) -> None:
     memory = memory_store.machine("prusa-talk")
     node = city.machine(printer("prusa-talk", 2000), memory=memory, governance=Governance(city.ledger))
     chat = MachineChat(node.deps, ChatHistory(tmp_path))
@@ -173,7 +173,7 @@ def test_chat_answers_cite_the_remembered_facts(city: City, memory_store: Memory
     assert llm.mode == "llm" and [c.ref for c in llm.cited] == [ref] and llm.sources == ["recall"]
 
 
-def test_the_model_sees_the_remembered_cases_behind_the_rules_quote(city: City, memory_store: MemoryStore) -> None:
+def test_the_model_sees_the_remembered_cases_behind_the_rules_quote(city: SmallMarket, memory_store: MemoryStore) -> None:
     memory = memory_store.machine("prusa-llm")
     seeded(memory, [("lost", 1.5, 1.1)] * 3)
     node = city.machine(unfloored("prusa-llm", 5000), memory=memory, auto_bid=False)
@@ -199,7 +199,7 @@ def test_the_model_sees_the_remembered_cases_behind_the_rules_quote(city: City, 
     assert "from memory" in rules.reason  # the quote the model is shown already prices with memory
 
 
-def test_a_store_that_breaks_mid_run_costs_no_bid(city: City, memory_store: MemoryStore) -> None:
+def test_a_store_that_breaks_mid_run_costs_no_bid(city: SmallMarket, memory_store: MemoryStore) -> None:
     memory = memory_store.machine("prusa-broken")
     node = city.machine(unfloored("prusa-broken", 2000), memory=memory)
     requester = city.open_requester()

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from city import SPEED, City, job, printer, until
+from city import SPEED, SmallMarket, job, printer, until
 from pydantic_ai.messages import ModelMessage, ModelResponse, ToolCallPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
@@ -154,7 +154,7 @@ def test_a_new_subscription_gets_the_retained_state_at_the_end_of_its_step(any_b
         clock.close()
 
 
-def test_a_lost_message_stops_the_day_naming_it(city: City) -> None:
+def test_a_lost_message_stops_the_day_naming_it(city: SmallMarket) -> None:
     clock = city.clock
     assert isinstance(clock, VirtualClock)
     node = city.machine(printer("prusa-a", 2000))
@@ -194,7 +194,7 @@ def slow_model(delay_s: float) -> FunctionModel:
 
 
 @pytest.mark.parametrize(("delay_s", "path"), [(1.0, "rules-fallback"), (0.01, "llm")])
-def test_a_model_slower_than_the_window_loses_to_the_rules_in_market_time(city: City, delay_s: float, path: str) -> None:
+def test_a_model_slower_than_the_window_loses_to_the_rules_in_market_time(city: SmallMarket, delay_s: float, path: str) -> None:
     agent = MachineAgent(ModelConfig(model="function", fast_path=False), model=slow_model(delay_s))
     city.closers.append(agent.close)
     node = city.machine(printer("prusa-m", 2000), agent=agent)
