@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from memory import MemoryConfig, MemoryItem, MemoryStore  # noqa: E402
-from memory.store import _where  # noqa: E402
+from memory import MemoryConfig, MemoryItem, MemoryRecord, MemoryStore  # noqa: E402
 
 CAPS = ["print", "mill", "cut", "ride", "deliver"]
 REGIONS = ["north", "south", "east", "west"]
@@ -95,14 +95,15 @@ def run(size: int, queries: int, rng: random.Random, pool: tuple[list[MemoryItem
             vecs = vectors[picks] + np.random.default_rng(start).normal(0, 0.02, (n, vectors.shape[1])).astype(np.float32)
             vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
             chosen = [items[p] for p in picks]
-            ids = [f"{c.kind}:{c.metadata.get('capability', '*')}:{c.metadata.get('region', '*')}:{uuid.uuid4().hex[:10]}" for c in chosen]
-            metas = [{**c.metadata, "kind": c.kind, "source": c.source, "at": time.time()} for c in chosen]
-            memory._col.add(ids=ids, embeddings=list(vecs), documents=[c.text for c in chosen], metadatas=metas)
+            now = datetime.now(UTC)
+            memory.add_embedded([MemoryRecord(
+                id=f"{c.kind}:{c.metadata.get('capability', '*')}:{c.metadata.get('region', '*')}:{uuid.uuid4().hex[:10]}",
+                text=c.text, kind=c.kind, source=c.source, at=now,
+                metadata={**c.metadata, "kind": c.kind, "source": c.source, "at": now.timestamp()}) for c in chosen], list(vecs))
         fill_per_s = rest / (time.perf_counter() - t)
-        memory._count = memory._col.count()
 
     asks = [item(rng, 10_000_000 + i).text for i in range(queries)]  # never seen: every query is embedded
-    col = memory._col
+    col = memory.collection
     result = {
         "records": memory.count(),
         "add_per_s": round(add_per_s),
@@ -112,7 +113,8 @@ def run(size: int, queries: int, rng: random.Random, pool: tuple[list[MemoryItem
         "recall_facts": timed(lambda q: memory.recall(q + " (c)", k=10, kind="fact"), asks),
         "chroma_where_jobs_print": timed(
             lambda q: col.query(query_embeddings=[store.embed_query(q + " (d)")], n_results=10,
-                                where=_where(("job_outcome", "print", None)), include=["documents", "metadatas", "distances"]),
+                                where={"$and": [{"kind": "job_outcome"}, {"capability": "print"}]},  # chromadb's own filter
+                                include=["documents", "metadatas", "distances"]),
             asks[: max(queries // 4, 10)]),
         "similar_outcomes": timed(lambda q: memory.similar_outcomes(q + " (e)", "print", k=12), asks),
     }

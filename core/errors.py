@@ -12,7 +12,8 @@ raised. ::
     │   ├── InvalidProfile          a machine profile file that does not parse or validate
     │   ├── UnknownMachineKind      a kind that is not one of the five
     │   ├── UnknownMachine          no profile with that id
-    │   └── InvalidBrokerUrl        not an mqtt://host:port address
+    │   ├── InvalidBrokerUrl        not an mqtt://host:port address
+    │   └── InvalidOption           a command's option outside what it accepts (names the option)
     ├── LedgerError                 the ledger refused; nothing was written
     │   ├── UnknownAccount          no such account (open it first)
     │   ├── InsufficientFunds       the transfer would overdraw an account
@@ -87,6 +88,7 @@ __all__ = [
     "InvalidDid",
     "InvalidJobSpec",
     "InvalidModelConfig",
+    "InvalidOption",
     "InvalidProfile",
     "InvalidProposal",
     "KeystoreError",
@@ -208,6 +210,11 @@ class KeystoreError(IdentityError):
 
 class InvalidBrokerUrl(InputError):
     """A broker address that is not ``mqtt://host:port``."""
+
+
+class InvalidOption(InputError):
+    """A command's option given a value it does not accept: the message names the option as typed
+    (``--machines 0``) and what it accepts."""
 
 
 class HubError(TamcError):

@@ -13,6 +13,7 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from contextlib import ExitStack
 from datetime import UTC, datetime
 from typing import Any
 
@@ -118,13 +119,12 @@ def run_evals(suites: list[str] | None = None, models: list[str] | None = None, 
     wanted = [BASELINE, *[m for m in dict.fromkeys(models or []) if m != BASELINE]]
     say = progress or (lambda line: print(line, file=sys.stderr, flush=True))
     started, t0 = datetime.now(UTC), time.perf_counter()
-    reports = []
-    for model in wanted:
-        subject = load_subject(model, base_url=base_url, api_key=api_key)
-        try:
-            reports.append(_run_subject(subject, names, repeat, say))
-        finally:
-            subject.close()
+    with ExitStack() as stack:
+        subjects = []
+        for model in wanted:  # an unknown model fails too before anything runs
+            subjects.append(load_subject(model, base_url=base_url, api_key=api_key))
+            stack.callback(subjects[-1].close)
+        reports = [_run_subject(subject, names, repeat, say) for subject in subjects]
     return EvalReport(started_at=started, wall_s=round(time.perf_counter() - t0, 2), repeat=repeat, suites=names, subjects=reports)
 
 

@@ -32,6 +32,8 @@ from pydantic_ai.messages import (
 )
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
+from core.errors import InputError
+
 __all__ = ["SCRIPTS", "scripted_model"]
 
 UNUSUAL = ("first attempt failed", "unfamiliar", "never been printed", "experimental", "prototype", "not sure it fits")
@@ -240,5 +242,5 @@ SCRIPTS: dict[str, Callable[[list[ModelMessage], AgentInfo], ModelResponse]] = {
 
 def scripted_model(name: str) -> FunctionModel:
     if name not in SCRIPTS:
-        raise ValueError(f"no scripted agent {name!r}; scripted agents: {', '.join(sorted(SCRIPTS))}")
+        raise InputError(f"no scripted agent {name!r}; scripted agents: {', '.join(sorted(SCRIPTS))}")
     return FunctionModel(SCRIPTS[name], model_name=f"scripted:{name}")

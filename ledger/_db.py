@@ -15,6 +15,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import (
@@ -38,7 +39,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.pool import StaticPool
 
 __all__ = [
-    "accounts", "audit", "balances", "charters", "connect", "entries", "escrows", "executions", "metadata", "postings",
+    "accounts", "audit", "aware", "balances", "charters", "connect", "entries", "escrows", "executions", "metadata", "postings",
     "proposals", "share_classes", "standings", "transaction", "votes",
 ]
 
@@ -179,6 +180,11 @@ audit = Table(
 )
 
 T = TypeVar("T")
+
+
+def aware(ts: datetime) -> datetime:
+    """SQLite hands back naive datetimes; every time we store is UTC."""
+    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
 
 
 def connect(url: str, *, durable: bool = True) -> Engine:

@@ -13,7 +13,7 @@ import hashlib
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import bindparam, func, select, tuple_, update
@@ -336,7 +336,7 @@ class Ledger:
             if since is not None:
                 query = query.where(postings.c.created_at >= since)
             rows = conn.execute(query)
-            return [StatementLine(**{**r._mapping, "created_at": _aware(r.created_at)}) for r in rows]
+            return [StatementLine(**{**r._mapping, "created_at": _db.aware(r.created_at)}) for r in rows]
 
         return _db.transaction(self._engine, run, write=False)
 
@@ -391,7 +391,7 @@ class Ledger:
             .where(entries.c.posting_id == p.id).order_by(entries.c.id)
         )
         return Posting(
-            id=p.id, key=p.key, kind=p.kind, memo=p.memo, created_at=_aware(p.created_at), replayed=replayed,
+            id=p.id, key=p.key, kind=p.kind, memo=p.memo, created_at=_db.aware(p.created_at), replayed=replayed,
             legs=tuple(Leg(account=r.account_id, asset=r.asset, amount=r.amount) for r in legs),
         )
 
@@ -467,8 +467,3 @@ _ISSUED = select(share_classes.c.machine_id).where(share_classes.c.machine_id.in
 
 def _fingerprint(op: str, **params: Any) -> str:
     return hashlib.sha256(canonical_json({"op": op, **params})).hexdigest()
-
-
-def _aware(ts: datetime) -> datetime:
-    """SQLite hands back naive datetimes; every time we store is UTC."""
-    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)

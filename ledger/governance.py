@@ -41,7 +41,7 @@ from core.errors import (
 )
 from ledger import _db
 from ledger._db import audit, charters, executions, proposals, standings, votes
-from ledger.book import Ledger, _aware
+from ledger.book import Ledger
 from ledger.charter import Charter
 from ledger.identity import verify_document
 from ledger.models import AccountKind, machine_wallet, maintenance_budget, reserve
@@ -464,7 +464,7 @@ class Governance:
         if proposal_id is not None:
             query = query.where(audit.c.proposal_id == proposal_id)
         rows = self._read(lambda c: c.execute(query).all())
-        return [AuditRecord(at=_aware(r.at), entity=r.entity, proposal_id=r.proposal_id, action=r.action, actor=r.actor,
+        return [AuditRecord(at=_db.aware(r.at), entity=r.entity, proposal_id=r.proposal_id, action=r.action, actor=r.actor,
                             detail=json.loads(r.detail)) for r in reversed(rows)]
 
     def _audit(self, conn: Connection, entity: str, action: str, actor: str, detail: dict[str, Any],
@@ -493,15 +493,15 @@ class Governance:
 def _proposal(row: Any) -> Proposal:
     return Proposal(
         id=row.id, machine_id=row.machine_id, kind=ProposalKind(row.kind), title=row.title, payload=json.loads(row.payload),
-        evidence=tuple(json.loads(row.evidence)), opened_by=row.opened_by, opened_at=_aware(row.opened_at),
-        closes_at=_aware(row.closes_at), weights=json.loads(row.weights), state=row.state,
+        evidence=tuple(json.loads(row.evidence)), opened_by=row.opened_by, opened_at=_db.aware(row.opened_at),
+        closes_at=_db.aware(row.closes_at), weights=json.loads(row.weights), state=row.state,
     )
 
 
 def _standing(row: Any) -> Standing:
     return Standing(machine_id=row.machine_id, status=row.status, region=row.region, policy=json.loads(row.policy),
                     retain_bps=row.retain_bps, parent=row.parent, missed_h=row.missed_h,
-                    changed_at=_aware(row.changed_at), version=row.version)
+                    changed_at=_db.aware(row.changed_at), version=row.version)
 
 
 def _execution(row: Any) -> Execution:

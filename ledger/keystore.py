@@ -60,6 +60,8 @@ class Keystore:
             st = self.path.stat()
         except FileNotFoundError:
             return {}
+        if stat.S_ISDIR(st.st_mode):
+            raise KeystoreError(f"{self.path} is a folder, not a keystore file")
         if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
             raise KeystoreError(
                 f"{self.path} is readable by others (mode {stat.S_IMODE(st.st_mode):o}); "

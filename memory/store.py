@@ -363,6 +363,16 @@ class MachineMemory:
             plain = [r.text for r, key in zip(records, keys, strict=True) if not key]
             fresh = iter(self.store.embed(plain) if plain else [])
             vectors = [self.store.embed_query(key) if key else next(fresh) for key in keys]
+            self.add_embedded(records, vectors, persist_later=persist_later)
+        if not self._compacting and (self._count > self.config.max_records
+                                     or self._added >= max(self.config.max_records // 10, 100)):
+            self.compact()
+        return records
+
+    def add_embedded(self, records: list[MemoryRecord], vectors: list[Any], *, persist_later: bool = False) -> None:
+        """Keep records whose vectors are computed already: written (or handed to the persister),
+        counted and searchable at once. ``remember_many``'s last step; a bulk load's (``bench/memory.py``)."""
+        with self._lock:
             if persist_later:
                 self.store.persist(self, records, vectors)
             else:
@@ -373,10 +383,6 @@ class MachineMemory:
                         self._mirrors[mirrored].add(r, v)
             self._count += len(records)
             self._added += len(records)
-        if not self._compacting and (self._count > self.config.max_records
-                                     or self._added >= max(self.config.max_records // 10, 100)):
-            self.compact()
-        return records
 
     def add_now(self, records: list[MemoryRecord], vectors: list[Any]) -> None:
         """Write records to the store (the persister's step, or a direct ``remember``)."""
@@ -413,6 +419,13 @@ class MachineMemory:
 
     def count(self) -> int:
         return self._count
+
+    @property
+    def collection(self) -> Any:
+        """The chromadb collection itself, to measure chromadb (``bench/memory.py``). Read it only:
+        a write that bypasses ``remember_many`` and ``add_embedded`` leaves the count and the
+        in-process vectors stale."""
+        return self._col
 
     def similar_outcomes(self, text: str, capability: str, *, k: int = 12) -> list[MemoryRecord]:
         """The ``k`` job outcomes for ``capability`` nearest to ``text`` (a job as ``job_text``

@@ -33,7 +33,8 @@ KeystoreOpt = Annotated[Path, typer.Option("--keystore", envvar="TAMC_KEYSTORE",
 
 
 def _friendly(fn: F) -> F:
-    """Turn TAMC's own errors into one red line and an exit code instead of a traceback."""
+    """Turn TAMC's own errors, and an option a config model refused, into one red line and an exit
+    code instead of a traceback."""
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -42,10 +43,25 @@ def _friendly(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except TamcError as exc:
-            Console(stderr=True).print(f"[bold red]error:[/] {type(exc).__name__}: {exc}", highlight=False, soft_wrap=True)
+            _say(f"{type(exc).__name__}: {exc}")
             raise typer.Exit(2 if isinstance(exc, InputError) else 1) from None
+        except Exception as exc:
+            from tamc.errors import option_error
+
+            refused = option_error(exc)
+            if refused is None:
+                raise
+            _say(f"{type(refused).__name__}: {refused}")
+            raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _say(line: str) -> None:
+    """An error as one red line on stderr."""
+    from rich.markup import escape
+
+    Console(stderr=True).print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -94,13 +110,17 @@ def quote(
     as_json: JsonOpt = False,
 ) -> None:
     """The rule engine's decision on a job: bid or decline, price, ETA, and why."""
+    from core.errors import InvalidOption
     from core.money import format_units, parse_units
     from machines import find_profile, load_job
     from pricing.rules import MachineStatus, MarketContext, decide
 
+    energy = parse_units(energy_price)
+    if energy < 0:
+        raise InvalidOption(f"--energy-price {energy_price}: must be at least 0")
     profile = find_profile(machine, profiles)
     job = load_job(job_file)
-    market = MarketContext(energy_price_per_kwh=parse_units(energy_price), demand_index_bps=round(demand * 10_000))
+    market = MarketContext(energy_price_per_kwh=energy, demand_index_bps=round(demand * 10_000))
     status = MachineStatus(wear_pct=wear, queue_len=queue, queue_hours=queue_hours)
     decision = decide(profile, job, status, market)
     if as_json:
@@ -133,20 +153,26 @@ def quote(
 @_friendly
 def keys_new(name: str, keystore: KeystoreOpt = Path("tamc-keys.json")) -> None:
     """Create a key pair named NAME and print its did:key id."""
-    from ledger.keystore import Keystore
-
-    print(Keystore(keystore).create(name).did)
+    print(_keystore(keystore).create(name).did)
 
 
 @keys_app.command("list")
 @_friendly
 def keys_list(keystore: KeystoreOpt = Path("tamc-keys.json")) -> None:
     """List the keys in the keystore with their did:key ids."""
-    from ledger.keystore import Keystore
-
-    store = Keystore(keystore)
+    store = _keystore(keystore)
     for name in store.names():
         print(f"{name}\t{store.get(name).did}")
+
+
+def _keystore(path: Path) -> Any:
+    """The keystore at ``--keystore``, refused in one line if that is a folder."""
+    from core.errors import InvalidOption
+    from ledger.keystore import Keystore
+
+    if path.is_dir():
+        raise InvalidOption(f"--keystore {path}: is a folder; give the keystore file in it (e.g. {path / 'tamc-keys.json'})")
+    return Keystore(path)
 
 
 ModelOpt = Annotated[str | None, typer.Option("--model", help="'rules' (no model), a pydantic-ai model string such as 'openai-chat:gpt-4o-mini', or the model's name at --base-url [default: $TAMC_MODEL or rules]")]
@@ -189,24 +215,27 @@ def demo(
     from rich.live import Live
 
     from agents.llm import ModelConfig, build_model
+    from hub.transport import parse_broker_url
     from market.city import simulate
     from market.config import MarketConfig
     from market.report import describe
     from tamc.views import live_view, report_tables
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
+    if broker:
+        parse_broker_url(broker)  # a bad address fails here, before the city is announced
     model_config = ModelConfig.from_env(model, base_url, api_key, fast_path=fast_path)
     build_model(model_config)  # a bad model setting fails here, before the city starts
     llm = model_config.uses_model  # a model needs time to answer: a slower clock and a longer bid window
     hours = hours if hours is not None else (2.0 if llm else 24.0)
     speed = speed if speed is not None else (120.0 if llm else 3600.0)
     bid_window = bid_window if bid_window is not None else (240.0 if llm else 108.0)
-    from core.errors import InputError
+    from core.errors import InvalidOption
 
     if memory not in ("server", "embedded", "off"):
-        raise InputError(f"--memory {memory!r}: say server, embedded or off")
+        raise InvalidOption(f"--memory {memory!r}: say server, embedded or off")
     if clock not in ("virtual", "scaled"):
-        raise InputError(f"--clock {clock!r}: say virtual or scaled")
+        raise InvalidOption(f"--clock {clock!r}: say virtual or scaled")
     config = MarketConfig(seed=seed, hours=hours, machines=machines, broker=broker, clock=clock, speed=speed, load=load,
                           data_dir=data_dir, bid_window_s=bid_window, model=model_config, memory=memory, memory_url=memory_url, life=life)
     console = _console()
@@ -248,14 +277,17 @@ def serve(
     import threading
 
     from agents.llm import ModelConfig, build_model
-    from core.errors import InputError
+    from core.errors import InvalidOption
+    from hub.transport import parse_broker_url
     from market.config import MarketConfig
     from server.runner import DEMO_OPERATOR, DEMO_STAKEHOLDER
     from server.runner import serve as run_server
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
     if memory not in ("server", "embedded", "off"):
-        raise InputError(f"--memory {memory!r}: say server, embedded or off")
+        raise InvalidOption(f"--memory {memory!r}: say server, embedded or off")
+    if broker:
+        parse_broker_url(broker)
     model_config = ModelConfig.from_env(model, base_url, api_key)
     build_model(model_config)
     llm = model_config.uses_model
@@ -311,7 +343,7 @@ def chat(
     from tools.deps import MachineDeps
 
     snapshot = load_snapshot(data_dir, machine)
-    book = Ledger(ledger or DataDir(data_dir).ledger_url)
+    book = Ledger(_ledger_url(data_dir, ledger, existing=True))
     port = SnapshotMachine(snapshot)
     governance = Governance(book)
     model_config = ModelConfig.from_env(model, base_url, api_key)
@@ -423,7 +455,7 @@ def agent(
 
     options = NodeOptions.from_cli(checkpoints=checkpoints, charter=charter, octoprint=octoprint, octoprint_key=octoprint_key,
                                    inject=inject or [])
-    run_agent(machine, broker, ledger_url=ledger, holders=holders, profiles=profiles, data_dir=data_dir,
+    run_agent(machine, broker, ledger_url=_ledger_url(data_dir, ledger, existing=False), holders=holders, profiles=profiles, data_dir=data_dir,
               model=ModelConfig.from_env(model, base_url, api_key, fast_path=fast_path), memory=memory, memory_url=memory_url,
               options=options)
 
@@ -437,8 +469,30 @@ def _books(data_dir: Path, ledger: str | None) -> tuple[Any, Any, Any]:
     from core.datadir import DataDir
     from ledger import Governance, Keystore, Ledger
 
-    book = Ledger(ledger or DataDir(data_dir).ledger_url)
+    book = Ledger(_ledger_url(data_dir, ledger, existing=True))
     return book, Governance(book), Keystore(DataDir(data_dir).keys)
+
+
+def _ledger_url(data_dir: Path, ledger: str | None, *, existing: bool) -> str:
+    """``--ledger`` if it is a database URL, else the ledger in ``--data-dir`` (which must hold one
+    when ``existing``: a command that reads the books would otherwise open empty ones there)."""
+    from core.datadir import DataDir
+    from core.errors import InvalidOption
+
+    if ledger is None:
+        if existing and not DataDir(data_dir).ledger_path.is_file():
+            raise InvalidOption(f"--data-dir {data_dir}: holds no ledger; run 'tamc demo' or 'tamc agent' with this "
+                                "--data-dir first, or give --ledger")
+        return DataDir(data_dir).ledger_url
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        make_url(ledger)
+    except ArgumentError:
+        raise InvalidOption(f"--ledger {ledger!r}: not a database URL; write sqlite:///path/to/ledger.db or "
+                            "postgresql://user@host/db") from None
+    return ledger
 
 
 @app.command()
@@ -479,10 +533,16 @@ def proposals(machine: Annotated[str | None, typer.Argument(help="Machine id [de
               state: Annotated[str | None, typer.Option(help="open, passed, rejected, executed or failed.")] = None,
               data_dir: DataDirOpt = Path(".tamc"), ledger: LedgerOpt = None, as_json: JsonOpt = False) -> None:
     """Proposals of a machine (or all), newest first, with their tallies in share units."""
+    from typing import get_args
+
     from rich.table import Table
 
+    from core.errors import InvalidOption
     from ledger.holders import list_proposals
+    from ledger.proposals import ProposalState
 
+    if state is not None and state not in get_args(ProposalState):
+        raise InvalidOption(f"--state {state!r}: say {', '.join(get_args(ProposalState))}")
     book, gov, _ = _books(data_dir, ledger)
     try:
         rows = list_proposals(gov, machine, state)
@@ -552,8 +612,11 @@ def vote(
 ) -> None:
     """Vote the shares you held when a proposal opened (a recast replaces your vote); a proposal
     the votes settle is decided, and executed if it passed."""
+    from hub.transport import parse_broker_url
     from ledger.holders import cast_vote
 
+    if broker:
+        parse_broker_url(broker)  # before the vote is cast, not after
     book, gov, keys = _books(data_dir, ledger)
     try:
         p, said = cast_vote(book, gov, keys, proposal, choice, who)
@@ -586,8 +649,22 @@ def _terminated(signum: int, frame: object) -> None:
 
 
 def main() -> None:
+    """Run the command; a usage error (an unknown option, ``--port 0``, a missing argument) is one
+    line and exit 2, as TAMC's own input errors are."""
     signal.signal(signal.SIGTERM, _terminated)
-    app(prog_name="tamc")
+    try:
+        code = app(prog_name="tamc", standalone_mode=False)  # returns typer.Exit's code (0 after --help)
+    except typer.TyperException as exc:  # click's errors: usage (exit 2), a file it cannot open (1)
+        if type(exc).__name__ != "NoArgsIsHelpError":  # typer printed the help already (typer checks it so too)
+            from tamc.errors import option_error, usage_message
+
+            refused = option_error(exc)
+            _say(f"{type(refused).__name__}: {refused}" if refused is not None else usage_message(exc))
+        sys.exit(exc.exit_code)
+    except typer.Abort:  # end of input at a prompt
+        _say("aborted")
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from agents.snapshot import save_snapshot
 from agents.workflow import JobFlows, checkpointer
 from core.clock import MarketAnchor, ScaledClock
 from core.datadir import DataDir
-from core.errors import InputError, MemoryStoreError
+from core.errors import InvalidOption, MemoryStoreError
 from hub.messages import JobEvent
 from hub.transport import Hub, parse_broker_url
 from ledger import Charter, Keystore, Ledger, settlement
@@ -31,6 +31,7 @@ from machines.driver import Driver, SimDriver
 from machines.faults import FaultyDriver
 from machines.loader import find_profile, load_profile
 from memory import MemoryConfig, MemoryStore
+from tamc.errors import refusals
 
 __all__ = ["NodeOptions", "parse_holders", "run_agent"]
 
@@ -60,44 +61,49 @@ class NodeOptions(BaseModel):
             try:
                 faults[job] = (float(share or 0.5), fault)
             except ValueError:
-                raise InputError(f"--inject {item!r}: write JOB=FAULT@SHARE, e.g. j-1=thermal_runaway@0.3") from None
+                raise InvalidOption(f"--inject {item!r}: write JOB=FAULT@SHARE, e.g. j-1=thermal_runaway@0.3") from None
             if not job or fault not in FAULTS:
-                raise InputError(f"--inject {item!r}: write JOB=FAULT@SHARE with FAULT one of {', '.join(FAULTS)}")
+                raise InvalidOption(f"--inject {item!r}: write JOB=FAULT@SHARE with FAULT one of {', '.join(FAULTS)}")
+            if not 0 <= faults[job][0] <= 1:
+                raise InvalidOption(f"--inject {item!r}: SHARE is the part of the job done when it fails, from 0 to 1")
         loaded = None
         if charter is not None:
             try:
                 loaded = Charter.model_validate_json(charter.read_text("utf-8"))
-            except (OSError, ValidationError) as exc:
-                raise InputError(f"--charter {charter}: {exc}") from None
+            except OSError as exc:
+                raise InvalidOption(f"--charter {charter}: {exc}") from None
+            except ValidationError as exc:
+                raise InvalidOption(f"--charter {charter}: {refusals(exc, lambda loc: '.'.join(map(str, loc)))}") from None
         if octoprint and not octoprint_key:
-            raise InputError("--octoprint needs --octoprint-key (or TAMC_OCTOPRINT_KEY): an API key of the OctoPrint server")
+            raise InvalidOption("--octoprint needs --octoprint-key (or TAMC_OCTOPRINT_KEY): an API key of the OctoPrint server")
         return cls(checkpoints=checkpoints, charter=loaded, octoprint=octoprint, octoprint_key=octoprint_key, inject=faults)
 
 
 def parse_holders(text: str) -> dict[str, int]:
-    """``alice=60,bob=40`` -> {"alice": 60, "bob": 40}, or an ``InputError`` saying what is wrong."""
+    """``alice=60,bob=40`` -> {"alice": 60, "bob": 40}, or an ``InvalidOption`` saying what is wrong."""
     out: dict[str, int] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         name, sep, units = part.partition("=")
         if not sep or not name.strip() or not units.strip().isdigit() or int(units) <= 0:
-            raise InputError(f"holder {part!r} should look like name=units with units a positive whole number")
+            raise InvalidOption(f"--holders {text!r}: holder {part!r} should look like name=units with units a positive whole number")
         out[name.strip()] = int(units)
     if not out:
-        raise InputError("a machine needs at least one shareholder (--holders name=units)")
+        raise InvalidOption(f"--holders {text!r}: a machine needs at least one shareholder (name=units,...)")
     return out
 
 
 def run_agent(machine: str, broker_url: str, *, ledger_url: str | None, holders: str, profiles: Path | None,
               data_dir: Path, model: ModelConfig | None = None, stop: threading.Event | None = None,
               memory: bool = True, memory_url: str | None = None, options: NodeOptions | None = None) -> None:
-    parse_broker_url(broker_url)  # a bad address fails here, before anything is registered
+    parse_broker_url(broker_url)  # a bad address or holders fail here, before anything is registered
+    shares = parse_holders(holders)
     model = model or ModelConfig()
     agent = MachineAgent(model) if model.uses_model else None  # a bad model setting fails here too
     profile = load_profile(machine) if machine.endswith(".toml") else find_profile(machine, profiles)
     data_dir.mkdir(parents=True, exist_ok=True)
     ledger = Ledger(ledger_url or DataDir(data_dir).ledger_url)
     identity = Keystore(DataDir(data_dir).keys).get_or_create(profile.id)
-    settlement.register_machine(ledger, profile.id, identity.did, parse_holders(holders))
+    settlement.register_machine(ledger, profile.id, identity.did, shares)
 
     def show(machine_id: str, event: JobEvent) -> None:
         print(json.dumps({"machine": machine_id, "job": event.job_id, "event": event.kind,
