@@ -12,6 +12,7 @@ raised. ::
     │   ├── InvalidProfile          a machine profile file that does not parse or validate
     │   ├── UnknownMachineKind      a kind that is not one of the five
     │   ├── UnknownMachine          no profile with that id
+    │   ├── UnknownJob              no job of that id was posted through this server
     │   ├── InvalidBrokerUrl        not an mqtt://host:port address
     │   └── InvalidOption           a command's option outside what it accepts (names the option)
     ├── LedgerError                 the ledger refused; nothing was written
@@ -106,6 +107,7 @@ __all__ = [
     "TamcError",
     "UnknownAccount",
     "UnknownHandoff",
+    "UnknownJob",
     "UnknownMachine",
     "UnknownMachineKind",
     "UnknownProposal",
@@ -135,6 +137,10 @@ class InvalidProfile(InputError):
 
 class UnknownMachineKind(InputError):
     """A machine kind outside the known five."""
+
+
+class UnknownJob(InputError):
+    """No job of that id was posted through this server (HTTP 404)."""
 
 
 class UnknownMachine(InputError):

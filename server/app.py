@@ -39,13 +39,14 @@ from core.errors import (
     TamcError,
     UnknownAccount,
     UnknownHandoff,
+    UnknownJob,
     UnknownMachine,
     UnknownProposal,
     VoteRefused,
 )
 from server.access import Access, Role
 from server.console import Console
-from server.context import ServerContext, UnknownJob
+from server.context import ServerContext
 from server.desk import JobDesk
 from server.feed import Feed
 from server.metrics import Metrics

@@ -15,7 +15,7 @@ from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from agents.chat import ChatHistory, MachineChat
-from core.errors import InputError, NotAuthenticated, UnknownAccount, UnknownMachine
+from core.errors import NotAuthenticated, UnknownAccount, UnknownMachine
 from server.access import Access, Principal, Role
 from server.console import Console
 from server.desk import JobDesk
@@ -40,17 +40,12 @@ __all__ = [
     "Operator",
     "Reader",
     "ServerContext",
-    "UnknownJob",
     "balance",
     "fleet_roles",
     "machines_of",
     "stream",
     "summary",
 ]
-
-
-class UnknownJob(InputError):
-    """No job of that id was posted through this server."""
 
 
 _REFUSED = {

@@ -8,8 +8,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 from fastapi.sse import EventSourceResponse
 
-from core.errors import Forbidden, InputError
-from server.context import REFUSALS, STREAM_REFUSALS, Caller, Ctx, UnknownJob, stream
+from core.errors import Forbidden, InputError, UnknownJob
+from server.context import REFUSALS, STREAM_REFUSALS, Caller, Ctx, stream
 from server.desk import JobPost, JobStatus
 from server.feed import LiveEvent
 
