@@ -1,13 +1,14 @@
 """The market over a real broker on the virtual clock, 5 seeds, at normal demand and at demand
 above capacity, memory and life cycle on: per run, wall seconds, simulated machine-days per second,
-welfare against the hindsight optimum (an LP upper bound, see market/welfare.py) and against
-first-come-first-served dispatch on the same jobs, fill and utilization; each day runs twice and
+welfare against the hindsight optimum (an LP upper bound, see market/welfare.py), against the
+offline planner's feasible schedule (market/planner.py: the true optimum lies between the two) and
+against first-come-first-served dispatch on the same jobs, fill and utilization; each day runs twice and
 the two digests are compared (a seed must replay exactly).
 
     .venv/bin/python bench/market.py [--quick] [--once]
 
-Targets: efficiency >= first-come dispatch's on every seed (and >= 95% of the optimum at normal
-demand); fleet idle time <= 10% when demand exceeds capacity; equal digests.
+Targets: efficiency >= first-come dispatch's on every seed, >= 95% of the bound at normal demand
+and >= 93% at 150% demand; fleet idle time <= 10% when demand exceeds capacity; equal digests.
 Prints one JSON object per run and a summary as the last line.
 """
 
@@ -45,7 +46,7 @@ def main() -> None:
                 r = reports[0]
                 row = {"scenario": name, "seed": seed, "load": load, "jobs": r.posted, "paid": r.paid,
                        "fill": round(r.paid / r.posted, 4) if r.posted else 1.0,
-                       "efficiency": r.efficiency, "baseline_efficiency": r.baseline_efficiency,
+                       "efficiency": r.efficiency, "planner_efficiency": r.planner_efficiency, "baseline_efficiency": r.baseline_efficiency,
                        "beats_baseline": r.efficiency >= r.baseline_efficiency,
                        "fleet_utilization": r.fleet_utilization, "baseline_utilization": r.baseline_utilization,
                        "machine_days_per_s": r.machine_days_per_s, "wall_s": r.wall_s, "double_awards": r.double_awards,
@@ -59,11 +60,13 @@ def main() -> None:
     summary = {
         "bench": "market", "broker": broker.kind, "hours": hours, "seeds": len(SEEDS),
         **{f"{name}_{key}": mean(name, key) for name in SCENARIOS
-           for key in ("efficiency", "baseline_efficiency", "fleet_utilization", "baseline_utilization", "machine_days_per_s")},
+           for key in ("efficiency", "planner_efficiency", "baseline_efficiency", "fleet_utilization", "baseline_utilization", "machine_days_per_s")},
         "overload_idle": round(1 - mean("overload", "fleet_utilization"), 4),
-        "targets": {"efficiency_min": 0.95, "idle_max_when_overloaded": 0.10, "beats_baseline": True, "replays": True},
+        "targets": {"efficiency_min": 0.95, "overload_efficiency_min": 0.93, "idle_max_when_overloaded": 0.10,
+                    "beats_baseline": True, "replays": True},
     }
     summary["met_efficiency"] = summary["normal_efficiency"] >= 0.95
+    summary["met_overload_efficiency"] = summary["overload_efficiency"] >= 0.93
     summary["met_idle"] = summary["overload_idle"] <= 0.10
     summary["beats_baseline_every_seed"] = all(r["beats_baseline"] for rows in runs.values() for r in rows)
     summary["replays_every_seed"] = all(r["replays"] for rows in runs.values() for r in rows)

@@ -22,6 +22,7 @@ from machines.profile import MachineProfile
 from market.config import ClockKind, MarketConfig
 from market.demand import JobRequest
 from market.lifecycle import LifeReport
+from market.planner import hindsight_schedule
 from market.welfare import fcfs_dispatch, hindsight_optimum
 
 __all__ = ["MachineReport", "MarketReport", "MemoryReport", "ModelReport", "Snapshot", "build_report", "describe", "digest",
@@ -112,6 +113,11 @@ class MarketReport(BaseModel):
     baseline_efficiency: float
     baseline_filled: int
     baseline_utilization: float
+    planner_welfare: int
+    """The offline planner's feasible schedule of the same jobs (``market.planner``): the true
+    optimum lies between it and ``optimum_welfare``, the LP bound."""
+    planner_efficiency: float
+    planner_filled: int
     accept_latency_ms_p50: float | None
     accept_latency_ms_p99: float | None
     dropped: dict[str, int]
@@ -215,6 +221,7 @@ def build_report(run_id: str, config: MarketConfig, broker_kind: str, fleet: lis
     welfare = sum(o.value - costs_by_job.get(o.job_id, 0) for o in outcomes if o.outcome == "paid")
     optimum = hindsight_optimum(requests, fleet, run_hours)
     baseline = fcfs_dispatch(requests, fleet, horizon_h=config.hours)
+    planner = hindsight_schedule(requests, fleet, horizon_h=config.hours)
     latencies = [o.accept_latency_ms for o in outcomes if o.accept_latency_ms is not None]
     busy = sum(min(worked[n.id], config.hours) for n in nodes)
     paths: Counter[str] = Counter()
@@ -244,6 +251,8 @@ def build_report(run_id: str, config: MarketConfig, broker_kind: str, fleet: lis
         baseline_efficiency=round(baseline.welfare / optimum.welfare, 4) if optimum.welfare else 1.0,
         baseline_filled=baseline.filled,
         baseline_utilization=round(baseline.busy_hours / (config.hours * len(nodes)), 4),
+        planner_welfare=planner.welfare, planner_filled=planner.filled,
+        planner_efficiency=round(planner.welfare / optimum.welfare, 4) if optimum.welfare else 1.0,
         accept_latency_ms_p50=percentile(latencies, 0.5), accept_latency_ms_p99=percentile(latencies, 0.99),
         dropped=dropped, wall_s=round(wall_s, 2),
         machine_days_per_s=round(len(nodes) * run_hours / 24 / wall_s, 4),
@@ -260,7 +269,8 @@ def double_awards(nodes: list[MachineNode]) -> int:
 
 def describe(report: MarketReport) -> str:
     text = (f"{report.paid}/{report.posted} jobs paid, revenue {format_units(report.revenue)}, "
-            f"efficiency {report.efficiency:.1%} of optimum (baseline {report.baseline_efficiency:.1%})")
+            f"efficiency {report.efficiency:.1%} of the bound (planner {report.planner_efficiency:.1%}, "
+            f"first-come {report.baseline_efficiency:.1%})")
     if report.life is not None:
         life = report.life
         text += (f"; life: {life.births} births, {life.moves} moves, {life.parkings} parkings, {life.deaths} deaths, "

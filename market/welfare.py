@@ -5,14 +5,17 @@ consumables, travel) of the machine that did it; prices are transfers and cancel
 
 **Hindsight optimum** (an upper bound): with every job of the run known in advance, choose for
 each job at most one machine to maximise total welfare, subject to, for every machine and every
-window [a, a + L) on a quarter-hour grid (L from half an hour to 16 h, and the whole run), the work of the jobs
-whose whole [arrival, deadline] lies inside the window fitting in L hours. A pair (job, machine)
-is allowed when the machine's own rules accept the job from idle at home (capability, material,
-size, range, territory, deadline) and the requester's reserve covers the machine's least price
-(its full cost or its floor): owners' policies bind the optimum too. Solved exactly as a linear
-program (scipy ``linprog``, HiGHS) with each x in [0, 1]: the LP relaxation of the 0/1 problem.
-Both relaxations (fractional jobs; windows necessary but not sufficient for a schedule) can only
-raise the bound, so the efficiency reported is a lower bound on the true one.
+window [a, a + L) on a quarter-hour grid (L from half an hour to 16 h, and the whole run), the
+work of the jobs whose whole [arrival, deadline] lies inside the window fitting in L hours. A pair
+(job, machine) is allowed when the machine's own rules accept the job from idle (capability,
+material, size, range, territory, deadline) and the requester's reserve covers the machine's least
+price (its full cost or its floor): owners' policies bind the optimum too. A vehicle is taken to
+stand at the pickup: in a real schedule it drives there empty from wherever its last job ended, so
+its hours and costs can only be larger. Solved exactly as a linear program (scipy ``linprog``,
+HiGHS) with each x in [0, 1]. The three relaxations (fractional jobs; windows necessary but not
+sufficient for a schedule; vehicles without empty drives) can only raise the bound, so the
+efficiency reported is a lower bound on the true one; ``market.planner``'s feasible schedule
+bounds the true optimum from below.
 """
 
 from __future__ import annotations
@@ -58,6 +61,12 @@ def _home(profile: MachineProfile) -> Point | None:
     return profile.vehicle.home if profile.vehicle else None
 
 
+def _best_start(profile: MachineProfile, request: JobRequest) -> Point | None:
+    """Where a machine would best be when a job starts: a vehicle at the pickup (no empty drive),
+    so no schedule's travel can beat the bound's."""
+    return (request.job.pickup or profile.vehicle.home) if profile.vehicle else None
+
+
 def pair_terms(profile: MachineProfile, request: JobRequest, *, position: Point | None = None, queue_hours: float = 0.0) -> Pair | None:
     """Hours, variable cost and welfare of ``profile`` doing ``request``, or None if its rules
     refuse it or the reserve does not cover its least price."""
@@ -74,7 +83,7 @@ def hindsight_optimum(requests: Sequence[JobRequest], fleet: Sequence[MachinePro
     cols: list[tuple[int, int, Pair]] = []
     for j, req in enumerate(requests):
         for i, prof in enumerate(fleet):
-            pair = pair_terms(prof, req)
+            pair = pair_terms(prof, req, position=_best_start(prof, req))
             if pair is not None and pair.welfare > 0:
                 cols.append((j, i, pair))
     if not cols:

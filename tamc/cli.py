@@ -195,6 +195,8 @@ def demo(
     speed: Annotated[float | None, typer.Option(help="Market seconds per real second: the scaled clock's pace, and on the virtual clock "
                                                 "what a second of a model's thinking costs [default: 3600; 120 with a model].")] = None,
     load: Annotated[float, typer.Option(help="Offered work as a share of the fleet's capacity.")] = 0.85,
+    flat: Annotated[bool, typer.Option("--flat", help="Keep demand at --load all day, without the night's lull and the "
+                                       "peaks (--load 1.5 --flat: demand above capacity all day).")] = False,
     bid_window: Annotated[float | None, typer.Option("--bid-window", help="Market seconds machines have to bid [default: 108; 240 with a model].")] = None,
     model: ModelOpt = None,
     base_url: BaseUrlOpt = None,
@@ -236,12 +238,13 @@ def demo(
         raise InvalidOption(f"--memory {memory!r}: say server, embedded or off")
     if clock not in ("virtual", "scaled"):
         raise InvalidOption(f"--clock {clock!r}: say virtual or scaled")
-    config = MarketConfig(seed=seed, hours=hours, machines=machines, broker=broker, clock=clock, speed=speed, load=load,
+    config = MarketConfig(seed=seed, hours=hours, machines=machines, broker=broker, clock=clock, speed=speed, load=load, flat_demand=flat,
                           data_dir=data_dir, bid_window_s=bid_window, model=model_config, memory=memory, memory_url=memory_url, life=life)
     console = _console()
     err = Console(stderr=True) if as_json else console
     pace = "on virtual time" if clock == "virtual" else f"at {speed:g}× real time"
-    err.print(f"TAMC demo: {machines} machines, {hours:g} simulated hours {pace}, seed {seed}; "
+    demand = f"demand {load:g}× capacity" + (" all day" if flat else " on average, in the day's shape")
+    err.print(f"TAMC demo: {machines} machines, {hours:g} simulated hours {pace}, seed {seed}, {demand}; "
               f"{'broker ' + broker if broker else 'starting a private broker'}; bids by {model_config.label()}"
               + ("" if llm else ", the rule engine (offline: no model configured)"), highlight=False)
     with Live(console=err, refresh_per_second=8, transient=True) as live:

@@ -29,6 +29,7 @@ OPTIONS: dict[str, str] = {
     "MarketConfig.clock": "--clock",
     "MarketConfig.speed": "--speed",
     "MarketConfig.load": "--load",
+    "MarketConfig.flat_demand": "--flat",
     "MarketConfig.broker": "--broker",
     "MarketConfig.data_dir": "--data-dir",
     "MarketConfig.bid_window_s": "--bid-window",

@@ -164,3 +164,19 @@ def test_the_demo_twice_prints_the_same_day_and_beats_first_come_dispatch(tmp_pa
     figures = ("posted", "paid", "expired", "refunded", "welfare", "revenue", "costs", "profit", "efficiency")
     assert {k: first[k] for k in figures} == {k: second[k] for k in figures}
     assert first["efficiency"] >= first["baseline_efficiency"], (first["efficiency"], first["baseline_efficiency"])
+    assert first["planner_efficiency"] >= first["baseline_efficiency"], (first["planner_efficiency"], first["baseline_efficiency"])
+    assert first["planner_welfare"] <= first["optimum_welfare"], "the planner's schedule above the bound: the bound is not one"
+
+
+@pytest.mark.slow
+def test_demo_flat_keeps_demand_at_load_through_the_night(tmp_path: Path) -> None:
+    """The first three hours of a day are its night lull (a fifth to a third of the mean rate);
+    ``--flat`` offers ``--load`` then too, so it posts several times the jobs."""
+    posted = {}
+    for flat in (False, True):
+        args = ["demo", "--json", "--hours", "3", "--machines", "4", "--load", "1.5", "--memory", "off", "--no-life",
+                "--data-dir", str(tmp_path / str(flat)), *(["--flat"] if flat else [])]
+        out = tamc(*args)
+        assert out.returncode == 0, out.stderr[-2000:]
+        posted[flat] = json.loads(out.stdout.strip().splitlines()[-1])["posted"]
+    assert posted[True] > 3 * posted[False] > 0, posted
