@@ -5,7 +5,7 @@ offline planner's feasible schedule (market/planner.py: the true optimum lies be
 against first-come-first-served dispatch on the same jobs, fill and utilization; each day runs twice and
 the two digests are compared (a seed must replay exactly).
 
-    .venv/bin/python bench/market.py [--quick] [--once]
+    .venv/bin/python bench/market.py [--quick] [--once] [--ablations]
 
 Targets: efficiency >= first-come dispatch's on every seed, >= 95% of the bound at normal demand
 and >= 93% at 150% demand; fleet idle time <= 10% when demand exceeds capacity; equal digests.
@@ -31,23 +31,29 @@ from market.config import MarketConfig
 SEEDS = (1, 2, 3, 4, 5)
 SCENARIOS = {"normal": (0.85, False), "overload": (1.5, True)}
 """Name -> (load, flat): a day shaped by nights and peaks, and demand above capacity all day."""
+ABLATIONS = {"overload-no-memory": ("overload", {"memory": "off"}), "normal-no-life": ("normal", {"life": False})}
+"""With ``--ablations``: the same days with one part off, to measure what memory does to a saturated
+market's fill and the owners' profit, and what the life cycle does to welfare."""
 
 
 def main() -> None:
     logging.basicConfig(level=logging.ERROR)
     hours = 6.0 if "--quick" in sys.argv else 24.0
     repeats = 1 if "--once" in sys.argv else 2
-    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in SCENARIOS}
+    plan = {name: (*SCENARIOS[name], {}) for name in SCENARIOS}
+    if "--ablations" in sys.argv:
+        plan |= {name: (*SCENARIOS[base], off) for name, (base, off) in ABLATIONS.items()}
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in plan}
     with start_broker() as broker, tempfile.TemporaryDirectory() as tmp:
-        for name, (load, flat) in SCENARIOS.items():
+        for name, (load, flat, off) in plan.items():
             for seed in SEEDS:
                 reports = [simulate(MarketConfig(seed=seed, hours=hours, load=load, flat_demand=flat, broker=broker.url,
-                                                   data_dir=Path(tmp) / f"{name}-{seed}-{i}")) for i in range(repeats)]
+                                                   data_dir=Path(tmp) / f"{name}-{seed}-{i}", **off)) for i in range(repeats)]
                 r = reports[0]
                 row = {"scenario": name, "seed": seed, "load": load, "jobs": r.posted, "paid": r.paid,
                        "fill": round(r.paid / r.posted, 4) if r.posted else 1.0,
                        "efficiency": r.efficiency, "planner_efficiency": r.planner_efficiency, "baseline_efficiency": r.baseline_efficiency,
-                       "beats_baseline": r.efficiency >= r.baseline_efficiency,
+                       "beats_baseline": r.efficiency >= r.baseline_efficiency, "welfare": r.welfare, "profit": r.profit,
                        "fleet_utilization": r.fleet_utilization, "baseline_utilization": r.baseline_utilization,
                        "machine_days_per_s": r.machine_days_per_s, "wall_s": r.wall_s, "double_awards": r.double_awards,
                        "digests": [x.digest for x in reports], "replays": len({x.digest for x in reports}) == 1}
@@ -59,8 +65,9 @@ def main() -> None:
 
     summary = {
         "bench": "market", "broker": broker.kind, "hours": hours, "seeds": len(SEEDS),
-        **{f"{name}_{key}": mean(name, key) for name in SCENARIOS
-           for key in ("efficiency", "planner_efficiency", "baseline_efficiency", "fleet_utilization", "baseline_utilization", "machine_days_per_s")},
+        **{f"{name}_{key}": mean(name, key) for name in plan
+           for key in ("efficiency", "planner_efficiency", "baseline_efficiency", "fill", "fleet_utilization", "baseline_utilization",
+                       "machine_days_per_s")},
         "overload_idle": round(1 - mean("overload", "fleet_utilization"), 4),
         "targets": {"efficiency_min": 0.95, "overload_efficiency_min": 0.93, "idle_max_when_overloaded": 0.10,
                     "beats_baseline": True, "replays": True},
@@ -68,6 +75,13 @@ def main() -> None:
     summary["met_efficiency"] = summary["normal_efficiency"] >= 0.95
     summary["met_overload_efficiency"] = summary["overload_efficiency"] >= 0.93
     summary["met_idle"] = summary["overload_idle"] <= 0.10
+    if "--ablations" in sys.argv:  # per seed, the same day with the part on against off
+        def pairs(on: str, off: str, key: str) -> list[tuple[Any, Any]]:
+            return [(a[key], b[key]) for a, b in zip(runs[on], runs[off], strict=True)]
+
+        summary["memory_fill_on_ge_off_every_seed"] = all(a >= b for a, b in pairs("overload", "overload-no-memory", "paid"))
+        summary["memory_profit_on_ge_off_every_seed"] = all(a >= b for a, b in pairs("overload", "overload-no-memory", "profit"))
+        summary["life_welfare_on_ge_off_every_seed"] = all(a >= b for a, b in pairs("normal", "normal-no-life", "welfare"))
     summary["beats_baseline_every_seed"] = all(r["beats_baseline"] for rows in runs.values() for r in rows)
     summary["replays_every_seed"] = all(r["replays"] for rows in runs.values() for r in rows)
     summary["clock"] = "virtual"
