@@ -82,6 +82,7 @@ class MemoryStore:
         self._writer: Mailbox | None = None
         self._persisting: queue.Queue[tuple[MachineMemory, list[MemoryRecord], list[Any]] | None] = queue.Queue()
         self._persister: threading.Thread | None = None
+        self._warmer: threading.Thread | None = None
         self._computing: dict[str, Future[Any]] = {}
         self._closing = False
         self._readers: ThreadPoolExecutor | None = None
@@ -198,7 +199,8 @@ class MemoryStore:
                     for text, vector in zip(batch, vectors, strict=True):
                         self._cache.setdefault(text, vector)
 
-        threading.Thread(target=run, name="memory-warm", daemon=True).start()
+        self._warmer = threading.Thread(target=run, name="memory-warm", daemon=True)
+        self._warmer.start()
 
     # -- background work -------------------------------------------------------------------------
 
@@ -239,6 +241,8 @@ class MemoryStore:
     def close(self) -> None:
         """Store what is queued and stop the writer and reader threads."""
         self._closing = True
+        if self._warmer is not None:  # a daemon thread left inside onnxruntime at exit aborts the process
+            self._warmer.join(timeout=30)
         self.flush()
         with self._lock:
             writer, self._writer = self._writer, None

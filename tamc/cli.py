@@ -243,7 +243,7 @@ def demo(
     console = _console()
     err = Console(stderr=True) if as_json else console
     pace = "on virtual time" if clock == "virtual" else f"at {speed:g}× real time"
-    demand = f"demand {load:g}× capacity" + (" all day" if flat else " on average, in the day's shape")
+    demand = f"load {load:g}" + (" flat" if flat else "")
     err.print(f"TAMC demo: {machines} machines, {hours:g} simulated hours {pace}, seed {seed}, {demand}; "
               f"{'broker ' + broker if broker else 'starting a private broker'}; bids by {model_config.label()}"
               + ("" if llm else ", the rule engine (offline: no model configured)"), highlight=False)
