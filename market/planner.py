@@ -126,21 +126,17 @@ def hindsight_schedule(requests: Sequence[JobRequest], fleet: Sequence[MachinePr
 
 def plan_day(requests: Sequence[JobRequest], fleet: Sequence[MachineProfile]) -> dict[str, list[Planned]]:
     """Each machine's schedule, by machine id, in the order it works."""
-    runs = _improve(_Fleet(requests, fleet), [[] for _ in fleet])
+    runs = _improve(_Fleet(requests, fleet))
     return {fleet[i].id: run for i, run in enumerate(runs)}
 
 
-def _improve(f: _Fleet, plan: list[list[int]]) -> list[list[Planned]]:
-    """``plan`` (jobs by machine, feasible) with every job inserted and exchanged in that pays."""
+def _improve(f: _Fleet) -> list[list[Planned]]:
+    """From an empty schedule: every job inserted where it pays most, then exchanged in where it pays."""
     requests, fleet = f.requests, f.fleet
-    runs: list[list[Planned]] = []
-    for i, jobs in enumerate(plan):
-        run = f.run(i, jobs)
-        if run is None:
-            raise RuntimeError(f"the starting schedule of {fleet[i].id} is not feasible")
-        runs.append(run)
-    placed = {j for jobs in plan for j in jobs}
-    candidates = _by_density(f, [j for j in range(len(requests)) if j not in placed])
+    plan: list[list[int]] = [[] for _ in fleet]
+    runs: list[list[Planned]] = [[] for _ in fleet]
+    placed: set[int] = set()
+    candidates = _by_density(f, list(range(len(requests))))
 
     def welfare_of(i: int) -> int:
         return sum(p.welfare for p in runs[i])
@@ -178,10 +174,10 @@ def _improve(f: _Fleet, plan: list[list[int]]) -> list[list[Planned]]:
                 slot = slots[requests[out].job.id]
                 if slot.welfare >= f.value_of(j) or slot.end_h <= f.at[j] - REACH_H or slot.start_h >= f.due[j] + REACH_H:
                     continue  # j cannot add more than it takes out, or out's time is not where j could go
-                run = f.run(i, [x for x in plan[i] if x != out] + [j])
-                if run is None:
+                swapped = f.run(i, [x for x in plan[i] if x != out] + [j])
+                if swapped is None:
                     continue
-                gain = sum(p.welfare for p in run) - welfare_of(i)
+                gain = sum(p.welfare for p in swapped) - welfare_of(i)
                 moved = None
                 if gain <= 0 or (best is not None and gain <= best[0]):
                     continue
@@ -190,7 +186,7 @@ def _improve(f: _Fleet, plan: list[list[int]]) -> list[list[Planned]]:
                     gain += elsewhere[0]
                     moved = (elsewhere[1], elsewhere[2])
                 if gain > 0 and (best is None or gain > best[0]):
-                    best = (gain, i, out, run, moved)
+                    best = (gain, i, out, swapped, moved)
         if best is None:
             continue
         _, i, out, run, moved = best
