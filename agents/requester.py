@@ -6,6 +6,11 @@ best, wait for acceptance or move to the runner-up, fund escrow, follow the work
 the contractor drops out (its last will says offline, or it reports failure) the next bidder is
 asked to take over at the same price: the escrow stays, so the requester is charged once.
 
+An award is provisional until the job starts. A machine that would finish a job sooner than the one
+holding it may offer to take it over at the price in escrow; the requester asks the holder to release
+it, and awards the offerer only once the holder says it has (a holder that has started keeps it), so
+the job never has two holders and the escrow never moves.
+
 A job always ends in exactly one of three outcomes, announced with a ``closed`` message: ``paid``
 (done and paid), ``refunded`` (funded, not done), ``expired`` (never contracted).
 """
@@ -25,7 +30,7 @@ from core.mailbox import Mailbox, Timer
 from hub import topics
 from hub.dispatch import Dispatch
 from hub.envelope import Envelope
-from hub.messages import Award, Bid, Body, CallForProposals, JobClosed, JobEvent, Presence
+from hub.messages import Award, Bid, Body, CallForProposals, JobClosed, JobEvent, Offer, Presence, Release
 from hub.transport import Hub
 from ledger import Identity, Ledger, settlement
 from machines.job import JobSpec
@@ -44,6 +49,11 @@ class RequesterConfig(BaseModel):
     """Seconds of market time the winner has to accept before the runner-up is asked."""
     grace_h: float = Field(default=0.25, ge=0)
     """Market hours past the deadline before an unfinished job is refunded."""
+    moves: bool = True
+    """Take offers to move a job that has not started to a machine that finishes it sooner (False:
+    every award is final once accepted, the contract net of award at arrival)."""
+    move_gain_h: float = Field(default=0.25, ge=0)
+    """An offer must finish at least this many market hours sooner than the holder would."""
 
 
 class JobOutcome(BaseModel):
@@ -63,6 +73,8 @@ class JobOutcome(BaseModel):
     awards: int = 0
     takeovers: int = 0
     """Awards made after a funded contractor dropped out (a declined takeover offer counts too)."""
+    moves: int = 0
+    """Times the job moved, before it started, to a machine that offered to finish it sooner."""
     accept_latency_ms: float | None = None
     """CFP sent → first acceptance received, market milliseconds."""
     reason: str = ""
@@ -90,6 +102,16 @@ class _Run:
     held: bool = False
     """The contractor handed the job to a person: it keeps the job even if it drops offline meanwhile."""
     takeovers: int = 0
+    finish_at: int | None = None
+    """Market ms at which the holder said it would be done (its bid's or its offer's eta)."""
+    offers: dict[str, tuple[int, Offer]] = field(default_factory=dict)
+    """Machine id -> (market ms received, its latest offer to take the job over)."""
+    moving: Offer | None = None
+    """The offer a ``release`` was sent for, until the holder answers."""
+    moves: int = 0
+    """Releases asked for; the last one's number names it."""
+    moved: int = 0
+    """Releases granted."""
     accept_latency_ms: float | None = None
     timer: Timer | None = None
     watchdog: Timer | None = None
@@ -121,7 +143,8 @@ class Requester:
         self.clock: Timeline = clock or hub.clock
         """What its windows, deadlines and timestamps run on (its hub's clock unless told)."""
         self.mailbox = mailbox or Mailbox(f"requester-{wallet}", clock=self.clock)
-        self._dispatch = Dispatch().on(Bid, self._on_bid).on(JobEvent, self._on_event).on(Presence, self._on_presence)
+        self._dispatch = (Dispatch().on(Bid, self._on_bid).on(JobEvent, self._on_event).on(Offer, self._on_offer)
+                          .on(Presence, self._on_presence))
         self._own_mailbox = mailbox is None
         self.on_outcome = on_outcome
         self.outcomes: dict[str, JobOutcome] = {}
@@ -180,6 +203,8 @@ class Requester:
         self._runs[job.id] = run
         self.hub.subscribe(topics.bids(job.id), self._deliver)
         self.hub.subscribe(topics.events(job.id), self._deliver)
+        if self.config.moves:
+            self.hub.subscribe(topics.offers(job.id), self._deliver)
         self._publish(topics.call(job), cfp)
         run.timer = self.mailbox.call_later(c.bid_window_s, self._close_bidding, run)
         run.watchdog = self.mailbox.call_later((cfp.deadline_at - now) / 1000 + c.grace_h * 3600, self._overdue, run)
@@ -207,7 +232,7 @@ class Requester:
         run.state = "awarding"
         self._award_next(run)
 
-    def _award_next(self, run: _Run) -> None:
+    def _award_next(self, run: _Run, *, moved: bool = False) -> None:
         takeover = run.funded
         candidates = [b for b in run.ranked if b.machine_id not in run.excluded]
         if not candidates:
@@ -222,13 +247,15 @@ class Requester:
         run.machine, run.machine_did = bid.machine_id, self._registry.get(bid.machine_id)
         price = run.price if takeover and run.price is not None else bid.price
         run.price = price
-        accept_by = self.clock.ms() + round(self.config.accept_window_s * 1000)
+        now = self.clock.ms()
+        run.finish_at = now + round(bid.eta_h * 3_600_000)
+        accept_by = now + round(self.config.accept_window_s * 1000)
         self.awards_sent.setdefault(run.job.id, []).append(bid.machine_id)
-        if takeover:
+        if takeover and not moved:
             run.takeovers += 1
         self._publish(topics.award(run.job.id), Award(
             job_id=run.job.id, machine_id=bid.machine_id, price=price, accept_by=accept_by,
-            attempt=run.attempt, takeover=takeover,
+            attempt=run.attempt, takeover=takeover, finish_at=run.finish_at,
         ))
         run.timer = self.mailbox.call_later(self.config.accept_window_s, self._accept_timeout, run, run.attempt)
 
@@ -254,8 +281,10 @@ class Requester:
             run.cancel()
             run.excluded.add(event.machine_id)
             self._award_next(run)
-        elif event.kind == "started":
+        elif event.kind in ("started", "progress"):
             run.started = True
+        elif event.kind in ("released", "kept") and run.moving is not None and event.move == run.moves:
+            self._moved(run, event.kind == "released")
         elif event.kind in ("handoff", "resumed"):
             run.held = event.kind == "handoff"
         elif event.kind == "aborted" and run.state == "contracted":
@@ -278,6 +307,7 @@ class Requester:
             run.funded = True
         self._publish(topics.events(run.job.id), JobEvent(
             job_id=run.job.id, machine_id=run.machine, kind="funded", posting=run.escrow_posting))
+        self._consider_moves(run)
 
     def _pay(self, run: _Run) -> None:
         assert run.machine is not None
@@ -290,7 +320,70 @@ class Requester:
         if run.machine:
             run.excluded.add(run.machine)
         run.started = False
+        run.moving = None
+        run.cancel()
         self._award_next(run)
+
+    # -- moving a job that has not started -----------------------------------------------------------
+
+    def _on_offer(self, env: Envelope, offer: Offer) -> None:
+        """Keep a registered machine's offer (its latest) and see whether the job should move now."""
+        run = self._runs.get(offer.job_id)
+        if run is None or run.state == "closed" or not self._is_machine(offer.machine_id, env.sender):
+            return
+        run.offers[offer.machine_id] = (self.clock.ms(), offer)
+        self._consider_moves(run)
+
+    def _consider_moves(self, run: _Run) -> None:
+        """Ask the holder to release the job for the offer that finishes it soonest, if that is sooner
+        than the holder by ``move_gain_h`` and within the deadline. Only a funded job that has not
+        started, is not in a person's hands and has no release out can move; an offer counts for the
+        holder it names, from a machine serving the job's kind and region now, for an accept window."""
+        if (not self.config.moves or run.state != "contracted" or not run.funded or run.started or run.held
+                or run.moving is not None or run.finish_at is None):
+            return
+        now = self.clock.ms()
+        window = round(self.config.accept_window_s * 1000)
+        best: tuple[int, Offer] | None = None
+        for heard, offer in run.offers.values():
+            seen = self._online.get(offer.machine_id)
+            if (now - heard > window or offer.holder != run.machine or offer.machine_id == run.machine or offer.machine_id in run.excluded
+                    or seen is None or seen.kind != run.job.kind.value or run.job.region not in seen.territory):
+                continue
+            finish = heard + round(offer.eta_h * 3_600_000)
+            if finish <= run.cfp.deadline_at and (best is None or finish < best[0]):
+                best = (finish, offer)
+        if best is None or best[0] > run.finish_at - self.config.move_gain_h * 3_600_000:
+            return
+        finish, offer = best
+        assert run.machine is not None
+        run.moving = offer
+        run.moves += 1
+        log.info("job=%s offer from %s finishes %.2f h sooner than %s; asking it to release the job", run.job.id,
+                 offer.machine_id, (run.finish_at - finish) / 3_600_000, run.machine)
+        self._publish(topics.award(run.job.id), Release(job_id=run.job.id, machine_id=run.machine, to_machine=offer.machine_id,
+                                                        move=run.moves))
+        run.timer = self.mailbox.call_later(self.config.accept_window_s, self._release_unanswered, run, run.moves)
+
+    def _moved(self, run: _Run, released: bool) -> None:
+        """The holder answered the release: award the offerer (the escrow stays), or keep the holder."""
+        offer = run.moving
+        assert offer is not None
+        run.moving = None
+        run.cancel()
+        if not released:
+            run.started = True  # it keeps the job because it has started (or is charging to start)
+            return
+        run.moved += 1
+        run.offers.pop(offer.machine_id, None)
+        run.ranked = [Bid(job_id=run.job.id, machine_id=offer.machine_id, price=run.price or 0, eta_h=offer.eta_h, cost=offer.cost,
+                          reason=offer.reason)] + [b for b in run.ranked if b.machine_id != offer.machine_id]
+        self._award_next(run, moved=True)
+
+    def _release_unanswered(self, run: _Run, move: int) -> None:
+        if run.moving is not None and run.moves == move:
+            log.warning("job=%s holder %s did not answer the release; it keeps the job", run.job.id, run.machine)
+            run.moving = None
 
     def _on_presence(self, env: Envelope, presence: Presence) -> None:
         if not self._is_machine(presence.machine_id, env.sender):
@@ -330,13 +423,13 @@ class Requester:
             job_id=run.job.id, outcome=outcome, machine_id=run.machine if paid else None,
             price=run.price if paid else None, posting=posting,
         ))
-        for topic in (topics.bids(run.job.id), topics.events(run.job.id)):
+        for topic in (topics.bids(run.job.id), topics.events(run.job.id), topics.offers(run.job.id)):
             self.hub.unsubscribe(topic, self._deliver)
         del self._runs[run.job.id]
         result = JobOutcome(
             job_id=run.job.id, kind=run.job.kind.value, region=run.job.region, outcome=outcome,
             machine_id=run.machine if paid else None, price=run.price if paid else None, value=run.value,
-            bids=len(run.bids), awards=run.attempt, takeovers=run.takeovers,
+            bids=len(run.bids), awards=run.attempt, takeovers=run.takeovers, moves=run.moved,
             accept_latency_ms=run.accept_latency_ms, reason=reason,
         )
         self.outcomes[run.job.id] = result

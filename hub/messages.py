@@ -28,7 +28,9 @@ __all__ = [
     "Handoff",
     "JobClosed",
     "JobEvent",
+    "Offer",
     "Presence",
+    "Release",
     "TelemetryReport",
 ]
 
@@ -77,7 +79,39 @@ class Award(Body):
     """The winner must accept before this instant (epoch ms) or the runner-up is asked."""
     attempt: int = Field(ge=1)
     takeover: bool = False
-    """True when another machine dropped out of the job and this one is asked to finish it."""
+    """True when another machine dropped out of the job (or released it) and this one is asked to finish it."""
+    finish_at: int | None = None
+    """When the winner said it would be done (epoch ms, from its bid or offer): a machine that would
+    finish sooner may offer to take the job over until it starts."""
+
+
+class Offer(Body):
+    """A machine offers to take over a job another machine holds and has not started: it would
+    finish it ``eta_h`` hours from now, at the price already in escrow (the requester pays once, what
+    it agreed). The requester decides; it moves the job only if it will be done sooner."""
+
+    TYPE: ClassVar[str] = "offer"
+    job_id: str
+    machine_id: str
+    holder: str
+    """The machine the offerer saw awarded the job (the offer is void once someone else holds it)."""
+    eta_h: float = Field(ge=0)
+    cost: Micros
+    reason: str = Field(default="", max_length=500)
+
+
+class Release(Body):
+    """The requester asks the machine holding a job to give it up before it starts, so that
+    ``to_machine`` can take it over. The holder answers ``released`` (it no longer holds the job) or
+    ``kept`` (it has started, or is charging to start): until then nobody else is awarded the job."""
+
+    TYPE: ClassVar[str] = "release"
+    job_id: str
+    machine_id: str
+    """The holder asked to give the job up."""
+    to_machine: str
+    move: int = Field(ge=1)
+    """The requester's count of moves proposed for this job: an answer names the move it answers."""
 
 
 class JobClosed(Body):
@@ -92,7 +126,7 @@ class JobClosed(Body):
 
 
 EventKind = Literal["accepted", "declined", "funded", "started", "progress", "handoff", "resumed", "done", "failed",
-                    "aborted", "paid"]
+                    "aborted", "paid", "released", "kept"]
 
 
 class JobEvent(Body):
@@ -101,7 +135,8 @@ class JobEvent(Body):
     ``handoff``: the machine stopped in a safe state and waits for a person (the requester keeps the
     contract even if the machine drops offline meanwhile); ``resumed``: the person handed back and the
     machine goes on; ``aborted``: the person stopped the job for good, the requester refunds it;
-    ``failed``: the machine cannot finish, the runner-up is asked to take the job over."""
+    ``failed``: the machine cannot finish, the runner-up is asked to take the job over; ``released`` and
+    ``kept``: the holder's answer to a ``release``."""
 
     TYPE: ClassVar[str] = "event"
     job_id: str
@@ -111,6 +146,8 @@ class JobEvent(Body):
     detail: str = ""
     posting: str | None = None
     """Ledger posting id for funded and paid."""
+    move: int | None = Field(default=None, ge=1)
+    """For released and kept: the ``release`` answered."""
 
 
 class Presence(Body):
@@ -206,6 +243,6 @@ class TelemetryReport(Body):
 
 
 BODY_TYPES: dict[str, type[Body]] = {
-    t.TYPE: t for t in (CallForProposals, Bid, Award, JobClosed, JobEvent, Presence, TelemetryReport, GovernanceNotice,
+    t.TYPE: t for t in (CallForProposals, Bid, Award, Offer, Release, JobClosed, JobEvent, Presence, TelemetryReport, GovernanceNotice,
                         Handoff, ControlCommand, ControlResult)
 }

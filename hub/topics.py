@@ -18,6 +18,7 @@ __all__ = [
     "events",
     "governance",
     "handoff",
+    "offers",
     "presence",
     "service",
     "telemetry",
@@ -56,6 +57,11 @@ def bids(job_id: str) -> str:
 def award(job_id: str) -> str:
     """Awards and the final ``closed`` notice: every bidder listens here until the job closes."""
     return f"{PREFIX}/jobs/{_level(job_id, 'job id')}/award"
+
+
+def offers(job_id: str) -> str:
+    """Machines offering to take over a job another machine holds and has not started."""
+    return f"{PREFIX}/jobs/{_level(job_id, 'job id')}/offers"
 
 
 def events(job_id: str) -> str:

@@ -105,7 +105,8 @@ class City:
         rng = random.Random(config.seed)
         self._savings = savings if savings is not None else {p.id: savings_of(p, rng) for p in self.fleet}
         self._wear = wear if wear is not None else {p.id: wear_of(rng) for p in self.fleet}
-        self.requester_config = RequesterConfig(bid_window_s=config.bid_window_s, accept_window_s=config.accept_window_s)
+        self.requester_config = RequesterConfig(bid_window_s=config.bid_window_s, accept_window_s=config.accept_window_s,
+                                                moves=config.moves)
         self.outcomes: list[JobOutcome] = []
         self.nodes: list[MachineNode] = []
         self.day_start = 0.0
@@ -185,7 +186,7 @@ class City:
         config = self.config
         node = MachineNode(profile, identity, self._hub(profile.id), ledger=self.ledger, driver=driver, agent=self.agent,
                            governance=self.governance, memory=self.memory.machine(profile.id), telemetry_every_s=config.telemetry_every_s,
-                           flows=self.flows, progress_steps=config.progress_steps)
+                           flows=self.flows, offers=config.moves, progress_steps=config.progress_steps)
         self.nodes.append(node)
         return node
 

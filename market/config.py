@@ -38,6 +38,9 @@ class MarketConfig(BaseModel):
     """Market seconds machines have to bid (108: 30 real ms at 3600×)."""
     accept_window_s: float = Field(default=180.0, gt=0)
     """Market seconds the winner has to accept before the runner-up is asked."""
+    moves: bool = True
+    """Awards are provisional until a job starts: a machine with room offers to take over work
+    another holds, and the requester moves it if it will be done sooner (False: award at arrival)."""
     fail_rate: float = Field(default=0.0, ge=0, le=1)
     """Share of jobs a machine fails half-way (to exercise takeovers)."""
     drain_h: float = Field(default=48.0, ge=0)

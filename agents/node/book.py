@@ -166,6 +166,13 @@ class Followed:
     contract: Contract | None = None
     forget: Timer | None = None
     """Stops following the job if its requester never closes it (cancelled when it does)."""
+    holder: str | None = None
+    """The machine last awarded the job, and at what price (this one, or another it may offer to relieve)."""
+    holder_price: int | None = None
+    holder_finish: int | None = None
+    """When the holder said it would be done, epoch ms."""
+    offered_to: str | None = None
+    """The holder this machine last offered to take the job from (one offer per holder)."""
 
 
 class ContractBook:
@@ -197,6 +204,9 @@ class ContractBook:
 
     def job_ids(self) -> list[str]:
         return list(self._jobs)
+
+    def followed_jobs(self) -> list[Followed]:
+        return list(self._jobs.values())
 
     def contracts(self) -> list[Contract]:
         return [f.contract for f in self._jobs.values() if f.contract is not None]

@@ -22,6 +22,7 @@ from agents.node.control import ControlDesk
 from agents.node.diary import Diary
 from agents.node.holding import Holding
 from agents.node.mandate import Mandate, StandingStatus
+from agents.node.offers import Offers
 from agents.node.outbox import HISTORY, Inbox, Outbox
 from agents.node.recovery import recover
 from agents.node.stats import NodeStats
@@ -33,7 +34,16 @@ from core.mailbox import Mailbox
 from hub import topics
 from hub.dispatch import Dispatch
 from hub.envelope import Envelope, seal
-from hub.messages import Award, CallForProposals, ControlCommand, GovernanceNotice, JobClosed, JobEvent, Presence
+from hub.messages import (
+    Award,
+    CallForProposals,
+    ControlCommand,
+    GovernanceNotice,
+    JobClosed,
+    JobEvent,
+    Presence,
+    Release,
+)
 from hub.transport import Hub
 from ledger import Charter, Identity, Ledger
 from ledger.operations import Operations
@@ -60,7 +70,8 @@ class MachineNode:
                  mailbox: Mailbox | None = None, clock: Timeline | None = None, market: MarketContext | None = None,
                  driver: Driver | None = None, agent: MachineAgent | None = None,
                  loop: BackgroundLoop | None = None, memory: MachineMemory | None = None, governance: Governance | None = None,
-                 charter: Charter | None = None, flows: JobFlows | None = None, auto_bid: bool = True, progress_steps: int = 4,
+                 charter: Charter | None = None, flows: JobFlows | None = None, auto_bid: bool = True, offers: bool = True,
+                 progress_steps: int = 4,
                  tick_s: float = 1.0, telemetry_every_s: float | None = None,
                  on_event: Callable[[str, JobEvent], None] | None = None) -> None:
         self.id = profile.id
@@ -99,14 +110,17 @@ class MachineNode:
                              book=self.book, outbox=self.outbox, inbox=self.inbox, diary=self.diary, memory=memory, market=self.market,
                              status=self.status, agent=agent, loop=loop, deps=self.deps, held_by=lambda: self.holding.held_by,
                              forget=self._forget, auto_bid=auto_bid)
+        self.offers = Offers(machine_id=self.id, mandate=self.mandate, clock=self.clock, mailbox=self.mailbox, stats=self.stats,
+                             book=self.book, outbox=self.outbox, pricer=self.bidder.pricer, held_by=lambda: self.holding.held_by,
+                             enabled=offers)
         self.workshop = Workshop(machine_id=self.id, mandate=self.mandate, clock=self.clock, mailbox=self.mailbox, stats=self.stats,
                                  book=self.book, outbox=self.outbox, inbox=self.inbox, diary=self.diary, bidder=self.bidder,
                                  holding=self.holding, driver=self.driver, ledger=ledger, ops=self.operations, flows=self.flows,
-                                 market=self.market, forget=self._forget, tick_s=tick_s, progress_steps=progress_steps)
+                                 market=self.market, offers=self.offers, forget=self._forget, tick_s=tick_s, progress_steps=progress_steps)
         self.control = ControlDesk(machine_id=self.id, ops=self.operations, driver=self.driver, clock=self.clock, book=self.book,
                                    runner=self.workshop.runner, holding=self.holding, outbox=self.outbox, diary=self.diary,
                                    on_handback=self.workshop.maybe_start)
-        (self.dispatch.on(CallForProposals, self.bidder.on_cfp).on(Award, self.workshop.on_award)
+        (self.dispatch.on(CallForProposals, self.bidder.on_cfp).on(Award, self.workshop.on_award).on(Release, self.workshop.on_release)
          .on(JobClosed, self.workshop.on_closed).on(JobEvent, self.workshop.on_event)
          .on(GovernanceNotice, self._on_governance).on(ControlCommand, self.control.on_command))
         self.inbox.tune(self.mandate.cfp_topics(), live=False)

@@ -62,8 +62,8 @@ class Outbox:
         """A sealed bid: for the requester, not the action log (a decision record keeps it)."""
         self.hub.send(topic, body, self.identity)
 
-    def event(self, job_id: str, kind: EventKind, *, progress: float = 0.0, detail: str = "") -> None:
-        event = JobEvent(job_id=job_id, machine_id=self.machine_id, kind=kind, progress=progress, detail=detail)
+    def event(self, job_id: str, kind: EventKind, *, progress: float = 0.0, detail: str = "", move: int | None = None) -> None:
+        event = JobEvent(job_id=job_id, machine_id=self.machine_id, kind=kind, progress=progress, detail=detail, move=move)
         self.publish(topics.events(job_id), event)
         if self.on_event:
             self.on_event(self.machine_id, event)

@@ -20,6 +20,12 @@ class NodeStats:
     """Rule codes that made the machine stay silent, e.g. ``decline.queue``."""
     awards: int = 0
     accepted: int = 0
+    offers: int = 0
+    """Offers sent to take over jobs other machines held and had not started."""
+    moved_in: int = 0
+    """Jobs awarded to this machine on its offer."""
+    released: int = 0
+    """Jobs this machine gave up before starting them, for another machine to do sooner."""
     done: int = 0
     failed: int = 0
     paid: int = 0

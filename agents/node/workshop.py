@@ -3,8 +3,10 @@
 It accepts an award only if the machine can still keep the deadline at the price, releases a slot
 the requester never funds, starts funded jobs earliest deadline first (a vehicle charges first),
 runs each as a workflow (``JobRunner``), books it when done, frees the machine when a job is given
-up or closed, and when paid settles its costs and pays the holders. Every step checks who sent the
-message: awards and payments only count from the requester that posted the job.
+up or closed, and when paid settles its costs and pays the holders. Until a job starts the award is
+provisional: the requester may ask the machine to release it to one that offered to finish it
+sooner, and a machine with room offers for such jobs itself (``offers``). Every step checks who
+sent the message: awards, releases and payments only count from the requester that posted the job.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from agents.node.diary import Diary
 from agents.node.effects import JobEnds
 from agents.node.holding import Holding
 from agents.node.mandate import Mandate
+from agents.node.offers import Offers
 from agents.node.outbox import Inbox, Outbox
 from agents.node.runner import JobRunner
 from agents.node.stats import NodeStats
@@ -27,7 +30,7 @@ from core.errors import CommandRejected, DriverError, EscrowNotFound
 from core.mailbox import Mailbox
 from hub import topics
 from hub.envelope import Envelope
-from hub.messages import Award, JobClosed, JobEvent
+from hub.messages import Award, JobClosed, JobEvent, Release
 from ledger import Ledger, settlement
 from ledger.operations import Operations
 from machines.driver import Driver
@@ -48,7 +51,7 @@ class Workshop:
     def __init__(self, *, machine_id: str, mandate: Mandate, clock: Timeline, mailbox: Mailbox, stats: NodeStats,
                  book: ContractBook, outbox: Outbox, inbox: Inbox, diary: Diary, bidder: Bidder, holding: Holding,
                  driver: Driver, ledger: Ledger | None, ops: Operations | None, flows: JobFlows, market: MarketContext,
-                 forget: Callable[[str], None], tick_s: float = 1.0, progress_steps: int = 4) -> None:
+                 offers: Offers, forget: Callable[[str], None], tick_s: float = 1.0, progress_steps: int = 4) -> None:
         self.machine_id = machine_id
         self.mandate = mandate
         self.clock = clock
@@ -63,6 +66,7 @@ class Workshop:
         self.driver = driver
         self.ledger = ledger
         self.market = market
+        self.offers = offers
         self.forget = forget
         self.maintenance_due = False
         """Serviced while busy: wear resets when the job in hand ends."""
@@ -78,11 +82,13 @@ class Workshop:
         if followed is None:
             return
         self.bidder.note_outcome(body)
+        self.offers.awarded(followed, body)
         contract = followed.contract
         if body.machine_id != self.machine_id:
             if contract and contract.state in (ContractState.ACCEPTED, ContractState.FUNDED):
                 contract.move(ContractState.WITHDRAWN)  # our accept came too late; the job went to another machine
                 self.stop_running(contract)
+            self.offers.look()
             return
         self.stats.awards += 1
         if self.holding.held_by is not None:
@@ -117,6 +123,7 @@ class Workshop:
         if followed is None:
             return
         self.bidder.note_outcome(body)
+        self.offers.closed(body.job_id)
         contract = followed.contract
         if contract and contract.state == ContractState.DONE and body.outcome == "paid" and body.machine_id == self.machine_id:
             self.settle(contract)  # the 'paid' event may arrive after this, or not at all
@@ -125,6 +132,26 @@ class Workshop:
             contract.move(ContractState.CANCELLED)
             self.stop_running(contract)
         self.forget(body.job_id)
+
+    def on_release(self, env: Envelope, body: Release) -> None:
+        """The requester asks us to give up a job before it starts: ``released`` if we had not started it
+        (nor begun charging for it), else ``kept``. Asked again, the same answer."""
+        followed = self._from_requester(env, body.job_id)
+        if followed is None or body.machine_id != self.machine_id or followed.contract is None:
+            return
+        contract = followed.contract
+        if contract.state in (ContractState.ACCEPTED, ContractState.FUNDED) and self.book.running is not contract:
+            contract.move(ContractState.WITHDRAWN)
+            contract.timers.cancel()
+            self.stats.released += 1
+            log.info("machine=%s job=%s released before start to %s", self.machine_id, body.job_id, body.to_machine)
+            self.outbox.event(body.job_id, "released", detail=f"to {body.to_machine}", move=body.move)
+            self.offers.look()
+        elif contract.state is ContractState.WITHDRAWN:
+            self.outbox.event(body.job_id, "released", detail="not ours", move=body.move)
+        else:
+            why = "charging to start" if contract.state is ContractState.FUNDED else contract.state.value
+            self.outbox.event(body.job_id, "kept", detail=why, move=body.move)
 
     def _from_requester(self, env: Envelope, job_id: str) -> Followed | None:
         """The job if we follow it and ``env`` comes from the requester that posted it."""
@@ -167,6 +194,7 @@ class Workshop:
             return
         contract = self.book.next_ready()  # earliest deadline first
         if contract is None:
+            self.offers.look()  # nothing of our own to do: take over work others have not started
             return
         self.book.run(contract)
         t = self.driver.telemetry()
