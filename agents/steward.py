@@ -7,10 +7,15 @@ seeded city lives the same life twice, and holders can read in the evidence why 
 - wear over the charter's threshold → a maintenance budget worth the wear (at most what its reserve
   and wallet hold; under a quarter of the worth it does not ask), backed by the wear trend;
 - losses over the charter's review period → relocate to the region whose demand per machine is
-  ``relocate_gain`` times its own (and it can pay the move), else park;
-- parked, and its region (or another) shows work again → resume (or relocate);
-- profit over the review period and cash for a child, its working capital and a cushion of fixed
-  costs → spawn a child where demand per machine is highest.
+  ``relocate_gain`` times its own (and it can pay the move), else park — but never while calls it
+  could have served at a profit went unanswered in its territory (a machine that loses money in a
+  night's lull while the morning's work goes unserved parks its owners into a worse loss, and
+  leaves the market short);
+- parked, and such a call went unanswered since it parked, or its region shows work again over a
+  whole period → resume (or relocate);
+- profit over the review period, cash for a child, its working capital and a cushion of fixed
+  costs, and calls it could have served at a profit unanswered (a child earns from work nobody
+  does, not from splitting what the parent does) → spawn a child where demand per machine is highest.
 """
 
 from __future__ import annotations
@@ -22,9 +27,22 @@ from pydantic import BaseModel, ConfigDict, Field
 from core.money import format_units
 from ledger.charter import Charter
 from ledger.proposals import Choice, Proposal, ProposalKind, Standing
+from machines.job import JobSpec
 from machines.profile import MachineProfile
+from pricing.rules import decide
 
-__all__ = ["Books", "Draft", "RegionDemand", "review", "vote_as_holder"]
+__all__ = ["Books", "Draft", "RegionDemand", "UnfilledCall", "review", "servable", "vote_as_holder"]
+
+
+class UnfilledCall(BaseModel):
+    """A call for proposals that closed unfilled (nobody bid, or nobody who bid took it)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    job: JobSpec
+    reserve: int
+    hour: float
+    """Market hour it was posted."""
 
 
 class RegionDemand(BaseModel):
@@ -35,6 +53,8 @@ class RegionDemand(BaseModel):
     calls: int = 0
     machines: int = 0
     """Active machines of the kind serving the region."""
+    unfilled: tuple[UnfilledCall, ...] = ()
+    """Calls of the period that closed unfilled."""
 
     def per_machine(self, joining: bool) -> float:
         """Calls per machine, counting the asking machine when it would join."""
@@ -76,9 +96,10 @@ class Draft(BaseModel):
 
 
 def review(profile: MachineProfile, standing: Standing, charter: Charter, books: Books,
-           demand: dict[str, RegionDemand], *, period: int) -> list[Draft]:
+           demand: dict[str, RegionDemand], *, period: int, since_h: float = float("-inf")) -> list[Draft]:
     """The proposals the machine's books call for now. ``period`` numbers the review period, so a
-    rejected request is asked again in the next one, not on every tick."""
+    rejected request is asked again in the next one, not on every tick; ``since_h`` is the market
+    hour of its birth, last move, park or resume (unfilled calls before it do not count)."""
     if standing.status == "retired":
         return []
     m = profile.id
@@ -110,7 +131,10 @@ def review(profile: MachineProfile, standing: Standing, charter: Charter, books:
     can_move = best is not None and best_rate >= charter.relocate_gain * max(here_rate, 1e-9) and best_rate > 0 \
         and books.wallet >= move_cost
 
-    if standing.status == "active" and full and result < 0:
+    unserved = servable(profile, demand, since_h=since_h)
+    unserved_line = (f"{len(unserved)} calls it could have served at a profit went unanswered in "
+                     f"{', '.join(sorted({c.job.region for c in unserved}))}" if unserved else "")
+    if standing.status == "active" and full and result < 0 and not unserved:
         if can_move:
             assert best is not None
             drafts.append(_relocate(m, here, best, move_cost, best_rate, here_rate, pnl, demand_line, memory_lines, period))
@@ -119,6 +143,11 @@ def review(profile: MachineProfile, standing: Standing, charter: Charter, books:
                 kind=ProposalKind.PARK, title=f"Park {m}: losing money in {here}",
                 rationale="losses over the review period and no region with enough more demand to pay for a move",
                 payload={}, evidence=(pnl, demand_line, *memory_lines), key=f"park:{m}:{period}"))
+    elif standing.status == "parked" and unserved:
+        drafts.append(Draft(
+            kind=ProposalKind.RESUME, title=f"Resume {m}: work goes unanswered in {here}",
+            rationale=f"{unserved_line} since it parked", payload={}, evidence=(pnl, unserved_line, demand_line),
+            key=f"resume:{m}:{period}"))
     elif standing.status == "parked" and full:
         if here_rate * 24 >= charter.review_h:  # about a call a day per machine again
             drafts.append(Draft(
@@ -131,7 +160,7 @@ def review(profile: MachineProfile, standing: Standing, charter: Charter, books:
 
     cushion = round(profile.fixed_daily_cost * charter.spawn_reserve_days)
     price = profile.purchase_price + charter.child_capital
-    if standing.status == "active" and full and result > 0 and books.wallet >= price + cushion:
+    if standing.status == "active" and full and result > 0 and books.wallet >= price + cushion and unserved:
         where, _ = _best_region(demand, here, exclude=None)
         child = f"{m}-c{books.children + 1}"
         drafts.append(Draft(
@@ -139,9 +168,23 @@ def review(profile: MachineProfile, standing: Standing, charter: Charter, books:
             rationale=f"profitable over the review period with {format_units(books.wallet)} in hand: a second machine can earn where demand is",
             payload={"child_id": child, "region": where or here, "purchase": profile.purchase_price, "capital": charter.child_capital},
             evidence=(pnl, f"a child costs {format_units(profile.purchase_price)} plus {format_units(charter.child_capital)} working "
-                      f"capital; {format_units(cushion)} of fixed costs stay in hand", demand_line, *memory_lines),
+                      f"capital; {format_units(cushion)} of fixed costs stay in hand", unserved_line, demand_line, *memory_lines),
             key=f"spawn:{m}:{period}"))
     return drafts
+
+
+def servable(profile: MachineProfile, demand: dict[str, RegionDemand], *, since_h: float = float("-inf")) -> list[UnfilledCall]:
+    """The unfilled calls in the machine's territory, posted after ``since_h``, that its rules would
+    have bid on at a profit had it been free: a price within the reserve that covers its cost."""
+    out = []
+    for region in profile.territory:
+        for call in demand.get(region, RegionDemand()).unfilled:
+            if call.hour <= since_h:
+                continue
+            most = min(call.reserve, call.job.max_price) if call.job.max_price is not None else call.reserve
+            if decide(profile, call.job.model_copy(update={"max_price": most})).action == "bid":
+                out.append(call)
+    return out
 
 
 def _best_region(demand: dict[str, RegionDemand], here: str, *, exclude: str | None) -> tuple[str | None, float]:

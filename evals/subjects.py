@@ -15,7 +15,7 @@ from agents.chat import ChatHistory, MachineChat
 from agents.handoff import Concern, before_start, during_job
 from agents.llm import ModelConfig
 from agents.machine_agent import MachineAgent
-from agents.steward import Books, RegionDemand, review, vote_as_holder
+from agents.steward import Books, RegionDemand, UnfilledCall, review, vote_as_holder
 from core.errors import GovernanceError, InputError, PolicyRefused
 from core.money import format_units
 from evals.world import World
@@ -167,7 +167,9 @@ class Subject:
         m = world.profile.id
         books = Books(wear_pct=s.wear_pct, wallet=world.ledger.balance(world.wallet), reserve=s.reserve, net=s.net,
                       observed_h=s.observed_h, children=1 if world.child else 0)
-        demand = {r: RegionDemand(calls=d.calls, machines=d.machines) for r, d in s.demand.items()}
+        demand = {r: RegionDemand(calls=d.calls, machines=d.machines,
+                                  unfilled=tuple(UnfilledCall(job=c.job, reserve=c.reserve, hour=0.0) for c in d.unfilled))
+                  for r, d in s.demand.items()}
         for draft in review(world.profile, world.governance.standing(m), world.charter, books, demand, period=0):
             try:
                 propose(deps, draft.kind, draft.title, draft.rationale, payload=draft.payload, evidence=draft.evidence, key=draft.key)

@@ -79,6 +79,8 @@ class RegionLoad(BaseModel):
 
     calls: int
     machines: int
+    unfilled: list[CallSpec] = Field(default_factory=list)
+    """Calls of the period that closed with nobody doing them."""
 
 
 class Scenario(BaseModel):

@@ -29,14 +29,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agents.node import MachineNode
 from agents.requester import JobOutcome, Requester, RequesterConfig
-from agents.steward import Books, RegionDemand, review, vote_as_holder
+from agents.steward import Books, RegionDemand, UnfilledCall, review, vote_as_holder
 from core.clock import Timeline
 from core.errors import GovernanceError, InsufficientFunds, LedgerError, MemoryStoreError, VoteRefused
 from core.mailbox import Mailbox
 from core.money import format_units
 from hub import topics
 from hub.envelope import Envelope
-from hub.messages import CallForProposals, GovernanceNotice
+from hub.messages import CallForProposals, GovernanceNotice, JobClosed
 from hub.transport import Hub
 from ledger import AccountKind, Identity, Keystore, Ledger, machine_wallet, maintenance_budget, reserve, sign_ballot
 from ledger.charter import Charter
@@ -52,6 +52,9 @@ from tools.governance import propose
 __all__ = ["FIXED_COSTS", "LifeConfig", "LifeEvent", "LifeReport", "Lifecycle"]
 
 log = logging.getLogger("tamc.lifecycle")
+
+CLOSED = f"{topics.PREFIX}/jobs/+/award"
+"""Where requesters announce how each job ended (the life cycle counts the unfilled ones)."""
 
 FIXED_COSTS = "utility:fixed"
 """Rent, insurance and financing: where machines pay their fixed costs."""
@@ -132,8 +135,10 @@ class Lifecycle:
         self._origin = clock.time()
         self._stopped = False
         self._lock = threading.Lock()
-        self._calls: deque[tuple[float, str, str]] = deque()
-        """(hour, region, kind) of the calls for proposals the market saw."""
+        self._calls: deque[tuple[float, CallForProposals]] = deque()
+        """(hour, call) of the calls for proposals the market saw."""
+        self._unfilled: set[str] = set()
+        """Jobs of those calls that closed unfilled (expired or refunded)."""
         self._margin: dict[str, int] = {}
         self._books: dict[str, deque[tuple[float, int]]] = {}
         self._since: dict[str, float] = {}
@@ -154,6 +159,7 @@ class Lifecycle:
         """Begin the rounds: the first one ``tick_h`` market hours from now."""
         self._origin = self.clock.time()
         self.hub.subscribe(f"{topics.PREFIX}/market/+/+/cfp", self._on_cfp)
+        self.hub.subscribe(CLOSED, self._on_closed)
         for node in self.nodes:
             self._since[node.id] = 0.0
         self._schedule(1)
@@ -163,6 +169,7 @@ class Lifecycle:
         self.mailbox.call(self._halt, timeout=60)
         self.mailbox.close()
         self.hub.unsubscribe(f"{topics.PREFIX}/market/+/+/cfp", self._on_cfp)
+        self.hub.unsubscribe(CLOSED, self._on_closed)
         for r in self._requesters.values():
             r.stop()
 
@@ -192,7 +199,13 @@ class Lifecycle:
         body = env.body
         if isinstance(body, CallForProposals) and body.job.capability != MAINTENANCE:
             with self._lock:
-                self._calls.append((self.hours(), body.job.region, body.job.kind.value))
+                self._calls.append((self.hours(), body))
+
+    def _on_closed(self, topic: str, env: Envelope) -> None:
+        body = env.body
+        if isinstance(body, JobClosed) and body.outcome != "paid":
+            with self._lock:
+                self._unfilled.add(body.job_id)
 
     # -- one round ----------------------------------------------------------------------------
 
@@ -280,12 +293,12 @@ class Lifecycle:
             in_hand=node.work_in_hand(),
             children=self._children.get(m, 0), maintenance_pending=self._balance(maintenance_budget(m)) > 0 or node.maintenance_due)
         demand = self._demand(node.profile.kind.value, now, charter.review_h)
-        drafts = review(node.profile, standing, charter, books, demand, period=int(now // charter.review_h))
+        drafts = review(node.profile, standing, charter, books, demand, period=int(now // charter.review_h), since_h=since)
         if any(d.kind in (ProposalKind.RELOCATE, ProposalKind.PARK, ProposalKind.SPAWN) for d in drafts):
             # only now read what memory says of demand, for the evidence: a vector store read on
             # every review would compete with the bids' own recalls
             books = books.model_copy(update={"memory_demand": self._memory_demand(node)})
-            drafts = review(node.profile, standing, charter, books, demand, period=int(now // charter.review_h))
+            drafts = review(node.profile, standing, charter, books, demand, period=int(now // charter.review_h), since_h=since)
         if not drafts:
             return
         open_kinds = {p.kind for p in self.governance.proposals(m, state="open")}
@@ -306,15 +319,20 @@ class Lifecycle:
                 self._event(m, "proposal", f"{d.kind.value}: {d.title}")
 
     def _demand(self, kind: str, now: float, hours: float) -> dict[str, RegionDemand]:
+        """Calls of ``kind`` per region over the last ``hours``, the machines serving it, and the calls
+        that closed unfilled."""
         with self._lock:
             while self._calls and self._calls[0][0] < now - max(hours, 24.0):
-                self._calls.popleft()
-            calls = [(r, k) for h, r, k in self._calls if h > now - hours and k == kind]
+                _, gone = self._calls.popleft()
+                self._unfilled.discard(gone.job.id)
+            calls = [(h, c) for h, c in self._calls if h > now - hours and c.job.kind.value == kind]
+            unfilled = [UnfilledCall(job=c.job, reserve=c.reserve, hour=h) for h, c in calls if c.job.id in self._unfilled]
         out = {}
         for region in self.regions:
             machines = sum(1 for n in self._live() if n.standing == "active" and n.profile.kind.value == kind
                            and region in n.profile.territory)
-            out[region] = RegionDemand(calls=sum(1 for r, _ in calls if r == region), machines=machines)
+            out[region] = RegionDemand(calls=sum(1 for _, c in calls if c.job.region == region), machines=machines,
+                                       unfilled=tuple(u for u in unfilled if u.job.region == region))
         return out
 
     def _memory_demand(self, node: MachineNode) -> dict[str, str]:
