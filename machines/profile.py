@@ -114,6 +114,13 @@ class Policy(_Model):
     demand_min_bps: int = Field(default=8000, gt=0)
     demand_max_bps: int = Field(default=20000, gt=0)
     """Bounds of the demand factor, whether it comes from the market index or from memory."""
+    plan_horizon_h: float = Field(default=8.0, gt=0)
+    """The hours ahead the least acceptable price looks at: as planned work fills them, the least
+    price rises from cost towards ``demand_max_bps`` × cost, so cheap work does not crowd out
+    valuable work later (the online knapsack threshold)."""
+    reserve_capacity: bool = True
+    """Raise the least acceptable price with the share of the horizon already planned (False: any
+    price over cost is acceptable however full the machine is)."""
     learn_from_memory: bool = True
     """Price from the outcomes of similar past jobs when memory holds enough of them."""
     memory_min_samples: int = Field(default=3, ge=1)

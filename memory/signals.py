@@ -6,8 +6,9 @@ rule engine can price with it on the critical path and the fallback path learns 
 
 from __future__ import annotations
 
+import math
 from collections import Counter
-from datetime import datetime
+from datetime import datetime, timedelta
 from statistics import median
 from typing import TYPE_CHECKING, Any
 
@@ -17,14 +18,15 @@ from core.money import format_units
 from machines.job import JobSpec
 from machines.profile import Policy
 from memory.records import MemoryItem, MemoryKind
-from pricing.rules import BPS, MemorySignal
+from pricing.rules import BPS, DemandForecast, MemorySignal
 
 if TYPE_CHECKING:
     from memory.records import MemoryRecord
     from memory.store import MachineMemory
     from pricing.bids import BidRecord
 
-__all__ = ["DemandLog", "WearTrend", "job_text", "outcome_item", "price_signal", "trend_of", "wear_item", "wear_trend"]
+__all__ = ["DemandLog", "WearTrend", "demand_forecast", "job_text", "outcome_item", "price_signal", "recall_for_bid", "trend_of",
+           "wear_item", "wear_trend"]
 
 SIMILAR = 12
 """Past jobs a price signal looks at."""
@@ -100,6 +102,26 @@ def price_signal(memory: MachineMemory, job: JobSpec, policy: Policy, *, k: int 
         return None
     return MemorySignal(target_bps=max(round(target * BPS), 1), samples=len(samples), wins=len(won), detail=detail,
                         cases=tuple(f"[{r.ref}] {r.text}" for r in samples[:5]))
+
+
+def demand_forecast(memory: MachineMemory, job: JobSpec, policy: Policy, now: datetime, job_hours: float) -> DemandForecast | None:
+    """The work like ``job`` the machine won at the coming ``plan_horizon_h`` hours of the day, the
+    last time it saw them (one demand record per hour of day, region and capability: the newest
+    wins), at ``job_hours`` each; None when memory holds none of those hours (a machine's first day)."""
+    hours = {(now + timedelta(hours=i)).hour for i in range(max(math.ceil(policy.plan_horizon_h), 1))}
+    rows = [r for r in memory.recent(kind=MemoryKind.DEMAND, capability=job.capability, region=job.region, limit=48)
+            if r.metadata.get("hour") in hours and r.at < now]
+    if not rows:
+        return None
+    wins = sum(int(r.metadata.get("wins", 0)) for r in rows)
+    return DemandForecast(wins=wins, hours=round(wins * job_hours, 4),
+                          detail=f"won {wins} like it at these hours last time, {len(rows)} of {len(hours)} hours remembered")
+
+
+def recall_for_bid(memory: MachineMemory, job: JobSpec, policy: Policy, now: datetime,
+                   job_hours: float) -> tuple[MemorySignal | None, DemandForecast | None]:
+    """What the bidding path reads from memory for a call, in one trip off the mailbox thread."""
+    return price_signal(memory, job, policy), demand_forecast(memory, job, policy, now, job_hours)
 
 
 # -- wear -----------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from machines.job import JobSpec
-from pricing.rules import MemorySignal
+from pricing.rules import DemandForecast, MemorySignal
 
 __all__ = ["BidRecord", "OpenCall", "Outcome"]
 
@@ -30,6 +30,8 @@ class OpenCall(BaseModel):
     speed: float = 1.0
     memory: MemorySignal | None = None
     """What memory of similar past jobs said when the call came (the rules price with it)."""
+    forecast: DemandForecast | None = None
+    """The work memory expects within the planning horizon (the least price counts it)."""
 
 
 class BidRecord(BaseModel):

@@ -1,7 +1,13 @@
 """The rule engine: the deterministic bid-or-decline decision on the critical path.
 
-Price = cost × (1 + margin) × demand, rounded up to the price tick, then held between the policy's
-floor and ceiling and under the requester's reserve. Cost = energy + wear + consumables + travel
+Price = cost × (1 + margin) × demand, rounded up to the price tick, at least the least acceptable
+price, then held between the policy's floor and ceiling and under the requester's reserve. The least
+acceptable price is cost while the machine's planned hours (or the work it expects, from the demand
+it remembers at the coming hours of the day) fill little of its horizon, and rises
+with the share ``z`` they fill as the online knapsack threshold does (Zhou, Chakrabarty & Lukose,
+WINE 2008): ``cost × (U·e)^z / e`` above ``z0 = 1 / (1 + ln U)``, reaching ``U`` (the policy's
+``demand_max``) when the horizon is full, so a busy machine turns cheap work away and keeps its
+hours for work worth more. Cost = energy + wear + consumables + travel
 (vehicles) + a share of fixed daily costs + overhead. Every rule that fires is recorded, so a
 decision explains itself in one line. No I/O, no clock, no randomness: the same input gives the
 same output, in microseconds.
@@ -9,6 +15,7 @@ same output, in microseconds.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -18,7 +25,8 @@ from machines.job import JobSpec
 from machines.profile import MachineProfile, Point
 from machines.work import WorkEstimate, estimate
 
-__all__ = ["CostBreakdown", "Decision", "MachineStatus", "MarketContext", "MemorySignal", "Rule", "decide", "job_cost"]
+__all__ = ["CostBreakdown", "Decision", "DemandForecast", "MachineStatus", "MarketContext", "MemorySignal", "Rule", "decide", "job_cost",
+           "reservation"]
 
 BPS = 10_000
 
@@ -43,6 +51,17 @@ class MemorySignal(_Frozen):
     """The remembered jobs it rests on, as stored."""
 
 
+class DemandForecast(_Frozen):
+    """The work the machine expects to win within its planning horizon, from the demand it
+    remembers at those hours of the day on earlier days (``memory.signals.demand_forecast``)."""
+
+    wins: int
+    """Jobs like this one it won at those hours."""
+    hours: float
+    """What they would take, at this job's hours each."""
+    detail: str
+
+
 class MarketContext(_Frozen):
     """What the machine knows of the market around it when it decides."""
 
@@ -53,6 +72,9 @@ class MarketContext(_Frozen):
     memory: MemorySignal | None = None
     """The machine's own experience of similar jobs; when present (and the policy learns from
     memory) it sets the demand factor in place of the market-wide index."""
+    forecast: DemandForecast | None = None
+    """Work expected within the planning horizon: the least price counts the horizon as full as the
+    planned work or the forecast, whichever is more."""
 
 
 class MachineStatus(_Frozen):
@@ -62,6 +84,8 @@ class MachineStatus(_Frozen):
     queue_len: int = 0
     queue_hours: float = 0.0
     """Hours of accepted work ahead of a new job."""
+    planned_hours: float | None = None
+    """Hours of all accepted work not yet done, whatever its deadline (None: ``queue_hours``)."""
     position: Point | None = None
     battery_pct: float | None = None
 
@@ -125,6 +149,9 @@ def decide(
 
     cost = job_cost(profile, work, market)
     fired: list[Rule] = []
+    least, scarcity = reservation(profile, cost.total, status, market.forecast)
+    if scarcity is not None:
+        fired.append(scarcity)
     base = -(-cost.total * (BPS + policy.margin_bps) // BPS)
     fired.append(Rule(code="price.margin", detail=f"+{policy.margin_bps / 100:g}% margin on cost {format_units(cost.total)}"))
     if charge_h:
@@ -137,7 +164,7 @@ def decide(
         demand = BPS + (market.demand_index_bps - BPS) * policy.demand_sensitivity_bps // BPS
     demand += status.queue_len * policy.backlog_bps_per_job
     demand = min(max(demand, policy.demand_min_bps), policy.demand_max_bps)
-    price = max(-(-base * demand // BPS), cost.total)
+    price = max(-(-base * demand // BPS), least)
     if learned is not None:
         fired.append(Rule(code="price.memory", detail=f"demand ×{demand / BPS:.2f} from memory: {learned.detail} (queue {status.queue_len})"))
     elif demand != BPS:
@@ -153,7 +180,7 @@ def decide(
         fired.append(Rule(code="price.ceiling", detail=f"capped at the ceiling {format_units(policy.price_ceiling)}"))
         price = policy.price_ceiling
     if job.max_price is not None and price > job.max_price:
-        least = max(cost.total, policy.price_floor)
+        least = max(least, policy.price_floor)
         if job.max_price < least:
             return _decline([Rule(code="decline.reserve", detail=f"reserve {format_units(job.max_price)} is below our least price {format_units(least)}")], eta_h=eta)
         fired.append(Rule(code="price.reserve", detail=f"lowered to the reserve {format_units(job.max_price)}"))
@@ -162,6 +189,28 @@ def decide(
     parts = ", ".join(f"{name} {format_units(v)}" for name, v in cost if v)
     reason = f"bid {format_units(price)}: cost {format_units(cost.total)} ({parts}); " + "; ".join(r.detail for r in fired) + f"; ETA {eta:g} h"
     return Decision(action="bid", price=price, eta_h=eta, cost=cost, rules=tuple(fired), reason=reason)
+
+
+def reservation(profile: MachineProfile, cost: int, status: MachineStatus,
+                forecast: DemandForecast | None = None) -> tuple[int, Rule | None]:
+    """The least acceptable price of a job costing ``cost``, and the rule that raised it above cost
+    (None while the planned hours, and the work ``forecast`` expects, fill less than ``z0`` of the
+    horizon)."""
+    policy = profile.policy
+    top = policy.demand_max_bps / BPS
+    if not policy.reserve_capacity or top <= 1.0:
+        return cost, None
+    planned = status.queue_hours if status.planned_hours is None else status.planned_hours
+    expected = forecast.hours if forecast is not None else 0.0
+    z = min(max(planned, expected) / policy.plan_horizon_h, 1.0)
+    if z <= 1 / (1 + math.log(top)):
+        return cost, None
+    factor = (top * math.e) ** z / math.e
+    least = math.ceil(cost * factor)
+    return least, Rule(code="price.reserve_capacity",
+                       detail=f"planned {planned:.1f} h" + (f" and {expected:.1f} h expected ({forecast.detail})" if forecast else "")
+                              + f" of the next {policy.plan_horizon_h:g} h ({z:.0%} full): least ×{factor:.2f} cost "
+                              f"{format_units(least)}, keeping hours for work worth more")
 
 
 def _static_refusals(profile: MachineProfile, job: JobSpec, status: MachineStatus) -> list[Rule]:

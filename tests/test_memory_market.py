@@ -21,7 +21,7 @@ from agents.node import MachineNode
 from ledger.governance import Governance
 from machines.profile import MachineProfile
 from memory import MachineMemory, MemoryItem, MemoryStore
-from memory.signals import job_text, price_signal, wear_item
+from memory.signals import DemandLog, demand_forecast, job_text, price_signal, wear_item
 from pricing.rules import MarketContext, decide
 from tools.governance import propose
 
@@ -229,3 +229,30 @@ def test_a_market_with_an_unusable_memory_says_so_and_trades_on(broker_url: str,
     assert "memory" in report.memory.unavailable and "bids on without memory" in report.memory.unavailable
     assert report.paid > 0 and report.memory.priced == 0
     assert "memory unavailable" in describe(report)
+
+
+def test_demand_remembered_at_the_coming_hours_raises_the_least_price(city: SmallMarket, memory_store: MemoryStore) -> None:
+    """Yesterday, at the hours ahead, the machine won two prints an hour: today its horizon is as
+    good as full, so it prices a cheap print at its policy's top (2× cost), saying why; a twin with
+    nothing remembered takes it at its floor."""
+    remembering, fresh = memory_store.machine("prusa-busy"), memory_store.machine("prusa-fresh")
+    busy = city.machine(printer("prusa-busy", 2000), memory=remembering)
+    twin = city.machine(printer("prusa-fresh", 2000), memory=fresh)
+    now = city.clock.now()
+    log, items = DemandLog(), []
+    for h in range(8):  # the hours of the day ahead, a day ago
+        for what in ("calls", "calls", "bids", "wins", "wins"):
+            items += log.count(now - timedelta(days=1) + timedelta(hours=h), "north", "print", what)
+    remembering.remember_many([*items, *log.flush()])
+    spec = job("j-soon", amount=40)  # 2 h, cost 1.974
+    forecast = demand_forecast(remembering, spec, busy.profile.policy, now, 2.0)
+    assert forecast is not None and (forecast.wins, forecast.hours) == (16, 32.0)
+    assert demand_forecast(fresh, spec, twin.profile.policy, now, 2.0) is None
+    requester = city.open_requester()
+    requester.post(spec, reserve=RESERVE, value=RESERVE)
+    city.wait()
+    [mine] = [r for r in busy.bid_history() if r.job_id == "j-soon"]
+    [theirs] = [r for r in twin.bid_history() if r.job_id == "j-soon"]
+    assert theirs.price == 3_000_000 and "expected" not in theirs.reason  # the floor
+    assert mine.price == 3_950_000 and "32.0 h expected (won 16 like it at these hours last time" in mine.reason
+    assert city.outcomes[0].machine_id == "prusa-fresh"

@@ -158,3 +158,24 @@ def test_vehicle_short_of_charge_charges_first_and_says_so() -> None:
     assert d.action == "bid"
     assert d.eta_h == pytest.approx(1.048, abs=1e-4)
     assert any(r.code == "time.charge" and "charges 3 min first" in r.detail for r in d.rules)
+
+
+def test_the_least_price_rises_as_planned_hours_fill_the_horizon() -> None:
+    # prusa-01: horizon 8 h, demand_max x2.0 -> z0 = 1 / (1 + ln 2) = 0.59; cost 4.935 (5 h of PLA)
+    prusa = PROFILES["prusa-01"]
+    free = decide(prusa, job(**PRINT), MachineStatus(planned_hours=4.0))  # half full: any price over cost
+    assert free.price == 5_930_000 and "price.reserve_capacity" not in [r.code for r in free.rules]
+    # 6 h planned: z = 0.75, least = cost x (2e)^0.75 / e = x1.31 = 6.4638 -> 6.47, above the 20 % margin
+    busy = decide(prusa, job(**PRINT), MachineStatus(planned_hours=6.0))
+    rule = next(r for r in busy.rules if r.code == "price.reserve_capacity")
+    assert busy.price == 6_470_000 and "planned 6.0 h of the next 8 h (75% full): least ×1.31" in rule.detail
+    assert "keeping hours for work worth more" in busy.reason
+    # full: least = demand_max x cost = 9.87; a call reserving 8.00 is turned away, one reserving 12.00 is not
+    full = MachineStatus(planned_hours=9.0)
+    assert decide(prusa, job(**PRINT), full).price == 9_870_000
+    cheap = decide(prusa, job(**PRINT, max_price="8.00"), full)
+    assert cheap.action == "decline" and cheap.rules[0].code == "decline.reserve" and "least price 9.87" in cheap.reason
+    assert decide(prusa, job(**PRINT, max_price="12.00"), full).price == 9_870_000
+    # within the owners' bounds: a ceiling caps it, and an owner may turn the rule off
+    assert decide(with_policy("prusa-01", price_ceiling="7.00"), job(**PRINT), full).price == 7_000_000
+    assert decide(with_policy("prusa-01", reserve_capacity=False), job(**PRINT), full).price == 5_930_000

@@ -28,11 +28,12 @@ from core.mailbox import Mailbox, Timer
 from hub import topics
 from hub.envelope import Envelope
 from hub.messages import Award, Bid, CallForProposals, JobClosed
+from machines.work import estimate
 from memory import MachineMemory
-from memory.signals import outcome_item, price_signal
+from memory.signals import outcome_item, recall_for_bid
 from pricing.bids import BidRecord, OpenCall
 from pricing.guard import BidDecision, from_rules
-from pricing.rules import Decision, MachineStatus, MarketContext, MemorySignal, Rule
+from pricing.rules import Decision, DemandForecast, MachineStatus, MarketContext, MemorySignal, Rule
 
 if TYPE_CHECKING:
     from agents.llm import BackgroundLoop
@@ -113,15 +114,17 @@ class Bidder:
         window = (call.bid_deadline - self.clock.ms()) / 1000  # the model's margin is no part of it: the rules bid at once
         self._recalling[job_id] = self.mailbox.call_later(max(min(self._s(MEMORY_BUDGET_S), window / 4), 0.0), self._priced, job_id, None)
         reading = self.clock.hold(f"memory read for {self.machine_id} on {job_id}")  # a virtual clock waits for it
-        future = self.memory.store.submit(price_signal, self.memory, call.job, self.mandate.profile.policy)
+        profile = self.mandate.profile
+        future = self.memory.store.submit(recall_for_bid, self.memory, call.job, profile.policy, self.clock.now(),
+                                          estimate(profile, call.job).total_hours)
 
-        def answered(f: Future[MemorySignal | None]) -> None:
+        def answered(f: Future[tuple[MemorySignal | None, DemandForecast | None]]) -> None:
             self.mailbox.post(self._priced, job_id, f)
             reading.release()
 
         future.add_done_callback(answered)
 
-    def _priced(self, job_id: str, future: Future[MemorySignal | None] | None) -> None:
+    def _priced(self, job_id: str, future: Future[tuple[MemorySignal | None, DemandForecast | None]] | None) -> None:
         late = self._recalling.pop(job_id, None)
         if late is None:
             return  # answered already (memory was late)
@@ -133,15 +136,15 @@ class Bidder:
             self.stats.memory_late += 1
         else:
             try:
-                signal = future.result()
+                signal, forecast = future.result()
             except MemoryStoreError as exc:
                 self.diary.failed("price from memory", exc)
             except Exception:  # a bug on the memory path must not cost the bid
                 self.stats.memory_errors += 1
                 log.exception("machine=%s job=%s price from memory failed", self.machine_id, job_id)
             else:
-                if signal is not None:
-                    call = call.model_copy(update={"memory": signal})
+                if signal is not None or forecast is not None:
+                    call = call.model_copy(update={"memory": signal, "forecast": forecast})
                     self.calls[job_id] = call
         self.respond(call)
 

@@ -263,13 +263,16 @@ class ContractBook:
         if running is not None and running.job.dropoff is not None:
             position = running.job.dropoff
         vehicle = profile.vehicle
+        counted = {id(c) for c in ahead} | {id(running)}
+        later = sum(c.costing.hours or estimate(profile, c.job).total_hours for c in active if id(c) not in counted)
         for c in sorted(ahead, key=lambda c: c.terms.deadline_at):  # a vehicle drives from dropoff to pickup, using charge
             work = estimate(profile, c.job, position=position)
             hours += work.total_hours
             if vehicle is not None and battery is not None:
                 battery = max(battery - 100 * work.total_km * vehicle.energy_kwh_per_km / vehicle.battery_kwh, 0.0)
                 position = c.job.dropoff
-        return MachineStatus(wear_pct=wear, queue_len=len(active), queue_hours=hours, position=position, battery_pct=battery)
+        return MachineStatus(wear_pct=wear, queue_len=len(active), queue_hours=hours, planned_hours=hours + later, position=position,
+                             battery_pct=battery)
 
     def keeps_later(self, profile: MachineProfile, job: JobSpec, deadline_at: int, decision: Decision, now_ms: int) -> Decision:
         """``decision`` on a new job due at ``deadline_at``, declined if slotting it in by its deadline

@@ -21,7 +21,7 @@ from core.mailbox import Mailbox
 from machines.job import JobSpec
 from pricing.bids import OpenCall
 from pricing.guard import BidDecision, BidProposal, ModelUse, from_rules, guard
-from pricing.rules import Decision, MachineStatus, MarketContext, MemorySignal, decide
+from pricing.rules import Decision, DemandForecast, MachineStatus, MarketContext, MemorySignal, decide
 
 if TYPE_CHECKING:
     from agents.llm import BackgroundLoop
@@ -63,10 +63,13 @@ class Pricer:
     def _s(self, real_s: float) -> float:
         return real_s * self.clock.speed
 
-    def decide(self, job: JobSpec, deadline_at: int, memory: MemorySignal | None = None) -> Decision:
-        """The rule engine's decision (priced with what memory says of similar jobs, if anything),
-        then a check that slotting the job in by its deadline leaves every job already accepted on time."""
-        market = self.market if memory is None else self.market.model_copy(update={"memory": memory})
+    def decide(self, job: JobSpec, deadline_at: int, memory: MemorySignal | None = None,
+               forecast: DemandForecast | None = None) -> Decision:
+        """The rule engine's decision (priced with what memory says of similar jobs and of the demand
+        ahead, if anything), then a check that slotting the job in by its deadline leaves every job
+        already accepted on time."""
+        market = self.market if memory is None and forecast is None else self.market.model_copy(
+            update={"memory": memory, "forecast": forecast})
         profile = self.mandate.profile
         decision = decide(profile, job, self.status(deadline_at), market)
         return self.book.keeps_later(profile, job, deadline_at, decision, self.clock.ms())
@@ -81,7 +84,7 @@ class Pricer:
         instead of the machine staying silent on work it could do at a profit."""
         most = min(call.reserve, call.job.max_price) if call.job.max_price is not None else call.reserve
         job = self.remaining(call.job.model_copy(update={"max_price": most}), call.deadline_at)
-        return self.decide(job, call.deadline_at, call.memory)
+        return self.decide(job, call.deadline_at, call.memory, call.forecast)
 
     def respond(self, call: OpenCall, rules: Decision) -> None:
         """Answer by the rules, or ask the model within them."""
