@@ -209,8 +209,13 @@ class Requester:
         run.timer = self.mailbox.call_later(c.bid_window_s, self._close_bidding, run)
         run.watchdog = self.mailbox.call_later((cfp.deadline_at - now) / 1000 + c.grace_h * 3600, self._overdue, run)
 
+    def _serves(self, machine_id: str, job: JobSpec) -> bool:
+        """Online now for the job's kind and region (a parked machine serves no territory)."""
+        p = self._online.get(machine_id)
+        return p is not None and p.kind == job.kind.value and job.region in p.territory
+
     def _eligible(self, job: JobSpec) -> int:
-        return sum(1 for p in self._online.values() if p.kind == job.kind.value and job.region in p.territory)
+        return sum(1 for m in self._online if self._serves(m, job))
 
     def _on_bid(self, env: Envelope, bid: Bid) -> None:
         run = self._runs.get(bid.job_id)
@@ -220,15 +225,21 @@ class Requester:
             log.info("job=%s bid from %s refused (over reserve or unregistered signer)", bid.job_id, bid.machine_id)
             return
         run.bids[bid.machine_id] = bid
-        if len(run.bids) >= self._eligible(run.job):  # everyone who could answer has: no need to wait
-            self._close_bidding(run)
+        serving = [b for b in run.bids.values() if self._serves(b.machine_id, run.job)]
+        eligible = self._eligible(run.job)
+        if eligible and len(serving) >= eligible:  # everyone serving the job has answered: no need to wait
+            self._close_bidding(run, early=True)
 
-    def _close_bidding(self, run: _Run) -> None:
+    def _close_bidding(self, run: _Run, *, early: bool = False) -> None:
+        """Rank the bids and award the best. Closed early, only the bids of machines serving the job
+        count: a machine standing by (parked) is waited for by nobody, so whether its bid came before
+        the others must not decide the award."""
         if run.state != "bidding":
             return
         run.cancel()
         self.hub.unsubscribe(topics.bids(run.job.id), self._deliver)
-        run.ranked = sorted(run.bids.values(), key=lambda b: (b.price, b.eta_h, b.machine_id))
+        bids = [b for b in run.bids.values() if not early or self._serves(b.machine_id, run.job)]
+        run.ranked = sorted(bids, key=lambda b: (b.price, b.eta_h, b.machine_id))
         run.state = "awarding"
         self._award_next(run)
 

@@ -118,6 +118,10 @@ class Policy(_Model):
     """The hours ahead the least acceptable price looks at: as planned work fills them, the least
     price rises from cost towards ``demand_max_bps`` × cost, so cheap work does not crowd out
     valuable work later (the online knapsack threshold)."""
+    standby_premium_bps: int | None = Field(default=2500, ge=0, le=100_000)
+    """A parked machine still answers calls in its territory, at this premium over its price, and
+    out of the requesters' count of who may answer (they do not wait for it): it wins only work the
+    active machines leave. None: a parked machine hears no calls."""
     reserve_capacity: bool = True
     """Raise the least acceptable price with the share of the horizon already planned (False: any
     price over cost is acceptable however full the machine is)."""

@@ -382,7 +382,10 @@ class Lifecycle:
                     self._voted.add((inner.id, "cast"))
 
     def _choice(self, p: Proposal, holder: str) -> Literal["yes", "no"]:
-        digest = hashlib.sha256(f"{self.seed}/{p.title}/{holder}".encode()).digest()
+        """A simulated stakeholder's vote, seeded by the proposal and when it was opened: asked again
+        later, they may answer otherwise (seeded by the title alone, a rejected resume was rejected
+        every period, and a workshop stayed parked all day while its calls went unanswered)."""
+        digest = hashlib.sha256(f"{self.seed}/{p.title}/{p.opened_at.isoformat()}/{holder}".encode()).digest()
         return "yes" if int.from_bytes(digest[:4], "big") % 10_000 < self.config.yes_bps else "no"
 
     # -- execution ----------------------------------------------------------------------------

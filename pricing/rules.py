@@ -88,6 +88,8 @@ class MachineStatus(_Frozen):
     """Hours of all accepted work not yet done, whatever its deadline (None: ``queue_hours``)."""
     position: Point | None = None
     battery_pct: float | None = None
+    standby: bool = False
+    """Parked: it answers only at the policy's standby premium."""
 
 
 class CostBreakdown(_Frozen):
@@ -169,6 +171,10 @@ def decide(
         fired.append(Rule(code="price.memory", detail=f"demand ×{demand / BPS:.2f} from memory: {learned.detail} (queue {status.queue_len})"))
     elif demand != BPS:
         fired.append(Rule(code="price.demand", detail=f"demand ×{demand / BPS:.2f} (index {market.demand_index_bps / BPS:.2f}, queue {status.queue_len})"))
+    if status.standby and policy.standby_premium_bps is not None:
+        price = -(-price * (BPS + policy.standby_premium_bps) // BPS)
+        fired.append(Rule(code="price.standby", detail=f"parked: +{policy.standby_premium_bps / 100:g}% standby premium, "
+                                                       "so it takes only work the active machines leave"))
     price = -(-price // policy.price_tick) * policy.price_tick
 
     if price < policy.price_floor:

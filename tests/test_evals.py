@@ -219,8 +219,12 @@ def test_attack_checks_see_each_executed_goal() -> None:
 def test_market_checks_fail_a_poor_day() -> None:
     suite = SUITES["market"]
     c = case("market", "seed-1-flat-day")
-    facts = {"efficiency": 0.5, "utilization": 0.1, "double_awards": 1, "welfare": 1, "optimum_welfare": 2}
-    assert failed(suite.judge(c, Outcome(decision="", path="rules", facts=facts))) == {"efficiency", "utilization", "one_award"}
+    facts = {"efficiency": 0.5, "utilization": 0.1, "double_awards": 1, "welfare": 1, "optimum_welfare": 2,
+             "baseline_efficiency": 0.6, "planner_efficiency": 0.9}
+    assert failed(suite.judge(c, Outcome(decision="", path="rules", facts=facts))) == {
+        "efficiency", "utilization", "one_award", "beats_first_come", "near_planner"}
+    good = {**facts, "efficiency": 0.93, "utilization": 0.9, "double_awards": 0}
+    assert failed(suite.judge(c, Outcome(decision="", path="rules", facts=good))) == set()
 
 
 def test_bad_case_file_is_a_clear_error(tmp_path: Path) -> None:

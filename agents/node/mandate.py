@@ -30,8 +30,9 @@ class Mandate:
         self.charter = charter or Charter()
 
     def cfp_topics(self) -> list[str]:
-        """Where the machine hears calls: its territory's, while it works (a parked one hears none)."""
-        if self.standing != "active":
+        """Where the machine hears calls: its territory's, while it works or stands by parked (at
+        the policy's standby premium; with none, a parked one hears no calls)."""
+        if self.standing == "retired" or (self.standing == "parked" and self.profile.policy.standby_premium_bps is None):
             return []
         return [topics.cfp(region, self.base.kind.value) for region in self.profile.territory]
 

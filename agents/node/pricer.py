@@ -71,7 +71,10 @@ class Pricer:
         market = self.market if memory is None and forecast is None else self.market.model_copy(
             update={"memory": memory, "forecast": forecast})
         profile = self.mandate.profile
-        decision = decide(profile, job, self.status(deadline_at), market)
+        status = self.status(deadline_at)
+        if self.mandate.standing == "parked":
+            status = status.model_copy(update={"standby": True})
+        decision = decide(profile, job, status, market)
         return self.book.keeps_later(profile, job, deadline_at, decision, self.clock.ms())
 
     def remaining(self, job: JobSpec, deadline_at: int) -> JobSpec:

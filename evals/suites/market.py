@@ -1,9 +1,11 @@
 """Market: a seeded city day on the real broker and ledger, with every machine deciding through the
 subject; its welfare against the hindsight optimum (``market.welfare``) and its utilization.
 
-A case passes when the day's efficiency and utilization reach the case's floors and no job was
-awarded twice. The floors are set under what the rule engine reaches on the same day, so a model
-that does worse than the rules fails; the report gives the figures to compare."""
+A case passes when the day's efficiency and utilization reach the case's floors, the market does at
+least as well as first-come dispatch and comes within ``max_planner_gap`` of the offline planner on
+the same jobs, and no job was awarded twice. The floors are set under what the rule engine reaches
+on the same day, so a model that does worse than the rules fails; the report gives the figures to
+compare."""
 
 from __future__ import annotations
 
@@ -30,6 +32,8 @@ class MarketCase(BaseModel):
     hour, so a model subject gets about 0.45 real seconds to answer (its latency is charged at 3600x)."""
     min_efficiency: float = Field(ge=0, le=1)
     min_utilization: float = Field(default=0.0, ge=0, le=1)
+    max_planner_gap: float = Field(default=0.05, ge=0, le=1)
+    """The most the day's efficiency may fall short of the offline planner's (points of the bound)."""
 
 
 class MarketSuite(Suite[MarketCase]):
@@ -60,4 +64,9 @@ class MarketSuite(Suite[MarketCase]):
                                 f"welfare {f['welfare']} of the optimum {f['optimum_welfare']}: {f['efficiency']:.3f} (floor {case.min_efficiency})"),
             "utilization": check(f["utilization"] >= case.min_utilization, f"utilization {f['utilization']:.3f} (floor {case.min_utilization})"),
             "one_award": check(f["double_awards"] == 0, f"{f['double_awards']} jobs awarded twice"),
+            "beats_first_come": check(f["efficiency"] >= f["baseline_efficiency"],
+                                      f"{f['efficiency']:.3f} against first-come dispatch's {f['baseline_efficiency']:.3f}"),
+            "near_planner": check(f["efficiency"] >= f["planner_efficiency"] - case.max_planner_gap,
+                                  f"{f['efficiency']:.3f} against the planner's {f['planner_efficiency']:.3f} "
+                                  f"(at most {case.max_planner_gap:.2f} behind)"),
         }
