@@ -152,7 +152,7 @@ class MachineNode:
 
     def presence(self, state: Literal["online", "offline"]) -> bytes:
         """The signed presence notice; the offline one is what the broker sends as our last will.
-        A parked machine is online and serves no territory."""
+        A parked machine is online and serves no territory (it stands by: see ``Mandate.cfp_topics``)."""
         p = self.profile
         territory = p.territory if self.standing == "active" else ()
         body = Presence(machine_id=p.id, state=state, session=self.session, kind=p.kind.value, region=p.region, territory=territory)
