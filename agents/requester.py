@@ -70,6 +70,7 @@ class JobOutcome(BaseModel):
     value: int = 0
     """What the job was worth to the requester (private: never sent to machines)."""
     bids: int = 0
+    """Bids ranked (closed early, a standby bid that came in meanwhile is not one: it did not count)."""
     awards: int = 0
     takeovers: int = 0
     """Awards made after a funded contractor dropped out (a declined takeover offer counts too)."""
@@ -440,7 +441,7 @@ class Requester:
         result = JobOutcome(
             job_id=run.job.id, kind=run.job.kind.value, region=run.job.region, outcome=outcome,
             machine_id=run.machine if paid else None, price=run.price if paid else None, value=run.value,
-            bids=len(run.bids), awards=run.attempt, takeovers=run.takeovers, moves=run.moved,
+            bids=len(run.ranked), awards=run.attempt, takeovers=run.takeovers, moves=run.moved,
             accept_latency_ms=run.accept_latency_ms, reason=reason,
         )
         self.outcomes[run.job.id] = result
