@@ -204,7 +204,9 @@ class City:
         self.day_start = clock.time()
         holders = register_fleet(ledger, self.governance, keys, self.fleet, config, self._savings, self.run_id)
         for profile in self.fleet:
-            fails = frozenset(r.job.id for r in self.requests if fail_share(r.job.id, profile.id) < config.fail_rate)
+            # which jobs fail is the seed's: hashed without the run's random prefix, or each run would fail others
+            fails = frozenset(r.job.id for r in self.requests
+                              if fail_share(r.job.id.removeprefix(f"{self.run_id}-"), profile.id) < config.fail_rate)
             self._machine(profile, keys.get_or_create(profile.id), fails, self._wear.get(profile.id, 0.0) if config.life else 0.0)
         for node in self.nodes:
             node.start()

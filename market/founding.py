@@ -132,7 +132,8 @@ class MemoryOpener:
 
 
 def fail_share(job_id: str, machine_id: str) -> float:
-    """A fixed pseudo-random share in [0, 1) for a job on a machine: which jobs fail is seeded."""
+    """A fixed pseudo-random share in [0, 1) for a job on a machine: which jobs fail is seeded. ``job_id``
+    is the seeded part of the id (not the run's prefix), so every run of a seed fails the same jobs."""
     digest = hashlib.sha256(f"{job_id}/{machine_id}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
 

@@ -113,14 +113,13 @@ def test_market_beats_nothing_it_cannot_and_the_yardsticks_are_sane(day: MarketR
 
 def test_the_market_allocates_above_first_come_and_near_the_planner(day: MarketReport) -> None:
     """Efficiency floors as behaviour: the seeded day is the market's on the virtual clock, so these
-    figures should be the mechanism's, not the CPU's. Measured: market 0.708 to 0.744, planner 0.872,
-    first-come 0.641 (full load, 3 % of pairs failing half-way: takeovers cost the market, not the
-    planner). The spread is a defect found here and not yet fixed: with failures on, this day does
-    not replay exactly (it did not before this issue either; the demo's day, without failures, does)."""
+    figures are the mechanism's, not the CPU's, and the same every run. Measured: market 0.741,
+    planner 0.872, first-come 0.641 (full load, 3 % of pairs failing half-way: takeovers cost the
+    market, not the planner, which knows no failures)."""
     figures = f"market {day.efficiency}, planner {day.planner_efficiency}, first-come {day.baseline_efficiency}"
     assert day.efficiency >= day.baseline_efficiency + 0.05, figures
-    assert day.efficiency >= day.planner_efficiency - 0.18, f"{figures} {day.digest}"
-    assert day.efficiency >= 0.68, figures
+    assert day.efficiency >= day.planner_efficiency - 0.14, f"{figures} {day.digest}"
+    assert day.efficiency >= 0.73, figures
     assert day.paid >= day.baseline_filled, f"filled {day.paid}, first-come {day.baseline_filled}"
 
 

@@ -38,8 +38,9 @@ from market.city import simulate
 from market.config import MarketConfig
 from market.report import MarketReport
 
-DAY = dict(seed=11, hours=8.0, machines=6, load=0.9, memory="embedded", life=True)
-"""A small day with memory and the life cycle on: every kind of background work is in it."""
+DAY = dict(seed=11, hours=8.0, machines=6, load=0.9, memory="embedded", life=True, fail_rate=0.05)
+"""A small day with memory, the life cycle and failed jobs taken over: every kind of background work
+is in it, and which jobs fail is the seed's (not the run's random job-id prefix)."""
 
 
 def day(broker_url: str, folder: Path) -> MarketReport:
@@ -52,6 +53,7 @@ def test_a_seeded_day_replays_to_the_same_digest(broker_url: str, tmp_path: Path
     second = day(broker_url, tmp_path / "second")
     assert first.clock == "virtual" and first.deterministic
     assert first.posted > 20 and first.paid > 10, "the day must hold a market to replay"
+    assert first.takeovers > 0, "the day must hold failed jobs taken over"
     assert first.digest == second.digest
     assert (first.paid, first.expired, first.refunded, first.welfare) == (second.paid, second.expired, second.refunded, second.welfare)
     assert [(m.machine_id, m.jobs, m.revenue, m.costs) for m in first.machines] == \
