@@ -5,7 +5,7 @@ offline planner's feasible schedule (market/planner.py: the true optimum lies be
 against first-come-first-served dispatch on the same jobs, fill and utilization; each day runs twice and
 the two digests are compared (a seed must replay exactly).
 
-    .venv/bin/python bench/market.py [--quick] [--once] [--ablations] [--machines N]
+    .venv/bin/python bench/market.py [--quick] [--once] [--ablations] [--machines N] [--only DAY ...] [--seeds 1 2 ...]
 
 Targets: efficiency >= first-come dispatch's on every seed, >= 95% of the bound at normal demand
 and >= 93% at 150% demand; fleet idle time <= 10% when demand exceeds capacity; on the quiet day
@@ -15,6 +15,7 @@ Prints one JSON object per run and a summary as the last line.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import statistics
@@ -40,18 +41,34 @@ market's fill and the owners' profit, what the life cycle does to welfare, and w
 awards do against awards final at arrival."""
 
 
-def main() -> None:
+def parse(argv: list[str]) -> argparse.Namespace:
+    days = [*SCENARIOS, *ABLATIONS]
+    p = argparse.ArgumentParser(prog="bench/market.py", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="6-hour days instead of 24")
+    p.add_argument("--once", action="store_true", help="run each day once (no replay check)")
+    p.add_argument("--ablations", action="store_true", help="also the days with one part off: " + ", ".join(ABLATIONS))
+    p.add_argument("--machines", type=int, default=12, help="fleet size (default 12)")
+    p.add_argument("--only", nargs="+", choices=days, metavar="DAY", help="run only these days: " + ", ".join(days))
+    p.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS), help="seeds (default 1 to 5)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.ERROR)
-    hours = 6.0 if "--quick" in sys.argv else 24.0
-    repeats = 1 if "--once" in sys.argv else 2
-    machines = int(sys.argv[sys.argv.index("--machines") + 1]) if "--machines" in sys.argv else 12
+    hours = 6.0 if args.quick else 24.0
+    repeats = 1 if args.once else 2
+    machines, seeds = args.machines, tuple(args.seeds)
     plan = {name: (*SCENARIOS[name], {}) for name in SCENARIOS}
-    if "--ablations" in sys.argv:
+    if args.ablations or args.only:
         plan |= {name: (*SCENARIOS[base], off) for name, (base, off) in ABLATIONS.items()}
+    if args.only:
+        plan = {name: plan[name] for name in args.only}
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in plan}
     with start_broker() as broker, tempfile.TemporaryDirectory() as tmp:
         for name, (load, flat, off) in plan.items():
-            for seed in SEEDS:
+            for seed in seeds:
                 reports = [simulate(MarketConfig(seed=seed, hours=hours, machines=machines, load=load, flat_demand=flat, broker=broker.url,
                                                    data_dir=Path(tmp) / f"{name}-{seed}-{i}", **off)) for i in range(repeats)]
                 r = reports[0]
@@ -61,6 +78,7 @@ def main() -> None:
                        "efficiency": r.efficiency, "planner_efficiency": r.planner_efficiency, "baseline_efficiency": r.baseline_efficiency,
                        "beats_baseline": r.efficiency >= r.baseline_efficiency, "welfare": r.welfare, "profit": r.profit,
                        "fleet_utilization": r.fleet_utilization, "baseline_utilization": r.baseline_utilization,
+                       "planner_utilization": r.planner_utilization,
                        "machine_days_per_s": r.machine_days_per_s, "wall_s": r.wall_s, "double_awards": r.double_awards,
                        "digests": [x.digest for x in reports], "replays": len({x.digest for x in reports}) == 1}
                 print(json.dumps(row), flush=True)
@@ -69,29 +87,37 @@ def main() -> None:
     def mean(name: str, key: str) -> float:
         return round(statistics.fmean(r[key] for r in runs[name]), 4)
 
-    summary = {
-        "bench": "market", "broker": broker.kind, "hours": hours, "seeds": len(SEEDS), "machines": machines,
+    def every(name: str, check: Any) -> bool | None:
+        return all(check(r) for r in runs[name]) if name in runs else None
+
+    def on_ge_off(on: str, off: str, key: str) -> bool | None:
+        if on not in runs or off not in runs:
+            return None
+        return all(a[key] >= b[key] for a, b in zip(runs[on], runs[off], strict=True))
+
+    summary: dict[str, Any] = {
+        "bench": "market", "broker": broker.kind, "hours": hours, "seeds": list(seeds), "machines": machines,
         **{f"{name}_{key}": mean(name, key) for name in plan
            for key in ("efficiency", "planner_efficiency", "baseline_efficiency", "fill", "baseline_fill", "fleet_utilization", "baseline_utilization",
-                       "machine_days_per_s")},
-        "overload_idle": round(1 - mean("overload", "fleet_utilization"), 4),
+                       "planner_utilization", "machine_days_per_s")},
         "targets": {"efficiency_min": 0.95, "overload_efficiency_min": 0.93, "idle_max_when_overloaded": 0.10,
                     "beats_baseline": True, "replays": True},
     }
-    summary["met_efficiency"] = summary["normal_efficiency"] >= 0.95
-    summary["met_overload_efficiency"] = summary["overload_efficiency"] >= 0.93
-    summary["met_idle"] = summary["overload_idle"] <= 0.10
-    summary["quiet_fill_ge_baseline_every_seed"] = all(r["fill"] >= r["baseline_fill"] for r in runs["quiet"])
-    if "--ablations" in sys.argv:  # per seed, the same day with the part on against off
-        def pairs(on: str, off: str, key: str) -> list[tuple[Any, Any]]:
-            return [(a[key], b[key]) for a, b in zip(runs[on], runs[off], strict=True)]
-
-        summary["memory_fill_on_ge_off_every_seed"] = all(a >= b for a, b in pairs("overload", "overload-no-memory", "paid"))
-        summary["memory_profit_on_ge_off_every_seed"] = all(a >= b for a, b in pairs("overload", "overload-no-memory", "profit"))
-        summary["life_welfare_on_ge_off_every_seed"] = all(a >= b for a, b in pairs("normal", "normal-no-life", "welfare"))
-        for day in ("normal", "overload"):
-            summary[f"{day}_provisional_welfare_ge_award_at_arrival_every_seed"] = all(
-                a >= b for a, b in pairs(day, f"{day}-award-at-arrival", "welfare"))
+    if "normal" in runs:
+        summary["met_efficiency"] = summary["normal_efficiency"] >= 0.95
+    if "overload" in runs:
+        summary["overload_idle"] = round(1 - mean("overload", "fleet_utilization"), 4)
+        summary["overload_planner_idle"] = round(1 - mean("overload", "planner_utilization"), 4)  # the idle target's slack
+        summary["met_overload_efficiency"] = summary["overload_efficiency"] >= 0.93
+        summary["met_idle"] = summary["overload_idle"] <= 0.10
+    summary["quiet_fill_ge_baseline_every_seed"] = every("quiet", lambda r: r["fill"] >= r["baseline_fill"])
+    # per seed, the same day with the part on against off (None: a day of the pair was not run)
+    summary["memory_fill_on_ge_off_every_seed"] = on_ge_off("overload", "overload-no-memory", "paid")
+    summary["memory_profit_on_ge_off_every_seed"] = on_ge_off("overload", "overload-no-memory", "profit")
+    summary["life_welfare_on_ge_off_every_seed"] = on_ge_off("normal", "normal-no-life", "welfare")
+    for day in ("normal", "overload"):
+        summary[f"{day}_provisional_welfare_ge_award_at_arrival_every_seed"] = on_ge_off(day, f"{day}-award-at-arrival", "welfare")
+    summary = {k: v for k, v in summary.items() if v is not None}
     summary["beats_baseline_every_seed"] = all(r["beats_baseline"] for rows in runs.values() for r in rows)
     summary["replays_every_seed"] = all(r["replays"] for rows in runs.values() for r in rows)
     summary["clock"] = "virtual"

@@ -118,6 +118,9 @@ class MarketReport(BaseModel):
     optimum lies between it and ``optimum_welfare``, the LP bound."""
     planner_efficiency: float
     planner_filled: int
+    planner_utilization: float
+    """The share of the fleet's hours the planner's schedule keeps busy: the idle no schedule it
+    finds avoids (how much of the market's idle is the day's, not the mechanism's)."""
     accept_latency_ms_p50: float | None
     accept_latency_ms_p99: float | None
     dropped: dict[str, int]
@@ -252,6 +255,7 @@ def build_report(run_id: str, config: MarketConfig, broker_kind: str, fleet: lis
         baseline_filled=baseline.filled,
         baseline_utilization=round(baseline.busy_hours / (config.hours * len(nodes)), 4),
         planner_welfare=planner.welfare, planner_filled=planner.filled,
+        planner_utilization=round(min(planner.busy_hours / (config.hours * len(fleet)), 1.0), 4),
         planner_efficiency=round(planner.welfare / optimum.welfare, 4) if optimum.welfare else 1.0,
         accept_latency_ms_p50=percentile(latencies, 0.5), accept_latency_ms_p99=percentile(latencies, 0.99),
         dropped=dropped, wall_s=round(wall_s, 2),

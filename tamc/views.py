@@ -44,7 +44,7 @@ def report_tables(r: MarketReport) -> list[Any]:
     market.add_row("first-come-first-served", str(r.baseline_filled), format_units(r.baseline_welfare),
                    f"{r.baseline_efficiency:.1%}", f"{r.baseline_utilization:.0%}")
     market.add_row("offline planner (hindsight schedule)", str(r.planner_filled), format_units(r.planner_welfare),
-                   f"{r.planner_efficiency:.1%}", "")
+                   f"{r.planner_efficiency:.1%}", f"{r.planner_utilization:.0%}")
     market.add_row("hindsight bound (LP relaxation)", "", format_units(r.optimum_welfare), "100%", "")
     drops = ", ".join(f"{k} {v}" for k, v in sorted(r.dropped.items())) or "none"
     latency = f"{r.accept_latency_ms_p50:.1f} / {r.accept_latency_ms_p99:.1f} ms" if r.accept_latency_ms_p50 is not None else "n/a"
