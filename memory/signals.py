@@ -75,18 +75,11 @@ def price_signal(memory: MachineMemory, job: JobSpec, policy: Policy, *, k: int 
 
     Lost most of them: just under the winners' median ratio. Won most: a step over our own winning
     median — the machine keeps raising while it keeps winning. In between: hold at the ratio that
-    won. The rule engine then keeps the result inside the policy's demand bounds, floor and ceiling.
-
-    A job won or lost at the policy's price floor is left out: the floor set that price, not the
-    market, so its ratio to cost says nothing of what a job of another cost would fetch; and where
-    rivals tie at the floor the requester picks the soonest. Learning from those turned the tie
-    into a price war the nearer machine could lose, and the market filled fewer jobs (measured:
-    drones at 150 % demand did 6 of 201 fewer)."""
+    won. The rule engine then keeps the result inside the policy's demand bounds, floor and ceiling."""
     if not policy.learn_from_memory:
         return None
     found = memory.similar_outcomes(job_text(job), job.capability, k=k)
-    samples = [r for r in found if r.metadata.get("outcome") in ("won", "lost") and r.metadata.get("cost", 0) > 0
-               and policy.price_floor not in (r.metadata.get("price"), r.metadata.get("winning_price"))]
+    samples = [r for r in found if r.metadata.get("outcome") in ("won", "lost") and r.metadata.get("cost", 0) > 0]
     if len(samples) < policy.memory_min_samples:
         return None
     won = [r.metadata["price"] / r.metadata["cost"] for r in samples if r.metadata["outcome"] == "won"]

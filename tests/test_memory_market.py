@@ -94,22 +94,6 @@ def seeded(memory: MachineMemory, outcomes: list[tuple[str, float, float]]) -> N
     memory.remember_many(items)
 
 
-def test_prices_the_floor_set_teach_nothing(memory_store: MemoryStore) -> None:
-    """Won or lost at the policy's floor, the floor set the price: those jobs are left out of the
-    signal (learning a ratio from them turned floor ties, which the soonest machine wins, into a
-    price war that filled fewer jobs)."""
-    p = printer("prusa-floored", 2000)
-    profile = p.model_copy(update={"policy": p.policy.model_copy(update={"price_floor": 4_800_000})})  # 1.2× the seeded cost
-    spec = job("now", size_mm=(80, 60, 40))
-    at_floor = memory_store.machine("prusa-at-floor")
-    seeded(at_floor, [("won", 1.2, 1.2)] * 4 + [("lost", 1.3, 1.2)] * 4)
-    assert price_signal(at_floor, spec, profile.policy) is None
-    above = memory_store.machine("prusa-above-floor")
-    seeded(above, [("won", 1.2, 1.2)] * 4 + [("won", 1.3, 1.3)] * 4)
-    signal = price_signal(above, spec, profile.policy)
-    assert signal is not None and (signal.samples, signal.wins) == (4, 4)  # only the wins the market priced
-
-
 def test_the_price_signal_is_deterministic_and_moves_the_rules_within_policy(memory_store: MemoryStore) -> None:
     profile = unfloored("prusa-signal", 2000)
     spec = job("now", size_mm=(80, 60, 40))
