@@ -16,6 +16,7 @@ from market.city import simulate
 from market.config import MarketConfig
 from market.demand import DemandModel, generate_jobs
 from market.fleet import COLLECTIVE_MEMBERS, FAB_CELL, build_fleet, stakeholders
+from market.planner import hindsight_schedule
 from market.regions import DEFAULT_REGIONS
 from market.report import MarketReport
 from market.welfare import fcfs_dispatch, hindsight_optimum
@@ -107,8 +108,14 @@ def _costs_from_ledger(ledger: Ledger, day: MarketReport) -> dict[str, tuple[int
 
 def test_market_beats_nothing_it_cannot_and_the_yardsticks_are_sane(day: MarketReport) -> None:
     assert 0 < day.welfare <= day.optimum_welfare
-    assert 0 < day.baseline_welfare <= day.optimum_welfare
+    assert 0 < day.baseline_welfare <= day.planner_welfare <= day.optimum_welfare
     assert 0 <= day.fleet_utilization <= 1
+    # the planner's utilization is its schedule's busy hours over the fleet's (the idle no schedule it finds avoids)
+    fleet = build_fleet(12, DEFAULT_REGIONS)
+    jobs = generate_jobs(fleet, DEFAULT_REGIONS, 24, seed=1, model=DemandModel(load=1.0), prefix=day.run_id + "-")
+    plan = hindsight_schedule(jobs, fleet, horizon_h=24)
+    assert plan.welfare == day.planner_welfare
+    assert day.planner_utilization == round(min(plan.busy_hours / (24 * 12), 1.0), 4) and 0 < day.planner_utilization < 1
 
 
 def test_the_market_allocates_above_first_come_and_near_the_planner(day: MarketReport) -> None:
