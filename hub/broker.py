@@ -17,8 +17,13 @@ from typing import Literal
 
 from core.errors import BrokerStartFailed
 from core.net import free_port, wait_for_port
+from hub.envelope import MAX_ENVELOPE_BYTES
 
-__all__ = ["BrokerKind", "RunningBroker", "find_mosquitto", "start_broker"]
+__all__ = ["MAX_PACKET_BYTES", "BrokerKind", "RunningBroker", "find_mosquitto", "start_broker"]
+
+MAX_PACKET_BYTES = MAX_ENVELOPE_BYTES + 1024
+"""mosquitto's ``max_packet_size``: an envelope at the protocol's limit, its topic and MQTT's header.
+A client that sends a larger packet is disconnected by the broker, so it never reaches a receiver."""
 
 log = logging.getLogger("tamc.broker")
 
@@ -69,6 +74,7 @@ def _start_mosquitto(binary: str, port: int) -> RunningBroker:
         "set_tcp_nodelay true\n"
         "persistence false\n"
         "max_queued_messages 100000\n"
+        f"max_packet_size {MAX_PACKET_BYTES}\n"
         f"log_dest file {workdir / 'mosquitto.log'}\n"
         "log_type error\nlog_type warning\n",
         "utf-8",

@@ -19,14 +19,18 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from core.errors import BadSignature, EnvelopeRejected, InvalidDid
+from core.errors import BadSignature, EnvelopeRejected, InputError, InvalidDid
 from hub.messages import BODY_TYPES, Body
 from ledger.identity import Identity, sign_document, verify_document
 
-__all__ = ["PROTOCOL_VERSION", "REJECT_REASONS", "Envelope", "ReplayGuard", "now_ms", "open_envelope", "seal"]
+__all__ = ["MAX_ENVELOPE_BYTES", "PROTOCOL_VERSION", "REJECT_REASONS", "Envelope", "ReplayGuard", "now_ms", "open_envelope", "seal"]
 
 PROTOCOL_VERSION = 1
-REJECT_REASONS = ("malformed", "unsigned", "bad_signature", "unknown_type", "stale", "duplicate")
+MAX_ENVELOPE_BYTES = 64 * 1024
+"""The protocol's size limit on one envelope, in bytes (the largest a city sends is under 1 KB):
+a larger one is dropped unread (``oversize``), before it is parsed or held, and the broker cuts off a
+client whose packet is larger than this and its topic (``hub.broker``). A sender refuses to seal one."""
+REJECT_REASONS = ("oversize", "malformed", "unsigned", "bad_signature", "unknown_type", "stale", "duplicate")
 """Why a receiver drops an envelope; each is counted separately (``Hub.stats``)."""
 
 
@@ -66,7 +70,11 @@ def seal(body: Body, identity: Identity, *, ts: int | None = None, envelope_id: 
         "ts": now_ms() if ts is None else ts,
         "body": body.model_dump(mode="json"),
     }
-    return json.dumps(sign_document(doc, identity), separators=(",", ":")).encode("utf-8")
+    payload = json.dumps(sign_document(doc, identity), separators=(",", ":")).encode("utf-8")
+    if len(payload) > MAX_ENVELOPE_BYTES:
+        raise InputError(f"a {body.TYPE} envelope of {len(payload)} bytes is over the protocol's limit of "
+                         f"{MAX_ENVELOPE_BYTES}: shorten its text fields")
+    return payload
 
 
 _OPENED: OrderedDict[bytes, Envelope] = OrderedDict()
@@ -80,6 +88,8 @@ def open_envelope(payload: bytes) -> Envelope:
     The same bytes open to the same envelope: every hub of a process that receives a message (a
     call for proposals reaches each bidder's connection) shares one verification, found by the
     payload's BLAKE2b digest. Whether it is fresh or a repeat is each receiver's own check."""
+    if len(payload) > MAX_ENVELOPE_BYTES:
+        raise EnvelopeRejected("oversize", f"{len(payload)} bytes, over the protocol's limit of {MAX_ENVELOPE_BYTES}")
     key = hashlib.blake2b(payload, digest_size=16).digest()
     with _OPENED_LOCK:
         hit = _OPENED.get(key)

@@ -95,7 +95,7 @@ BROKER_CHOICE = os.environ.get("TAMC_TEST_BROKER", "auto")
 """``auto`` (mosquitto when installed, else the embedded amqtt broker), ``mosquitto`` or ``embedded``."""
 
 
-def _broker_kind() -> str:
+def broker_kind() -> str:
     from hub.broker import find_mosquitto
 
     if BROKER_CHOICE != "auto":
@@ -106,7 +106,7 @@ def _broker_kind() -> str:
 def pytest_report_header(config: pytest.Config) -> str:
     from hub.broker import find_mosquitto
 
-    kind = _broker_kind()
+    kind = broker_kind()
     where = f" ({find_mosquitto()})" if kind == "mosquitto" else " (amqtt, in process: mosquitto is not installed)"
     return f"hub tests run on broker: {kind}{where}"
 
@@ -116,7 +116,7 @@ def broker_url() -> Iterator[str]:
     """One private broker for the session, on a free loopback port with its own config."""
     from hub.broker import start_broker
 
-    kind = _broker_kind()
+    kind = broker_kind()
     if IN_CI and kind != "mosquitto":
         pytest.fail("CI must run the hub tests on mosquitto: .ci/run installs it")
     with start_broker(kind) as broker:  # type: ignore[arg-type]

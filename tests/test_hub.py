@@ -7,13 +7,15 @@ import json
 import threading
 import time
 
+import paho.mqtt.client as mqtt
 import pytest
+from conftest import broker_kind
 
-from core.errors import BrokerUnavailable, EnvelopeRejected, InvalidBrokerUrl
+from core.errors import BrokerUnavailable, EnvelopeRejected, InputError, InvalidBrokerUrl
 from core.net import free_port
 from hub import topics
-from hub.broker import start_broker
-from hub.envelope import Envelope, ReplayGuard, now_ms, open_envelope, seal
+from hub.broker import MAX_PACKET_BYTES, start_broker
+from hub.envelope import MAX_ENVELOPE_BYTES, Envelope, ReplayGuard, now_ms, open_envelope, seal
 from hub.messages import Bid, Presence
 from hub.transport import Hub, parse_broker_url
 from ledger import Identity
@@ -140,6 +142,53 @@ def test_receiver_drops_and_counts_forged_replayed_stale_and_unsigned(broker_url
         assert [env.body for _, env in inbox.got] == [BID]
         assert rx.dropped() == {"duplicate": 1, "bad_signature": 2, "stale": 1, "unsigned": 1, "malformed": 1}
         assert rx.stats["accepted"] == 1
+
+
+def test_an_envelope_over_the_size_limit_is_dropped_unread_and_counted(broker_url: str) -> None:
+    """Over the protocol's limit but under the broker's packet cap: the receiver drops it before
+    parsing it, counts it, and the honest message after it arrives."""
+    inbox = Inbox()
+    topic = topics.bids("j1")
+    padded = _tamper(seal(BID, ALICE), body__reason="x" * MAX_ENVELOPE_BYTES)  # well-formed JSON, too big
+    assert MAX_ENVELOPE_BYTES < len(padded) < MAX_PACKET_BYTES - 100
+    with Hub(broker_url, name="receiver") as rx, Hub(broker_url, name="sender") as tx:
+        rx.subscribe(topic, inbox)
+        time.sleep(0.2)
+        tx.publish(topic, padded)
+        tx.publish(topic, seal(BID, ALICE))
+        _settle(rx, 2)
+        assert [env.body for _, env in inbox.got] == [BID]
+        assert rx.dropped() == {"oversize": 1}
+    with pytest.raises(InputError, match="over the protocol's limit"):  # and nobody seals one
+        seal(BID.model_copy(update={"reason": "x" * MAX_ENVELOPE_BYTES}), ALICE)
+
+
+def test_the_broker_cuts_off_a_client_that_sends_a_5_mb_packet(broker_url: str) -> None:
+    """A signed 5 MB call never reaches anyone: mosquitto disconnects its sender at the packet
+    cap, and the honest traffic on the same broker carries on."""
+    if broker_kind() != "mosquitto":
+        pytest.skip("the packet cap is mosquitto's (the embedded broker relies on the receivers' limit)")
+    inbox = Inbox()
+    topic = topics.bids("j1")
+    huge = _tamper(seal(BID, ALICE), body__reason="x" * 5_000_000)
+    address = parse_broker_url(broker_url)
+    gone = threading.Event()
+    flooder = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="flooder")
+    flooder.on_disconnect = lambda *_: gone.set()
+    with Hub(broker_url, name="receiver") as rx, Hub(broker_url, name="sender") as tx:
+        rx.subscribe(topic, inbox)
+        time.sleep(0.2)
+        flooder.connect(address.host, address.port)
+        flooder.loop_start()
+        try:
+            flooder.publish(topic, huge, qos=1)
+            assert gone.wait(5.0), "the broker kept a client that sent a packet over its cap"
+        finally:
+            flooder.loop_stop()
+        tx.publish(topic, seal(BID, ALICE))
+        _settle(rx, 1)
+        time.sleep(0.2)  # anything still on its way would land now
+        assert [env.body for _, env in inbox.got] == [BID] and rx.stats["received"] == 1
 
 
 def test_retained_presence_is_delivered_to_late_subscribers_but_only_once(broker_url: str) -> None:
