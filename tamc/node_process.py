@@ -10,6 +10,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -38,6 +39,8 @@ __all__ = ["NodeOptions", "parse_holders", "run_agent"]
 log = logging.getLogger("tamc.agent")
 
 SNAPSHOT_EVERY_S = 10.0
+JOIN_WAIT_S = 10.0
+"""How long a starting node waits for the broker to confirm its subscriptions before it says online."""
 FAULTS = ("thermal_runaway", "wear_spike", "battery_drain", "incident")
 
 
@@ -160,6 +163,12 @@ def _serve(node: MachineNode, data_dir: Path, model: ModelConfig, stop: threadin
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     node.start()
+    joined = time.monotonic() + JOIN_WAIT_S  # "online" promises that a command sent now is heard: wait for the SUBACKs
+    while not node.listening() and time.monotonic() < joined:
+        time.sleep(0.01)
+    if not node.listening():
+        log.warning("machine=%s the broker has not confirmed its subscriptions in %.0f s; reporting online anyway",
+                    profile.id, JOIN_WAIT_S)
     print(json.dumps({"machine": profile.id, "did": identity.did, "state": "online",
                       "bids_by": model.label(), **started}), flush=True)
     try:

@@ -183,6 +183,11 @@ class MachineNode:
         if self.telemetry_every_s:
             self.mailbox.call_later(self.telemetry_every_s * self.clock.speed, self._telemetry_tick)
 
+    def listening(self) -> bool:
+        """The broker has confirmed the node's subscriptions (its control topic and its calls), so a
+        command or call sent now reaches it. A process reports itself online only after this."""
+        return self._started and all(self.hub.listens(t) for t in (topics.control(self.id), *self.inbox.calls))
+
     def _telemetry_tick(self) -> None:
         if not self._started or not self.telemetry_every_s:
             return
