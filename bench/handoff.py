@@ -64,11 +64,11 @@ def main() -> None:
             return time.time() - (clock.time() - market_s) / speed
 
         faults = FaultyDriver(SimDriver(profile, clock))
-        node = MachineNode(profile, identity, Hub(broker.url, name="prusa-b", clock=clock), ledger=ledger, clock=clock,
+        node = MachineNode(profile, identity, Hub(broker.admit("prusa-b", "machine"), name="prusa-b", clock=clock), ledger=ledger, clock=clock,
                            driver=faults, flows=flows, charter=Charter(handoff_wait_h=1000)).start()
         op = Identity.generate()
         Operations(ledger.engine).grant(op.did, Role.OPERATOR, "prusa-b")
-        hub = Hub(broker.url, name="operator", clock=clock).connect()
+        hub = Hub(broker.admit("operator", "operator"), name="operator", clock=clock).connect()
         got = threading.Condition()
         answers: dict[str, tuple[float, ControlResult]] = {}
         raised: list[tuple[float, Handoff]] = []
@@ -97,7 +97,7 @@ def main() -> None:
         outcomes: list[JobOutcome] = []
         rid = Identity.generate()
         wallet = settlement.open_requester(ledger, "bench", rid.did, 10**12)
-        requester_hub = Hub(broker.url, name="requester", clock=clock).connect()
+        requester_hub = Hub(broker.admit("requester", "requester"), name="requester", clock=clock).connect()
         requester = Requester(rid, requester_hub, ledger, wallet, on_outcome=outcomes.append,
                               config=RequesterConfig(bid_window_s=0.2 * speed, accept_window_s=0.3 * speed)).start()
         time.sleep(0.3)

@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     with start_broker() as broker, tempfile.TemporaryDirectory() as tmp:
         for name, (load, flat, off) in plan.items():
             for seed in seeds:
-                reports = [simulate(MarketConfig(seed=seed, hours=hours, machines=machines, load=load, flat_demand=flat, broker=broker.url,
+                reports = [simulate(MarketConfig(seed=seed, hours=hours, machines=machines, load=load, flat_demand=flat, broker=broker.url, broker_home=broker.home,
                                                    data_dir=Path(tmp) / f"{name}-{seed}-{i}", **off)) for i in range(repeats)]
                 r = reports[0]
                 row = {"scenario": name, "seed": seed, "load": load, "jobs": r.posted, "paid": r.paid,

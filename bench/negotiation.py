@@ -32,11 +32,12 @@ def _jobs(n: int, quick: bool) -> int:
     return base if n <= 50 else base // 2
 
 
-def run_tamc(url: str, n: int, k: int, jobs: int) -> dict[str, float]:
+def run_tamc(url: str, home: str, n: int, k: int, jobs: int) -> dict[str, float]:
     from agents.node import MachineNode
     from agents.requester import JobOutcome, Requester, RequesterConfig
     from core.clock import ScaledClock
     from core.mailbox import Mailbox
+    from hub.broker import external
     from hub.transport import Hub
     from ledger import Identity, Ledger, settlement
     from machines import JobSpec, load_profiles
@@ -45,18 +46,21 @@ def run_tamc(url: str, n: int, k: int, jobs: int) -> dict[str, float]:
     ledger = Ledger(f"sqlite:///{folder}/ledger.db")
     base = load_profiles()["prusa-01"]
     clock = ScaledClock(SPEED)
-    nodes_hub = Hub(url, name="nodes", clock=clock).connect()  # one connection for the whole simulated fleet
+    broker = external(url, Path(home))  # each machine its own user and connection: the broker's ACL holds per identity
+    broker.admit_all([(f"m{i:03d}", "machine") for i in range(n)] + [("bench-requester", "requester")])
     mailbox = Mailbox("nodes", clock=clock)
     nodes = []
+    hubs = []
     for i in range(n):
         policy = base.policy.model_copy(update={"margin_bps": 2000 + i * 10, "max_queue": 10_000})
         profile = base.model_copy(update={"id": f"m{i:03d}", "policy": policy})
         identity = Identity.generate()
         settlement.register_machine(ledger, profile.id, identity.did, {"owner": 1})
-        nodes.append(MachineNode(profile, identity, nodes_hub, mailbox=mailbox, progress_steps=1).start())
+        hubs.append(Hub(broker.admit(profile.id, "machine"), name=profile.id, clock=clock))
+        nodes.append(MachineNode(profile, identity, hubs[-1], mailbox=mailbox, progress_steps=1).start())
     rid = Identity.generate()
     wallet = settlement.open_requester(ledger, "bench", rid.did, 10**15)
-    req_hub = Hub(url, name="requester", clock=clock).connect()
+    req_hub = Hub(broker.admit("bench-requester", "requester"), name="requester", clock=clock).connect()
     done = threading.Event()
     outcomes: list[JobOutcome] = []
     posted = [0]
@@ -85,12 +89,13 @@ def run_tamc(url: str, n: int, k: int, jobs: int) -> dict[str, float]:
     done.wait(600)
     wall = time.perf_counter() - t0
     lat = sorted((o.accept_latency_ms or 0.0) / SPEED for o in outcomes)  # market ms back to real ms
-    sent = nodes_hub.stats["sent"] + req_hub.stats["sent"]
-    received = nodes_hub.stats["received"] + req_hub.stats["received"]
+    sent = sum(h.stats["sent"] for h in hubs) + req_hub.stats["sent"]
+    received = sum(h.stats["received"] for h in hubs) + req_hub.stats["received"]
     for node in nodes:
         node.stop()
     requester.stop()
-    nodes_hub.close()
+    for hub in hubs:
+        hub.close()
     req_hub.close()
     paid = sum(1 for o in outcomes if o.outcome == "paid")
     return {
@@ -100,18 +105,26 @@ def run_tamc(url: str, n: int, k: int, jobs: int) -> dict[str, float]:
     }
 
 
-def run_bare(url: str, n: int, k: int, jobs: int) -> dict[str, float]:
-    """The same pattern with bare paho: JSON bodies of similar size, nothing signed or checked."""
+def run_bare(url: str, home: str, n: int, k: int, jobs: int) -> dict[str, float]:
+    """The same pattern with bare paho on the same topics and ACL (a fleet client as a machine, a
+    requester): JSON bodies of similar size, nothing signed or checked."""
     import socket
 
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
-    host, port = url.removeprefix("mqtt://").split(":")
+    from hub.broker import external
+    from hub.transport import parse_broker_url
+
+    broker = external(url, Path(home))
+    logins = {"fleet": parse_broker_url(broker.admit("bare-fleet", "machine")),
+              "req": parse_broker_url(broker.admit("bare-req", "requester"))}
+    host, port = logins["fleet"].host, logins["fleet"].port
     pad = "x" * 180  # about the size of a signature and sender did
 
     def client(name: str) -> mqtt.Client:
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bare-{name}-{os.getpid()}")
+        c.username_pw_set(logins[name].username, logins[name].password)
         c.on_socket_open = lambda cl, ud, s: s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         c.max_inflight_messages_set(1000)
         return c
@@ -129,23 +142,23 @@ def run_bare(url: str, n: int, k: int, jobs: int) -> dict[str, float]:
         posted[0] += 1
         jid = f"x{n}-{k}-{i}"
         state[jid] = {"bids": [], "t0": time.perf_counter()}
-        req.publish("bare/market/north/printer/cfp", json.dumps({"job": jid, "pad": pad}), qos=1)
+        req.publish("tamc/v1/market/north/bare/cfp", json.dumps({"job": jid, "pad": pad}), qos=1)
 
     def on_fleet(c: mqtt.Client, ud: object, msg: mqtt.MQTTMessage) -> None:
         body = json.loads(msg.payload)
         parts = msg.topic.split("/")
         if parts[-1] == "cfp":
             for m in range(n):
-                c.publish(f"bare/jobs/{body['job']}/bids", json.dumps({"machine": m, "price": 100 + m, "pad": pad}), qos=1)
+                c.publish(f"tamc/v1/jobs/{body['job']}/bids", json.dumps({"machine": m, "price": 100 + m, "pad": pad}), qos=1)
         elif parts[-1] == "award" and not body.get("closed"):
-            c.publish(f"bare/jobs/{parts[2]}/events", json.dumps({"kind": "accepted", "machine": body["machine"], "pad": pad}), qos=1)
+            c.publish(f"tamc/v1/jobs/{parts[3]}/events", json.dumps({"kind": "accepted", "machine": body["machine"], "pad": pad}), qos=1)
         elif parts[-1] == "events" and body["kind"] == "funded":
             for kind in ("started", "done"):
-                c.publish(f"bare/jobs/{parts[2]}/events", json.dumps({"kind": kind, "machine": body["machine"], "pad": pad}), qos=1)
+                c.publish(f"tamc/v1/jobs/{parts[3]}/events", json.dumps({"kind": kind, "machine": body["machine"], "pad": pad}), qos=1)
 
     def on_req(c: mqtt.Client, ud: object, msg: mqtt.MQTTMessage) -> None:
         body = json.loads(msg.payload)
-        jid = msg.topic.split("/")[2]
+        jid = msg.topic.split("/")[3]
         with lock:
             st = state[jid]
             if msg.topic.endswith("bids"):
@@ -154,13 +167,13 @@ def run_bare(url: str, n: int, k: int, jobs: int) -> dict[str, float]:
                 bids.append(body)
                 if len(bids) == n:
                     best = min(bids, key=lambda b: b["price"])
-                    c.publish(f"bare/jobs/{jid}/award", json.dumps({"machine": best["machine"], "pad": pad}), qos=1)
+                    c.publish(f"tamc/v1/jobs/{jid}/award", json.dumps({"machine": best["machine"], "pad": pad}), qos=1)
             elif body["kind"] == "accepted":
                 latencies.append((time.perf_counter() - float(st["t0"])) * 1000)  # type: ignore[arg-type]
-                c.publish(f"bare/jobs/{jid}/events", json.dumps({"kind": "funded", "machine": body["machine"], "pad": pad}), qos=1)
+                c.publish(f"tamc/v1/jobs/{jid}/events", json.dumps({"kind": "funded", "machine": body["machine"], "pad": pad}), qos=1)
             elif body["kind"] == "done":
-                c.publish(f"bare/jobs/{jid}/events", json.dumps({"kind": "paid", "machine": body["machine"], "pad": pad}), qos=1)
-                c.publish(f"bare/jobs/{jid}/award", json.dumps({"machine": -1, "closed": True, "pad": pad}), qos=1)
+                c.publish(f"tamc/v1/jobs/{jid}/events", json.dumps({"kind": "paid", "machine": body["machine"], "pad": pad}), qos=1)
+                c.publish(f"tamc/v1/jobs/{jid}/award", json.dumps({"machine": -1, "closed": True, "pad": pad}), qos=1)
                 count[0] += 1
                 if posted[0] < jobs:
                     post_next()
@@ -172,8 +185,8 @@ def run_bare(url: str, n: int, k: int, jobs: int) -> dict[str, float]:
     for c in (fleet, req):
         c.connect(host, int(port))
         c.loop_start()
-    fleet.subscribe([("bare/market/north/printer/cfp", 1), ("bare/jobs/+/award", 1), ("bare/jobs/+/events", 1)])
-    req.subscribe([("bare/jobs/+/bids", 1), ("bare/jobs/+/events", 1)])
+    fleet.subscribe([("tamc/v1/market/north/bare/cfp", 1), ("tamc/v1/jobs/+/award", 1), ("tamc/v1/jobs/+/events", 1)])
+    req.subscribe([("tamc/v1/jobs/+/bids", 1), ("tamc/v1/jobs/+/events", 1)])
     time.sleep(0.5)
     t0 = time.perf_counter()
     with lock:
@@ -189,18 +202,18 @@ def run_bare(url: str, n: int, k: int, jobs: int) -> dict[str, float]:
             "accept_p99_ms": round(latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], 2)}
 
 
-def one(url: str, n: int, k: int, jobs: int) -> None:
-    tamc = run_tamc(url, n, k, jobs)
+def one(url: str, home: str, n: int, k: int, jobs: int) -> None:
+    tamc = run_tamc(url, home, n, k, jobs)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    bare = run_bare(url, n, k, jobs)
+    bare = run_bare(url, home, n, k, jobs)
     print(json.dumps({"n": n, "k": k, "jobs": jobs, "tamc": tamc, "bare_paho": bare, "tamc_peak_rss_mb": round(peak_mb, 1),
                       "ratio": round(tamc["jobs_per_s"] / bare["jobs_per_s"], 3)}))
 
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--one":
-        _, _, url, n, k, jobs = sys.argv
-        one(url, int(n), int(k), int(jobs))
+        _, _, url, home, n, k, jobs = sys.argv
+        one(url, home, int(n), int(k), int(jobs))
         return
     from hub.broker import start_broker
 
@@ -208,7 +221,7 @@ def main() -> None:
     results = []
     with start_broker("mosquitto") as broker:
         for n, k in CONFIGS:
-            out = subprocess.run([sys.executable, __file__, "--one", broker.url, str(n), str(k), str(_jobs(n, quick))],
+            out = subprocess.run([sys.executable, __file__, "--one", broker.url, str(broker.home), str(n), str(k), str(_jobs(n, quick))],
                                  capture_output=True, text=True, timeout=1200)
             if out.returncode != 0:
                 raise SystemExit(f"N={n} K={k} failed:\n{out.stderr}")

@@ -32,6 +32,7 @@ raised. ::
     │   └── KeystoreError           keystore file unreadable, corrupt or too open
     ├── HubError                    the message hub cannot do what was asked
     │   ├── BrokerUnavailable       no broker answers at that address
+    │   ├── BrokerRefused           the broker refused the login (wrong or missing credentials)
     │   ├── BrokerStartFailed       the local broker could not be started
     │   └── EnvelopeRejected        a received message dropped (its ``reason`` says why)
     ├── SimulationStalled           a virtual-time city stopped moving (a message never delivered); says what was in flight
@@ -64,6 +65,7 @@ __all__ = [
     "AccessError",
     "ApprovalRequired",
     "BadSignature",
+    "BrokerRefused",
     "BrokerStartFailed",
     "BrokerUnavailable",
     "CommandRejected",
@@ -229,6 +231,10 @@ class HubError(TamcError):
 
 class BrokerUnavailable(HubError):
     """No MQTT broker answered at the address."""
+
+
+class BrokerRefused(HubError):
+    """The broker answered but refused this login: no credentials, or not the ones it was given."""
 
 
 class BrokerStartFailed(HubError):

@@ -144,6 +144,18 @@ class Flights:
             self._due[at] = _Due(key, step, self.clock.hold(f"retained message on {topic} to {hub.name}"))
         return []
 
+    def refused(self, topic: str, payload: bytes) -> None:
+        """The broker refused ``payload`` (its sender may not publish on ``topic``): nobody is owed it."""
+        key = digest(payload)
+        with self._lock:
+            holds = [hold for k in [k for k in self._owed if k[1] == key] for _, hold in self._owed.pop(k)]
+            holds += [d.hold for at in [at for at, d in self._due.items() if d.key == key and not d.arrived]
+                      if (d := self._due.pop(at)).hold is not None]
+            if self._retained.get(topic) == payload:
+                del self._retained[topic]
+        for hold in holds:
+            hold.release()
+
     def subscribing(self, hub: Listener, pattern: str) -> None:
         """``hub`` asks for ``pattern``: it is owed the retained messages that match on topics it
         does not hear yet (the broker sends them after its SUBACK): hold the clock for each."""
@@ -218,6 +230,9 @@ class _NoFlights(Flights):
         return None
 
     def subscribing(self, hub: Listener, pattern: str) -> None:
+        return None
+
+    def refused(self, topic: str, payload: bytes) -> None:
         return None
 
     def arrived(self, hub: Listener, topic: str, payload: bytes) -> tuple[Arrival, Hold | None]:

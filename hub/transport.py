@@ -23,14 +23,14 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from core.clock import Hold, Timeline, WallClock
-from core.errors import BrokerUnavailable, EnvelopeRejected, InvalidBrokerUrl
+from core.errors import BrokerRefused, BrokerUnavailable, EnvelopeRejected, InvalidBrokerUrl
 from hub.envelope import Envelope, ReplayGuard, open_envelope, seal
 from hub.flight import flights, topics_match
 from hub.messages import Body, CallForProposals
@@ -49,22 +49,39 @@ RETAINED_STATE_TYPES = frozenset({"presence", "telemetry"})
 class BrokerAddress:
     host: str
     port: int
+    username: str | None = None
+    password: str | None = None
+    mqtt5: bool = True
+    """MQTT 5 (mosquitto: a refused publish is told in its PUBACK) unless the URL says ``?mqtt=3.1.1``
+    (the embedded broker, NATS)."""
 
     @property
     def url(self) -> str:
-        return f"mqtt://{self.host}:{self.port}"
+        """Where it is, without the password."""
+        who = f"{self.username}@" if self.username else ""
+        return f"mqtt://{who}{self.host}:{self.port}"
 
 
 def parse_broker_url(url: str) -> BrokerAddress:
-    """``mqtt://host:port`` (port defaults to 1883) or raise ``InvalidBrokerUrl``."""
+    """``mqtt://[user:password@]host:port[?mqtt=3.1.1]`` (port 1883 by default) or raise ``InvalidBrokerUrl``."""
     parts = urlsplit(url if "://" in url else f"mqtt://{url}")
     try:
         port = parts.port or 1883
     except ValueError:
-        raise InvalidBrokerUrl(f"{url!r}: the port must be a number from 1 to 65535") from None
+        raise InvalidBrokerUrl(f"{_masked(url)!r}: the port must be a number from 1 to 65535") from None
     if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
-        raise InvalidBrokerUrl(f"{url!r} is not a broker address; write it as mqtt://host:port")
-    return BrokerAddress(parts.hostname, port)
+        raise InvalidBrokerUrl(f"{_masked(url)!r} is not a broker address; write it as mqtt://user:password@host:port")
+    query = parse_qs(parts.query)
+    version = query.get("mqtt", ["5"])[-1]
+    if version not in ("5", "3.1.1") or set(query) - {"mqtt"}:
+        raise InvalidBrokerUrl(f"{_masked(url)!r}: the only option is ?mqtt=5 (the default) or ?mqtt=3.1.1")
+    return BrokerAddress(parts.hostname, port, unquote(parts.username) if parts.username else None,
+                         unquote(parts.password) if parts.password else None, version == "5")
+
+
+def _masked(url: str) -> str:
+    parts = urlsplit(url if "://" in url else f"mqtt://{url}")
+    return url.replace(f":{parts.password}@", ":***@") if parts.password else url
 
 
 def _nodelay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
@@ -99,24 +116,34 @@ class Hub:
         self._asked: dict[int, tuple[str, Hold | None]] = {}
         """SUBSCRIBEs not yet acknowledged, by packet id: the broker sends SUBACK once it holds the
         subscription (mosquitto and amqtt add it first), and retained messages after it."""
-        self._acked: set[int] = set()
+        self._acked: dict[int, bool] = {}
         """SUBACKs that came before ``subscribe`` had noted their packet id."""
         self._flights = flights(self.clock)
         self._connected = threading.Event()
+        self._refused: str | None = None
+        """Why the broker refused this connection (bad credentials, not authorized), if it did."""
+        self._answered = threading.Event()
+        self._pub_lock = threading.Lock()
+        self._publishing: dict[int, tuple[str, bytes]] = {}
+        """QoS 1 publishes awaiting their PUBACK, by packet id: a refused one is counted and its flight ended."""
+        self._acks: dict[int, Any] = {}
+        """PUBACKs that came before ``publish`` had noted their packet id."""
         self._closing = False
         self._keepalive = keepalive_s
         self.client_id = f"{name}-{uuid.uuid4().hex[:8]}"
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=self.client_id,
-            protocol=mqtt.MQTTv311,
-            clean_session=True,
-        )
+        address = self.address
+        if address.mqtt5:  # a clean start is asked for at connect
+            client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5)
+        else:
+            client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv311, clean_session=True)
+        if address.username:
+            client.username_pw_set(address.username, address.password)
         client.on_socket_open = _nodelay
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
+        client.on_publish = self._on_publish
         client.reconnect_delay_set(min_delay=1, max_delay=8)
         client.max_inflight_messages_set(1000)
         client.max_queued_messages_set(0)
@@ -143,15 +170,23 @@ class Hub:
                 with attempt:
                     if attempt.retry_state.attempt_number > 1:
                         log.info("hub=%s reconnect attempt=%d broker=%s", self.name, attempt.retry_state.attempt_number, self.address.url)
-                    self._client.connect(host, port, keepalive=self._keepalive)
+                    if self.address.mqtt5:
+                        self._client.connect(host, port, keepalive=self._keepalive, clean_start=True)
+                    else:
+                        self._client.connect(host, port, keepalive=self._keepalive)
         except RetryError as exc:
             cause = exc.last_attempt.exception()
             raise BrokerUnavailable(
                 f"no MQTT broker answers at {self.address.url} ({cause}); start one or pass --broker with a reachable address"
             ) from None
         self._client.loop_start()
-        if not self._connected.wait(timeout_s):
+        if not self._answered.wait(timeout_s) or self._refused is not None:
+            refused = self._refused
             self.close()
+            if refused is not None:
+                who = f"user {self.address.username!r}" if self.address.username else "an anonymous connection"
+                raise BrokerRefused(f"the broker at {self.address.url} refused {who}: {refused}; connect with the "
+                                    "credentials the broker's operator gave (mqtt://user:password@host:port, 'tamc broker add')")
             raise BrokerUnavailable(f"the broker at {self.address.url} accepted the socket but did not acknowledge the connection")
         self._flights.join(self)
         return self
@@ -195,8 +230,34 @@ class Hub:
         self.stats["sent"] += 1
         self._flights.sent(topic, payload, what, retain=retain)  # before it can arrive: the clock never sees it as delivered early
         info = self._client.publish(topic, payload, qos=1, retain=retain)
+        if info.rc == mqtt.MQTT_ERR_SUCCESS and self.address.mqtt5:
+            with self._pub_lock:  # its PUBACK may have been handled already (never hold a lock across paho's calls)
+                early = self._acks.pop(info.mid, None)
+                if early is None:
+                    self._publishing[info.mid] = (topic, payload)
+            if early is not None:
+                self._published(topic, payload, early)
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             log.warning("hub=%s publish failed topic=%s rc=%s", self.name, topic, info.rc)
+
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
+        """MQTT 5 tells a refused publish in its PUBACK (135, not authorized): count it, and end its
+        flight (the clock must not wait for a message the broker dropped)."""
+        if not self.address.mqtt5:
+            return
+        with self._pub_lock:
+            sent = self._publishing.pop(mid, None)
+            if sent is None:
+                self._acks[mid] = reason
+                return
+        self._published(*sent, reason)
+
+    def _published(self, topic: str, payload: bytes, reason: Any) -> None:
+        if not getattr(reason, "is_failure", False):
+            return
+        self.stats["refused"] += 1
+        log.warning("hub=%s the broker refused a publish topic=%s reason=%s", self.name, topic, reason)
+        self._flights.refused(topic, payload)
 
     def listens(self, topic: str) -> bool:
         """A subscription in effect matches ``topic``: confirmed by the broker and, on a virtual
@@ -246,20 +307,24 @@ class Hub:
             if mid not in self._acked:
                 self._asked[mid] = (pattern, hold)
                 return
-            self._acked.discard(mid)
-        self._subscribed(pattern, hold)
+            granted = self._acked.pop(mid)
+        self._subscribed(pattern, hold, granted=granted)
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, properties: Any) -> None:
+        granted = not any(getattr(r, "is_failure", False) for r in reasons or ())
         with self._lock:
             asked = self._asked.pop(mid, None)
             if asked is None:
-                self._acked.add(mid)  # faster than ``subscribe`` returned its packet id
+                self._acked[mid] = granted  # faster than ``subscribe`` returned its packet id
                 return
-        self._subscribed(*asked)
+        self._subscribed(*asked, granted=granted)
 
-    def _subscribed(self, pattern: str, hold: Hold | None) -> None:
+    def _subscribed(self, pattern: str, hold: Hold | None, *, granted: bool = True) -> None:
+        if not granted:  # the broker's ACL does not let this user read there: nothing will come
+            self.stats["refused_subscriptions"] += 1
+            log.warning("hub=%s the broker refused a subscription pattern=%s", self.name, pattern)
         with self._lock:
-            if pattern in self._handlers:
+            if pattern in self._handlers and granted:
                 self._heard.add(pattern)
         if hold is not None:
             hold.release()
@@ -285,6 +350,9 @@ class Hub:
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         if reason.is_failure:
             log.error("hub=%s broker refused the connection reason=%s", self.name, reason)
+            if not self._connected.is_set() and self.stats["connects"] == 0:
+                self._refused = str(reason)
+                self._answered.set()
             return
         with self._lock:
             patterns = list(self._handlers)
@@ -294,10 +362,11 @@ class Hub:
             log.info("hub=%s reconnected broker=%s resubscribed=%d", self.name, self.address.url, len(patterns))
         self.stats["connects"] += 1
         self._connected.set()
+        self._answered.set()
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         self._connected.clear()
-        if not self._closing:
+        if not self._closing and self._refused is None:
             self.stats["disconnects"] += 1
             log.warning("hub=%s lost the broker reason=%s; reconnecting with backoff", self.name, reason)
 

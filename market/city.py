@@ -26,6 +26,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from types import TracebackType
 
 from agents.machine_agent import MachineAgent
@@ -38,7 +39,8 @@ from core.datadir import DataDir
 from core.errors import InputError
 from core.mailbox import Mailbox
 from core.virtual import VirtualClock
-from hub.broker import RunningBroker, start_broker
+from hub.access import Role
+from hub.broker import RunningBroker, external, start_broker
 from hub.transport import Hub
 from ledger import Identity, Keystore, Ledger, settlement
 from ledger.collective import Collective
@@ -69,10 +71,11 @@ def make_clock(config: MarketConfig) -> Timeline:
 
 
 @contextlib.contextmanager
-def _broker(url: str | None) -> Iterator[RunningBroker]:
-    """The broker at ``url``, or a private one: ``TAMC_BROKER=embedded`` skips mosquitto."""
+def _broker(url: str | None, home: Path | None) -> Iterator[RunningBroker]:
+    """The broker at ``url`` (its users in ``home``, if TAMC runs it), or a private one:
+    ``TAMC_BROKER=embedded`` skips mosquitto."""
     if url:
-        yield RunningBroker("external", url)
+        yield external(url, home)
         return
     prefer = os.environ.get("TAMC_BROKER", "auto")
     if prefer not in ("auto", "mosquitto", "embedded"):
@@ -125,9 +128,9 @@ class City:
 
     # -- what a live view reads ----------------------------------------------------------------------
 
-    @property
-    def broker_url(self) -> str:
-        return self.broker.url
+    def admit(self, name: str, role: Role) -> str:
+        """The broker URL (with its credentials) the participant ``name`` connects with, in ``role``."""
+        return self.broker.admit(name, role)
 
     def node(self, machine_id: str) -> MachineNode | None:
         return next((n for n in reversed(self.nodes) if n.id == machine_id), None)
@@ -153,7 +156,7 @@ class City:
         config, clock, stack = self.config, self.clock, self._stack
         try:
             self.data.make()
-            self.broker = stack.enter_context(_broker(config.broker))
+            self.broker = stack.enter_context(_broker(config.broker, config.broker_home))
             self.memory = stack.enter_context(MemoryOpener.open(config, clock))
             self.ledger_url = self.data.fresh_ledger()  # each run is a new city; keys carry over
             self.ledger = Ledger(self.ledger_url, clock=clock, durable=False)  # made anew each run: no sync to disk per commit
@@ -173,8 +176,8 @@ class City:
             raise
         return self
 
-    def _hub(self, name: str) -> Hub:
-        h = Hub(self.broker.url, name=name, clock=self.clock)
+    def _hub(self, name: str, role: Role) -> Hub:
+        h = Hub(self.broker.admit(name, role), name=name, clock=self.clock)
         self._hubs.append(h)
         return h
 
@@ -184,7 +187,7 @@ class City:
         # machine whose planned failures (``fail_rate``) fire half-way through their jobs
         driver = FaultyDriver(SimDriver(profile, self.clock, wear_pct=wear_pct), {job: (0.5, "fail") for job in fails})
         config = self.config
-        node = MachineNode(profile, identity, self._hub(profile.id), ledger=self.ledger, driver=driver, agent=self.agent,
+        node = MachineNode(profile, identity, self._hub(profile.id, "machine"), ledger=self.ledger, driver=driver, agent=self.agent,
                            governance=self.governance, memory=self.memory.machine(profile.id), telemetry_every_s=config.telemetry_every_s,
                            flows=self.flows, offers=config.moves, progress_steps=config.progress_steps)
         self.nodes.append(node)
@@ -203,6 +206,10 @@ class City:
             self.memory.store.warm([job_text(r.job) for r in self.requests])
         self.day_start = clock.time()
         holders = register_fleet(ledger, self.governance, keys, self.fleet, config, self._savings, self.run_id)
+        # every participant known now gets its broker user at once (one reload); children as they are born
+        self.broker.admit_all([(p.id, "machine") for p in self.fleet] + [(f"requester-{r.name}", "requester") for r in self.regions]
+                              + ([(f"tech-{r.name}", "technician") for r in self.regions] + [("lifecycle", "steward")]
+                                 if config.life else []))
         for profile in self.fleet:
             # which jobs fail is the seed's: hashed without the run's random prefix, or each run would fail others
             fails = frozenset(r.job.id for r in self.requests
@@ -214,16 +221,16 @@ class City:
             identity = keys.get_or_create(f"requester-{region.name}")
             budget = sum(r.reserve for r in self.requests if r.job.region == region.name)
             wallet = settlement.open_requester(ledger, f"{region.name}-{self.run_id}", identity.did, budget)
-            self._requesters[region.name] = Requester(identity, self._hub(f"requester-{region.name}").connect(), ledger, wallet,
+            self._requesters[region.name] = Requester(identity, self._hub(f"requester-{region.name}", "requester").connect(), ledger, wallet,
                                                       config=self.requester_config, on_outcome=self._record).start()
         _settle_in(clock)  # presence and subscriptions reach the broker before the first call
         self.day_start = clock.time()  # the day starts now
         if config.life:
-            life_hub = self._hub("lifecycle").connect()
+            life_hub = self._hub("lifecycle", "steward").connect()  # hires technicians for the machines, tells them votes
             for region in self.regions:
                 tech_id = f"tech-{region.name}"
-                self._technicians.append(Technician(tech_id, keys.get_or_create(tech_id), life_hub, ledger, regions=[region.name],
-                                                    clock=clock).start())
+                self._technicians.append(Technician(tech_id, keys.get_or_create(tech_id), self._hub(tech_id, "technician").connect(),
+                                                    ledger, regions=[region.name], clock=clock).start())
             collective = Collective(FAB_CELL, keys.get_or_create(FAB_CELL), self.governance)
             self._life = Lifecycle(governance=self.governance, ledger=ledger, keys=keys, hub=life_hub, clock=clock, nodes=self.nodes,
                                    spawn=self._spawn, regions=self.regions, holders=holders, collectives=[collective],

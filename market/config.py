@@ -33,6 +33,9 @@ class MarketConfig(BaseModel):
     """Keep demand at ``load`` all day instead of following the day's shape (nights, peaks)."""
     broker: str | None = None
     """mqtt://host:port of an existing broker; None starts a private one."""
+    broker_home: Path | None = None
+    """The folder of the broker at ``broker`` when TAMC runs it (``tamc broker serve --home``): each
+    participant gets its own user and role there. Without it, every connection uses ``broker`` as given."""
     data_dir: Path = Path(".tamc")
     bid_window_s: float = Field(default=108.0, gt=0)
     """Market seconds machines have to bid (108: 30 real ms at 3600×)."""

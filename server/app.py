@@ -60,7 +60,7 @@ __all__ = ["STATUS", "create_app"]
 
 
 def create_app(city: City, *, access: Access | None = None, web_dir: Path | None = None) -> FastAPI:
-    feed = Feed(city.broker_url, clock=city.clock)
+    feed = Feed(city.admit("server", "console"), clock=city.clock)
     access = access or Access(city.ledger)
     relay = city.keys.get_or_create("server-console")  # relays the commands of operators it authenticated
     access.grant(relay.did, Role.CONSOLE)

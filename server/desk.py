@@ -120,7 +120,8 @@ class JobDesk:
             if found is not None:
                 return found
             identity = self.city.keys.get_or_create(f"requester-{principal.name}")
-            hub = Hub(self.city.broker_url, name=f"api-requester-{principal.name}", clock=self.city.clock).connect()
+            name = f"api-requester-{principal.name}"
+            hub = Hub(self.city.admit(name, "requester"), name=name, clock=self.city.clock).connect()
             self._hubs.append(hub)
             requester = Requester(identity, hub, self.city.ledger, wallet, config=self.city.requester_config,
                                   on_outcome=self.city.outcomes.append).start()

@@ -22,6 +22,9 @@ app = typer.Typer(
 )
 keys_app = typer.Typer(help="Identities: Ed25519 keys named by did:key ids.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+broker_app = typer.Typer(help="The MQTT broker TAMC runs: who may connect, and what each role may publish and read.",
+                         no_args_is_help=True)
+app.add_typer(broker_app, name="broker")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -149,6 +152,68 @@ def quote(
     console.print(decision.reason, highlight=False, soft_wrap=True)
 
 
+@broker_app.command("serve")
+@_friendly
+def broker_serve(
+    port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 1883,
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0 for machines on other computers).")] = "127.0.0.1",
+    home: HomeOpt = Path(".tamc/broker"),
+) -> None:
+    """Run mosquitto with authentication and TAMC's topic ACLs until stopped. Anonymous clients are
+    refused; add participants with 'tamc broker add' (it reloads this broker)."""
+    import threading
+
+    from hub.broker import BrokerHome, start_broker
+
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    with start_broker("mosquitto", port=port, home=BrokerHome(home), host=host) as running:
+        print(f"broker at {running.url}: users and ACL in {home}; add one with "
+              f"'tamc broker add NAME --role ROLE --home {home}'. Ctrl-C stops it.", flush=True)
+        done.wait()
+
+
+@broker_app.command("add")
+@_friendly
+def broker_add(
+    name: Annotated[str, typer.Argument(help="The participant: a machine's id, a requester's or a console's name.")],
+    role: Annotated[str, typer.Option("--role", help="machine, requester, steward, technician, console, operator or auditor.")],
+    home: HomeOpt = Path(".tamc/broker"),
+) -> None:
+    """Admit a participant to the broker (a running one loads it at once) and print the URL it
+    connects with: give it to that participant only (it holds the password)."""
+    from hub.access import ROLES
+    from hub.broker import BrokerHome
+
+    if role not in ROLES:
+        from core.errors import InvalidOption
+
+        raise InvalidOption(f"--role {role!r}: one of {', '.join(ROLES)}")
+    found = BrokerHome(home)
+    user = found.admit(name, role)
+    url = found.url
+    if url is None:
+        print(f"{user.name} ({user.role}) password {user.password}")
+        return
+    parts = url.removeprefix("mqtt://").rsplit(":", 1)
+    print(user.url(parts[0], int(parts[1])))
+
+
+@broker_app.command("list")
+@_friendly
+def broker_list(home: HomeOpt = Path(".tamc/broker"), as_json: JsonOpt = False) -> None:
+    """The broker's participants and their roles (not their passwords)."""
+    from hub.broker import BrokerHome
+
+    users = [{"name": u.name, "role": u.role} for u in BrokerHome(home).users]
+    if as_json:
+        print(json.dumps(users))
+        return
+    for u in users:
+        print(f"{u['name']:<24} {u['role']}")
+
+
 @keys_app.command("new")
 @_friendly
 def keys_new(name: str, keystore: KeystoreOpt = Path("tamc-keys.json")) -> None:
@@ -179,6 +244,11 @@ ModelOpt = Annotated[str | None, typer.Option("--model", help="'rules' (no model
 BaseUrlOpt = Annotated[str | None, typer.Option("--base-url", help="OpenAI-compatible endpoint, e.g. http://localhost:11434/v1 (Ollama) [default: $TAMC_MODEL_BASE_URL]")]
 ApiKeyOpt = Annotated[str | None, typer.Option("--api-key", help="Key for --base-url [default: $TAMC_MODEL_API_KEY]")]
 DataDirOpt = Annotated[Path, typer.Option("--data-dir", envvar="TAMC_DATA", help="Ledger, keys and saved machine state live here.")]
+BrokerOpt = Annotated[str | None, typer.Option(help="Use this broker (mqtt://host:port) instead of starting one.")]
+BrokerHomeOpt = Annotated[Path | None, typer.Option(
+    "--broker-home", envvar="TAMC_BROKER_HOME",
+    help="The folder of the broker at --broker ('tamc broker serve --home'): each machine, requester and console gets its own user there.")]
+HomeOpt = Annotated[Path, typer.Option("--home", envvar="TAMC_BROKER_HOME", help="The broker's folder: its users, password file and ACL.")]
 MemoryOpt = Annotated[bool, typer.Option("--memory/--no-memory", help="Keep each machine's vector memory (in --data-dir/memory) and price from it.")]
 MemoryUrlOpt = Annotated[str | None, typer.Option("--memory-url", envvar="TAMC_MEMORY_URL", help="A Chroma server (http://host:8000) instead of the embedded store.")]
 
@@ -189,7 +259,8 @@ def demo(
     seed: Annotated[int, typer.Option(help="Seed of the demand stream.")] = 7,
     hours: Annotated[float | None, typer.Option(help="Simulated hours of demand [default: 24; 2 with a model].")] = None,
     machines: Annotated[int, typer.Option("--machines", help="Machines in the fleet (kinds and regions rotate).")] = 12,
-    broker: Annotated[str | None, typer.Option(help="Use this broker (mqtt://host:port) instead of starting one.")] = None,
+    broker: BrokerOpt = None,
+    broker_home: BrokerHomeOpt = None,
     clock: Annotated[str, typer.Option("--clock", help="virtual: market time waits for the work (the same seed gives the same day); "
                                        "scaled: market time runs --speed times faster than real time.")] = "virtual",
     speed: Annotated[float | None, typer.Option(help="Market seconds per real second: the scaled clock's pace, and on the virtual clock "
@@ -238,7 +309,7 @@ def demo(
         raise InvalidOption(f"--memory {memory!r}: say server, embedded or off")
     if clock not in ("virtual", "scaled"):
         raise InvalidOption(f"--clock {clock!r}: say virtual or scaled")
-    config = MarketConfig(seed=seed, hours=hours, machines=machines, broker=broker, clock=clock, speed=speed, load=load, flat_demand=flat,
+    config = MarketConfig(seed=seed, hours=hours, machines=machines, broker=broker, broker_home=broker_home, clock=clock, speed=speed, load=load, flat_demand=flat,
                           data_dir=data_dir, bid_window_s=bid_window, model=model_config, memory=memory, memory_url=memory_url, life=life)
     console = _console()
     err = Console(stderr=True) if as_json else console
@@ -267,7 +338,8 @@ def serve(
     machines: Annotated[int, typer.Option("--machines", help="Machines in the fleet.")] = 12,
     seed: Annotated[int, typer.Option(help="Seed of the demand stream.")] = 7,
     load: Annotated[float, typer.Option(help="Offered work as a share of the fleet's capacity.")] = 0.85,
-    broker: Annotated[str | None, typer.Option(help="Use this broker (mqtt://host:port) instead of starting one.")] = None,
+    broker: BrokerOpt = None,
+    broker_home: BrokerHomeOpt = None,
     model: ModelOpt = None,
     base_url: BaseUrlOpt = None,
     api_key: ApiKeyOpt = None,
@@ -295,7 +367,7 @@ def serve(
     build_model(model_config)
     llm = model_config.uses_model
     # live: the scaled clock, windows of real seconds (a model gets two) counted at its pace
-    config = MarketConfig(seed=seed, hours=hours, machines=machines, broker=broker, clock="scaled", speed=speed, load=load,
+    config = MarketConfig(seed=seed, hours=hours, machines=machines, broker=broker, broker_home=broker_home, clock="scaled", speed=speed, load=load,
                           data_dir=data_dir, bid_window_s=(2.0 if llm else max(0.03, 1.8 / speed)) * speed,
                           accept_window_s=(2.0 if llm else max(0.05, 3.0 / speed)) * speed,
                           model=model_config, memory=memory, telemetry_every_s=1.0, drain_h=5.0 * speed / 3600, progress_steps=4)

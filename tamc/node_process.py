@@ -98,7 +98,7 @@ def parse_holders(text: str) -> dict[str, int]:
 def run_agent(machine: str, broker_url: str, *, ledger_url: str | None, holders: str, profiles: Path | None,
               data_dir: Path, model: ModelConfig | None = None, stop: threading.Event | None = None,
               memory: bool = True, memory_url: str | None = None, options: NodeOptions | None = None) -> None:
-    parse_broker_url(broker_url)  # a bad address or holders fail here, before anything is registered
+    address = parse_broker_url(broker_url)  # a bad address or holders fail here, before anything is registered
     shares = parse_holders(holders)
     model = model or ModelConfig()
     agent = MachineAgent(model) if model.uses_model else None  # a bad model setting fails here too
@@ -138,7 +138,7 @@ def run_agent(machine: str, broker_url: str, *, ledger_url: str | None, holders:
                            charter=options.charter)
         started = {"memory": memory_state, "checkpoints": where.split("@")[-1],
                    "drives": f"octoprint {options.octoprint}" if options.octoprint else "simulator"}
-        _serve(node, data_dir, model, stop, {"broker": broker_url, **started})
+        _serve(node, data_dir, model, stop, {"broker": address.url, **started})  # its password stays unsaid
 
 
 def _market_clock(data_dir: Path) -> ScaledClock:

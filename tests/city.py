@@ -19,6 +19,8 @@ from agents.requester import JobOutcome, Requester, RequesterConfig
 from core.clock import Timeline
 from core.virtual import VirtualClock
 from hub import topics
+from hub.access import Role
+from hub.broker import RunningBroker
 from hub.messages import JobEvent
 from hub.transport import Hub
 from ledger import Identity, Ledger, settlement
@@ -41,7 +43,7 @@ def printer(machine_id: str, margin_bps: int) -> MachineProfile:
 
 @dataclass
 class SmallMarket:
-    broker_url: str
+    broker: RunningBroker
     ledger: Ledger
     clock: Timeline = field(default_factory=lambda: VirtualClock(speed=SPEED, watchdog_s=20.0))
     hubs: list[Hub] = field(default_factory=list)
@@ -53,8 +55,10 @@ class SmallMarket:
     """Called last on teardown (model clients, stores)."""
     wallet: str = ""
 
-    def hub(self, name: str, *, connect: bool = True) -> Hub:
-        hub = Hub(self.broker_url, name=name, clock=self.clock)
+    def hub(self, name: str, *, role: Role = "requester", connect: bool = True) -> Hub:
+        """A connection to the broker as ``name`` in ``role`` (a machine's user is its id)."""
+        user = name if role == "machine" else f"{role}-{name}"
+        hub = Hub(self.broker.admit(user, role), name=name, clock=self.clock)
         self.hubs.append(hub)
         return hub.connect() if connect else hub
 
@@ -65,7 +69,7 @@ class SmallMarket:
         settlement.register_machine(self.ledger, profile.id, identity.did, {"alice": 60, "bob": 40})
         planned = {**{job: (0.5, "fail") for job in fail_jobs}, **(faults or {})}
         driver = node_options.pop("driver", None) or FaultyDriver(SimDriver(profile, self.clock, wear_pct=wear_pct), planned)
-        node = MachineNode(profile, identity, self.hub(profile.id, connect=False), ledger=self.ledger,
+        node = MachineNode(profile, identity, self.hub(profile.id, role="machine", connect=False), ledger=self.ledger,
                            clock=self.clock, driver=driver, **node_options).start()
         self.nodes[profile.id] = node
         if isinstance(self.clock, VirtualClock):
@@ -78,7 +82,7 @@ class SmallMarket:
         cfg = RequesterConfig(**config)  # the market's own windows, unless a test says otherwise
         self.requester = Requester(identity, self.hub("requester"), self.ledger, self.wallet, config=cfg,
                                    on_outcome=self.outcomes.append).start()
-        watcher = self.hub("watcher")
+        watcher = self.hub("watcher", role="auditor")
         watcher.subscribe(f"{topics.PREFIX}/jobs/+/events", lambda t, e: self.events.append((t, e.body)))  # type: ignore[arg-type]
         self.settle()  # presence and subscriptions reach the broker
         return self.requester

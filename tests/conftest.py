@@ -9,12 +9,14 @@ import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from city import SPEED, SmallMarket
 from sqlalchemy import create_engine, text
 
 from core.clock import ScaledClock
+from hub.broker import RunningBroker
 from ledger import Ledger
 from memory import MemoryConfig, MemoryStore
 
@@ -112,15 +114,27 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 
 @pytest.fixture(scope="session")
-def broker_url() -> Iterator[str]:
-    """One private broker for the session, on a free loopback port with its own config."""
+def broker() -> Iterator[RunningBroker]:
+    """One private broker for the session, on a free loopback port with its own config: mosquitto
+    with authentication and TAMC's topic ACLs on (``broker.admit(name, role)`` gives a participant
+    its URL), or the embedded one where mosquitto is missing (no authentication there)."""
     from hub.broker import start_broker
 
     kind = broker_kind()
     if IN_CI and kind != "mosquitto":
         pytest.fail("CI must run the hub tests on mosquitto: .ci/run installs it")
-    with start_broker(kind) as broker:  # type: ignore[arg-type]
-        yield broker.url
+    with start_broker(kind) as running:  # type: ignore[arg-type]
+        yield running
+
+
+def on_broker(broker: RunningBroker) -> dict[str, Any]:
+    """``MarketConfig`` fields for a city on the session's broker: each participant its own user."""
+    return {"broker": broker.url, "broker_home": broker.home}
+
+
+def broker_args(broker: RunningBroker) -> list[str]:
+    """The same as ``tamc demo`` options."""
+    return ["--broker", broker.url, *(["--broker-home", str(broker.home)] if broker.home else [])]
 
 
 @pytest.fixture
@@ -142,18 +156,18 @@ def memory_store(tmp_path: Path) -> Iterator[MemoryStore]:
 
 
 @pytest.fixture
-def city(broker_url: str, shm_ledger: Ledger) -> Iterator[SmallMarket]:
+def city(broker: RunningBroker, shm_ledger: Ledger) -> Iterator[SmallMarket]:
     """A market on the test broker and a tmpfs ledger; everything in it is stopped afterwards."""
-    c = SmallMarket(broker_url, shm_ledger)
+    c = SmallMarket(broker, shm_ledger)
     yield c
     c.close()
 
 
 @pytest.fixture
-def live_city(broker_url: str, shm_ledger: Ledger) -> Iterator[SmallMarket]:
+def live_city(broker: RunningBroker, shm_ledger: Ledger) -> Iterator[SmallMarket]:
     """The same market on a scaled real-time clock: for what must be shown in real time (a model
     answering against a real deadline)."""
-    c = SmallMarket(broker_url, shm_ledger, clock=ScaledClock(SPEED))
+    c = SmallMarket(broker, shm_ledger, clock=ScaledClock(SPEED))
     yield c
     c.close()
 

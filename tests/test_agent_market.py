@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import broker_args, on_broker
 from openai_standin import StandIn, Step, call, standin_server
 from pydantic_ai import models
 
 from agents.llm import ModelConfig
+from hub.broker import RunningBroker
 from ledger import Ledger
 from market.city import simulate
 from market.config import MarketConfig
@@ -39,12 +41,12 @@ def standin() -> Iterator[StandIn]:
         yield server
 
 
-def test_market_of_llm_agents(standin: StandIn, tmp_path: Path, broker_url: str) -> None:
+def test_market_of_llm_agents(standin: StandIn, tmp_path: Path, broker: RunningBroker) -> None:
     model = ModelConfig(model="standin", base_url=standin.base_url, fast_path=False)
     # virtual time: a model's real latency is charged at 1800x; a bid window of 4 real seconds at that pace, so a
     # stand-in slowed by a busy machine still answers in it (a longer window costs no wall time: the clock waits)
     report = simulate(MarketConfig(seed=3, hours=2, machines=4, speed=1800, bid_window_s=4 * 1800, accept_window_s=0.2 * 1800,
-                                     data_dir=tmp_path, broker=broker_url, model=model))
+                                     data_dir=tmp_path, model=model, **on_broker(broker)))
     assert report.clock == "virtual" and not report.deterministic  # a model's latency is real
     assert report.model is not None
     m = report.model
@@ -60,10 +62,10 @@ def test_market_of_llm_agents(standin: StandIn, tmp_path: Path, broker_url: str)
     assert sorted(p.stem for p in (tmp_path / "machines").glob("*.json")) == sorted(x.machine_id for x in report.machines)
 
 
-def test_tamc_demo_with_a_model(standin: StandIn, tmp_path: Path, broker_url: str) -> None:
+def test_tamc_demo_with_a_model(standin: StandIn, tmp_path: Path, broker: RunningBroker) -> None:
     out = subprocess.run(
         [sys.executable, "-m", "tamc", "demo", "--model", "standin", "--base-url", standin.base_url, "--no-fast-path",
-         "--hours", "1", "--machines", "4", "--speed", "600", "--bid-window", "2400", "--broker", broker_url,
+         "--hours", "1", "--machines", "4", "--speed", "600", "--bid-window", "2400", *broker_args(broker),
          "--data-dir", str(tmp_path), "--json"],
         capture_output=True, text=True, timeout=180,
     )

@@ -16,6 +16,7 @@ import pytest
 from agents.requester import JobOutcome, Requester, RequesterConfig
 from core.clock import ScaledClock
 from hub import topics
+from hub.broker import RunningBroker
 from hub.messages import JobEvent
 from hub.transport import Hub
 from ledger import Identity, Ledger, settlement
@@ -50,12 +51,12 @@ def _online(proc: subprocess.Popen[str]) -> dict[str, object]:
     return dict(json.loads(line))
 
 
-def test_killed_machine_process_is_taken_over_and_the_requester_charged_once(broker_url: str, tmp_path: Path) -> None:
+def test_killed_machine_process_is_taken_over_and_the_requester_charged_once(broker: RunningBroker, tmp_path: Path) -> None:
     ledger_url = f"sqlite:///{tmp_path / 'ledger.db'}"
     ledger = Ledger(ledger_url)
     profiles = _profiles(tmp_path / "profiles")
-    cheap = _agent("proc-cheap", broker_url, ledger_url, tmp_path, profiles)
-    dear = _agent("proc-dear", broker_url, ledger_url, tmp_path, profiles)
+    cheap = _agent("proc-cheap", broker.admit("proc-cheap", "machine"), ledger_url, tmp_path, profiles)
+    dear = _agent("proc-dear", broker.admit("proc-dear", "machine"), ledger_url, tmp_path, profiles)
     hub = None
     try:
         online = [_online(cheap), _online(dear)]
@@ -65,7 +66,7 @@ def test_killed_machine_process_is_taken_over_and_the_requester_charged_once(bro
         wallet = settlement.open_requester(ledger, "proc", identity.did, 100_000_000)
         outcomes: list[JobOutcome] = []
         started: list[str] = []
-        hub = Hub(broker_url, name="proc-requester", clock=ScaledClock(SPEED)).connect()  # the market runs SPEED x real time
+        hub = Hub(broker.admit("proc-requester", "requester"), name="proc-requester", clock=ScaledClock(SPEED)).connect()  # the market runs SPEED x real time
         hub.subscribe(topics.events("proc-job"), lambda t, e: started.append(e.body.machine_id)  # type: ignore[union-attr]
                       if isinstance(e.body, JobEvent) and e.body.kind == "started" else None)
         requester = Requester(identity, hub, ledger, wallet, on_outcome=outcomes.append,
@@ -107,7 +108,7 @@ def test_agent_refuses_a_bad_broker_address_in_one_line(tmp_path: Path) -> None:
     run = subprocess.run([sys.executable, "-m", "tamc", "agent", "--machine", "prusa-01", "--broker", "http://nope",
                           "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=30, cwd=ROOT)
     assert run.returncode == 2
-    assert "InvalidBrokerUrl" in run.stderr and "mqtt://host:port" in run.stderr
+    assert "InvalidBrokerUrl" in run.stderr and "mqtt://user:password@host:port" in run.stderr
     assert len(run.stderr.strip().splitlines()) == 1
 
 

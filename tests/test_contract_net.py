@@ -35,7 +35,7 @@ def test_bid_round_trip_signed_by_the_machine(city: SmallMarket) -> None:
     city.settle()
     cfp = CallForProposals(job=job("rt-1"), reserve=50_000_000, bid_deadline=city.ms() + 120_000,
                            deadline_at=city.ms() + 8 * 3_600_000, speed=city.clock.speed)
-    city.hubs[0].send(topics.cfp("north", "printer_3d"), cfp, tx_id)
+    rx.send(topics.cfp("north", "printer_3d"), cfp, tx_id)
     city.run(60, stop=lambda: bool(bids))
     assert len(bids) == 1
     bid = bids[0]
@@ -75,7 +75,7 @@ def test_silent_winner_is_passed_over_for_the_runner_up(city: SmallMarket) -> No
     # A registered machine that bids low and then never answers its award.
     ghost = Identity.generate()
     settlement.register_machine(city.ledger, "ghost", ghost.did, {"alice": 1})
-    ghost_hub = city.hub("ghost")
+    ghost_hub = city.hub("ghost", role="machine")
 
     def lowball(topic: str, env: Envelope) -> None:
         cfp = env.body

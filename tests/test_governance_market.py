@@ -27,7 +27,7 @@ def test_an_executed_proposal_changes_the_next_bids_floor(city: SmallMarket) -> 
     assert gov.close(p.id).state == "passed"
     assert gov.execute(p.id).state == "done"
     notice = GovernanceNotice(machine_id=node.id, proposal_id=p.id, kind="pricing", state="executed")
-    city.hub("governance").send(topics.governance(node.id), notice, Identity.generate())
+    city.hub("governance", role="console").send(topics.governance(node.id), notice, Identity.generate())
     city.settle()
     assert node.profile.policy.price_floor == floor  # read from the ledger when the notice came
 
@@ -44,7 +44,7 @@ def park(city: SmallMarket, gov: Governance, machine_id: str, holder: Identity) 
     gov.vote(sign_ballot(holder, p.id, "holder:alice", "yes"))
     assert gov.close(p.id).state == "passed" and gov.execute(p.id).state == "done"
     notice = GovernanceNotice(machine_id=machine_id, proposal_id=p.id, kind="park", state="executed")
-    city.hub(f"gov-{machine_id}").send(topics.governance(machine_id), notice, Identity.generate())
+    city.hub(f"gov-{machine_id}", role="console").send(topics.governance(machine_id), notice, Identity.generate())
     city.settle()
 
 

@@ -77,7 +77,7 @@ class Console:
 def operator(city: SmallMarket, machine_id: str) -> tuple[Identity, Console]:
     identity = Identity.generate()
     Operations(city.ledger.engine).grant(identity.did, Role.OPERATOR, machine_id)
-    return identity, Console(city.hub(f"console-{identity.did[-6:]}"), identity, machine_id, run=city.run)
+    return identity, Console(city.hub(f"console-{identity.did[-6:]}", role="operator"), identity, machine_id, run=city.run)
 
 
 def test_anomaly_hands_off_operator_takes_over_commands_hands_back_paid_once(city: SmallMarket) -> None:
@@ -133,7 +133,7 @@ def test_nobody_but_an_operator_holding_the_machine_commands_it_and_the_agent_st
     op, console = operator(city, "prusa-c")
     other, other_console = operator(city, "prusa-c")
     stranger = Identity.generate()
-    stranger_console = Console(city.hub("stranger"), stranger, "prusa-c", run=city.run)
+    stranger_console = Console(city.hub("stranger", role="operator"), stranger, "prusa-c", run=city.run)
     requester = city.open_requester()
 
     refused = stranger_console.send("takeover")

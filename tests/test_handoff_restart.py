@@ -20,6 +20,7 @@ from agents.requester import JobOutcome, Requester, RequesterConfig
 from agents.workflow import JobFlows, checkpointer
 from core.clock import ScaledClock
 from hub import topics
+from hub.broker import RunningBroker
 from hub.messages import Bid, JobEvent
 from hub.transport import Hub
 from ledger import Identity, Ledger, settlement
@@ -50,22 +51,25 @@ def _output(proc: subprocess.Popen[str]) -> str:
     return f"stdout:\n{out}\nstderr:\n{err[-3000:]}"
 
 
-def test_killed_with_a_pending_handoff_restarts_it_pending_and_resumes_without_duplicates(broker_url: str, tmp_path: Path) -> None:
+def test_killed_with_a_pending_handoff_restarts_it_pending_and_resumes_without_duplicates(broker: RunningBroker, tmp_path: Path) -> None:
     data = tmp_path / "prusa"
     data.mkdir()
     ledger_url = f"sqlite:///{tmp_path / 'ledger.db'}"
     ledger = Ledger(ledger_url)
     ops = Operations(ledger.engine)
-    proc = _agent(broker_url, ledger_url, data, fault=True)
+    machine_url = broker.admit("prusa-01", "machine")
+    proc = _agent(machine_url, ledger_url, data, fault=True)
     hubs: list[Hub] = []
     try:
         online = _online(proc)
         assert online["checkpoints"] == str(data / "workflows.db"), online
         op = Identity.generate()
         ops.grant(op.did, Role.OPERATOR, "prusa-01")
-        hub = Hub(broker_url, name="restart-test", clock=ScaledClock(SPEED)).connect()  # the market runs SPEED x real time
+        hub = Hub(broker.admit("restart-test", "requester"), name="restart-test", clock=ScaledClock(SPEED)).connect()  # the market runs SPEED x real time
         hubs.append(hub)
-        console = Console(hub, op, "prusa-01")
+        operator_hub = Hub(broker.admit("restart-operator", "operator"), name="restart-operator", clock=ScaledClock(SPEED)).connect()
+        hubs.append(operator_hub)
+        console = Console(operator_hub, op, "prusa-01")
         bids: list[Bid] = []
         events: list[JobEvent] = []
         hub.subscribe(topics.bids("j-restart"), lambda t, e: bids.append(e.body))  # type: ignore[arg-type]
@@ -92,7 +96,7 @@ def test_killed_with_a_pending_handoff_restarts_it_pending_and_resumes_without_d
         assert status is not None and not status.ended, status
         assert not outcomes  # the requester keeps the contract: a person is to look at it
 
-        proc = _agent(broker_url, ledger_url, data, fault=False)
+        proc = _agent(machine_url, ledger_url, data, fault=False)
         _online(proc)
         took = console.send("takeover", handoff_id=raised.handoff_id)
         assert took.ok, took.result  # the restarted node knows its pending handoff

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -14,7 +15,7 @@ from conftest import broker_kind
 from core.errors import BrokerUnavailable, EnvelopeRejected, InputError, InvalidBrokerUrl
 from core.net import free_port
 from hub import topics
-from hub.broker import MAX_PACKET_BYTES, start_broker
+from hub.broker import MAX_PACKET_BYTES, BrokerHome, RunningBroker, start_broker
 from hub.envelope import MAX_ENVELOPE_BYTES, Envelope, ReplayGuard, now_ms, open_envelope, seal
 from hub.messages import Bid, Presence
 from hub.transport import Hub, parse_broker_url
@@ -124,10 +125,17 @@ def _settle(hub: Hub, total: int, timeout: float = 5.0) -> None:
         time.sleep(0.01)
 
 
-def test_receiver_drops_and_counts_forged_replayed_stale_and_unsigned(broker_url: str) -> None:
+def _pair(broker: RunningBroker) -> tuple[Hub, Hub]:
+    """A requester that reads bids and a machine that sends them, each as its own broker user."""
+    return (Hub(broker.admit("hub-receiver", "requester"), name="receiver"),
+            Hub(broker.admit("hub-sender", "machine"), name="sender"))
+
+
+def test_receiver_drops_and_counts_forged_replayed_stale_and_unsigned(broker: RunningBroker) -> None:
     inbox = Inbox()
     topic = topics.bids("j1")
-    with Hub(broker_url, name="receiver") as rx, Hub(broker_url, name="sender") as tx:
+    receiver, sender = _pair(broker)
+    with receiver as rx, sender as tx:
         rx.subscribe(topic, inbox)
         time.sleep(0.2)
         good = seal(BID, ALICE)
@@ -144,14 +152,15 @@ def test_receiver_drops_and_counts_forged_replayed_stale_and_unsigned(broker_url
         assert rx.stats["accepted"] == 1
 
 
-def test_an_envelope_over_the_size_limit_is_dropped_unread_and_counted(broker_url: str) -> None:
+def test_an_envelope_over_the_size_limit_is_dropped_unread_and_counted(broker: RunningBroker) -> None:
     """Over the protocol's limit but under the broker's packet cap: the receiver drops it before
     parsing it, counts it, and the honest message after it arrives."""
     inbox = Inbox()
     topic = topics.bids("j1")
     padded = _tamper(seal(BID, ALICE), body__reason="x" * MAX_ENVELOPE_BYTES)  # well-formed JSON, too big
     assert MAX_ENVELOPE_BYTES < len(padded) < MAX_PACKET_BYTES - 100
-    with Hub(broker_url, name="receiver") as rx, Hub(broker_url, name="sender") as tx:
+    receiver, sender = _pair(broker)
+    with receiver as rx, sender as tx:
         rx.subscribe(topic, inbox)
         time.sleep(0.2)
         tx.publish(topic, padded)
@@ -163,7 +172,7 @@ def test_an_envelope_over_the_size_limit_is_dropped_unread_and_counted(broker_ur
         seal(BID.model_copy(update={"reason": "x" * MAX_ENVELOPE_BYTES}), ALICE)
 
 
-def test_the_broker_cuts_off_a_client_that_sends_a_5_mb_packet(broker_url: str) -> None:
+def test_the_broker_cuts_off_a_client_that_sends_a_5_mb_packet(broker: RunningBroker) -> None:
     """A signed 5 MB call never reaches anyone: mosquitto disconnects its sender at the packet
     cap, and the honest traffic on the same broker carries on."""
     if broker_kind() != "mosquitto":
@@ -171,11 +180,13 @@ def test_the_broker_cuts_off_a_client_that_sends_a_5_mb_packet(broker_url: str) 
     inbox = Inbox()
     topic = topics.bids("j1")
     huge = _tamper(seal(BID, ALICE), body__reason="x" * 5_000_000)
-    address = parse_broker_url(broker_url)
+    address = parse_broker_url(broker.admit("flooder", "machine"))  # a machine the broker knows, sending a bid too big
     gone = threading.Event()
     flooder = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="flooder")
+    flooder.username_pw_set(address.username, address.password)
     flooder.on_disconnect = lambda *_: gone.set()
-    with Hub(broker_url, name="receiver") as rx, Hub(broker_url, name="sender") as tx:
+    receiver, sender = _pair(broker)
+    with receiver as rx, sender as tx:
         rx.subscribe(topic, inbox)
         time.sleep(0.2)
         flooder.connect(address.host, address.port)
@@ -191,13 +202,13 @@ def test_the_broker_cuts_off_a_client_that_sends_a_5_mb_packet(broker_url: str) 
         assert [env.body for _, env in inbox.got] == [BID] and rx.stats["received"] == 1
 
 
-def test_retained_presence_is_delivered_to_late_subscribers_but_only_once(broker_url: str) -> None:
+def test_retained_presence_is_delivered_to_late_subscribers_but_only_once(broker: RunningBroker) -> None:
     body = Presence(machine_id="m-retained", state="online", session="s1", kind="drone", region="north", territory=("north",))
-    with Hub(broker_url, name="tx") as tx:
+    with Hub(broker.admit("m-retained", "machine"), name="tx") as tx:
         tx.publish(topics.presence("m-retained"), seal(body, ALICE), retain=True)
         time.sleep(0.1)
     inbox = Inbox()
-    with Hub(broker_url, name="late") as rx:
+    with Hub(broker.admit("late", "requester"), name="late") as rx:
         rx.subscribe(topics.ALL_PRESENCE, inbox)
         deadline = time.monotonic() + 5  # other tests' machines left their presence retained too
         while not any(env.body == body for _, env in inbox.got) and time.monotonic() < deadline:
@@ -211,18 +222,19 @@ def test_retained_presence_is_delivered_to_late_subscribers_but_only_once(broker
         assert rx.dropped().get("duplicate", 0) >= 1
 
 
-def test_hub_reconnects_and_resubscribes_after_the_broker_restarts() -> None:
+def test_hub_reconnects_and_resubscribes_after_the_broker_restarts(tmp_path: Path) -> None:
     port = free_port()
     inbox = Inbox()
-    with start_broker(port=port) as first:
-        rx = Hub(first.url, name="survivor").connect()
+    home = BrokerHome(tmp_path / "broker")  # the same users and ACL after the restart
+    with start_broker(port=port, home=home) as first:
+        rx = Hub(first.admit("survivor", "requester"), name="survivor").connect()
         rx.subscribe(topics.bids("after-restart"), inbox)
         time.sleep(0.1)
     assert not rx.wait_connected(0.2) or not rx.connected
-    with start_broker(port=port) as second:
+    with start_broker(port=port, home=home) as second:
         assert rx.wait_connected(15), "the hub did not reconnect to the restarted broker"
         time.sleep(0.3)  # the resubscription reaches the broker
-        with Hub(second.url, name="tx") as tx:
+        with Hub(second.admit("restart-tx", "machine"), name="tx") as tx:
             tx.publish(topics.bids("after-restart"), seal(BID, ALICE))
             assert inbox.wait_for(1)
         assert rx.stats["connects"] == 2 and rx.stats["disconnects"] >= 1

@@ -6,8 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import on_broker
 
 from core.money import MICROS_PER_UNIT
+from hub.broker import RunningBroker
 from ledger import Governance, Ledger, machine_wallet, maintenance_budget, reserve
 from ledger.charter import Charter
 from machines import load_profiles
@@ -29,7 +31,7 @@ def _printer(machine_id: str, region: str) -> object:
 
 
 @pytest.fixture(scope="module")
-def life(broker_url: str, tmp_path_factory: pytest.TempPathFactory) -> MarketReport:
+def life(broker: RunningBroker, tmp_path_factory: pytest.TempPathFactory) -> MarketReport:
     rich, lost = _printer("prusa-rich", "north"), _printer("prusa-lost", "south")
     laser = PROFILES["glowforge-01"]
     doomed = laser.model_copy(update={"id": "laser-doomed", "region": "south",
@@ -37,7 +39,7 @@ def life(broker_url: str, tmp_path_factory: pytest.TempPathFactory) -> MarketRep
     # print work in the north only (enough for four printers), none in the south, no laser work anywhere
     north = [rich] + [_printer(f"prusa-x{i}", "north") for i in range(3)]
     demand = generate_jobs(north, DEFAULT_REGIONS, 14, seed=5, model=DemandModel(load=1.0, hourly=FLAT), prefix="life-")
-    config = MarketConfig(seed=5, hours=14, machines=3, broker=broker_url, data_dir=tmp_path_factory.mktemp("life"),
+    config = MarketConfig(seed=5, hours=14, machines=3, **on_broker(broker), data_dir=tmp_path_factory.mktemp("life"),
                           memory="off",
                           life_config=LifeConfig(tick_h=0.5, charter=Charter(window_h=1, review_h=6, grace_days=0.25),
                                                  yes_bps=10_000))
@@ -112,8 +114,8 @@ def test_a_machine_hires_its_maintenance_out_and_pays_from_the_budget(life: Mark
         ledger.close()
 
 
-def test_a_machine_without_the_life_cycle_keeps_paying_everything_out(broker_url: str, tmp_path: Path) -> None:
-    config = MarketConfig(seed=3, hours=2, machines=2, broker=broker_url, data_dir=tmp_path, memory="off", life=False)
+def test_a_machine_without_the_life_cycle_keeps_paying_everything_out(broker: RunningBroker, tmp_path: Path) -> None:
+    config = MarketConfig(seed=3, hours=2, machines=2, **on_broker(broker), data_dir=tmp_path, memory="off", life=False)
     report = simulate(config)
     assert report.life is None and all(m.status == "active" for m in report.machines)
     ledger = Ledger(report.ledger_url)

@@ -10,7 +10,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import broker_args, on_broker
 
+from hub.broker import RunningBroker
 from ledger import Ledger, settlement, split_pro_rata
 from market.city import simulate
 from market.config import MarketConfig
@@ -25,12 +27,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def day(broker_url: str, tmp_path_factory: pytest.TempPathFactory) -> MarketReport:
+def day(broker: RunningBroker, tmp_path_factory: pytest.TempPathFactory) -> MarketReport:
     # seed 1, 24 h, 12 machines at full load: 514 jobs; 3% of job/machine pairs fail half-way, forcing takeovers
     # the life cycle and memory are off: this day checks the market's money alone (test_lifecycle checks a
     # life, test_memory_market what memory does to prices). The demo's own windows, on the virtual clock: the
     # day is the market's, whatever the CPU does meanwhile.
-    config = MarketConfig(seed=1, hours=24, machines=12, load=1.0, broker=broker_url, fail_rate=0.03,
+    config = MarketConfig(seed=1, hours=24, machines=12, load=1.0, **on_broker(broker), fail_rate=0.03,
                           data_dir=tmp_path_factory.mktemp("city"), life=False, memory="off")
     return simulate(config)
 
@@ -149,9 +151,9 @@ def test_optimum_bounds_the_baseline_on_the_same_stream() -> None:
     assert set(fcfs.assignment) <= {r.job.id for r in jobs}
 
 
-def test_tamc_demo_prints_a_machine_readable_summary_last(tmp_path: Path, broker_url: str) -> None:
+def test_tamc_demo_prints_a_machine_readable_summary_last(tmp_path: Path, broker: RunningBroker) -> None:
     run = subprocess.run(
-        [sys.executable, "-m", "tamc", "demo", "--hours", "3", "--seed", "2", "--broker", broker_url,
+        [sys.executable, "-m", "tamc", "demo", "--hours", "3", "--seed", "2", *broker_args(broker),
          "--data-dir", str(tmp_path), "--json"],
         capture_output=True, text=True, timeout=120, cwd=ROOT,
     )

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from city import SmallMarket, job, printer
+from conftest import on_broker
 from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart, ToolReturnPart, UserPromptPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
@@ -18,6 +19,7 @@ from agents.chat import ChatHistory, MachineChat
 from agents.llm import ModelConfig
 from agents.machine_agent import MachineAgent
 from agents.node import MachineNode
+from hub.broker import RunningBroker
 from ledger.governance import Governance
 from machines.profile import MachineProfile
 from memory import MachineMemory, MemoryItem, MemoryStore
@@ -217,14 +219,14 @@ def test_a_store_that_breaks_mid_run_costs_no_bid(city: SmallMarket, memory_stor
     assert node.stats.memory_errors >= 2 and memory.write_errors >= 1
 
 
-def test_a_market_with_an_unusable_memory_says_so_and_trades_on(broker_url: str, tmp_path: Path) -> None:
+def test_a_market_with_an_unusable_memory_says_so_and_trades_on(broker: RunningBroker, tmp_path: Path) -> None:
     from market.city import simulate as run_city
     from market.config import MarketConfig
     from market.report import describe
 
     (tmp_path / "memory").mkdir()
     (tmp_path / "memory" / "chroma.sqlite3").write_bytes(b"garbage" * 200)  # a damaged store
-    report = run_city(MarketConfig(seed=2, hours=2, machines=4, broker=broker_url, data_dir=tmp_path, memory="embedded"))
+    report = run_city(MarketConfig(seed=2, hours=2, machines=4, data_dir=tmp_path, memory="embedded", **on_broker(broker)))
     assert report.memory is not None and report.memory.unavailable is not None
     assert "memory" in report.memory.unavailable and "bids on without memory" in report.memory.unavailable
     assert report.paid > 0 and report.memory.priced == 0

@@ -40,7 +40,7 @@ def busy_with(city: SmallMarket, machine_id: str, job_id: str) -> None:
 def watch(city: SmallMarket, job_id: str) -> list[Envelope]:
     """Every envelope on the job's award, offers and events topics, in the order heard."""
     heard: list[Envelope] = []
-    hub = city.hub(f"watch-{job_id}")
+    hub = city.hub(f"watch-{job_id}", role="steward")  # the role that reads offers besides the requester
     for topic in (topics.award(job_id), topics.offers(job_id), topics.events(job_id)):
         hub.subscribe(topic, lambda t, e: heard.append(e))
     city.settle()
@@ -89,13 +89,13 @@ def test_a_started_job_is_kept_when_asked_to_move(city: SmallMarket) -> None:
     busy_with(city, "prusa-a", "j-busy")
     # an offer to take over a job that has started: the requester does not even ask
     offer = Offer(job_id="j-busy", machine_id="prusa-b", holder="prusa-a", eta_h=0.5, cost=1_000_000)
-    tx = city.hub("sender")
+    tx, as_requester = city.hub("sender", role="machine"), city.hub("requester-side")
     tx.send(topics.offers("j-busy"), offer, b.identity)
     city.run(60)
     assert not [e for e in heard if e.type == "release"]
     # asked anyway (a release that crossed the start on the wire), the holder keeps it
     release = Release(job_id="j-busy", machine_id="prusa-a", to_machine="prusa-b", move=1)
-    tx.send(topics.award("j-busy"), release, requester.identity)
+    as_requester.send(topics.award("j-busy"), release, requester.identity)
     city.run(60, stop=lambda: ("prusa-a", "kept") in city.kinds("j-busy"))
     assert ("prusa-a", "kept") in city.kinds("j-busy") and ("prusa-a", "released") not in city.kinds("j-busy")
     [outcome] = city.wait()
@@ -114,9 +114,9 @@ def test_forged_and_replayed_move_messages_change_nothing(city: SmallMarket) -> 
     requester.post(job("j-wait", amount=80, deadline_h=12), reserve=RESERVE, value=VALUE)  # queued on prusa-a behind j-busy
     city.run(600, stop=lambda: ("prusa-a", "funded") in city.kinds("j-wait"))
     assert ("prusa-a", "funded") in city.kinds("j-wait")
-    stranger, tx = Identity.generate(), city.hub("sender")
+    stranger, tx, as_requester = Identity.generate(), city.hub("sender", role="machine"), city.hub("requester-side")
     # a release not signed by the requester; an offer in prusa-b's name not signed by it; a 'released' not by prusa-a
-    tx.send(topics.award("j-wait"), Release(job_id="j-wait", machine_id="prusa-a", to_machine="prusa-b", move=1), stranger)
+    as_requester.send(topics.award("j-wait"), Release(job_id="j-wait", machine_id="prusa-a", to_machine="prusa-b", move=1), stranger)
     tx.send(topics.offers("j-wait"), Offer(job_id="j-wait", machine_id="prusa-b", holder="prusa-a", eta_h=0.1, cost=1), stranger)
     tx.send(topics.events("j-wait"), JobEvent(job_id="j-wait", machine_id="prusa-a", kind="released", move=1), stranger)
     city.run(120)
@@ -127,10 +127,10 @@ def test_forged_and_replayed_move_messages_change_nothing(city: SmallMarket) -> 
     city.run(600, stop=lambda: ("prusa-b", "accepted") in city.kinds("j-wait"))
     [release] = [e for e in heard if e.type == "release" and e.sender == requester.identity.did]
     dropped = a.hub.stats["dropped_duplicate"]
-    tx.publish(topics.award("j-wait"), seal(release.body, requester.identity, ts=release.ts, envelope_id=release.id))
+    as_requester.publish(topics.award("j-wait"), seal(release.body, requester.identity, ts=release.ts, envelope_id=release.id))
     city.run(60)
     assert a.hub.stats["dropped_duplicate"] == dropped + 1
-    tx.send(topics.award("j-wait"), release.body, requester.identity)  # the same release, freshly signed
+    as_requester.send(topics.award("j-wait"), release.body, requester.identity)  # the same release, freshly signed
     tx.send(topics.events("j-wait"), JobEvent(job_id="j-wait", machine_id="prusa-a", kind="released", move=1), a.identity)
     tx.send(topics.offers("j-wait"), Offer(job_id="j-wait", machine_id="prusa-b", holder="prusa-a", eta_h=4.0, cost=1), b.identity)
     outcomes = {o.job_id: o for o in city.wait(2)}

@@ -42,7 +42,7 @@ def octo_node(served: Served, octoprint: OctoPrintServer) -> Iterator[MachineNod
     driver.connect()
     folder = tempfile.mkdtemp()
     with checkpointer(f"sqlite:///{Path(folder) / 'workflows.db'}") as saver:
-        node = MachineNode(profile, identity, Hub(served.city.broker_url, name=profile.id, clock=served.city.clock), ledger=served.city.ledger,
+        node = MachineNode(profile, identity, Hub(served.city.admit(profile.id, "machine"), name=profile.id, clock=served.city.clock), ledger=served.city.ledger,
                            driver=driver, flows=JobFlows(saver), tick_s=0.3).start()
         served.city.nodes.append(node)
         try:

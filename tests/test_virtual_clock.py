@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from city import SPEED, SmallMarket, job, printer, until
+from conftest import on_broker
 from pydantic_ai.messages import ModelMessage, ModelResponse, ToolCallPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
@@ -29,7 +30,7 @@ from agents.machine_agent import MachineAgent
 from core.errors import SimulationStalled
 from core.virtual import VirtualClock
 from hub import topics
-from hub.broker import start_broker
+from hub.broker import RunningBroker, start_broker
 from hub.envelope import Envelope
 from hub.messages import Bid, CallForProposals, Presence
 from hub.transport import Hub
@@ -43,14 +44,14 @@ DAY = dict(seed=11, hours=8.0, machines=6, load=0.9, memory="embedded", life=Tru
 is in it, and which jobs fail is the seed's (not the run's random job-id prefix)."""
 
 
-def day(broker_url: str, folder: Path) -> MarketReport:
-    return simulate(MarketConfig(broker=broker_url, data_dir=folder, **DAY))  # type: ignore[arg-type]
+def day(broker: RunningBroker, folder: Path) -> MarketReport:
+    return simulate(MarketConfig(data_dir=folder, **on_broker(broker), **DAY))  # type: ignore[arg-type]
 
 
 @pytest.mark.slow
-def test_a_seeded_day_replays_to_the_same_digest(broker_url: str, tmp_path: Path) -> None:
-    first = day(broker_url, tmp_path / "first")
-    second = day(broker_url, tmp_path / "second")
+def test_a_seeded_day_replays_to_the_same_digest(broker: RunningBroker, tmp_path: Path) -> None:
+    first = day(broker, tmp_path / "first")
+    second = day(broker, tmp_path / "second")
     assert first.clock == "virtual" and first.deterministic
     assert first.posted > 20 and first.paid > 10, "the day must hold a market to replay"
     assert first.takeovers > 0, "the day must hold failed jobs taken over"
@@ -74,19 +75,19 @@ def busy_cores(n: int = 2) -> Iterator[None]:
 
 
 @pytest.mark.slow
-def test_the_same_day_with_both_cores_busy(broker_url: str, tmp_path: Path) -> None:
-    quiet = day(broker_url, tmp_path / "quiet")
+def test_the_same_day_with_both_cores_busy(broker: RunningBroker, tmp_path: Path) -> None:
+    quiet = day(broker, tmp_path / "quiet")
     with busy_cores():
-        loaded = day(broker_url, tmp_path / "loaded")  # everything takes longer; nothing may come out otherwise
+        loaded = day(broker, tmp_path / "loaded")  # everything takes longer; nothing may come out otherwise
     assert loaded.digest == quiet.digest
 
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # amqtt leaves its sockets to the collector
-def test_the_same_day_on_the_embedded_broker_with_both_cores_busy(broker_url: str, tmp_path: Path) -> None:
-    on_mosquitto = day(broker_url, tmp_path / "mosquitto")
+def test_the_same_day_on_the_embedded_broker_with_both_cores_busy(broker: RunningBroker, tmp_path: Path) -> None:
+    on_mosquitto = day(broker, tmp_path / "mosquitto")
     with busy_cores(), start_broker("embedded") as embedded:
-        on_amqtt = day(embedded.url, tmp_path / "embedded")
+        on_amqtt = day(embedded, tmp_path / "embedded")
     gc.collect()  # what amqtt left to the collector goes now, under this test's filter, not at the end of the run
     assert on_amqtt.digest == on_mosquitto.digest
 
@@ -95,13 +96,13 @@ ALICE = Identity.from_seed(b"a" * 32)
 
 
 @pytest.fixture(params=["session", "embedded"])
-def any_broker(request: pytest.FixtureRequest, broker_url: str) -> Iterator[str]:
+def any_broker(request: pytest.FixtureRequest, broker: RunningBroker) -> Iterator[RunningBroker]:
     """The session's broker (mosquitto in CI) and the embedded one: the rules hold on both."""
     if request.param == "session":
-        yield broker_url
+        yield broker
         return
     with start_broker("embedded") as embedded:
-        yield embedded.url
+        yield embedded
     gc.collect()  # what amqtt leaves to the collector goes under this test
 
 
@@ -112,13 +113,14 @@ def confirmed(clock: VirtualClock) -> None:
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # amqtt leaves its sockets to the collector
-def test_a_subscription_takes_effect_after_its_step_and_a_copy_it_was_not_owed_is_a_stray(any_broker: str) -> None:
+def test_a_subscription_takes_effect_after_its_step_and_a_copy_it_was_not_owed_is_a_stray(any_broker: RunningBroker) -> None:
     clock = VirtualClock(speed=SPEED, watchdog_s=20.0)
-    topic = f"{topics.PREFIX}/test/{uuid.uuid4().hex}/bids"
+    topic = topics.bids(f"j-{uuid.uuid4().hex}")
     first, second = (Bid(job_id="j-step", machine_id=m, price=5_000_000, eta_h=2.0, cost=3_000_000) for m in ("m-1", "m-2"))
     heard: list[object] = []
     try:
-        with Hub(any_broker, name="listener", clock=clock) as listener, Hub(any_broker, name="talker", clock=clock) as talker:
+        with (Hub(any_broker.admit("vc-listener", "requester"), name="listener", clock=clock) as listener,
+              Hub(any_broker.admit("vc-talker", "machine"), name="talker", clock=clock) as talker):
             listener.subscribe(topic, lambda t, env: heard.append(env.body))
             confirmed(clock)  # the broker holds the subscription before the first bid: it sends the listener a copy
             talker.send(topic, first, ALICE)  # in the step the subscription was asked in
@@ -133,14 +135,15 @@ def test_a_subscription_takes_effect_after_its_step_and_a_copy_it_was_not_owed_i
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # amqtt leaves its sockets to the collector
-def test_a_new_subscription_gets_the_retained_state_at_the_end_of_its_step(any_broker: str) -> None:
+def test_a_new_subscription_gets_the_retained_state_at_the_end_of_its_step(any_broker: RunningBroker) -> None:
     clock = VirtualClock(speed=SPEED, watchdog_s=20.0)
     machine = f"m-{uuid.uuid4().hex[:8]}"
     old, new = (Presence(machine_id=machine, state="online", session=s, kind="drone", region="north", territory=t)
                 for s, t in (("s1", ("north",)), ("s2", ("north", "south"))))
     heard: list[object] = []
     try:
-        with Hub(any_broker, name="listener", clock=clock) as listener, Hub(any_broker, name="talker", clock=clock) as talker:
+        with (Hub(any_broker.admit("vc-listener", "requester"), name="listener", clock=clock) as listener,
+              Hub(any_broker.admit(machine, "machine"), name="talker", clock=clock) as talker):
             talker.send(topics.presence(machine), old, ALICE, retain=True)
             clock.settle()
             listener.subscribe(topics.ALL_PRESENCE, lambda t, env: heard.append(env.body))
