@@ -18,6 +18,7 @@ A job always ends in exactly one of three outcomes, announced with a ``closed`` 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -25,12 +26,12 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.clock import Timeline
-from core.errors import LedgerError
+from core.errors import EnvelopeRejected, LedgerError
 from core.mailbox import Mailbox, Timer
 from hub import topics
 from hub.dispatch import Dispatch
 from hub.envelope import Envelope
-from hub.messages import Award, Bid, Body, CallForProposals, JobClosed, JobEvent, Offer, Presence, Release
+from hub.messages import Award, Bid, Body, CallForProposals, JobClosed, JobEvent, Offer, Presence, Release, SealedBid
 from hub.transport import Hub
 from ledger import Identity, Ledger, settlement
 from machines.job import JobSpec
@@ -144,7 +145,7 @@ class Requester:
         self.clock: Timeline = clock or hub.clock
         """What its windows, deadlines and timestamps run on (its hub's clock unless told)."""
         self.mailbox = mailbox or Mailbox(f"requester-{wallet}", clock=self.clock)
-        self._dispatch = (Dispatch().on(Bid, self._on_bid).on(JobEvent, self._on_event).on(Offer, self._on_offer)
+        self._dispatch = (Dispatch().on(SealedBid, self._on_sealed).on(JobEvent, self._on_event).on(Offer, self._on_offer)
                           .on(Presence, self._on_presence))
         self._own_mailbox = mailbox is None
         self.on_outcome = on_outcome
@@ -154,6 +155,8 @@ class Requester:
         self._runs: dict[str, _Run] = {}
         self._online: dict[str, Presence] = {}
         self._registry: dict[str, str] = {}
+        self.dropped: Counter[str] = Counter()
+        """What this requester refused after its hub accepted it, by reason (``unsealable``: a bid not sealed to it)."""
 
     def start(self) -> Requester:
         self.hub.subscribe(topics.ALL_PRESENCE, self._deliver)
@@ -217,6 +220,17 @@ class Requester:
 
     def _eligible(self, job: JobSpec) -> int:
         return sum(1 for m in self._online if self._serves(m, job))
+
+    def _on_sealed(self, env: Envelope, sealed: SealedBid) -> None:
+        if sealed.job_id not in self._runs:
+            return  # another requester's job (its bids share the family, not the key)
+        try:
+            bid = sealed.open(self.identity)
+        except EnvelopeRejected as exc:
+            self.dropped[exc.reason] += 1
+            log.info("job=%s bid from %s dropped: %s", sealed.job_id, sealed.machine_id, exc)
+            return
+        self._on_bid(env, bid)
 
     def _on_bid(self, env: Envelope, bid: Bid) -> None:
         run = self._runs.get(bid.job_id)
@@ -388,7 +402,7 @@ class Requester:
             return
         run.moved += 1
         run.offers.pop(offer.machine_id, None)
-        run.ranked = [Bid(job_id=run.job.id, machine_id=offer.machine_id, price=run.price or 0, eta_h=offer.eta_h, cost=offer.cost,
+        run.ranked = [Bid(job_id=run.job.id, machine_id=offer.machine_id, price=run.price or 0, eta_h=offer.eta_h,
                           reason=offer.reason)] + [b for b in run.ranked if b.machine_id != offer.machine_id]
         self._award_next(run, moved=True)
 

@@ -30,7 +30,7 @@ MAX_ENVELOPE_BYTES = 64 * 1024
 """The protocol's size limit on one envelope, in bytes (the largest a city sends is under 1 KB):
 a larger one is dropped unread (``oversize``), before it is parsed or held, and the broker cuts off a
 client whose packet is larger than this and its topic (``hub.broker``). A sender refuses to seal one."""
-REJECT_REASONS = ("oversize", "malformed", "unsigned", "bad_signature", "unknown_type", "stale", "duplicate")
+REJECT_REASONS = ("oversize", "malformed", "unsigned", "bad_signature", "unknown_type", "stale", "duplicate", "unsealable")
 """Why a receiver drops an envelope; each is counted separately (``Hub.stats``)."""
 
 

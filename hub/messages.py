@@ -7,11 +7,14 @@ milliseconds since the Unix epoch; simulated hours are derived from them with th
 
 from __future__ import annotations
 
+import base64
 from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from core.errors import BadSignature, EnvelopeRejected
 from core.money import Micros
+from ledger.identity import Identity, canonical_json, seal_to
 from machines.driver import Telemetry
 from machines.job import JobSpec
 from machines.profile import Point
@@ -31,6 +34,7 @@ __all__ = [
     "Offer",
     "Presence",
     "Release",
+    "SealedBid",
     "TelemetryReport",
 ]
 
@@ -55,19 +59,55 @@ class CallForProposals(Body):
     """Simulated seconds per real second of the market that posted the job (1 = real time)."""
 
 
-class Bid(Body):
-    TYPE: ClassVar[str] = "bid"
+class Bid(BaseModel):
+    """A machine's price for a job, as the job's requester reads it once it has opened the
+    ``SealedBid`` it came in: on the wire nobody else can read it, and it never says the machine's cost."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
     job_id: str
     machine_id: str
     price: Micros
     eta_h: float = Field(ge=0)
     """Simulated hours from now until the job would be finished."""
-    cost: Micros
-    """The machine's own variable cost of the job (energy, wear, consumables, travel)."""
     path: Literal["rules", "llm", "llm-clamped", "rules-fallback", "rules-fast-path"] = "rules"
     """Which path made the decision (see ``pricing.guard.DecisionPath``): the rule engine alone, or
     the model checked by the rules."""
-    reason: str = ""
+    reason: str = Field(default="", max_length=500)
+
+
+SEALED_MAX = 4096
+"""The longest ``SealedBid.sealed`` (base64url): a bid's terms with a 500-character reason fit in a third of it."""
+
+
+class SealedBid(Body):
+    """A bid on the wire: its terms (``Bid``) sealed to the did of the requester that posted the
+    call (``ledger.identity.seal_to``), so only that requester reads the price; the envelope's
+    signature covers the ciphertext, and the terms name the job and machine again, so a sealed bid
+    copied into another machine's envelope does not open as that machine's."""
+
+    TYPE: ClassVar[str] = "bid"
+    job_id: str
+    machine_id: str
+    sealed: str = Field(min_length=1, max_length=SEALED_MAX)
+
+    @classmethod
+    def of(cls, bid: Bid, requester: str) -> SealedBid:
+        """Seal ``bid`` to the requester's did."""
+        box = seal_to(requester, canonical_json(bid.model_dump(mode="json")))
+        return cls(job_id=bid.job_id, machine_id=bid.machine_id, sealed=base64.urlsafe_b64encode(box).rstrip(b"=").decode())
+
+    def open(self, identity: Identity) -> Bid:
+        """The terms, if this bid was sealed to ``identity`` for this job by this machine; else
+        ``EnvelopeRejected("unsealable")``."""
+        try:
+            plain = identity.unseal(base64.urlsafe_b64decode(self.sealed + "=" * (-len(self.sealed) % 4)))
+            bid = Bid.model_validate_json(plain)
+        except (BadSignature, ValueError) as exc:
+            raise EnvelopeRejected("unsealable", f"bid of {self.machine_id} on {self.job_id}: {exc}") from None
+        if (bid.job_id, bid.machine_id) != (self.job_id, self.machine_id):
+            raise EnvelopeRejected("unsealable", f"the sealed terms name {bid.machine_id} on {bid.job_id}, "
+                                                 f"not {self.machine_id} on {self.job_id}")
+        return bid
 
 
 class Award(Body):
@@ -96,7 +136,6 @@ class Offer(Body):
     holder: str
     """The machine the offerer saw awarded the job (the offer is void once someone else holds it)."""
     eta_h: float = Field(ge=0)
-    cost: Micros
     reason: str = Field(default="", max_length=500)
 
 
@@ -243,6 +282,6 @@ class TelemetryReport(Body):
 
 
 BODY_TYPES: dict[str, type[Body]] = {
-    t.TYPE: t for t in (CallForProposals, Bid, Award, Offer, Release, JobClosed, JobEvent, Presence, TelemetryReport, GovernanceNotice,
+    t.TYPE: t for t in (CallForProposals, SealedBid, Award, Offer, Release, JobClosed, JobEvent, Presence, TelemetryReport, GovernanceNotice,
                         Handoff, ControlCommand, ControlResult)
 }

@@ -14,6 +14,7 @@ import json
 from typing import Any
 
 from nacl.exceptions import BadSignatureError, CryptoError
+from nacl.public import PublicKey, SealedBox
 from nacl.signing import SigningKey, VerifyKey
 
 from core.errors import BadSignature, InvalidDid
@@ -23,6 +24,7 @@ __all__ = [
     "canonical_json",
     "did_from_public_key",
     "public_key_from_did",
+    "seal_to",
     "sign_document",
     "verify_document",
 ]
@@ -83,6 +85,18 @@ def _public_key(did: str) -> VerifyKey:
         raise InvalidDid(f"{did!r}: {exc}") from None
 
 
+def seal_to(did: str, message: bytes) -> bytes:
+    """Encrypt ``message`` so that only the holder of ``did``'s key can read it: a libsodium sealed
+    box (an ephemeral X25519 key, XSalsa20-Poly1305) to the Curve25519 form of the did's Ed25519
+    key, so a did:key needs no second key published beside it."""
+    return SealedBox(_box_key(did)).encrypt(message)
+
+
+@functools.lru_cache(maxsize=1024)
+def _box_key(did: str) -> PublicKey:
+    return public_key_from_did(did).to_curve25519_public_key()
+
+
 def canonical_json(obj: Any) -> bytes:
     """The bytes that get signed: sorted keys, no spaces, UTF-8, no NaN or infinity."""
     return json.dumps(
@@ -123,6 +137,14 @@ class Identity:
 
     def sign(self, message: bytes) -> bytes:
         return self._key.sign(message).signature
+
+    def unseal(self, sealed: bytes) -> bytes:
+        """Open what ``seal_to(self.did, …)`` sealed (an X25519 sealed box on the key's Curve25519
+        form), or raise ``BadSignature`` if it was not sealed to this identity or was altered."""
+        try:
+            return SealedBox(self._key.to_curve25519_private_key()).decrypt(sealed)
+        except (CryptoError, ValueError, TypeError) as exc:
+            raise BadSignature(f"not sealed to {self.did}, or altered: {exc}") from None
 
     def __repr__(self) -> str:
         return f"Identity({self.did})"

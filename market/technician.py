@@ -20,7 +20,7 @@ from core.money import Money
 from hub import topics
 from hub.dispatch import Dispatch
 from hub.envelope import Envelope
-from hub.messages import Award, Bid, Body, CallForProposals, JobClosed, JobEvent
+from hub.messages import Award, Bid, Body, CallForProposals, JobClosed, JobEvent, SealedBid
 from hub.transport import Hub
 from ledger import Identity, Ledger, machine_wallet
 from machines.job import MAINTENANCE, JobSpec
@@ -88,8 +88,9 @@ class Technician:
         price, hours = quote
         self._bids[cfp.job.id] = (env.sender, price, hours)
         self.hub.subscribe(topics.award(cfp.job.id), self._deliver)
-        self._publish(topics.bids(cfp.job.id), Bid(job_id=cfp.job.id, machine_id=self.id, price=price, eta_h=hours, cost=0,
-                                                   reason=f"technician: {hours:.1f} h labour and parts for {cfp.job.amount:g}% wear"))
+        bid = Bid(job_id=cfp.job.id, machine_id=self.id, price=price, eta_h=hours,
+                  reason=f"technician: {hours:.1f} h labour and parts for {cfp.job.amount:g}% wear")
+        self._publish(topics.bids(cfp.job.id), SealedBid.of(bid, env.sender))  # for the hiring machine's eyes only
 
     def _on_award(self, env: Envelope, award: Award) -> None:
         if award.machine_id != self.id:

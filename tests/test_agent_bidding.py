@@ -50,13 +50,14 @@ def offer(city: SmallMarket, job_id: str, *, window_ms: int = WINDOW_MS, region:
     """Publish a CFP for a described (so never routine) print job; collect bids with their arrival times."""
     bids: list[tuple[float, Bid]] = []
     rx = city.hub(f"observer-{job_id}")
-    rx.subscribe(topics.bids(job_id), lambda t, e: bids.append((city.ms(), e.body)))  # type: ignore[arg-type]
+    requester = Identity.generate()
+    rx.subscribe(topics.bids(job_id), lambda t, e: bids.append((city.ms(), e.body.open(requester))))  # type: ignore[union-attr]
     time.sleep(0.15)
     spec = job(job_id, description=DESCRIBED, **changes)
     now = city.ms()  # market ms: the windows are real ms at the market's pace
     cfp = CallForProposals(job=spec, reserve=RESERVE, bid_deadline=now + round(window_ms * SPEED), deadline_at=now + 8_000 * round(SPEED),
                            speed=SPEED)
-    rx.send(topics.cfp(region, "printer_3d"), cfp, Identity.generate())
+    rx.send(topics.cfp(region, "printer_3d"), cfp, requester)
     return cfp, bids
 
 
@@ -151,9 +152,10 @@ def test_routine_jobs_skip_the_model(city: SmallMarket, standin: StandIn) -> Non
     now = city.ms()
     cfp = CallForProposals(job=job("plain-1"), reserve=RESERVE, bid_deadline=now + round(WINDOW_MS * SPEED),
                            deadline_at=now + 8_000 * round(SPEED), speed=SPEED)
-    rx.send(topics.cfp("north", "printer_3d"), cfp, Identity.generate())
+    requester = Identity.generate()
+    rx.send(topics.cfp("north", "printer_3d"), cfp, requester)
     deadline = time.monotonic() + 2
     while not bids and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert [b.body.path for b in bids] == ["rules-fast-path"]  # type: ignore[attr-defined]
+    assert [b.body.open(requester).path for b in bids] == ["rules-fast-path"]  # type: ignore[attr-defined]
     assert standin.requests == [] and node.stats.model_calls == 0

@@ -6,12 +6,14 @@ from __future__ import annotations
 import threading
 from datetime import datetime
 
+import pytest
 from city import BUDGET, SmallMarket, job, printer
 
 from core.clock import Clock
+from core.errors import EnvelopeRejected
 from hub import topics
 from hub.envelope import Envelope
-from hub.messages import Bid, CallForProposals, JobEvent, Presence
+from hub.messages import Bid, CallForProposals, JobEvent, Presence, SealedBid
 from ledger import Identity, settlement, split_pro_rata
 from machines.driver import SimDriver
 
@@ -40,10 +42,40 @@ def test_bid_round_trip_signed_by_the_machine(city: SmallMarket) -> None:
     assert len(bids) == 1
     bid = bids[0]
     assert bid.sender == node.identity.did
-    assert isinstance(bid.body, Bid) and bid.body.machine_id == "prusa-a"
+    assert isinstance(bid.body, SealedBid) and bid.body.machine_id == "prusa-a"
+    terms = bid.body.open(tx_id)  # sealed to the did that posted the call
     expected = node.decide(cfp.job.model_copy(update={"deadline_h": (cfp.deadline_at - bid.ts) / 3_600_000}), cfp.deadline_at)
-    assert bid.body.price == expected.price
-    assert bid.body.cost == expected.cost.variable  # type: ignore[union-attr]
+    assert terms.price == expected.price and terms.machine_id == "prusa-a"
+
+
+def test_a_bid_is_sealed_to_the_requester_alone_and_names_no_cost(city: SmallMarket) -> None:
+    """A competitor (another requester, here: the broker's ACL lets only requesters read bids) gets
+    the bid's bytes and can open nothing: no price, no cost; a sealed bid copied into another
+    machine's envelope does not open as that machine's; the requester that posted the call awards
+    from the sealed bids as before."""
+    node = city.machine(printer("prusa-a", 2000))
+    wire: list[bytes] = []
+    heard: list[Envelope] = []
+    competitor = city.hub("competitor")
+    competitor.subscribe(topics.bids("j-sealed"), lambda t, e: heard.append(e))
+    raw = city.hub("raw-wire")  # what the broker delivers, byte for byte
+    raw._client.on_message = lambda c, u, msg: wire.append(bytes(msg.payload))
+    raw._client.subscribe(topics.bids("j-sealed"), qos=1)
+    requester = city.open_requester()
+    requester.post(job("j-sealed"), reserve=50_000_000, value=60_000_000)
+    [outcome] = city.wait()
+    assert outcome.outcome == "paid" and outcome.machine_id == "prusa-a" and outcome.bids == 1
+    [env] = heard
+    assert isinstance(env.body, SealedBid) and set(env.body.model_dump()) == {"job_id", "machine_id", "sealed"}
+    price = str(outcome.price)
+    assert wire and all(price.encode() not in payload and b"cost" not in payload for payload in wire)
+    with pytest.raises(EnvelopeRejected, match="not sealed to"):
+        env.body.open(Identity.generate())  # anyone but the requester: ciphertext only
+    assert env.body.open(requester.identity).price == outcome.price
+    stolen = env.body.model_copy(update={"machine_id": "prusa-b"})  # a competitor re-signs prusa-a's sealed price as its own
+    with pytest.raises(EnvelopeRejected, match="name prusa-a"):
+        stolen.open(requester.identity)
+    assert node.stats.bids == 1
 
 
 def test_job_is_done_paid_and_split_to_the_micro_unit(city: SmallMarket) -> None:
@@ -80,7 +112,8 @@ def test_silent_winner_is_passed_over_for_the_runner_up(city: SmallMarket) -> No
     def lowball(topic: str, env: Envelope) -> None:
         cfp = env.body
         assert isinstance(cfp, CallForProposals)
-        ghost_hub.send(topics.bids(cfp.job.id), Bid(job_id=cfp.job.id, machine_id="ghost", price=1_000_000, eta_h=1, cost=1), ghost)
+        bid = Bid(job_id=cfp.job.id, machine_id="ghost", price=1_000_000, eta_h=1)
+        ghost_hub.send(topics.bids(cfp.job.id), SealedBid.of(bid, env.sender), ghost)
 
     ghost_hub.subscribe(topics.cfp("north", "printer_3d"), lowball)
     ghost_presence = Presence(machine_id="ghost", state="online", session="g", kind="printer_3d", region="north", territory=("north",))

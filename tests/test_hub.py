@@ -17,13 +17,13 @@ from core.net import free_port
 from hub import topics
 from hub.broker import MAX_PACKET_BYTES, BrokerHome, RunningBroker, start_broker
 from hub.envelope import MAX_ENVELOPE_BYTES, Envelope, ReplayGuard, now_ms, open_envelope, seal
-from hub.messages import Bid, Presence
+from hub.messages import Bid, Presence, SealedBid
 from hub.transport import Hub, parse_broker_url
 from ledger import Identity
 
 ALICE = Identity.from_seed(b"a" * 32)
 MALLORY = Identity.from_seed(b"m" * 32)
-BID = Bid(job_id="j1", machine_id="prusa-01", price=5_000_000, eta_h=2.0, cost=3_000_000)
+BID = SealedBid.of(Bid(job_id="j1", machine_id="prusa-01", price=5_000_000, eta_h=2.0), ALICE.did)
 
 
 def _tamper(payload: bytes, **changes: object) -> bytes:
@@ -169,7 +169,7 @@ def test_an_envelope_over_the_size_limit_is_dropped_unread_and_counted(broker: R
         assert [env.body for _, env in inbox.got] == [BID]
         assert rx.dropped() == {"oversize": 1}
     with pytest.raises(InputError, match="over the protocol's limit"):  # and nobody seals one
-        seal(BID.model_copy(update={"reason": "x" * MAX_ENVELOPE_BYTES}), ALICE)
+        seal(BID.model_copy(update={"sealed": "x" * MAX_ENVELOPE_BYTES}), ALICE)
 
 
 def test_the_broker_cuts_off_a_client_that_sends_a_5_mb_packet(broker: RunningBroker) -> None:

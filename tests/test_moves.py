@@ -88,7 +88,7 @@ def test_a_started_job_is_kept_when_asked_to_move(city: SmallMarket) -> None:
     heard = watch(city, "j-busy")
     busy_with(city, "prusa-a", "j-busy")
     # an offer to take over a job that has started: the requester does not even ask
-    offer = Offer(job_id="j-busy", machine_id="prusa-b", holder="prusa-a", eta_h=0.5, cost=1_000_000)
+    offer = Offer(job_id="j-busy", machine_id="prusa-b", holder="prusa-a", eta_h=0.5)
     tx, as_requester = city.hub("sender", role="machine"), city.hub("requester-side")
     tx.send(topics.offers("j-busy"), offer, b.identity)
     city.run(60)
@@ -117,13 +117,13 @@ def test_forged_and_replayed_move_messages_change_nothing(city: SmallMarket) -> 
     stranger, tx, as_requester = Identity.generate(), city.hub("sender", role="machine"), city.hub("requester-side")
     # a release not signed by the requester; an offer in prusa-b's name not signed by it; a 'released' not by prusa-a
     as_requester.send(topics.award("j-wait"), Release(job_id="j-wait", machine_id="prusa-a", to_machine="prusa-b", move=1), stranger)
-    tx.send(topics.offers("j-wait"), Offer(job_id="j-wait", machine_id="prusa-b", holder="prusa-a", eta_h=0.1, cost=1), stranger)
+    tx.send(topics.offers("j-wait"), Offer(job_id="j-wait", machine_id="prusa-b", holder="prusa-a", eta_h=0.1), stranger)
     tx.send(topics.events("j-wait"), JobEvent(job_id="j-wait", machine_id="prusa-a", kind="released", move=1), stranger)
     city.run(120)
     assert a.stats.released == 0
     assert not [e for e in heard if e.type == "release" and e.sender == requester.identity.did]
     # now a genuine offer, and the genuine release it brings: replayed byte for byte, and re-signed later
-    tx.send(topics.offers("j-wait"), Offer(job_id="j-wait", machine_id="prusa-b", holder="prusa-a", eta_h=4.0, cost=1), b.identity)
+    tx.send(topics.offers("j-wait"), Offer(job_id="j-wait", machine_id="prusa-b", holder="prusa-a", eta_h=4.0), b.identity)
     city.run(600, stop=lambda: ("prusa-b", "accepted") in city.kinds("j-wait"))
     [release] = [e for e in heard if e.type == "release" and e.sender == requester.identity.did]
     dropped = a.hub.stats["dropped_duplicate"]
@@ -132,7 +132,7 @@ def test_forged_and_replayed_move_messages_change_nothing(city: SmallMarket) -> 
     assert a.hub.stats["dropped_duplicate"] == dropped + 1
     as_requester.send(topics.award("j-wait"), release.body, requester.identity)  # the same release, freshly signed
     tx.send(topics.events("j-wait"), JobEvent(job_id="j-wait", machine_id="prusa-a", kind="released", move=1), a.identity)
-    tx.send(topics.offers("j-wait"), Offer(job_id="j-wait", machine_id="prusa-b", holder="prusa-a", eta_h=4.0, cost=1), b.identity)
+    tx.send(topics.offers("j-wait"), Offer(job_id="j-wait", machine_id="prusa-b", holder="prusa-a", eta_h=4.0), b.identity)
     outcomes = {o.job_id: o for o in city.wait(2)}
     assert outcomes["j-wait"].outcome == "paid" and outcomes["j-wait"].machine_id == "prusa-b" and outcomes["j-wait"].moves == 1
     assert requester.awards_sent["j-wait"] == ["prusa-a", "prusa-b"]  # the repeats moved nothing

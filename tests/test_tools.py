@@ -20,7 +20,7 @@ from agents.node import MachineNode
 from core.money import format_units
 from hub import topics
 from hub.envelope import Envelope
-from hub.messages import CallForProposals
+from hub.messages import Bid, CallForProposals
 from ledger import Identity, Ledger, settlement
 from ledger.governance import Governance
 from memory import MemoryStore
@@ -44,16 +44,18 @@ class Market:
         self.wallet = settlement.machine_wallet(self.node.id)
         self.ledger.mint(self.wallet, WALLET, key="fund-tools")
         self.ledger.open_account(MALLORY)
-        self.bids: list[Envelope] = []
+        self.bids: list[Bid] = []
+        """The bids heard, opened with the key of the requester that posted the calls."""
+        self.requester = Identity.generate()
         self.rx = city.hub("tools-observer")
-        self.rx.subscribe(f"{topics.PREFIX}/jobs/+/bids", lambda t, e: self.bids.append(e))
+        self.rx.subscribe(f"{topics.PREFIX}/jobs/+/bids", lambda t, e: self.bids.append(e.body.open(self.requester)))  # type: ignore[union-attr]
         city.settle()
 
     def offer(self, job_id: str, *, topic_region: str = "north", window_s: float = 3600.0, **changes: Any) -> CallForProposals:
         now = self.city.ms()  # the calls stay open while the market's clock stands: the tests answer them by hand
         cfp = CallForProposals(job=job(job_id, **changes), reserve=RESERVE, bid_deadline=now + round(window_s * 1000),
                                deadline_at=now + 8 * 3_600_000, speed=self.city.clock.speed)
-        self.rx.send(topics.cfp(topic_region, "printer_3d"), cfp, Identity.generate())
+        self.rx.send(topics.cfp(topic_region, "printer_3d"), cfp, self.requester)
         self.city.settle()
         assert self.node.open_call(job_id) is not None
         return cfp
@@ -140,7 +142,7 @@ def test_function_model_calls_every_tool(market: Market) -> None:
     assert use.calls == len(calls) + 1
     # the bid went out on the broker, once, at the asked price; the declined call got none
     market.city.settle()
-    published = {e.body.job_id: e.body for e in market.bids}  # type: ignore[attr-defined]
+    published = {b.job_id: b for b in market.bids}
     assert set(published) == {"t-1"} and published["t-1"].price == least + 1_000_000 and published["t-1"].path == "llm"
     # vote_tally, on the proposal just opened
     tally = chat(market, script(("vote_tally", {"proposal_id": got["propose"]["id"]})))[1]["vote_tally"]
@@ -195,7 +197,7 @@ def test_bids_out_of_policy_are_refused_and_nothing_is_sent(market: Market) -> N
     _, got, _ = chat(market, script(("place_bid", {"job_id": "p-1", "price": format_units(least), "rationale": "at cost"})))
     assert got["place_bid"]["placed"] is True
     market.city.settle()
-    assert [e.body.price for e in market.bids] == [least]  # type: ignore[attr-defined]
+    assert [b.price for b in market.bids] == [least]
 
 
 def test_expenses_above_the_limit_need_a_vote_and_move_nothing(market: Market) -> None:
@@ -268,10 +270,11 @@ def test_injected_instructions_change_nothing_the_rules_would_not_allow(market: 
     now = city.ms()
     cfp = CallForProposals(job=job("inj-1", description=injection), reserve=RESERVE, bid_deadline=now + 3_600_000,
                            deadline_at=now + 8 * 3_600_000, speed=city.clock.speed)
-    rx.send(topics.cfp("north", "printer_3d"), cfp, Identity.generate())
+    requester = Identity.generate()
+    rx.send(topics.cfp("north", "printer_3d"), cfp, requester)
     city.run(3600, stop=lambda: bool(bids))
     assert len(bids) == 1
-    bid = bids[0].body
+    bid = bids[0].body.open(requester)  # type: ignore[attr-defined]
     rules = bidder.decide(job("inj-1"), cfp.deadline_at)
     assert rules.cost is not None
     assert bid.path == "llm-clamped" and bid.price >= max(rules.cost.total, bidder.profile.policy.price_floor)  # type: ignore[attr-defined]

@@ -32,7 +32,7 @@ from core.virtual import VirtualClock
 from hub import topics
 from hub.broker import RunningBroker, start_broker
 from hub.envelope import Envelope
-from hub.messages import Bid, CallForProposals, Presence
+from hub.messages import Bid, CallForProposals, Presence, SealedBid
 from hub.transport import Hub
 from ledger import Identity
 from market.city import simulate
@@ -60,6 +60,19 @@ def test_a_seeded_day_replays_to_the_same_digest(broker: RunningBroker, tmp_path
     assert [(m.machine_id, m.jobs, m.revenue, m.costs) for m in first.machines] == \
         [(m.machine_id, m.jobs, m.revenue, m.costs) for m in second.machines]
     assert first.run_id != second.run_id  # two cities, one outcome
+
+
+DAY_DIGEST = "72cf9ed9c63ddaa3"
+"""``DAY``'s digest as main decided it before the broker had logins and before bids were sealed
+(commit f9015a8; the same after both). Who may read a bid changes nothing anyone decides: a change
+that moves this figure changed the market, and says so in its commit."""
+
+
+@pytest.mark.slow
+def test_sealed_bids_and_broker_logins_leave_the_seeded_day_unchanged(broker: RunningBroker, tmp_path: Path) -> None:
+    report = day(broker, tmp_path / "sealed")
+    assert report.posted == 30 and report.paid == 28
+    assert report.digest == DAY_DIGEST
 
 
 @contextmanager
@@ -116,7 +129,7 @@ def confirmed(clock: VirtualClock) -> None:
 def test_a_subscription_takes_effect_after_its_step_and_a_copy_it_was_not_owed_is_a_stray(any_broker: RunningBroker) -> None:
     clock = VirtualClock(speed=SPEED, watchdog_s=20.0)
     topic = topics.bids(f"j-{uuid.uuid4().hex}")
-    first, second = (Bid(job_id="j-step", machine_id=m, price=5_000_000, eta_h=2.0, cost=3_000_000) for m in ("m-1", "m-2"))
+    first, second = (SealedBid.of(Bid(job_id="j-step", machine_id=m, price=5_000_000, eta_h=2.0), ALICE.did) for m in ("m-1", "m-2"))
     heard: list[object] = []
     try:
         with (Hub(any_broker.admit("vc-listener", "requester"), name="listener", clock=clock) as listener,
@@ -213,15 +226,18 @@ def test_a_model_slower_than_the_window_loses_to_the_rules_in_market_time(city: 
     posted = city.ms()
     cfp = CallForProposals(job=job("j-think", description="a described job: the model is asked"), reserve=80_000_000,
                            bid_deadline=posted + round(window_s * 1000), deadline_at=posted + 8 * 3_600_000, speed=city.clock.speed)
-    rx.send(topics.cfp("north", "printer_3d"), cfp, Identity.generate())
+    requester = Identity.generate()
+    rx.send(topics.cfp("north", "printer_3d"), cfp, requester)
     city.run(window_s * 2)  # the whole window and past it: the model's late answer lands too
     assert len(bids) == 1
     bid = bids[0]
-    assert isinstance(bid.body, Bid) and bid.body.path == path
+    assert isinstance(bid.body, SealedBid)
+    terms = bid.body.open(requester)
+    assert terms.path == path
     assert posted < bid.ts <= cfp.bid_deadline, "the bid goes out in market time, before the deadline"
     if path == "rules-fallback":
-        assert "timeout" in bid.body.reason
+        assert "timeout" in terms.reason
         assert bid.ts - posted >= 0.4 * 3600 * 1000, "the model's real time was charged in market time first"
     else:
-        assert bid.body.price == 30_000_000
+        assert terms.price == 30_000_000
     assert node.stats.model_decisions == 1

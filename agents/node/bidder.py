@@ -27,7 +27,7 @@ from core.errors import MemoryStoreError
 from core.mailbox import Mailbox, Timer
 from hub import topics
 from hub.envelope import Envelope
-from hub.messages import Award, Bid, CallForProposals, JobClosed
+from hub.messages import Award, Bid, CallForProposals, JobClosed, SealedBid
 from machines.work import estimate
 from memory import MachineMemory
 from memory.signals import outcome_item, recall_for_bid
@@ -200,16 +200,16 @@ class Bidder:
         self.diary.count_demand(job, "bids")
         if any(r.code == "price.memory" for r in decision.rules.rules):
             self.stats.memory_priced += 1
-        self._send_bid(call, decision.price, decision.eta_h or 0.0, decision.variable_cost, decision.why, decision.path)
+        self._send_bid(call, decision.price, decision.eta_h or 0.0, decision.why, decision.path)
 
-    def _send_bid(self, call: OpenCall, price: int, eta_h: float, cost: int, reason: str, path: str) -> None:
+    def _send_bid(self, call: OpenCall, price: int, eta_h: float, reason: str, path: str) -> None:
         job = call.job
         followed = self.book.follow(Followed(call, call.requester))
         self.inbox.listen(topics.award(job.id))
         # if the requester never closes the job (it died), stop following it well after its deadline
         followed.forget = self.mailbox.call_later((call.deadline_at - self.clock.ms()) / 1000 + self._s(FORGET_AFTER_S), self.forget, job.id)
-        bid = Bid(job_id=job.id, machine_id=self.machine_id, price=price, eta_h=eta_h, cost=cost, path=path, reason=reason[:500])
-        self.outbox.bid(topics.bids(job.id), bid)
+        bid = Bid(job_id=job.id, machine_id=self.machine_id, price=price, eta_h=eta_h, path=path, reason=reason[:500])
+        self.outbox.bid(topics.bids(job.id), SealedBid.of(bid, call.requester))  # for the requester's eyes only
         self.stats.bids += 1
 
     # -- by hand -------------------------------------------------------------------------------------

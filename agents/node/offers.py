@@ -92,8 +92,8 @@ class Offers:
             cost = decision.cost.total
             if price < max(cost, floor) or now + (decision.eta_h + OFFER_GAIN_H) * 3_600_000 > finish:
                 continue
-            offer = Offer(job_id=call.job.id, machine_id=self.machine_id, holder=holder, eta_h=decision.eta_h, cost=cost,
-                          reason=f"free now: done in {decision.eta_h:.2f} h at the price in escrow, {price - cost} over our cost")
+            offer = Offer(job_id=call.job.id, machine_id=self.machine_id, holder=holder, eta_h=decision.eta_h,
+                          reason=f"free now: done in {decision.eta_h:.2f} h at the price in escrow")  # our cost is ours
             if best is None or price - cost > best[0]:
                 best = (price - cost, offer)
         if best is None:

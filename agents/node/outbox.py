@@ -17,7 +17,7 @@ from core.mailbox import Mailbox
 from hub import topics
 from hub.dispatch import Dispatch
 from hub.envelope import Envelope
-from hub.messages import Body, EventKind, JobEvent, Presence, TelemetryReport
+from hub.messages import Body, EventKind, JobEvent, Presence, SealedBid, TelemetryReport
 from hub.transport import Hub
 from ledger import Identity
 from machines.driver import Telemetry
@@ -58,8 +58,8 @@ class Outbox:
             self.actions.append((self.clock.time(), self.acting_for or "agent", f"{body.TYPE} {getattr(body, 'kind', '')}".strip()))
         self.hub.send(topic, body, self.identity, retain=retain)
 
-    def bid(self, topic: str, body: Body) -> None:
-        """A sealed bid: for the requester, not the action log (a decision record keeps it)."""
+    def bid(self, topic: str, body: SealedBid) -> None:
+        """A bid sealed to the requester: not for the action log (a decision record keeps it)."""
         self.hub.send(topic, body, self.identity)
 
     def event(self, job_id: str, kind: EventKind, *, progress: float = 0.0, detail: str = "", move: int | None = None) -> None:
