@@ -114,6 +114,7 @@ def run_bare(url: str, home: str, n: int, k: int, jobs: int) -> dict[str, float]
     from paho.mqtt.enums import CallbackAPIVersion
 
     from hub.broker import external
+    from hub.topics import PREFIX
     from hub.transport import parse_broker_url
 
     broker = external(url, Path(home))
@@ -142,19 +143,19 @@ def run_bare(url: str, home: str, n: int, k: int, jobs: int) -> dict[str, float]
         posted[0] += 1
         jid = f"x{n}-{k}-{i}"
         state[jid] = {"bids": [], "t0": time.perf_counter()}
-        req.publish("tamc/v1/market/north/bare/cfp", json.dumps({"job": jid, "pad": pad}), qos=1)
+        req.publish(f"{PREFIX}/market/north/bare/cfp", json.dumps({"job": jid, "pad": pad}), qos=1)
 
     def on_fleet(c: mqtt.Client, ud: object, msg: mqtt.MQTTMessage) -> None:
         body = json.loads(msg.payload)
         parts = msg.topic.split("/")
         if parts[-1] == "cfp":
             for m in range(n):
-                c.publish(f"tamc/v1/jobs/{body['job']}/bids", json.dumps({"machine": m, "price": 100 + m, "pad": pad}), qos=1)
+                c.publish(f"{PREFIX}/jobs/{body['job']}/bids", json.dumps({"machine": m, "price": 100 + m, "pad": pad}), qos=1)
         elif parts[-1] == "award" and not body.get("closed"):
-            c.publish(f"tamc/v1/jobs/{parts[3]}/events", json.dumps({"kind": "accepted", "machine": body["machine"], "pad": pad}), qos=1)
+            c.publish(f"{PREFIX}/jobs/{parts[3]}/events", json.dumps({"kind": "accepted", "machine": body["machine"], "pad": pad}), qos=1)
         elif parts[-1] == "events" and body["kind"] == "funded":
             for kind in ("started", "done"):
-                c.publish(f"tamc/v1/jobs/{parts[3]}/events", json.dumps({"kind": kind, "machine": body["machine"], "pad": pad}), qos=1)
+                c.publish(f"{PREFIX}/jobs/{parts[3]}/events", json.dumps({"kind": kind, "machine": body["machine"], "pad": pad}), qos=1)
 
     def on_req(c: mqtt.Client, ud: object, msg: mqtt.MQTTMessage) -> None:
         body = json.loads(msg.payload)
@@ -167,13 +168,13 @@ def run_bare(url: str, home: str, n: int, k: int, jobs: int) -> dict[str, float]
                 bids.append(body)
                 if len(bids) == n:
                     best = min(bids, key=lambda b: b["price"])
-                    c.publish(f"tamc/v1/jobs/{jid}/award", json.dumps({"machine": best["machine"], "pad": pad}), qos=1)
+                    c.publish(f"{PREFIX}/jobs/{jid}/award", json.dumps({"machine": best["machine"], "pad": pad}), qos=1)
             elif body["kind"] == "accepted":
                 latencies.append((time.perf_counter() - float(st["t0"])) * 1000)  # type: ignore[arg-type]
-                c.publish(f"tamc/v1/jobs/{jid}/events", json.dumps({"kind": "funded", "machine": body["machine"], "pad": pad}), qos=1)
+                c.publish(f"{PREFIX}/jobs/{jid}/events", json.dumps({"kind": "funded", "machine": body["machine"], "pad": pad}), qos=1)
             elif body["kind"] == "done":
-                c.publish(f"tamc/v1/jobs/{jid}/events", json.dumps({"kind": "paid", "machine": body["machine"], "pad": pad}), qos=1)
-                c.publish(f"tamc/v1/jobs/{jid}/award", json.dumps({"machine": -1, "closed": True, "pad": pad}), qos=1)
+                c.publish(f"{PREFIX}/jobs/{jid}/events", json.dumps({"kind": "paid", "machine": body["machine"], "pad": pad}), qos=1)
+                c.publish(f"{PREFIX}/jobs/{jid}/award", json.dumps({"machine": -1, "closed": True, "pad": pad}), qos=1)
                 count[0] += 1
                 if posted[0] < jobs:
                     post_next()
@@ -185,8 +186,8 @@ def run_bare(url: str, home: str, n: int, k: int, jobs: int) -> dict[str, float]
     for c in (fleet, req):
         c.connect(host, int(port))
         c.loop_start()
-    fleet.subscribe([("tamc/v1/market/north/bare/cfp", 1), ("tamc/v1/jobs/+/award", 1), ("tamc/v1/jobs/+/events", 1)])
-    req.subscribe([("tamc/v1/jobs/+/bids", 1), ("tamc/v1/jobs/+/events", 1)])
+    fleet.subscribe([(f"{PREFIX}/market/north/bare/cfp", 1), (f"{PREFIX}/jobs/+/award", 1), (f"{PREFIX}/jobs/+/events", 1)])
+    req.subscribe([(f"{PREFIX}/jobs/+/bids", 1), (f"{PREFIX}/jobs/+/events", 1)])
     time.sleep(0.5)
     t0 = time.perf_counter()
     with lock:

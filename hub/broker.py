@@ -18,6 +18,7 @@ import os
 import pwd
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
@@ -26,9 +27,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
-
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
 from core.errors import BrokerStartFailed, InputError
 from core.net import free_port, wait_for_port
@@ -251,29 +249,30 @@ def wait_for_login(host: str, port: int, user: BrokerUser, timeout_s: float = 10
 
 
 def _logs_in(host: str, port: int, user: BrokerUser) -> bool:
-    accepted = threading.Event()
-    answered = threading.Event()
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"tamc-probe-{os.getpid()}-{time.monotonic_ns()}",
-                         protocol=mqtt.MQTTv5)
-    client.username_pw_set(user.name, user.password)
+    """One MQTT 3.1.1 CONNECT with ``user``'s credentials: does the broker accept it (CONNACK 0)?
+    A plain socket: no client thread to start and stop for a yes or no."""
 
-    def on_connect(c: mqtt.Client, userdata: object, flags: object, reason: object, properties: object) -> None:
-        if not getattr(reason, "is_failure", True):
-            accepted.set()
-        answered.set()
+    def field(text: str) -> bytes:
+        raw = text.encode("utf-8")
+        return len(raw).to_bytes(2, "big") + raw
 
-    client.on_connect = on_connect
+    body = field("MQTT") + bytes([4, 0xC2]) + (5).to_bytes(2, "big")  # level 4, user+password+clean session, keepalive 5 s
+    body += field(f"tamc-probe-{os.getpid()}-{time.monotonic_ns()}") + field(user.name) + field(user.password)
+    length, encoded = len(body), b""
+    while True:  # MQTT's variable-length remaining length
+        length, digit = divmod(length, 128)
+        encoded += bytes([digit | (0x80 if length else 0)])
+        if not length:
+            break
     try:
-        client.connect(host, port, keepalive=5)
-        client.loop_start()
-        answered.wait(2.0)
+        with socket.create_connection((host, port), timeout=2.0) as sock:
+            sock.sendall(b"\x10" + encoded + body)
+            answer = sock.recv(4)
+            with contextlib.suppress(OSError):
+                sock.sendall(b"\xe0\x00")  # DISCONNECT
     except OSError:
         return False
-    finally:
-        with contextlib.suppress(Exception):
-            client.disconnect()
-        client.loop_stop()
-    return accepted.is_set()
+    return len(answer) == 4 and answer[0] == 0x20 and answer[3] == 0
 
 
 def _start_embedded(port: int) -> RunningBroker:

@@ -23,9 +23,10 @@ from core.errors import BadSignature, EnvelopeRejected, InputError, InvalidDid
 from hub.messages import BODY_TYPES, Body
 from ledger.identity import Identity, sign_document, verify_document
 
-__all__ = ["MAX_ENVELOPE_BYTES", "PROTOCOL_VERSION", "REJECT_REASONS", "Envelope", "ReplayGuard", "now_ms", "open_envelope", "seal"]
+__all__ = ["MAX_ENVELOPE_BYTES", "PROTOCOL_VERSION", "REJECT_REASONS", "Envelope", "ReplayGuard", "new_envelope_id", "now_ms",
+           "open_envelope", "seal"]
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 MAX_ENVELOPE_BYTES = 64 * 1024
 """The protocol's size limit on one envelope, in bytes (the largest a city sends is under 1 KB):
 a larger one is dropped unread (``oversize``), before it is parsed or held, and the broker cuts off a
@@ -34,14 +35,14 @@ REJECT_REASONS = ("oversize", "malformed", "unsigned", "bad_signature", "unknown
 """Why a receiver drops an envelope; each is counted separately (``Hub.stats``)."""
 
 
-_ID_PREFIX = os.urandom(8).hex()
 _ID_COUNTER = itertools.count()
 
 
 def new_envelope_id() -> str:
-    """Unique without a system call per message: 64 random bits per process, then a counter
-    (fixed width, so one process's ids sort in the order they were made)."""
-    return f"{_ID_PREFIX}{next(_ID_COUNTER):012x}"
+    """A counter, then 64 random bits: ids of one process sort in the order they were made (a
+    virtual clock hands out one sender's messages of one instant in that order), and nobody can
+    guess the next one. Receivers key repeats by sender and id, so another sender's id is no threat."""
+    return f"{next(_ID_COUNTER):012x}{os.urandom(8).hex()}"
 
 
 def now_ms() -> int:
@@ -53,7 +54,7 @@ class Envelope(BaseModel):
 
     model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
 
-    v: Literal[1]
+    v: Literal[2]
     type: str
     id: str
     sender: str
@@ -138,7 +139,7 @@ class ReplayGuard:
     def __init__(self, max_age_ms: int = 30_000, max_skew_ms: int = 5_000) -> None:
         self.max_age_ms = max_age_ms
         self.max_skew_ms = max_skew_ms
-        self._seen: OrderedDict[str, int] = OrderedDict()
+        self._seen: OrderedDict[tuple[str, str], int] = OrderedDict()
 
     def check(self, env: Envelope, *, now: int | None = None, exempt_from_age: bool = False, scale: float = 1.0) -> None:
         """``now`` in epoch ms of the receiver's clock; ``scale``: market ms per real ms of that
@@ -151,9 +152,10 @@ class ReplayGuard:
                 raise EnvelopeRejected("stale", f"envelope {env.id} is {(now - env.ts) / 1000:.1f} s old")
             if env.ts > now + max_skew:
                 raise EnvelopeRejected("stale", f"envelope {env.id} is dated {(env.ts - now) / 1000:.1f} s ahead")
-        if env.id in self._seen:
-            raise EnvelopeRejected("duplicate", f"envelope {env.id} was already received")
-        self._seen[env.id] = max(env.ts, now) if exempt_from_age else env.ts
+        key = (env.sender, env.id)  # one sender's ids cannot shadow another's
+        if key in self._seen:
+            raise EnvelopeRejected("duplicate", f"envelope {env.id} of {env.sender} was already received")
+        self._seen[key] = max(env.ts, now) if exempt_from_age else env.ts
 
     def _forget(self, now: int, max_age: float) -> None:
         horizon = now - max_age

@@ -1,4 +1,4 @@
-"""Topic names, in one place. Every topic starts with ``tamc/v1/``; ids become single topic levels."""
+"""Topic names, in one place. Every topic starts with ``tamc/v2/``; ids become single topic levels."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ __all__ = [
     "telemetry",
 ]
 
-PREFIX = "tamc/v1"
+PREFIX = "tamc/v2"
 ALL_PRESENCE = f"{PREFIX}/machines/+/presence"
 ALL_HANDOFFS = f"{PREFIX}/machines/+/handoff"
 

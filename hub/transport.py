@@ -20,7 +20,7 @@ import socket
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -99,8 +99,12 @@ class Hub:
         max_age_ms: int = 30_000,
         keepalive_s: int = 10,
         clock: Timeline | None = None,
+        timekeepers: Iterable[str] = (),
     ) -> None:
         self.address = parse_broker_url(url)
+        self.timekeepers = frozenset(timekeepers)
+        """The dids whose calls for proposals set this hub's clock (a node in its own process keeps
+        the time of a sped-up market): nobody else's call moves it."""
         self.name = name
         self.clock: Timeline = clock or WallClock()
         """Envelopes are stamped, aged and handed out on it."""
@@ -205,6 +209,11 @@ class Hub:
         finally:
             self._client.loop_stop()
             self._connected.clear()
+            # the client's callbacks are this hub's methods: a cycle the collector would break in any
+            # order, closing paho's wake-up sockets unannounced. Cut it, so the client goes with the hub.
+            client = self._client
+            client.on_connect = client.on_disconnect = client.on_message = None
+            client.on_subscribe = client.on_publish = None
 
     def __enter__(self) -> Hub:
         return self.connect()
@@ -385,7 +394,7 @@ class Hub:
     def _receive(self, topic: str, payload: bytes, *, retained: bool = False) -> None:
         try:
             env = open_envelope(payload)
-            if isinstance(env.body, CallForProposals):  # a node in its own process keeps the time of the market it hears
+            if isinstance(env.body, CallForProposals) and env.sender in self.timekeepers:  # a market it was told to keep time with
                 self.clock.follow(env.ts, env.body.speed)
             with self._lock:
                 self._guard.check(env, now=self.clock.ms(), exempt_from_age=env.type in RETAINED_STATE_TYPES,

@@ -10,6 +10,7 @@ account allowed below zero, so the sum over all accounts of each asset is always
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -36,7 +37,6 @@ from core.errors import (
 from core.money import require_micros
 from ledger import _db
 from ledger._db import accounts, balances, entries, escrows, postings, share_classes
-from ledger.identity import canonical_json
 from ledger.models import (
     ISSUANCE,
     MONEY,
@@ -466,4 +466,7 @@ _ISSUED = select(share_classes.c.machine_id).where(share_classes.c.machine_id.in
 
 
 def _fingerprint(op: str, **params: Any) -> str:
-    return hashlib.sha256(canonical_json({"op": op, **params})).hexdigest()
+    """What a repeated request under the same key must match. Its own stable encoding, not the
+    signatures' (RFC 8785): fingerprints stored by an older version must keep matching."""
+    doc = json.dumps({"op": op, **params}, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return hashlib.sha256(doc.encode("utf-8")).hexdigest()

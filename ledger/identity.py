@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import base64
 import functools
-import json
 from typing import Any
 
+import rfc8785
 from nacl.exceptions import BadSignatureError, CryptoError
 from nacl.public import PublicKey, SealedBox
 from nacl.signing import SigningKey, VerifyKey
 
-from core.errors import BadSignature, InvalidDid
+from core.errors import BadSignature, InputError, InvalidDid
 
 __all__ = [
     "Identity",
@@ -98,10 +98,15 @@ def _box_key(did: str) -> PublicKey:
 
 
 def canonical_json(obj: Any) -> bytes:
-    """The bytes that get signed: sorted keys, no spaces, UTF-8, no NaN or infinity."""
-    return json.dumps(
-        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
+    """The bytes that get signed: the JSON Canonicalization Scheme (RFC 8785, JCS), so a verifier
+    in any language derives the same bytes: keys sorted by UTF-16 code units, no spaces, UTF-8,
+    strings escaped as ECMAScript does, numbers in ECMAScript's shortest form (``5`` for 5.0,
+    ``0.000021`` for 2.1e-05), integers within ±(2**53 - 1) (I-JSON). Raises ``InputError`` for
+    what JCS cannot encode (NaN, infinity, a larger integer)."""
+    try:
+        return rfc8785.dumps(obj)
+    except rfc8785.CanonicalizationError as exc:
+        raise InputError(f"cannot be signed as canonical JSON (RFC 8785): {exc}") from None
 
 
 def _b64(data: bytes) -> str:
@@ -170,6 +175,8 @@ def verify_document(doc: dict[str, Any], *, signer_field: str = "sender") -> str
     try:
         raw = _unb64(sig)
         key.verify(canonical_json(body), raw)
+    except InputError as exc:
+        raise BadSignature(f"the document signed by {did} has no canonical form: {exc}") from None
     except (BadSignatureError, ValueError, TypeError) as exc:
         raise BadSignature(f"signature does not match the document signed by {did}: {exc}") from None
     return did

@@ -503,8 +503,11 @@ def eval_(
 @_friendly
 def agent(
     machine: Annotated[str, typer.Option("--machine", help="Profile id (from --profiles) or a .toml file.")],
-    broker: Annotated[str, typer.Option(help="The shared broker, mqtt://host:port.")],
+    broker: Annotated[str, typer.Option(help="The shared broker, mqtt://user:password@host:port ('tamc broker add').")],
     ledger: Annotated[str | None, typer.Option(help="Ledger database URL [default: sqlite in --data-dir].")] = None,
+    clock_from: Annotated[list[str] | None, typer.Option(
+        "--clock-from", help="Keep the market time and pace of calls signed by this did (a sped-up simulated market's "
+                             "requester); without it the node keeps wall time, whatever a call says.")] = None,
     holders: Annotated[str, typer.Option(help="Shareholders on first registration, name=units,...")] = "owner=100",
     profiles: ProfilesOpt = None,
     model: ModelOpt = None,
@@ -529,7 +532,7 @@ def agent(
     from tamc.node_process import NodeOptions, run_agent
 
     options = NodeOptions.from_cli(checkpoints=checkpoints, charter=charter, octoprint=octoprint, octoprint_key=octoprint_key,
-                                   inject=inject or [])
+                                   inject=inject or [], clock_from=clock_from or [])
     run_agent(machine, broker, ledger_url=_ledger_url(data_dir, ledger, existing=False), holders=holders, profiles=profiles, data_dir=data_dir,
               model=ModelConfig.from_env(model, base_url, api_key, fast_path=fast_path), memory=memory, memory_url=memory_url,
               options=options)

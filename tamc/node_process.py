@@ -11,6 +11,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -23,10 +24,10 @@ from agents.snapshot import save_snapshot
 from agents.workflow import JobFlows, checkpointer
 from core.clock import MarketAnchor, ScaledClock
 from core.datadir import DataDir
-from core.errors import InvalidOption, MemoryStoreError
+from core.errors import InvalidDid, InvalidOption, MemoryStoreError
 from hub.messages import JobEvent
 from hub.transport import Hub, parse_broker_url
-from ledger import Charter, Keystore, Ledger, settlement
+from ledger import Charter, Keystore, Ledger, public_key_from_did, settlement
 from ledger.governance import Governance
 from machines.driver import Driver, SimDriver
 from machines.faults import FaultyDriver
@@ -53,10 +54,12 @@ class NodeOptions(BaseModel):
     octoprint: str | None = None
     octoprint_key: str | None = None
     inject: dict[str, tuple[float, str]] = {}
+    clock_from: tuple[str, ...] = ()
+    """Dids whose calls set the node's market time and pace; by default nobody's (wall time)."""
 
     @classmethod
     def from_cli(cls, *, checkpoints: str | None, charter: Path | None, octoprint: str | None, octoprint_key: str | None,
-                 inject: list[str]) -> NodeOptions:
+                 inject: list[str], clock_from: Sequence[str] = ()) -> NodeOptions:
         faults: dict[str, tuple[float, str]] = {}
         for item in inject:
             job, _, rest = item.partition("=")
@@ -79,7 +82,13 @@ class NodeOptions(BaseModel):
                 raise InvalidOption(f"--charter {charter}: {refusals(exc, lambda loc: '.'.join(map(str, loc)))}") from None
         if octoprint and not octoprint_key:
             raise InvalidOption("--octoprint needs --octoprint-key (or TAMC_OCTOPRINT_KEY): an API key of the OctoPrint server")
-        return cls(checkpoints=checkpoints, charter=loaded, octoprint=octoprint, octoprint_key=octoprint_key, inject=faults)
+        for did in clock_from:
+            try:
+                public_key_from_did(did)
+            except InvalidDid:
+                raise InvalidOption(f"--clock-from {did!r}: give the did:key of the market's requester (did:key:z6Mk…)") from None
+        return cls(checkpoints=checkpoints, charter=loaded, octoprint=octoprint, octoprint_key=octoprint_key, inject=faults,
+                   clock_from=tuple(clock_from))
 
 
 def parse_holders(text: str) -> dict[str, int]:
@@ -133,7 +142,7 @@ def run_agent(machine: str, broker_url: str, *, ledger_url: str | None, holders:
         clock = _market_clock(data_dir)
         if driver is None and options.inject:  # a simulator with faults planned on purpose (``--inject``)
             driver = FaultyDriver(SimDriver(profile, clock), options.inject)
-        node = MachineNode(profile, identity, Hub(broker_url, name=profile.id, clock=clock), ledger=ledger, on_event=show,
+        node = MachineNode(profile, identity, Hub(broker_url, name=profile.id, clock=clock, timekeepers=options.clock_from), ledger=ledger, on_event=show,
                            agent=agent, governance=Governance(ledger, clock=clock), memory=store, flows=JobFlows(saver), driver=driver,
                            charter=options.charter)
         started = {"memory": memory_state, "checkpoints": where.split("@")[-1],

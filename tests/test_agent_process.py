@@ -36,9 +36,10 @@ def _profiles(folder: Path) -> Path:
     return folder
 
 
-def _agent(machine: str, broker_url: str, ledger_url: str, tmp_path: Path, profiles: Path) -> subprocess.Popen[str]:
+def _agent(machine: str, broker_url: str, ledger_url: str, tmp_path: Path, profiles: Path, market: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "tamc", "agent", "--machine", machine, "--broker", broker_url, "--ledger", ledger_url,
+         "--clock-from", market,  # the sped-up market's requester sets its time
          "--profiles", str(profiles), "--data-dir", str(tmp_path / machine), "--holders", "alice=3,bob=1"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
@@ -55,14 +56,14 @@ def test_killed_machine_process_is_taken_over_and_the_requester_charged_once(bro
     ledger_url = f"sqlite:///{tmp_path / 'ledger.db'}"
     ledger = Ledger(ledger_url)
     profiles = _profiles(tmp_path / "profiles")
-    cheap = _agent("proc-cheap", broker.admit("proc-cheap", "machine"), ledger_url, tmp_path, profiles)
-    dear = _agent("proc-dear", broker.admit("proc-dear", "machine"), ledger_url, tmp_path, profiles)
+    identity = Identity.generate()
+    cheap = _agent("proc-cheap", broker.admit("proc-cheap", "machine"), ledger_url, tmp_path, profiles, identity.did)
+    dear = _agent("proc-dear", broker.admit("proc-dear", "machine"), ledger_url, tmp_path, profiles, identity.did)
     hub = None
     try:
         online = [_online(cheap), _online(dear)]
         assert [o["state"] for o in online] == ["online", "online"]
         assert all(str(o["memory"]).endswith("/memory (0 records)") for o in online), online  # each its own store
-        identity = Identity.generate()
         wallet = settlement.open_requester(ledger, "proc", identity.did, 100_000_000)
         outcomes: list[JobOutcome] = []
         started: list[str] = []

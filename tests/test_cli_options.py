@@ -61,6 +61,7 @@ CASES = [
     (["agent", "--machine", "prusa-01", "--broker", BROKER, "--charter", FOLDER], "--charter"),
     (["agent", "--machine", "prusa-01", "--broker", BROKER, "--ledger", "abc"], "--ledger 'abc'"),
     (["agent", "--machine", "prusa-01", "--broker", BROKER, "--octoprint", "http://printer"], "--octoprint"),
+    (["agent", "--machine", "prusa-01", "--broker", BROKER, "--clock-from", "someone"], "--clock-from 'someone'"),
     (["quote", "prusa-01", JOB, "--demand", "0"], "--demand 0"),
     (["quote", "prusa-01", JOB, "--wear", "101"], "--wear 101"),
     (["quote", "prusa-01", JOB, "--queue", "-1"], "--queue -1"),

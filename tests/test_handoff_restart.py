@@ -33,13 +33,13 @@ ROOT = Path(__file__).resolve().parents[1]
 SPEED = 1800.0  # a 2 h print takes 4 s
 
 
-def _agent(broker_url: str, ledger_url: str, data: Path, *, fault: bool) -> subprocess.Popen[str]:
+def _agent(broker_url: str, ledger_url: str, data: Path, market: str, *, fault: bool) -> subprocess.Popen[str]:
     """The node; ``fault`` makes its simulated nozzle run away at a fifth of the job (once: not after the restart)."""
     (data / "charter.json").write_text(json.dumps({"handoff_wait_h": 1000}), "utf-8")
     inject = ["--inject", "j-restart=thermal_runaway@0.2"] if fault else []
     return subprocess.Popen(
         [sys.executable, "-m", "tamc", "agent", "--machine", "prusa-01", "--broker", broker_url, "--ledger", ledger_url,
-         "--data-dir", str(data), "--no-memory", "--charter", str(data / "charter.json"), *inject],
+         "--data-dir", str(data), "--no-memory", "--charter", str(data / "charter.json"), "--clock-from", market, *inject],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
 
@@ -58,7 +58,8 @@ def test_killed_with_a_pending_handoff_restarts_it_pending_and_resumes_without_d
     ledger = Ledger(ledger_url)
     ops = Operations(ledger.engine)
     machine_url = broker.admit("prusa-01", "machine")
-    proc = _agent(machine_url, ledger_url, data, fault=True)
+    requester_id = Identity.generate()  # the sped-up market's requester: its calls set the node's time
+    proc = _agent(machine_url, ledger_url, data, requester_id.did, fault=True)
     hubs: list[Hub] = []
     try:
         online = _online(proc)
@@ -74,7 +75,6 @@ def test_killed_with_a_pending_handoff_restarts_it_pending_and_resumes_without_d
         events: list[JobEvent] = []
         hub.subscribe(topics.bids("j-restart"), lambda t, e: bids.append(e.body))  # type: ignore[arg-type]
         hub.subscribe(topics.events("j-restart"), lambda t, e: events.append(e.body))  # type: ignore[arg-type]
-        requester_id = Identity.generate()
         wallet = settlement.open_requester(ledger, "restart", requester_id.did, 100_000_000)
         outcomes: list[JobOutcome] = []
         requester = Requester(requester_id, hub, ledger, wallet, on_outcome=outcomes.append,
@@ -96,7 +96,7 @@ def test_killed_with_a_pending_handoff_restarts_it_pending_and_resumes_without_d
         assert status is not None and not status.ended, status
         assert not outcomes  # the requester keeps the contract: a person is to look at it
 
-        proc = _agent(machine_url, ledger_url, data, fault=False)
+        proc = _agent(machine_url, ledger_url, data, requester_id.did, fault=False)
         _online(proc)
         took = console.send("takeover", handoff_id=raised.handoff_id)
         assert took.ok, took.result  # the restarted node knows its pending handoff

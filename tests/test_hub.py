@@ -6,20 +6,24 @@ from __future__ import annotations
 import json
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
+from city import PRINT
 from conftest import broker_kind
 
+from core.clock import ScaledClock
 from core.errors import BrokerUnavailable, EnvelopeRejected, InputError, InvalidBrokerUrl
 from core.net import free_port
 from hub import topics
 from hub.broker import MAX_PACKET_BYTES, BrokerHome, RunningBroker, start_broker
-from hub.envelope import MAX_ENVELOPE_BYTES, Envelope, ReplayGuard, now_ms, open_envelope, seal
-from hub.messages import Bid, Presence, SealedBid
+from hub.envelope import MAX_ENVELOPE_BYTES, Envelope, ReplayGuard, new_envelope_id, now_ms, open_envelope, seal
+from hub.messages import Bid, CallForProposals, Presence, SealedBid
 from hub.transport import Hub, parse_broker_url
-from ledger import Identity
+from ledger import Identity, canonical_json
+from machines import JobSpec
 
 ALICE = Identity.from_seed(b"a" * 32)
 MALLORY = Identity.from_seed(b"m" * 32)
@@ -65,11 +69,11 @@ def test_bad_envelopes_are_rejected_with_a_reason(payload: bytes, reason: str) -
 def test_unknown_type_and_bad_body_are_rejected_even_when_signed() -> None:
     from ledger.identity import sign_document
 
-    doc = sign_document({"v": 1, "type": "teleport", "id": "x", "ts": now_ms(), "body": {}}, ALICE)
+    doc = sign_document({"v": 2, "type": "teleport", "id": "x", "ts": now_ms(), "body": {}}, ALICE)
     with pytest.raises(EnvelopeRejected) as info:
         open_envelope(json.dumps(doc).encode())
     assert info.value.reason == "unknown_type"
-    doc = sign_document({"v": 1, "type": "bid", "id": "x", "ts": now_ms(), "body": {"price": -1}}, ALICE)
+    doc = sign_document({"v": 2, "type": "bid", "id": "x", "ts": now_ms(), "body": {"price": -1}}, ALICE)
     with pytest.raises(EnvelopeRejected) as info:
         open_envelope(json.dumps(doc).encode())
     assert info.value.reason == "malformed"
@@ -87,7 +91,59 @@ def test_replay_guard_refuses_stale_future_and_repeated_ids_and_forgets_old_ones
     with pytest.raises(EnvelopeRejected, match="ahead"):
         guard.check(open_envelope(seal(BID, ALICE, ts=now + 2_000)), now=now)
     guard.check(open_envelope(seal(BID, ALICE, ts=now + 5_000)), now=now + 5_000)
-    assert fresh.id not in guard._seen  # memory is bounded by the age window
+    assert (fresh.sender, fresh.id) not in guard._seen  # memory is bounded by the age window
+
+
+def test_an_id_squatted_by_another_sender_does_not_shadow_the_genuine_envelope() -> None:
+    """Repeats are keyed by sender and id: a validly signed envelope of Mallory's that carries the
+    id Alice will use next does not make a receiver drop Alice's; and ids cannot be guessed."""
+    guard = ReplayGuard()
+    now = now_ms()
+    genuine = open_envelope(seal(BID, ALICE, ts=now))
+    guard.check(open_envelope(seal(BID, MALLORY, ts=now, envelope_id=genuine.id)), now=now)  # the squatter comes first
+    guard.check(genuine, now=now)  # still accepted
+    with pytest.raises(EnvelopeRejected, match="duplicate"):
+        guard.check(genuine, now=now)  # its own repeat is not
+    ids = [new_envelope_id() for _ in range(3)]
+    assert ids == sorted(ids) and len({i[12:] for i in ids}) == 3  # made in order; 64 random bits each
+    assert all(len(i) == 28 for i in ids)
+
+
+@pytest.mark.parametrize(("value", "canonical"), [
+    # RFC 8785, appendix B, and the floats Python writes otherwise ("5.0", "2.1e-05")
+    (5.0, "5"), (2.1e-05, "0.000021"), (-0.0, "0"), (1e21, "1e+21"), (1e-7, "1e-7"), (4.5, "4.5"), (0.002, "0.002"),
+    (333333333.3333333, "333333333.3333333"), (1e30, "1e+30"), (9007199254740991, "9007199254740991"),
+    ({"b": 1, "a": [True, None, "é\u0001"]}, '{"a":[true,null,"é\\u0001"],"b":1}'),
+    ({"\u20ac": 1, "\r": 2, "1": 3}, '{"\\r":2,"1":3,"€":1}'),
+])
+def test_canonical_json_is_rfc_8785(value: object, canonical: str) -> None:
+    """What is signed is fully specified: a verifier in another language derives the same bytes."""
+    assert canonical_json(value) == canonical.encode("utf-8")
+
+
+def test_a_call_from_a_stranger_does_not_set_a_nodes_clock(broker: RunningBroker) -> None:
+    """A node in its own process keeps the time and pace of the market it was told to (``tamc agent
+    --clock-from DID``): a stranger's call at a million times real time moves nothing."""
+    market = Identity.generate()
+    clock = ScaledClock(1.0, start=datetime.now(UTC))
+    inbox = Inbox()
+    node = Hub(broker.admit("clock-node", "machine"), name="clock-node", clock=clock, timekeepers=[market.did])
+    poster = Hub(broker.admit("clock-poster", "requester"), name="clock-poster")
+    with node as rx, poster as tx:
+        rx.subscribe(topics.cfp("north", "printer_3d"), inbox)
+        time.sleep(0.2)
+        for signer, speed in ((MALLORY, 1_000_000.0), (market, 600.0)):
+            call = CallForProposals(job=JobSpec(id=f"j-clock-{speed:g}", **PRINT), reserve=1_000_000, bid_deadline=now_ms() + 60_000,
+                                    deadline_at=now_ms() + 3_600_000, speed=speed)
+            tx.send(topics.cfp("north", "printer_3d"), call, signer)
+            inbox.wait_for(1 if signer is MALLORY else 2)
+            assert clock.speed == (1.0 if signer is MALLORY else 600.0), f"after {speed:g}x from {signer.did[-6:]}"
+        assert len(inbox.got) == 2  # both calls are heard; only the market's sets the time
+
+
+def test_what_rfc_8785_cannot_encode_is_refused_before_signing() -> None:
+    with pytest.raises(InputError, match="RFC 8785"):
+        canonical_json({"amount": 2**53})  # beyond I-JSON's integers: money is never that large
 
 
 def test_broker_urls_are_checked() -> None:

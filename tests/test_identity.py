@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from core.errors import BadSignature, InvalidDid, KeystoreError
+from core.errors import BadSignature, InputError, InvalidDid, KeystoreError
 from ledger import (
     Identity,
     Keystore,
@@ -45,7 +45,7 @@ def test_bad_dids_are_refused(bad: object) -> None:
 
 def test_canonical_json_is_sorted_compact_utf8() -> None:
     assert canonical_json({"b": 1, "a": {"z": "é", "y": [1, 2]}}) == '{"a":{"y":[1,2],"z":"é"},"b":1}'.encode()
-    with pytest.raises(ValueError):
+    with pytest.raises(InputError, match="RFC 8785"):
         canonical_json({"x": float("nan")})
 
 
