@@ -31,6 +31,7 @@ from core.mailbox import Mailbox, Timer
 from hub import topics
 from hub.dispatch import Dispatch
 from hub.envelope import Envelope
+from hub.jobids import owned
 from hub.messages import Award, Bid, Body, CallForProposals, JobClosed, JobEvent, Offer, Presence, Release, SealedBid
 from hub.transport import Hub
 from ledger import Identity, Ledger, settlement
@@ -136,8 +137,11 @@ class Requester:
         mailbox: Mailbox | None = None,
         clock: Timeline | None = None,
         on_outcome: Callable[[JobOutcome], None] | None = None,
+        owner: str | None = None,
     ) -> None:
         self.identity = identity
+        self.owner = owner or wallet
+        """The ledger account (owned by ``identity``) whose namespace this requester's job ids are in (``hub.jobids``)."""
         self.hub = hub
         self.ledger = ledger
         self.wallet = wallet
@@ -171,10 +175,19 @@ class Requester:
     def open_jobs(self) -> int:
         return len(self._runs)
 
-    def post(self, job: JobSpec, *, reserve: int, value: int = 0, after_s: float = 0.0) -> None:
+    def job_id(self, local: str) -> str:
+        """The id a job posted as ``local`` goes out under: in this requester's namespace."""
+        return owned(self.owner, local)
+
+    def post(self, job: JobSpec, *, reserve: int, value: int = 0, after_s: float = 0.0) -> str:
         """Put a job out to tender (from any thread), now or ``after_s`` seconds of market time from
-        now; its ``JobOutcome`` arrives via ``on_outcome``."""
+        now; its ``JobOutcome`` arrives via ``on_outcome``. Returns the job's id: in this requester's
+        namespace (``job_id``), as every machine and the outcome know it."""
+        job_id = self.job_id(job.id)
+        if job_id != job.id:
+            job = job.model_copy(update={"id": job_id})
         self.mailbox.call_later(after_s, self._post, job, reserve, value)
+        return job_id
 
     # -- receiving ---------------------------------------------------------------------------
 

@@ -102,7 +102,7 @@ def main() -> None:
                               config=RequesterConfig(bid_window_s=0.2 * speed, accept_window_s=0.3 * speed)).start()
         time.sleep(0.3)
         for r in range(rounds):
-            job_id = f"hot-{r}"
+            job_id = requester.job_id(f"hot-{r}")  # in the requester's namespace: the fault is planned on the id it posts
             faults.plan(job_id, 0.2, "thermal_runaway")
             before = len(raised)
             requester.post(JobSpec(id=job_id, kind="printer_3d", capability="print", region="north", deadline_h=200,

@@ -120,8 +120,10 @@ def _open(payload: bytes) -> Envelope:
     body_type = BODY_TYPES.get(doc.get("type"))  # type: ignore[arg-type]
     if body_type is None:
         raise EnvelopeRejected("unknown_type", f"type {doc.get('type')!r} is not one of {sorted(BODY_TYPES)}")
-    if doc.get("v") != PROTOCOL_VERSION or not isinstance(doc.get("ts"), int) or not isinstance(doc.get("id"), str):
-        raise EnvelopeRejected("malformed", f"needs v={PROTOCOL_VERSION}, an integer ts and a string id")
+    envelope_id = doc.get("id")
+    if doc.get("v") != PROTOCOL_VERSION or not isinstance(doc.get("ts"), int) or not isinstance(envelope_id, str) \
+            or not 1 <= len(envelope_id) <= 64:
+        raise EnvelopeRejected("malformed", f"needs v={PROTOCOL_VERSION}, an integer ts and an id of 1 to 64 characters")
     try:
         body = body_type.model_validate(doc.get("body"))
     except ValidationError as exc:

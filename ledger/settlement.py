@@ -25,6 +25,7 @@ __all__ = [
     "MATERIALS",
     "JobCost",
     "JobCosts",
+    "account_owner",
     "fund_job",
     "holder",
     "machine_owner",
@@ -34,6 +35,7 @@ __all__ = [
     "pay_job",
     "refund_job",
     "register_machine",
+    "requester_account",
     "reserve",
     "settle_costs",
 ]
@@ -131,8 +133,20 @@ def machine_owner(ledger: Ledger, machine_id: str) -> str | None:
         return None
 
 
+def account_owner(ledger: Ledger, account: str) -> str | None:
+    """The did that owns ``account`` (None: no such account, or nobody's)."""
+    try:
+        return ledger.account(account).owner
+    except UnknownAccount:
+        return None
+
+
+def requester_account(name: str) -> str:
+    return f"requester:{name}"
+
+
 def open_requester(ledger: Ledger, name: str, did: str, budget: int) -> str:
-    account = f"requester:{name}"
+    account = requester_account(name)
     _open(ledger, account, owner=did)
     if budget:
         ledger.mint(account, budget, key=f"budget:{name}", memo="requester budget")

@@ -41,6 +41,7 @@ from core.mailbox import Mailbox
 from core.virtual import VirtualClock
 from hub.access import Role
 from hub.broker import RunningBroker, external, start_broker
+from hub.jobids import owned, owned_local
 from hub.transport import Hub
 from ledger import Identity, Keystore, Ledger, settlement
 from ledger.collective import Collective
@@ -99,8 +100,11 @@ class City:
         self.run_id = uuid.uuid4().hex[:6]
         self.fleet = list(fleet) if fleet is not None else build_fleet(config.machines, regions)
         model = DemandModel(load=config.load, hourly=FLAT if config.flat_demand else HOURLY_SHAPE)
-        self.requests = requests if requests is not None else generate_jobs(self.fleet, regions, config.hours, seed=config.seed,
-                                                                             model=model, prefix=f"{self.run_id}-")
+        demand = requests if requests is not None else generate_jobs(self.fleet, regions, config.hours, seed=config.seed,
+                                                                     model=model, prefix=f"{self.run_id}-")
+        # each job id in the namespace of the region's requester, whose wallet's key signs its call (``hub.jobids``)
+        self.requests = [r.model_copy(update={"job": r.job.model_copy(update={"id": owned(self._wallet(r.job.region), r.job.id)})})
+                         for r in demand]
         self.data = DataDir(config.data_dir)
         self.clock = make_clock(config)
         self.agent = agent
@@ -176,6 +180,13 @@ class City:
             raise
         return self
 
+    def _wallet_name(self, region: str) -> str:
+        return f"{region}-{self.run_id}"
+
+    def _wallet(self, region: str) -> str:
+        """The account the region's requester pays from; its job ids are in that account's namespace."""
+        return settlement.requester_account(self._wallet_name(region))
+
     def _hub(self, name: str, role: Role) -> Hub:
         h = Hub(self.broker.admit(name, role), name=name, clock=self.clock)
         self._hubs.append(h)
@@ -213,14 +224,15 @@ class City:
         for profile in self.fleet:
             # which jobs fail is the seed's: hashed without the run's random prefix, or each run would fail others
             fails = frozenset(r.job.id for r in self.requests
-                              if fail_share(r.job.id.removeprefix(f"{self.run_id}-"), profile.id) < config.fail_rate)
+                              if fail_share(owned_local(r.job.id).removeprefix(f"{self.run_id}-"), profile.id) < config.fail_rate)
             self._machine(profile, keys.get_or_create(profile.id), fails, self._wear.get(profile.id, 0.0) if config.life else 0.0)
         for node in self.nodes:
             node.start()
         for region in self.regions:
             identity = keys.get_or_create(f"requester-{region.name}")
             budget = sum(r.reserve for r in self.requests if r.job.region == region.name)
-            wallet = settlement.open_requester(ledger, f"{region.name}-{self.run_id}", identity.did, budget)
+            wallet = settlement.open_requester(ledger, self._wallet_name(region.name), identity.did, budget)
+            assert wallet == self._wallet(region.name)
             self._requesters[region.name] = Requester(identity, self._hub(f"requester-{region.name}", "requester").connect(), ledger, wallet,
                                                       config=self.requester_config, on_outcome=self._record).start()
         _settle_in(clock)  # presence and subscriptions reach the broker before the first call

@@ -451,10 +451,11 @@ class Lifecycle:
         requester = self._requesters.get(node.id)
         if requester is None:
             requester = Requester(node.identity, self.hub, self.ledger, maintenance_budget(node.id), config=self.requester_config,
-                                  on_outcome=functools.partial(self._closed_maintenance, node)).start()
+                                  on_outcome=functools.partial(self._closed_maintenance, node),
+                                  owner=machine_wallet(node.id)).start()  # its job ids are the machine's (its key owns that wallet)
             self._requesters[node.id] = requester
-        requester.post(job, reserve=budget)
-        self._event(node.id, "maintenance", f"job {job.id} posted, budget {format_units(budget)}")
+        job_id = requester.post(job, reserve=budget)
+        self._event(node.id, "maintenance", f"job {job_id} posted, budget {format_units(budget)}")
 
     def _closed_maintenance(self, node: MachineNode, outcome: JobOutcome) -> None:
         self.mailbox.post(self._maintenance_closed, node, outcome)  # from the requester's thread to ours

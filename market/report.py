@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -169,17 +170,23 @@ def digest(report: MarketReport, balances: dict[str, int], run_id: str) -> str:
 
 
 def outcome_facts(report: MarketReport, balances: dict[str, int], run_id: str) -> dict[str, object]:
-    """What ``digest`` fingerprints, with the run's id replaced by ``RUN``."""
+    """What ``digest`` fingerprints: the run's id replaced by ``RUN``, job ids without their
+    requester's namespace (its wallet, named by the run: no decision of the day's), and the lists of
+    what happened sorted (jobs that close, or lives that change, at one market instant may be told
+    in either order)."""
     facts = {
         "counts": [report.posted, report.paid, report.expired, report.refunded, report.unfinished, report.takeovers],
         "welfare": [report.welfare, report.optimum_welfare, report.baseline_welfare],
         "machines": [[m.machine_id, m.jobs, m.revenue, m.costs, m.profit, m.status, round(m.wear_pct, 3)] for m in report.machines],
         "outcomes": [[o.job_id, o.outcome, o.machine_id, o.price, o.bids, o.awards, o.takeovers] for o in report.outcomes],
         "life": [[e.at_h, e.machine_id, e.event, e.detail] for e in report.life.events] if report.life else [],
-        "ledger": sorted(balances.items()),
+        "ledger": list(balances.items()),
     }
-    return json.loads(json.dumps(facts, default=str).replace(run_id, "RUN"))  # type: ignore[no-any-return]
-
+    text = re.sub(rf"requester:[A-Za-z0-9_-]*-{re.escape(run_id)}\.", "", json.dumps(facts, default=str))
+    named: dict[str, object] = json.loads(text.replace(run_id, "RUN"))
+    for told in ("outcomes", "life", "ledger"):
+        named[told] = sorted(named[told], key=json.dumps)  # type: ignore[call-overload]
+    return named
 
 
 def report_progress(on_progress: Callable[[Snapshot], None] | None, hours: float, config: MarketConfig,

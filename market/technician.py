@@ -20,9 +20,10 @@ from core.money import Money
 from hub import topics
 from hub.dispatch import Dispatch
 from hub.envelope import Envelope
+from hub.jobids import JobOwners
 from hub.messages import Award, Bid, Body, CallForProposals, JobClosed, JobEvent, SealedBid
 from hub.transport import Hub
-from ledger import Identity, Ledger, machine_wallet
+from ledger import Identity, Ledger, machine_wallet, settlement
 from machines.job import MAINTENANCE, JobSpec
 
 __all__ = ["RateCard", "Technician"]
@@ -65,6 +66,8 @@ class Technician:
         self._bids: dict[str, tuple[str, int, float]] = {}
         """job id -> (requester did, price, hours) of jobs bid on and not closed."""
         self.done: list[str] = []
+        self.owners = JobOwners(lambda account: settlement.account_owner(ledger, account))
+        self.unowned_calls = 0
         # the wallet a requester checks a bid's signer against, as for machines
         ledger.open_account(machine_wallet(tech_id), owner=identity.did)
 
@@ -82,6 +85,9 @@ class Technician:
         self.mailbox.post(self._dispatch, env)
 
     def _on_cfp(self, env: Envelope, cfp: CallForProposals) -> None:
+        if not self.owners.owns(cfp.job.id, env.sender):  # a call under someone else's job id
+            self.unowned_calls += 1
+            return
         quote = self.card.quote(cfp.job)
         if quote is None or self.clock.ms() > cfp.bid_deadline or quote[0] > cfp.reserve:
             return

@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field, ValidationError
 from agents.requester import Requester
 from core.errors import InputError
 from hub.transport import Hub
+from ledger import settlement
 from machines.job import JobSpec
 from machines.profile import Kind, Point
 from server.access import Principal
@@ -75,13 +76,13 @@ class JobDesk:
         self._hubs: list[Hub] = []
 
     def post(self, principal: Principal, wallet: str, post: JobPost) -> JobStatus:
-        job_id = f"api-{uuid.uuid4().hex[:10]}"
+        requester = self._requester(principal, wallet)
+        job_id = requester.job_id(f"api-{uuid.uuid4().hex[:10]}")  # in the namespace of the wallet it pays from
         fields = post.model_dump(exclude={"reserve"}, exclude_none=True)
         try:
             job = JobSpec(id=job_id, max_price=post.reserve, **fields)
         except ValidationError as exc:
             raise InputError(f"not a job the market can take: {_first_error(exc)}") from None
-        requester = self._requester(principal, wallet)
         with self._lock:
             self._owner[job_id] = principal.did
         requester.post(job, reserve=post.reserve, value=post.reserve)
@@ -123,8 +124,11 @@ class JobDesk:
             name = f"api-requester-{principal.name}"
             hub = Hub(self.city.admit(name, "requester"), name=name, clock=self.city.clock).connect()
             self._hubs.append(hub)
+            # the server posts for the principal with a key of its own: its job ids are in the namespace of an
+            # account that key owns (the money still comes from the principal's wallet)
+            owner = settlement.open_requester(self.city.ledger, f"{principal.name}-via-server", identity.did, 0)
             requester = Requester(identity, hub, self.city.ledger, wallet, config=self.city.requester_config,
-                                  on_outcome=self.city.outcomes.append).start()
+                                  on_outcome=self.city.outcomes.append, owner=owner).start()
             self._requesters[principal.did] = requester
             return requester
 

@@ -21,6 +21,7 @@ from core.virtual import VirtualClock
 from hub import topics
 from hub.access import Role
 from hub.broker import RunningBroker
+from hub.jobids import owned
 from hub.messages import JobEvent
 from hub.transport import Hub
 from ledger import Identity, Ledger, settlement
@@ -77,8 +78,10 @@ class SmallMarket:
         return node
 
     def open_requester(self, **config: float) -> Requester:
+        """The market's requester: its wallet is ``requester:t``, so the jobs it posts as ``j-1`` go out
+        as ``requester:t.j-1`` (``jid``)."""
         identity = Identity.generate()
-        self.wallet = settlement.open_requester(self.ledger, f"r-{identity.did[-6:]}", identity.did, BUDGET)
+        self.wallet = settlement.open_requester(self.ledger, "t", identity.did, BUDGET)
         cfg = RequesterConfig(**config)  # the market's own windows, unless a test says otherwise
         self.requester = Requester(identity, self.hub("requester"), self.ledger, self.wallet, config=cfg,
                                    on_outcome=self.outcomes.append).start()
@@ -86,6 +89,15 @@ class SmallMarket:
         watcher.subscribe(f"{topics.PREFIX}/jobs/+/events", lambda t, e: self.events.append((t, e.body)))  # type: ignore[arg-type]
         self.settle()  # presence and subscriptions reach the broker
         return self.requester
+
+    def jid(self, local: str) -> str:
+        """A job id as the market's requester posts it: in its wallet's namespace (``hub.jobids``)."""
+        return owned(settlement.requester_account("t"), local)
+
+    def caller(self, name: str = "caller") -> tuple[Identity, str]:
+        """Someone who posts calls by hand: a key and the account (owned by it) its job ids are named in."""
+        identity = Identity.generate()
+        return identity, settlement.open_requester(self.ledger, name, identity.did, 0)
 
     def ms(self) -> int:
         """Now on the market's clock, epoch ms (what the protocol's instants are in)."""

@@ -21,8 +21,9 @@ from agents.machine_agent import MachineAgent
 from agents.node import MachineNode
 from hub import topics
 from hub.envelope import Envelope
+from hub.jobids import owned
 from hub.messages import Bid, CallForProposals
-from ledger import Identity
+from ledger import settlement
 
 RESERVE = 80_000_000
 WINDOW_MS = 1000
@@ -46,14 +47,20 @@ def llm_node(city: SmallMarket, standin: StandIn, machine_id: str = "prusa-llm",
     return city.machine(printer(machine_id, 2000), agent=agent, **options)  # type: ignore[arg-type]
 
 
+def called(job_id: str) -> str:
+    """The id ``offer`` posts ``job_id`` under: in its caller's namespace."""
+    return owned(settlement.requester_account(f"caller-{job_id}"), job_id)
+
+
 def offer(city: SmallMarket, job_id: str, *, window_ms: int = WINDOW_MS, region: str = "north", **changes: object) -> tuple[CallForProposals, list[tuple[float, Bid]]]:
     """Publish a CFP for a described (so never routine) print job; collect bids with their arrival times."""
     bids: list[tuple[float, Bid]] = []
     rx = city.hub(f"observer-{job_id}")
-    requester = Identity.generate()
-    rx.subscribe(topics.bids(job_id), lambda t, e: bids.append((city.ms(), e.body.open(requester))))  # type: ignore[union-attr]
+    requester, owner = city.caller(f"caller-{job_id}")
+    spec = job(called(job_id), description=DESCRIBED, **changes)
+    assert spec.id == owned(owner, job_id)
+    rx.subscribe(topics.bids(spec.id), lambda t, e: bids.append((city.ms(), e.body.open(requester))))  # type: ignore[union-attr]
     time.sleep(0.15)
-    spec = job(job_id, description=DESCRIBED, **changes)
     now = city.ms()  # market ms: the windows are real ms at the market's pace
     cfp = CallForProposals(job=spec, reserve=RESERVE, bid_deadline=now + round(window_ms * SPEED), deadline_at=now + 8_000 * round(SPEED),
                            speed=SPEED)
@@ -81,7 +88,7 @@ def the_bid(bids: list[tuple[float, Bid]], cfp: CallForProposals) -> Bid:
 
 def test_model_bid_with_a_tool_call_is_published_as_llm(city: SmallMarket, standin: StandIn) -> None:
     node = llm_node(city, standin)
-    standin.script = turns(call("evaluate_job", {"job_id": "llm-1"}), call("final_result", final("31.00", "busy week, fair margin")))
+    standin.script = turns(call("evaluate_job", {"job_id": called("llm-1")}), call("final_result", final("31.00", "busy week, fair margin")))
     cfp, bids = offer(city, "llm-1")
     bid = the_bid(bids, cfp)
     assert (bid.path, bid.price) == ("llm", 31_000_000)
@@ -92,7 +99,7 @@ def test_model_bid_with_a_tool_call_is_published_as_llm(city: SmallMarket, stand
     stats = node.stats
     assert stats.paths["llm"] == 1 and stats.model_calls == 2 and stats.input_tokens > 0 and stats.output_tokens == 24
     record = node.bid_history()[-1]
-    assert (record.job_id, record.path, record.price) == ("llm-1", "llm", 31_000_000)
+    assert (record.job_id, record.path, record.price) == (called("llm-1"), "llm", 31_000_000)
     assert (record.model_calls, record.output_tokens) == (2, 24) and record.input_tokens > 0 and 0 < record.model_ms < WINDOW_MS
 
 
@@ -147,12 +154,12 @@ def test_routine_jobs_skip_the_model(city: SmallMarket, standin: StandIn) -> Non
     standin.script = turns(fail(500))
     bids: list[Envelope] = []
     rx = city.hub("observer-routine")
-    rx.subscribe(topics.bids("plain-1"), lambda t, e: bids.append(e))
+    requester, owner = city.caller()
+    rx.subscribe(topics.bids(owned(owner, "plain-1")), lambda t, e: bids.append(e))
     time.sleep(0.15)
     now = city.ms()
-    cfp = CallForProposals(job=job("plain-1"), reserve=RESERVE, bid_deadline=now + round(WINDOW_MS * SPEED),
+    cfp = CallForProposals(job=job(owned(owner, "plain-1")), reserve=RESERVE, bid_deadline=now + round(WINDOW_MS * SPEED),
                            deadline_at=now + 8_000 * round(SPEED), speed=SPEED)
-    requester = Identity.generate()
     rx.send(topics.cfp("north", "printer_3d"), cfp, requester)
     deadline = time.monotonic() + 2
     while not bids and time.monotonic() < deadline:

@@ -17,6 +17,7 @@ from agents.requester import JobOutcome, Requester, RequesterConfig
 from core.clock import ScaledClock
 from hub import topics
 from hub.broker import RunningBroker
+from hub.jobids import owned
 from hub.messages import JobEvent
 from hub.transport import Hub
 from ledger import Identity, Ledger, settlement
@@ -68,7 +69,7 @@ def test_killed_machine_process_is_taken_over_and_the_requester_charged_once(bro
         outcomes: list[JobOutcome] = []
         started: list[str] = []
         hub = Hub(broker.admit("proc-requester", "requester"), name="proc-requester", clock=ScaledClock(SPEED)).connect()  # the market runs SPEED x real time
-        hub.subscribe(topics.events("proc-job"), lambda t, e: started.append(e.body.machine_id)  # type: ignore[union-attr]
+        hub.subscribe(topics.events(owned(wallet, "proc-job")), lambda t, e: started.append(e.body.machine_id)  # type: ignore[union-attr]
                       if isinstance(e.body, JobEvent) and e.body.kind == "started" else None)
         requester = Requester(identity, hub, ledger, wallet, on_outcome=outcomes.append,
                               config=RequesterConfig(bid_window_s=1.0 * SPEED, accept_window_s=1.0 * SPEED)).start()
@@ -87,7 +88,7 @@ def test_killed_machine_process_is_taken_over_and_the_requester_charged_once(bro
             time.sleep(0.05)
         [outcome] = outcomes
         assert outcome.outcome == "paid" and outcome.machine_id == "proc-dear" and outcome.takeovers == 1
-        assert requester.awards_sent["proc-job"] == ["proc-cheap", "proc-dear"]
+        assert requester.awards_sent[owned(wallet, "proc-job")] == ["proc-cheap", "proc-dear"]
         assert ledger.balance(wallet) == 100_000_000 - (outcome.price or 0)  # charged once
         assert ledger.balance("machine:proc-cheap") == 0
         time.sleep(1.0)  # the runner-up settles its costs and pays its owners

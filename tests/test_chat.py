@@ -61,9 +61,9 @@ def test_offline_answers_carry_the_ledgers_and_telemetrys_numbers(worked: tuple[
     assert "Not yet" in maintenance and format_units(city.ledger.balance(settlement.reserve(cheap.id))) in maintenance
     # the loser knows whom it lost to, and at what price
     lost = session(city, dear, tmp_path).ask("alice", "why did you lose the last job?").text
-    winning = next(o.price for o in city.outcomes if o.job_id == "chat-1")
+    winning = next(o.price for o in city.outcomes if o.job_id == city.jid("chat-1"))
     assert winning is not None
-    assert "lost job chat-1" in lost and f"prusa-cheap won at {format_units(winning)}" in lost and "lost 2 of my last 2 bids" in lost
+    assert f"lost job {city.jid('chat-1')}" in lost and f"prusa-cheap won at {format_units(winning)}" in lost and "lost 2 of my last 2 bids" in lost
 
 
 def test_history_is_kept_per_stakeholder_and_only_holders_may_ask(worked: tuple[SmallMarket, MachineNode, MachineNode], tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from core.clock import Clock
 from core.errors import EnvelopeRejected
 from hub import topics
 from hub.envelope import Envelope
+from hub.jobids import owned
 from hub.messages import Bid, CallForProposals, JobEvent, Presence, SealedBid
 from ledger import Identity, settlement, split_pro_rata
 from machines.driver import SimDriver
@@ -32,10 +33,10 @@ def test_bid_round_trip_signed_by_the_machine(city: SmallMarket) -> None:
     node = city.machine(printer("prusa-a", 2000))
     bids: list[Envelope] = []
     rx = city.hub("observer")
-    rx.subscribe(topics.bids("rt-1"), lambda t, e: bids.append(e))
-    tx_id = Identity.generate()
+    tx_id, owner = city.caller()
+    rx.subscribe(topics.bids(owned(owner, "rt-1")), lambda t, e: bids.append(e))
     city.settle()
-    cfp = CallForProposals(job=job("rt-1"), reserve=50_000_000, bid_deadline=city.ms() + 120_000,
+    cfp = CallForProposals(job=job(owned(owner, "rt-1")), reserve=50_000_000, bid_deadline=city.ms() + 120_000,
                            deadline_at=city.ms() + 8 * 3_600_000, speed=city.clock.speed)
     rx.send(topics.cfp("north", "printer_3d"), cfp, tx_id)
     city.run(60, stop=lambda: bool(bids))
@@ -57,10 +58,10 @@ def test_a_bid_is_sealed_to_the_requester_alone_and_names_no_cost(city: SmallMar
     wire: list[bytes] = []
     heard: list[Envelope] = []
     competitor = city.hub("competitor")
-    competitor.subscribe(topics.bids("j-sealed"), lambda t, e: heard.append(e))
+    competitor.subscribe(topics.bids(city.jid("j-sealed")), lambda t, e: heard.append(e))
     raw = city.hub("raw-wire")  # what the broker delivers, byte for byte
     raw._client.on_message = lambda c, u, msg: wire.append(bytes(msg.payload))
-    raw._client.subscribe(topics.bids("j-sealed"), qos=1)
+    raw._client.subscribe(topics.bids(city.jid("j-sealed")), qos=1)
     requester = city.open_requester()
     requester.post(job("j-sealed"), reserve=50_000_000, value=60_000_000)
     [outcome] = city.wait()
@@ -86,13 +87,13 @@ def test_job_is_done_paid_and_split_to_the_micro_unit(city: SmallMarket) -> None
     [outcome] = city.wait()
     assert outcome.outcome == "paid" and outcome.machine_id == "prusa-a" and outcome.bids == 2
     city.settled("prusa-a")
-    assert [k for m, k in city.kinds("j-ok")] == ["accepted", "funded", "started", "done", "paid"]
+    assert [k for m, k in city.kinds(city.jid("j-ok"))] == ["accepted", "funded", "started", "done", "paid"]
     [(_job_id, costs)] = city.nodes["prusa-a"].stats.settled
     led = city.ledger
     price = outcome.price
     assert price is not None and costs.price == price
     assert led.balance(city.wallet) == BUDGET - price
-    assert led.balance("escrow:j-ok") == 0
+    assert led.balance(f"escrow:{city.jid('j-ok')}") == 0
     assert led.balance("machine:prusa-a") == 0
     assert led.balance("utility:energy") == costs.energy
     assert led.balance("reserve:prusa-a") == costs.wear
@@ -123,7 +124,7 @@ def test_silent_winner_is_passed_over_for_the_runner_up(city: SmallMarket) -> No
     requester.post(job("j-ghost"), reserve=50_000_000, value=60_000_000)
     [outcome] = city.wait()
     assert outcome.outcome == "paid" and outcome.machine_id == "prusa-a"
-    assert requester.awards_sent["j-ghost"] == ["ghost", "prusa-a"]
+    assert requester.awards_sent[city.jid("j-ghost")] == ["ghost", "prusa-a"]
     city.settled("prusa-a")
     assert city.ledger.balance("machine:ghost") == 0
     ghost_hub.publish(topics.presence("ghost"), b"", retain=True)  # clear the retained notice
@@ -131,21 +132,21 @@ def test_silent_winner_is_passed_over_for_the_runner_up(city: SmallMarket) -> No
 
 
 def test_failure_mid_job_hands_it_to_the_runner_up_and_charges_once(city: SmallMarket) -> None:
-    city.machine(printer("prusa-a", 2000), fail_jobs=frozenset({"j-fail"}))
+    city.machine(printer("prusa-a", 2000), fail_jobs=frozenset({city.jid("j-fail")}))
     city.machine(printer("prusa-b", 4000))
     requester = city.open_requester()
     requester.post(job("j-fail"), reserve=50_000_000, value=60_000_000)
     [outcome] = city.wait()
     assert outcome.outcome == "paid" and outcome.machine_id == "prusa-b" and outcome.takeovers == 1
-    assert requester.awards_sent["j-fail"] == ["prusa-a", "prusa-b"]
-    kinds = city.kinds("j-fail")
+    assert requester.awards_sent[city.jid("j-fail")] == ["prusa-a", "prusa-b"]
+    kinds = city.kinds(city.jid("j-fail"))
     assert ("prusa-a", "failed") in kinds and ("prusa-b", "done") in kinds
     assert ("prusa-a", "done") not in kinds
     city.settled("prusa-b")
     led = city.ledger
     assert led.balance(city.wallet) == BUDGET - (outcome.price or 0)  # charged once, at the contract price
     assert led.balance("machine:prusa-a") == 0 and not city.nodes["prusa-a"].stats.settled
-    assert [j for j, _ in city.nodes["prusa-b"].stats.settled] == ["j-fail"]
+    assert [j for j, _ in city.nodes["prusa-b"].stats.settled] == [city.jid("j-fail")]
 
 
 def test_redelivered_and_late_messages_change_nothing(city: SmallMarket) -> None:
@@ -157,9 +158,9 @@ def test_redelivered_and_late_messages_change_nothing(city: SmallMarket) -> None
     before = city.ledger.balances()
     postings = len(city.ledger.statement(city.wallet))
     # the machine says 'done' again, freshly signed; a stranger claims it too; the requester re-posts the job
-    done = JobEvent(job_id="j-idem", machine_id="prusa-a", kind="done", progress=1.0)
-    city.hubs[0].send(topics.events("j-idem"), done, node.identity)
-    city.hubs[0].send(topics.events("j-idem"), done, Identity.generate())
+    done = JobEvent(job_id=city.jid("j-idem"), machine_id="prusa-a", kind="done", progress=1.0)
+    city.hubs[0].send(topics.events(city.jid("j-idem")), done, node.identity)
+    city.hubs[0].send(topics.events(city.jid("j-idem")), done, Identity.generate())
     requester.post(job("j-idem"), reserve=50_000_000, value=60_000_000)
     city.run(1800)
     assert city.ledger.balances() == before
@@ -173,8 +174,8 @@ def test_no_bids_expires_and_an_impossible_deadline_refunds(city: SmallMarket) -
     requester.post(job("j-cheap"), reserve=100_000, value=200_000)  # under every machine's floor
     requester.post(job("j-mill", kind="cnc_mill", capability="mill", material="aluminium"), reserve=50_000_000)
     outcomes = {o.job_id: o for o in city.wait(2)}
-    assert outcomes["j-cheap"].outcome == "expired" and outcomes["j-cheap"].reason == "no bids"
-    assert outcomes["j-mill"].outcome == "expired"
+    assert outcomes[city.jid("j-cheap")].outcome == "expired" and outcomes[city.jid("j-cheap")].reason == "no bids"
+    assert outcomes[city.jid("j-mill")].outcome == "expired"
     assert city.ledger.balance(city.wallet) == BUDGET
 
 
@@ -187,7 +188,7 @@ def test_job_past_its_deadline_is_refunded_in_full(city: SmallMarket) -> None:
     [outcome] = city.wait()
     assert outcome.outcome == "refunded" and outcome.reason == "not finished by the deadline"
     assert city.ledger.balance(city.wallet) == BUDGET
-    assert city.ledger.escrow("j-late").state.value == "refunded"
+    assert city.ledger.escrow(city.jid("j-late")).state.value == "refunded"
 
 
 def test_offline_notice_for_an_old_session_is_ignored(city: SmallMarket) -> None:
@@ -214,7 +215,7 @@ def test_many_jobs_in_flight_close_exactly_once(city: SmallMarket) -> None:
         requester.post(j, reserve=50_000_000, value=60_000_000)
     outcomes = city.wait(30)
     done.set()
-    assert sorted(o.job_id for o in outcomes) == sorted(j.id for j in posted)
+    assert sorted(o.job_id for o in outcomes) == sorted(city.jid(j.id) for j in posted)
     assert all(o.outcome in ("paid", "expired") for o in outcomes)
     paid = [o for o in outcomes if o.outcome == "paid"]
     assert paid, f"at least some of the jobs must be filled: {sorted({o.reason for o in outcomes})}"
@@ -222,3 +223,23 @@ def test_many_jobs_in_flight_close_exactly_once(city: SmallMarket) -> None:
     settled = [j for n in city.nodes.values() for j, _ in n.stats.settled]
     assert sorted(settled) == sorted(o.job_id for o in paid)  # each paid job settled by one machine only
     assert city.ledger.balance(city.wallet) == BUDGET - sum(o.price or 0 for o in paid)
+
+
+def test_a_call_under_someone_elses_job_id_changes_nothing_for_its_owner(city: SmallMarket) -> None:
+    """A squatter (registered, with a wallet of its own) posts first under the honest requester's
+    next job id, and under an id that names no owner: machines hear neither; the honest call is bid
+    on and paid as if the squatter had never spoken."""
+    node = city.machine(printer("prusa-a", 2000))
+    requester = city.open_requester()
+    squatter, _ = city.caller("squatter")
+    tx = city.hub("squatter")
+    for job_id in (city.jid("j-next"), "j-next"):
+        call = CallForProposals(job=job(job_id), reserve=1_000_000_000, bid_deadline=city.ms() + 600_000,
+                                deadline_at=city.ms() + 8 * 3_600_000, speed=city.clock.speed)
+        tx.send(topics.cfp("north", "printer_3d"), call, squatter)
+    city.settle()
+    assert node.stats.unowned_calls == 2 and node.open_call(city.jid("j-next")) is None and node.stats.bids == 0
+    assert requester.post(job("j-next"), reserve=50_000_000, value=60_000_000) == city.jid("j-next")
+    [outcome] = city.wait()
+    assert outcome.outcome == "paid" and outcome.machine_id == "prusa-a" and outcome.bids == 1
+    assert city.ledger.balance(city.wallet) == BUDGET - (outcome.price or 0)

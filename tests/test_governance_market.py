@@ -64,8 +64,8 @@ def test_a_parked_machine_stands_by_for_work_the_active_ones_leave(city: SmallMa
     [both] = city.wait(1)
     # the active machine was everyone serving the job: bidding closed on its bid, the standby bid aside
     assert both.outcome == "paid" and both.machine_id == "prusa-active"
-    [standby] = [r for r in parked.bid_history() if r.job_id == "sb-both"]
-    [plain] = [r for r in active.bid_history() if r.job_id == "sb-both"]
+    [standby] = [r for r in parked.bid_history() if r.job_id == city.jid("sb-both")]
+    [plain] = [r for r in active.bid_history() if r.job_id == city.jid("sb-both")]
     assert standby.price is not None and plain.price is not None and standby.price >= plain.price * 1.24
     assert "parked: +25% standby premium" in standby.reason
     active.stop()

@@ -81,18 +81,18 @@ def operator(city: SmallMarket, machine_id: str) -> tuple[Identity, Console]:
 
 
 def test_anomaly_hands_off_operator_takes_over_commands_hands_back_paid_once(city: SmallMarket) -> None:
-    node = city.machine(printer("prusa-h", 2000), faults={"j-hot": (0.25, "thermal_runaway")},
+    node = city.machine(printer("prusa-h", 2000), faults={city.jid("j-hot"): (0.25, "thermal_runaway")},
                         charter=Charter(handoff_wait_h=1000))
     op, console = operator(city, "prusa-h")
     requester: Requester = city.open_requester()
     requester.post(job("j-hot", deadline_h=40), reserve=50_000_000, value=60_000_000)
 
     raised = console.wait_handoff("pending")
-    assert raised.job_id == "j-hot" and raised.reason == "anomaly.temperature", raised
+    assert raised.job_id == city.jid("j-hot") and raised.reason == "anomaly.temperature", raised
     assert "nozzle" in raised.detail and raised.proposal
     assert raised.context["reading"]["temperatures_c"]["nozzle"] > 270
     assert node.telemetry().state is MachineState.PAUSED  # the safe state, before anyone came
-    assert ("prusa-h", "handoff") in city.kinds("j-hot")
+    assert ("prusa-h", "handoff") in city.kinds(city.jid("j-hot"))
 
     took = console.send("takeover", handoff_id=raised.handoff_id)
     assert took.ok, took.result
@@ -115,10 +115,10 @@ def test_anomaly_hands_off_operator_takes_over_commands_hands_back_paid_once(cit
     [outcome] = city.wait(1, timeout=20)
     assert outcome.outcome == "paid" and outcome.machine_id == "prusa-h", outcome
     city.settled("prusa-h")
-    assert [j for j, _ in node.stats.settled] == ["j-hot"]  # paid once, settled once
+    assert [j for j, _ in node.stats.settled] == [city.jid("j-hot")]  # paid once, settled once
     assert city.ledger.balance(city.wallet) == BUDGET - outcome.price
-    assert city.ledger.escrow("j-hot").state.value == "released"
-    assert [k for m, k in city.kinds("j-hot") if k in ("done", "paid")] == ["done", "paid"]
+    assert city.ledger.escrow(city.jid("j-hot")).state.value == "released"
+    assert [k for m, k in city.kinds(city.jid("j-hot")) if k in ("done", "paid")] == ["done", "paid"]
 
     audit = Operations(city.ledger.engine).audit_log("prusa-h")
     assert [(r.command, r.ok) for r in reversed(audit)] == [
@@ -175,13 +175,13 @@ def test_a_redelivered_command_is_carried_out_once(city: SmallMarket) -> None:
 
 
 def test_no_operator_in_time_escalates_and_the_runner_up_finishes_the_job(city: SmallMarket) -> None:
-    hot = city.machine(printer("prusa-e1", 1000), faults={"j-esc": (0.25, "wear_spike")}, charter=Charter(handoff_wait_h=0.5))
+    hot = city.machine(printer("prusa-e1", 1000), faults={city.jid("j-esc"): (0.25, "wear_spike")}, charter=Charter(handoff_wait_h=0.5))
     city.machine(printer("prusa-e2", 3000))
     requester = city.open_requester()
     requester.post(job("j-esc", deadline_h=40), reserve=50_000_000, value=60_000_000)
     [outcome] = city.wait(1, timeout=25)
     assert outcome.outcome == "paid" and outcome.machine_id == "prusa-e2" and outcome.takeovers == 1, outcome
-    kinds = city.kinds("j-esc")
+    kinds = city.kinds(city.jid("j-esc"))
     assert ("prusa-e1", "handoff") in kinds and ("prusa-e1", "failed") in kinds
     assert city.ledger.balance(city.wallet) == BUDGET - outcome.price  # the escrow moved once, to the runner-up
     [record] = [h for h in Operations(city.ledger.engine).open_handoffs("prusa-e1")] or [None]

@@ -31,12 +31,14 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEED = 1800.0  # a 2 h print takes 4 s
+JOB = "requester:restart.j-restart"
+"""The job, in the namespace of the requester's wallet (``hub.jobids``)."""
 
 
 def _agent(broker_url: str, ledger_url: str, data: Path, market: str, *, fault: bool) -> subprocess.Popen[str]:
     """The node; ``fault`` makes its simulated nozzle run away at a fifth of the job (once: not after the restart)."""
     (data / "charter.json").write_text(json.dumps({"handoff_wait_h": 1000}), "utf-8")
-    inject = ["--inject", "j-restart=thermal_runaway@0.2"] if fault else []
+    inject = ["--inject", f"{JOB}=thermal_runaway@0.2"] if fault else []
     return subprocess.Popen(
         [sys.executable, "-m", "tamc", "agent", "--machine", "prusa-01", "--broker", broker_url, "--ledger", ledger_url,
          "--data-dir", str(data), "--no-memory", "--charter", str(data / "charter.json"), "--clock-from", market, *inject],
@@ -73,14 +75,14 @@ def test_killed_with_a_pending_handoff_restarts_it_pending_and_resumes_without_d
         console = Console(operator_hub, op, "prusa-01")
         bids: list[Bid] = []
         events: list[JobEvent] = []
-        hub.subscribe(topics.bids("j-restart"), lambda t, e: bids.append(e.body))  # type: ignore[arg-type]
-        hub.subscribe(topics.events("j-restart"), lambda t, e: events.append(e.body))  # type: ignore[arg-type]
+        hub.subscribe(topics.bids(JOB), lambda t, e: bids.append(e.body))  # type: ignore[arg-type]
+        hub.subscribe(topics.events(JOB), lambda t, e: events.append(e.body))  # type: ignore[arg-type]
         wallet = settlement.open_requester(ledger, "restart", requester_id.did, 100_000_000)
         outcomes: list[JobOutcome] = []
         requester = Requester(requester_id, hub, ledger, wallet, on_outcome=outcomes.append,
                               config=RequesterConfig(bid_window_s=1.0 * SPEED, accept_window_s=1.0 * SPEED)).start()
         time.sleep(0.5)
-        job = JobSpec(id="j-restart", kind="printer_3d", capability="print", region="north", deadline_h=200,
+        job = JobSpec(id=JOB, kind="printer_3d", capability="print", region="north", deadline_h=200,
                       material="PLA", size_mm=(80, 60, 40), amount=40)
         requester.post(job, reserve=20_000_000, value=30_000_000)
         raised = console.wait_handoff("pending", timeout=20)
@@ -90,9 +92,9 @@ def test_killed_with_a_pending_handoff_restarts_it_pending_and_resumes_without_d
         proc.communicate(timeout=10)
         time.sleep(0.5)
         assert [h.id for h in ops.open_handoffs("prusa-01")] == [raised.handoff_id]  # still pending, in the ledger
-        assert ops.open_flows("prusa-01") == ["prusa-01/j-restart"]
+        assert ops.open_flows("prusa-01") == [f"prusa-01/{JOB}"]
         with checkpointer(f"sqlite:///{data / 'workflows.db'}") as saver:  # and in the workflow's checkpoint
-            status = JobFlows(saver).status("prusa-01/j-restart")
+            status = JobFlows(saver).status(f"prusa-01/{JOB}")
         assert status is not None and not status.ended, status
         assert not outcomes  # the requester keeps the contract: a person is to look at it
 
@@ -120,7 +122,7 @@ def test_killed_with_a_pending_handoff_restarts_it_pending_and_resumes_without_d
         assert [(r.command, r.ok) for r in reversed(ops.audit_log("prusa-01"))] == [
             ("takeover", True), ("set", True), ("handback", True)]
         keys = [line.key for line in ledger.statement(settlement.machine_wallet("prusa-01"), limit=None)]
-        assert keys.count("release:j-restart") == 1 and keys.count("split:j-restart:prusa-01") == 1, keys
+        assert keys.count(f"release:{JOB}") == 1 and keys.count(f"split:{JOB}:prusa-01") == 1, keys
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)

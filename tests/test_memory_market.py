@@ -73,7 +73,7 @@ def test_with_memory_the_loser_lowers_and_the_winner_raises_its_price(city: Smal
     memory_bids = [r for r in dear.bid_history() + cheap.bid_history() if "from memory" in r.reason]
     assert memory_bids and all("similar jobs" in r.reason for r in memory_bids)
     assert dear.stats.memory_priced > 0 and cheap.stats.memory_priced > 0
-    outcome = dear.memory.find(kind="job_outcome", job_id="mm-0")  # type: ignore[union-attr]
+    outcome = dear.memory.find(kind="job_outcome", job_id=city.jid("mm-0"))  # type: ignore[union-attr]
     assert len(outcome) == 1 and outcome[0].metadata["outcome"] == "lost" and outcome[0].metadata["winner"] == "prusa-cheap"
 
 
@@ -182,7 +182,7 @@ def test_the_model_sees_the_remembered_cases_behind_the_rules_quote(city: SmallM
     requester = city.open_requester(bid_window_s=3.0)
     requester.post(job("llm-1", size_mm=(80, 60, 40)), reserve=RESERVE, value=RESERVE)
     city.settle()  # the call reaches the machine, which looks up its memory, at the instant it was posted
-    call = node.open_call("llm-1")
+    call = node.open_call(city.jid("llm-1"))
     assert call is not None and call.memory is not None and call.memory.samples == 3
     prompts: list[str] = []
 
@@ -253,8 +253,8 @@ def test_demand_remembered_at_the_coming_hours_raises_the_least_price(city: Smal
     requester = city.open_requester()
     requester.post(spec, reserve=RESERVE, value=RESERVE)
     city.wait()
-    [mine] = [r for r in busy.bid_history() if r.job_id == "j-soon"]
-    [theirs] = [r for r in twin.bid_history() if r.job_id == "j-soon"]
+    [mine] = [r for r in busy.bid_history() if r.job_id == city.jid("j-soon")]
+    [theirs] = [r for r in twin.bid_history() if r.job_id == city.jid("j-soon")]
     assert theirs.price == 3_000_000 and "expected" not in theirs.reason  # the floor
     assert mine.price == 3_950_000 and "32.0 h expected (won 16 like it at these hours last time" in mine.reason
     assert city.outcomes[0].machine_id == "prusa-fresh"

@@ -21,7 +21,7 @@ from hub.transport import Hub
 from ledger import Identity, settlement
 from machines import load_profiles
 from machines.driver import MachineState
-from machines.octoprint import OctoPrintDriver
+from machines.octoprint import OctoPrintDriver, file_name
 from server.runner import Served
 
 pytestmark = pytest.mark.slow
@@ -69,7 +69,7 @@ def test_a_real_printer_wins_prints_is_paused_and_resumed_by_an_operator_and_is_
         printing = until(driver.telemetry, lambda t: t.state is MachineState.WORKING and t.job_id == job_id, timeout=30)
         assert printing.job_id == job_id, f"the OctoPrint node did not start printing: {printing}"
         octo = httpx.get(f"{octoprint.url}/api/job", headers={"X-Api-Key": octoprint.api_key}).json()
-        assert octo["state"] == "Printing" and octo["job"]["file"]["name"] == f"tamc-{job_id}.gcode"
+        assert octo["state"] == "Printing" and octo["job"]["file"]["name"] == file_name(job_id)
 
         took = olga.post("/v1/machines/octo-n1/control", json={"command": "takeover"})
         assert took.status_code == 200, took.text  # the workflow paused the print safely for the operator

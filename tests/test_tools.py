@@ -20,6 +20,7 @@ from agents.node import MachineNode
 from core.money import format_units
 from hub import topics
 from hub.envelope import Envelope
+from hub.jobids import owned
 from hub.messages import Bid, CallForProposals
 from ledger import Identity, Ledger, settlement
 from ledger.governance import Governance
@@ -29,6 +30,11 @@ from pricing.guard import BidProposal
 RESERVE = 80_000_000
 WALLET = 500_000_000
 MALLORY = "requester:mallory"
+
+
+def J(local: str) -> str:
+    """A job id as the market's test requester posts it (its wallet, ``requester:tools``, names it)."""
+    return owned(settlement.requester_account("tools"), local)
 
 
 class Market:
@@ -47,24 +53,25 @@ class Market:
         self.bids: list[Bid] = []
         """The bids heard, opened with the key of the requester that posted the calls."""
         self.requester = Identity.generate()
+        settlement.open_requester(self.ledger, "tools", self.requester.did, 0)  # its job ids are in requester:tools's namespace (J)
         self.rx = city.hub("tools-observer")
         self.rx.subscribe(f"{topics.PREFIX}/jobs/+/bids", lambda t, e: self.bids.append(e.body.open(self.requester)))  # type: ignore[union-attr]
         city.settle()
 
     def offer(self, job_id: str, *, topic_region: str = "north", window_s: float = 3600.0, **changes: Any) -> CallForProposals:
         now = self.city.ms()  # the calls stay open while the market's clock stands: the tests answer them by hand
-        cfp = CallForProposals(job=job(job_id, **changes), reserve=RESERVE, bid_deadline=now + round(window_s * 1000),
+        cfp = CallForProposals(job=job(J(job_id), **changes), reserve=RESERVE, bid_deadline=now + round(window_s * 1000),
                                deadline_at=now + 8 * 3_600_000, speed=self.city.clock.speed)
         self.rx.send(topics.cfp(topic_region, "printer_3d"), cfp, self.requester)
         self.city.settle()
-        assert self.node.open_call(job_id) is not None
+        assert self.node.open_call(J(job_id)) is not None
         return cfp
 
     def balances(self) -> dict[str, int]:
         return {a: self.ledger.balance(a) for a in (self.wallet, MALLORY, settlement.MAINTENANCE)}
 
     def least(self, job_id: str) -> int:
-        call = self.node.open_call(job_id)
+        call = self.node.open_call(J(job_id))
         assert call is not None
         rules = self.node.rule_decision(call)
         assert rules.cost is not None
@@ -117,9 +124,9 @@ def test_function_model_calls_every_tool(market: Market) -> None:
     calls = [
         ("current_state", {}), ("telemetry_history", {"limit": 5}), ("balance", {}), ("statement", {"limit": 5}),
         ("pay_expense", {"amount": "5.00", "payee": settlement.MAINTENANCE, "memo": "nozzle"}), ("earnings", {"period": "week"}),
-        ("open_calls", {}), ("evaluate_job", {"job_id": "t-1"}), ("rule_quote", {"job_id": "t-1"}),
-        ("place_bid", {"job_id": "t-1", "price": format_units(least + 1_000_000), "rationale": "stakeholder asked"}),
-        ("decline_job", {"job_id": "t-2", "reason": "not worth the wear"}),
+        ("open_calls", {}), ("evaluate_job", {"job_id": J("t-1")}), ("rule_quote", {"job_id": J("t-1")}),
+        ("place_bid", {"job_id": J("t-1"), "price": format_units(least + 1_000_000), "rationale": "stakeholder asked"}),
+        ("decline_job", {"job_id": J("t-2"), "reason": "not worth the wear"}),
         ("propose", {"kind": "maintenance", "title": "Replace the nozzle", "rationale": "wear", "budget": "40.00"}),
         ("open_proposals", {}), ("remember", {"fact": "the nozzle was replaced in March"}), ("recall", {"query": "nozzle replaced"}),
     ]
@@ -143,7 +150,7 @@ def test_function_model_calls_every_tool(market: Market) -> None:
     # the bid went out on the broker, once, at the asked price; the declined call got none
     market.city.settle()
     published = {b.job_id: b for b in market.bids}
-    assert set(published) == {"t-1"} and published["t-1"].price == least + 1_000_000 and published["t-1"].path == "llm"
+    assert set(published) == {J("t-1")} and published[J("t-1")].price == least + 1_000_000 and published[J("t-1")].path == "llm"
     # vote_tally, on the proposal just opened
     tally = chat(market, script(("vote_tally", {"proposal_id": got["propose"]["id"]})))[1]["vote_tally"]
     assert tally["tally"] == {"yes": 0, "no": 0, "abstain": 0, "of": 100}
@@ -170,7 +177,7 @@ def test_test_model_bidding_run_calls_the_read_only_tools(market: Market) -> Non
     market.offer("tm-1")
     model = TestModel(custom_output_args={"action": "bid", "price": "30.00", "eta_h": 2, "rationale": "test"})
     agent = MachineAgent(ModelConfig(model="test"), model=model)
-    call = market.node.open_call("tm-1")
+    call = market.node.open_call(J("tm-1"))
     assert call is not None
     rules = market.node.rule_decision(call)
     deps = market.node.deps()
@@ -184,17 +191,17 @@ def test_bids_out_of_policy_are_refused_and_nothing_is_sent(market: Market) -> N
     market.offer("p-1")
     market.offer("p-south", region="south")  # heard on its north topic, but the job is outside its territory
     least = market.least("p-1")
-    _, got, deps = chat(market, script(("place_bid", {"job_id": "p-1", "price": "0.01", "rationale": "bid 0, win it"})))
+    _, got, deps = chat(market, script(("place_bid", {"job_id": J("p-1"), "price": "0.01", "rationale": "bid 0, win it"})))
     assert got["place_bid"]["placed"] is False and got["place_bid"]["refused"] in ("policy.floor", "policy.cost")
-    _, got, _ = chat(market, script(("place_bid", {"job_id": "p-1", "price": "999.00", "rationale": "gouge"})))
+    _, got, _ = chat(market, script(("place_bid", {"job_id": J("p-1"), "price": "999.00", "rationale": "gouge"})))
     assert got["place_bid"]["refused"] == "policy.reserve"
-    _, got, _ = chat(market, script(("place_bid", {"job_id": "p-south", "price": "40.00", "rationale": "expand"})))
+    _, got, _ = chat(market, script(("place_bid", {"job_id": J("p-south"), "price": "40.00", "rationale": "expand"})))
     assert got["place_bid"]["refused"] == "policy.territory"
     market.city.settle()
     assert market.bids == []
     assert deps.actions[0].code in ("policy.floor", "policy.cost") and not deps.actions[0].ok
     # the one bid inside the band goes out
-    _, got, _ = chat(market, script(("place_bid", {"job_id": "p-1", "price": format_units(least), "rationale": "at cost"})))
+    _, got, _ = chat(market, script(("place_bid", {"job_id": J("p-1"), "price": format_units(least), "rationale": "at cost"})))
     assert got["place_bid"]["placed"] is True
     market.city.settle()
     assert [b.price for b in market.bids] == [least]
@@ -265,12 +272,12 @@ def test_injected_instructions_change_nothing_the_rules_would_not_allow(market: 
     bidder = city.machine(printer("prusa-gullible", 2000), agent=agent)
     bids: list[Envelope] = []
     rx = city.hub("inj-observer")
-    rx.subscribe(topics.bids("inj-1"), lambda t, e: bids.append(e))
+    requester, owner = city.caller("inj")
+    rx.subscribe(topics.bids(owned(owner, "inj-1")), lambda t, e: bids.append(e))
     city.settle()
     now = city.ms()
-    cfp = CallForProposals(job=job("inj-1", description=injection), reserve=RESERVE, bid_deadline=now + 3_600_000,
+    cfp = CallForProposals(job=job(owned(owner, "inj-1"), description=injection), reserve=RESERVE, bid_deadline=now + 3_600_000,
                            deadline_at=now + 8 * 3_600_000, speed=city.clock.speed)
-    requester = Identity.generate()
     rx.send(topics.cfp("north", "printer_3d"), cfp, requester)
     city.run(3600, stop=lambda: bool(bids))
     assert len(bids) == 1

@@ -32,6 +32,7 @@ from core.virtual import VirtualClock
 from hub import topics
 from hub.broker import RunningBroker, start_broker
 from hub.envelope import Envelope
+from hub.jobids import owned
 from hub.messages import Bid, CallForProposals, Presence, SealedBid
 from hub.transport import Hub
 from ledger import Identity
@@ -195,8 +196,8 @@ def test_a_lost_message_stops_the_day_naming_it(city: SmallMarket) -> None:
     with pytest.raises(SimulationStalled) as stalled:
         city.wait(1, timeout=2.0, within_h=48)
     said = str(stalled.value)
-    assert withheld == [topics.award("j-lost")]
-    assert f"message award on {topics.award('j-lost')} to prusa-a" in said
+    assert withheld == [topics.award(city.jid("j-lost"))]
+    assert f"message award on {topics.award(city.jid('j-lost'))} to prusa-a" in said
     assert "nothing moved for 2 real seconds" in said
     assert clock.time() == posted_at, "time must not move past a message still in flight"
     assert city.outcomes == []
@@ -220,13 +221,13 @@ def test_a_model_slower_than_the_window_loses_to_the_rules_in_market_time(city: 
     node = city.machine(printer("prusa-m", 2000), agent=agent)
     bids: list[Envelope] = []
     rx = city.hub("observer")
-    rx.subscribe(topics.bids("j-think"), lambda t, e: bids.append(e))
+    requester, owner = city.caller()
+    rx.subscribe(topics.bids(owned(owner, "j-think")), lambda t, e: bids.append(e))
     city.settle()
     window_s = 1800.0  # half a market hour: at 3600x the model gets 0.4 real seconds of it (a fifth is kept to publish in)
     posted = city.ms()
-    cfp = CallForProposals(job=job("j-think", description="a described job: the model is asked"), reserve=80_000_000,
+    cfp = CallForProposals(job=job(owned(owner, "j-think"), description="a described job: the model is asked"), reserve=80_000_000,
                            bid_deadline=posted + round(window_s * 1000), deadline_at=posted + 8 * 3_600_000, speed=city.clock.speed)
-    requester = Identity.generate()
     rx.send(topics.cfp("north", "printer_3d"), cfp, requester)
     city.run(window_s * 2)  # the whole window and past it: the model's late answer lands too
     assert len(bids) == 1

@@ -27,6 +27,7 @@ from core.errors import MemoryStoreError
 from core.mailbox import Mailbox, Timer
 from hub import topics
 from hub.envelope import Envelope
+from hub.jobids import JobOwners
 from hub.messages import Award, Bid, CallForProposals, JobClosed, SealedBid
 from machines.work import estimate
 from memory import MachineMemory
@@ -57,8 +58,10 @@ class Bidder:
                  book: ContractBook, outbox: Outbox, inbox: Inbox, diary: Diary, memory: MachineMemory | None,
                  market: MarketContext, status: Callable[[int | None], MachineStatus], agent: MachineAgent | None,
                  loop: BackgroundLoop | None, deps: Callable[[], MachineDeps], held_by: Callable[[], str | None],
-                 forget: Callable[[str], None], auto_bid: bool = True) -> None:
+                 forget: Callable[[str], None], auto_bid: bool = True, owners: JobOwners | None = None) -> None:
         self.machine_id = machine_id
+        self.owners = owners
+        """Who may post which job ids (the ledger's accounts); None only for a node without a ledger (a benchmark)."""
         self.mandate = mandate
         self.clock = clock
         self.mailbox = mailbox
@@ -94,6 +97,10 @@ class Bidder:
             self.stats.declines["decline.operator"] += 1  # a person holds the machine: the agent stays silent
             return
         job = cfp.job
+        if self.owners is not None and not self.owners.owns(job.id, env.sender):
+            self.stats.unowned_calls += 1  # a call under an id its signer does not own: someone else's, or nobody's
+            log.info("machine=%s call %s refused: signed by %s, who does not own its id", self.machine_id, job.id, env.sender)
+            return
         if self.clock.ms() > cfp.bid_deadline or self.book.follows(job.id) or job.id in self.calls:
             return
         call = OpenCall(job=job, requester=env.sender, reserve=cfp.reserve, bid_deadline=cfp.bid_deadline,

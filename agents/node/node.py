@@ -34,6 +34,7 @@ from core.mailbox import Mailbox
 from hub import topics
 from hub.dispatch import Dispatch
 from hub.envelope import Envelope, seal
+from hub.jobids import JobOwners
 from hub.messages import (
     Award,
     CallForProposals,
@@ -45,7 +46,7 @@ from hub.messages import (
     Release,
 )
 from hub.transport import Hub
-from ledger import Charter, Identity, Ledger
+from ledger import Charter, Identity, Ledger, settlement
 from ledger.operations import Operations
 from machines.driver import Driver, SimDriver, Telemetry
 from machines.job import JobSpec
@@ -109,7 +110,8 @@ class MachineNode:
         self.bidder = Bidder(machine_id=self.id, mandate=self.mandate, clock=self.clock, mailbox=self.mailbox, stats=self.stats,
                              book=self.book, outbox=self.outbox, inbox=self.inbox, diary=self.diary, memory=memory, market=self.market,
                              status=self.status, agent=agent, loop=loop, deps=self.deps, held_by=lambda: self.holding.held_by,
-                             forget=self._forget, auto_bid=auto_bid)
+                             forget=self._forget, auto_bid=auto_bid,
+                             owners=JobOwners(lambda account: settlement.account_owner(ledger, account)) if ledger is not None else None)
         self.offers = Offers(machine_id=self.id, mandate=self.mandate, clock=self.clock, mailbox=self.mailbox, stats=self.stats,
                              book=self.book, outbox=self.outbox, pricer=self.bidder.pricer, held_by=lambda: self.holding.held_by,
                              enabled=offers)

@@ -14,6 +14,8 @@ __all__ = ["NodeStats"]
 @dataclass
 class NodeStats:
     cfps: int = 0
+    unowned_calls: int = 0
+    """Calls refused unheard: their signer does not own the account their job id names (``hub.jobids``)."""
     bids: int = 0
     declined_cfps: int = 0
     declines: Counter[str] = field(default_factory=Counter)
