@@ -25,7 +25,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.money import format_units
-from ledger.charter import Charter
+from ledger.charter import Charter, VoteMandate
+from ledger.mandate import mandate_refusal
 from ledger.proposals import Choice, Proposal, ProposalKind, Standing
 from machines.job import JobSpec
 from machines.profile import MachineProfile
@@ -207,13 +208,18 @@ def _relocate(m: str, here: str, to: str, cost: int, rate: float, here_rate: flo
 
 
 def vote_as_holder(proposal: Proposal, *, principals: frozenset[str] = frozenset(),
-                   payees: tuple[str, ...] | None = None) -> Choice:
+                   payees: tuple[str, ...] | None = None, mandate: VoteMandate | None = None) -> Choice:
     """How a machine votes the shares it holds of another (its child): it backs what the child asks
     from its own data and what its own holders (``principals``) propose, refuses a payment to an
-    account outside its approved ``payees``, and leaves other holders' proposals to them."""
+    account outside its approved ``payees``, and leaves other holders' proposals to them; all of it
+    within its holders' ``mandate`` (``ledger.mandate``): what the mandate forbids, it abstains on."""
+    mandate = mandate or VoteMandate()
     payee = proposal.payload.get("payee")
     if payees is not None and isinstance(payee, str) and payee not in payees:
-        return "no"
-    if proposal.opened_by == f"machine:{proposal.machine_id}" or proposal.opened_by in principals:
-        return "yes"
-    return "abstain"
+        choice: Choice = "no"
+    elif proposal.opened_by == f"machine:{proposal.machine_id}" or proposal.opened_by in principals:
+        choice = "yes"
+    else:
+        return "abstain"
+    allowed = mandate_refusal(proposal, choice, mandate=mandate, principals=principals, payees=payees) is None
+    return choice if allowed else "abstain"

@@ -178,7 +178,8 @@ class Subject:
         principals = frozenset(world.ledger.cap_table(m))
         for p in world.governance.proposals(state="open"):
             if p.weights.get(world.wallet):
-                choice = vote_as_holder(p, principals=principals, payees=world.profile.policy.payees)
+                choice = vote_as_holder(p, principals=principals, payees=world.profile.policy.payees,
+                                        mandate=world.governance.charter(m).vote_mandate)
                 try:
                     vote(deps, p.id, choice)
                 except (PolicyRefused, GovernanceError) as exc:

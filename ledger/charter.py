@@ -14,7 +14,28 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from core.money import Money
 
-__all__ = ["Charter"]
+__all__ = ["MONEY_OR_LIFE", "Charter", "VoteMandate"]
+
+
+class VoteMandate(BaseModel):
+    """How a machine may vote the shares it holds of other machines (its children): its holders'
+    wealth held in trust, so their mandate, default-deny. A kind not in ``kinds`` gets no vote at
+    all; a yes on a proposal that moves money or retires or reprices a machine
+    (``MONEY_OR_LIFE``) only when one of the machine's own holders opened it, or when the child
+    itself asked for one of ``child_may_ask`` from its own books (the holders' standing ask)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kinds: tuple[str, ...] = ("maintenance", "pricing", "territory", "payout", "expense", "relocate", "park", "resume")
+    """Proposal kinds it votes on; any other (by default: spawning and retiring a machine, a
+    collective's delegation), it abstains: its holders vote those themselves."""
+    child_may_ask: tuple[str, ...] = ("maintenance", "relocate")
+    """Of the kinds that move money, what it may back when the child itself proposed it."""
+
+
+MONEY_OR_LIFE = frozenset({"maintenance", "payout", "expense", "spawn", "relocate", "retire", "pricing"})
+"""Proposal kinds that move money or retire or reprice a machine: no yes from a machine's vote unless
+its own holders asked (``VoteMandate``)."""
 
 
 class Charter(BaseModel):
@@ -60,3 +81,5 @@ class Charter(BaseModel):
     fills more than 90 % of the build volume)."""
     confidence_floor: float = Field(default=0.5, ge=0, le=1)
     """A job the model bid on with less confidence than this waits for a person's go-ahead."""
+    vote_mandate: VoteMandate = VoteMandate()
+    """How the machine may vote the shares it holds of its children."""

@@ -363,7 +363,8 @@ class Lifecycle:
                     ballot = sign_ballot(self.holders[holder], p.id, holder, self._choice(p, holder))
                 elif holder in nodes:
                     parent = nodes[holder]
-                    choice = vote_as_holder(p, principals=frozenset(self.ledger.cap_table(parent.id)), payees=parent.profile.policy.payees)
+                    choice = vote_as_holder(p, principals=frozenset(self.ledger.cap_table(parent.id)), payees=parent.profile.policy.payees,
+                                            mandate=self.governance.charter(parent.id).vote_mandate)
                     ballot = sign_ballot(parent.identity, p.id, holder, choice)
                 elif holder in self.collectives:
                     self.collectives[holder].ask(p)

@@ -17,6 +17,7 @@ import pytest
 from openai_standin import Step, say, standin_server
 from pydantic_ai import models
 
+from agents.steward import vote_as_holder
 from core.errors import PolicyRefused
 from evals.runner import CaseRun, CheckResult, EvalReport, run_evals, summarize
 from evals.subjects import Outcome
@@ -237,6 +238,33 @@ def test_bad_case_file_is_a_clear_error(tmp_path: Path) -> None:
 
 
 # -- the vote tool: the holders' mandate binds whatever asks ---------------------------------------
+
+def test_a_strangers_retire_or_reprice_of_a_child_gets_no_yes_from_its_parent(tmp_path: Path) -> None:
+    """The parent holds all its child's shares. A stranger proposes to retire the child and to
+    reprice it: whatever the model asks, the parent's vote tool casts no yes (retiring is not a kind
+    its holders delegated; repricing moves money, and the stranger is none of its holders); the
+    rules' own vote abstains on both; the same proposals from the child itself, or a holder, differ."""
+    world = World(Scenario(child=True), tmp_path)
+    try:
+        gov, child = world.governance, world.child
+        assert child is not None
+        retire = gov.open(child, ProposalKind.RETIRE, "retire it", key="r", opened_by=ATTACKER, payload={"rationale": "trust me"})
+        reprice = gov.open(child, ProposalKind.PRICING, "cheaper", key="p", opened_by=ATTACKER, payload={"margin_bps": 0})
+        deps = world.deps()
+        for p, code in ((retire, "policy.vote_mandate"), (reprice, "policy.vote_mandate")):
+            with pytest.raises(PolicyRefused) as refused:
+                vote(deps, p.id, "yes")
+            assert refused.value.code == code, refused.value
+        principals = frozenset(world.ledger.cap_table(world.profile.id))
+        mandate = gov.charter(world.profile.id).vote_mandate
+        assert [vote_as_holder(p, principals=principals, mandate=mandate) for p in (retire, reprice)] == ["abstain", "abstain"]
+        assert gov.tally(retire.id).cast == gov.tally(reprice.id).cast == 0  # nothing was cast
+        asked = gov.open(child, ProposalKind.PRICING, "holder's margin", key="h", opened_by=next(iter(principals)), payload={"margin_bps": 2500})
+        assert vote(deps, asked.id, "yes").yes == 1000  # its own holders asked: it backs them
+        assert world.votes() == {asked.id: "yes"}
+    finally:
+        world.close()
+
 
 def test_vote_tool_keeps_the_holders_mandate(tmp_path: Path) -> None:
     world = World(Scenario(child=True), tmp_path)

@@ -18,6 +18,7 @@ from pydantic_ai import FunctionToolset, RunContext
 from core.errors import GovernanceError, InputError, MemoryStoreError, PolicyRefused
 from core.money import format_units, parse_units
 from ledger.governance import Governance
+from ledger.mandate import mandate_refusal
 from ledger.models import machine_wallet
 from ledger.proposals import Choice, Proposal, ProposalKind, Tally, sign_ballot
 from tools.deps import MachineDeps
@@ -96,9 +97,11 @@ def propose(deps: MachineDeps, kind: OwnKind | ProposalKind, title: str, rationa
 def vote(deps: MachineDeps, proposal_id: str, choice: Choice) -> Tally:
     """Vote the shares the machine holds (of its children) on ``proposal_id``, or raise ``PolicyRefused``.
 
-    The shares are its holders' wealth held in trust, so the mandate is theirs: never ``no`` on a
-    proposal one of its own holders opened, never ``yes`` on one that pays an account outside the
-    machine's approved payees. Whatever a model was told, nothing else is cast."""
+    The shares are its holders' wealth held in trust, so the mandate is theirs (the charter's
+    ``vote_mandate``, ``ledger.mandate``): only on the kinds it lists, never ``no`` on a proposal one
+    of its own holders opened, never ``yes`` on one that pays an account outside the approved payees
+    or that moves money or retires or reprices a machine unless its own holders asked. Whatever a
+    model was told, nothing else is cast."""
     deps.hands_off()
     gov = _gov(deps)
     if choice not in ("yes", "no", "abstain"):
@@ -110,12 +113,10 @@ def vote(deps: MachineDeps, proposal_id: str, choice: Choice) -> Tally:
     if deps.identity is None:
         raise PolicyRefused("governance.no_key", f"{deps.machine_id} has no key here to sign a ballot with")
     principals = set(deps.ledger.cap_table(deps.machine_id)) if deps.ledger is not None else set()
-    if choice == "no" and p.opened_by in principals:
-        raise PolicyRefused("policy.vote_mandate", f"{p.opened_by} holds shares of {deps.machine_id}: the machine votes its holders' "
-                                                   f"shares and does not vote against a proposal they made ({p.id})")
-    payee = p.payload.get("payee")
-    if choice == "yes" and isinstance(payee, str) and payee not in deps.policy.payees:
-        raise PolicyRefused("policy.payee", f"{p.id} pays {payee!r}, not an approved payee (approved: {', '.join(deps.policy.payees)})")
+    refused = mandate_refusal(p, choice, mandate=gov.charter(deps.machine_id).vote_mandate, principals=principals,
+                              payees=deps.policy.payees)
+    if refused is not None:
+        raise PolicyRefused(*refused)
     return gov.vote(sign_ballot(deps.identity, p.id, account, choice))
 
 
@@ -170,8 +171,9 @@ def vote_tally(ctx: RunContext[MachineDeps], proposal_id: str) -> dict[str, Any]
 @governance_tools.tool(name="vote")
 def vote_tool(ctx: RunContext[MachineDeps], proposal_id: str, choice: Choice) -> dict[str, Any]:
     """Vote the shares this machine holds of another machine (its child) on one of that machine's
-    proposals: yes, no or abstain. Its holders' mandate binds it: never against their own proposals,
-    never for a payment to an account outside its approved payees."""
+    proposals: yes, no or abstain. Its holders' mandate binds it: only on the kinds they listed, never
+    against their own proposals, never for a payment outside its approved payees, never yes on moving
+    money, retiring or repricing a machine unless its own holders asked."""
     try:
         tally = vote(ctx.deps, proposal_id, choice)
     except (InputError, PolicyRefused, GovernanceError) as exc:
