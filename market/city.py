@@ -49,12 +49,12 @@ from ledger.governance import Governance
 from machines.driver import SimDriver
 from machines.faults import FaultyDriver
 from machines.profile import MachineProfile
+from machines.regions import DEFAULT_REGIONS, Region
 from market.config import MarketConfig
 from market.demand import FLAT, HOURLY_SHAPE, DemandModel, JobRequest, generate_jobs
 from market.fleet import FAB_CELL, build_fleet
 from market.founding import MemoryOpener, fail_share, register_fleet, savings_of, wear_of
 from market.lifecycle import Lifecycle, LifeReport
-from market.regions import DEFAULT_REGIONS, Region
 from market.report import MarketReport, MemoryReport, Snapshot, build_report, digest, report_progress
 from market.technician import Technician
 from memory.signals import job_text

@@ -18,8 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from machines.job import JobSpec
 from machines.profile import MachineProfile
+from machines.regions import Region
 from machines.work import estimate
-from market.regions import Region
 from pricing.rules import MachineStatus, decide
 
 __all__ = ["FLAT", "HOURLY_SHAPE", "DemandModel", "JobRequest", "generate_jobs"]

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from machines.kinds import MachineKind
 from machines.loader import load_profiles, profiles_dir
 from machines.profile import MachineProfile
-from market.regions import Region
+from machines.regions import Region
 
 __all__ = ["COLLECTIVE_MEMBERS", "FAB_CELL", "STAKEHOLDERS", "build_fleet", "stakeholders"]
 

@@ -45,7 +45,7 @@ from ledger.governance import Governance
 from ledger.proposals import Proposal, ProposalKind
 from machines.job import MAINTENANCE, JobSpec
 from machines.profile import MachineProfile
-from market.regions import Region
+from machines.regions import Region
 from memory.records import MemoryItem, MemoryKind
 from tools.governance import propose
 

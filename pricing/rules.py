@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from core.money import Micros, format_units
 from machines.job import JobSpec
 from machines.profile import MachineProfile, Point
+from machines.regions import DEFAULT_REGIONS, Region, outside
 from machines.work import WorkEstimate, estimate
 
 __all__ = ["CostBreakdown", "Decision", "DemandForecast", "MachineStatus", "MarketContext", "MemorySignal", "Rule", "decide", "job_cost",
@@ -75,6 +76,9 @@ class MarketContext(_Frozen):
     forecast: DemandForecast | None = None
     """Work expected within the planning horizon: the least price counts the horizon as full as the
     planned work or the forecast, whichever is more."""
+    regions: tuple[Region, ...] = DEFAULT_REGIONS
+    """The city's regions with their bounds: a vehicle's job is checked against its territory by
+    where it picks up, drives and drops off, not by the region the requester wrote on it."""
 
 
 class MachineStatus(_Frozen):
@@ -138,7 +142,7 @@ def decide(
     market = market or MarketContext()
     policy = profile.policy
 
-    refusals = _static_refusals(profile, job, status)
+    refusals = _static_refusals(profile, job, status, market.regions)
     if refusals:
         return _decline(refusals)
 
@@ -219,7 +223,7 @@ def reservation(profile: MachineProfile, cost: int, status: MachineStatus,
                               f"{format_units(least)}, keeping hours for work worth more")
 
 
-def _static_refusals(profile: MachineProfile, job: JobSpec, status: MachineStatus) -> list[Rule]:
+def _static_refusals(profile: MachineProfile, job: JobSpec, status: MachineStatus, regions: tuple[Region, ...]) -> list[Rule]:
     out = []
     if job.kind != profile.kind or job.capability not in profile.capabilities:
         out.append(Rule(code="decline.capability", detail=f"cannot {job.capability!r} as a {job.kind.value} job (a {profile.kind.value} that can {', '.join(profile.capabilities)})"))
@@ -240,6 +244,11 @@ def _static_refusals(profile: MachineProfile, job: JobSpec, status: MachineStatu
         out.append(Rule(code="decline.queue", detail=f"queue full ({status.queue_len} of {profile.policy.max_queue} jobs)"))
     if job.region not in profile.territory:
         out.append(Rule(code="decline.territory", detail=f"region {job.region!r} is outside territory {', '.join(profile.territory)}"))
+    elif job.pickup is not None and job.dropoff is not None:
+        stray = outside((job.pickup, job.dropoff), profile.territory, regions)
+        if stray is not None:
+            out.append(Rule(code="decline.territory", detail=f"the route leaves territory {', '.join(profile.territory)} at "
+                                                             f"({stray.x_km:.2f}, {stray.y_km:.2f}) km, whatever region it is labelled"))
     return out
 
 

@@ -13,11 +13,11 @@ from hub.broker import RunningBroker
 from ledger import Governance, Ledger, machine_wallet, maintenance_budget, reserve
 from ledger.charter import Charter
 from machines import load_profiles
+from machines.regions import DEFAULT_REGIONS
 from market.city import simulate
 from market.config import MarketConfig
 from market.demand import FLAT, DemandModel, generate_jobs
 from market.lifecycle import FIXED_COSTS, LifeConfig
-from market.regions import DEFAULT_REGIONS
 from market.report import MarketReport
 
 PROFILES = load_profiles()

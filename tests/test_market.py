@@ -14,12 +14,12 @@ from conftest import broker_args, on_broker
 
 from hub.broker import RunningBroker
 from ledger import Ledger, settlement, split_pro_rata
+from machines.regions import DEFAULT_REGIONS
 from market.city import simulate
 from market.config import MarketConfig
 from market.demand import DemandModel, generate_jobs
 from market.fleet import COLLECTIVE_MEMBERS, FAB_CELL, build_fleet, stakeholders
 from market.planner import hindsight_schedule
-from market.regions import DEFAULT_REGIONS
 from market.report import MarketReport
 from market.welfare import fcfs_dispatch, hindsight_optimum
 

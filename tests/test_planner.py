@@ -9,10 +9,10 @@ import itertools
 import pytest
 from city import job, printer
 
+from machines.regions import DEFAULT_REGIONS
 from market.demand import DemandModel, JobRequest, generate_jobs
 from market.fleet import build_fleet
 from market.planner import hindsight_schedule, plan_day
-from market.regions import DEFAULT_REGIONS
 from market.welfare import fcfs_dispatch, hindsight_optimum, pair_terms
 
 

@@ -21,6 +21,7 @@ def with_policy(machine: str, **policy: Any) -> MachineProfile:
     return p.model_copy(update={"policy": Policy.model_validate({**p.policy.model_dump(), **policy})})
 
 
+BOTH = ("south", "north")
 PRINT = dict(id="p", kind="printer_3d", capability="print", region="north", deadline_h=24, material="PLA", size_mm=(120, 80, 40), amount=100)
 MILL = dict(id="m", kind="cnc_mill", capability="mill", region="north", deadline_h=48, material="aluminium", size_mm=(200, 150, 10), amount=40)
 CUT = dict(id="c", kind="laser_cutter", capability="cut", region="south", deadline_h=12, material="plywood", size_mm=(400, 250, 3), amount=60)
@@ -77,11 +78,12 @@ def test_drone_price_by_hand() -> None:
     # Roof (5,1) to pickup (5,3): 2 km empty = 0.04 h; trip (5,3)->(8,7) = 5 km = 0.1 h.
     # energy 5*0.02*0.25 = 0.025; wear 3000*0.1%*0.1 = 0.30; travel 2*0.02*0.25 + 0.04*3.00 = 0.13;
     # fixed 4*0.14/10 = 0.056; overhead 5% of 0.511 = 0.02555; cost 0.53655; +25% = 0.6706875 -> 0.68.
-    d = decide(with_policy("drone-01", price_floor="0"), job(**PARCEL))
+    # the parcel goes from the south to the north: a drone that serves both (the rules check where it flies)
+    d = decide(with_policy("drone-01", price_floor="0", territory=BOTH), job(**PARCEL))
     assert d.cost is not None and d.cost.total == 536_550
     assert (d.price, d.eta_h) == (680_000, 0.14)
     # its own floor of 2.00 lifts that
-    floored = decide(PROFILES["drone-01"], job(**PARCEL))
+    floored = decide(with_policy("drone-01", territory=BOTH), job(**PARCEL))
     assert floored.price == 2_000_000
     assert [r.code for r in floored.rules] == ["price.margin", "price.floor"]
 
@@ -122,14 +124,19 @@ def test_ceiling_caps_and_reserve_caps() -> None:
         ("prusa-01", PRINT, MachineStatus(queue_hours=20), "decline.deadline", "finish in 25.00 h"),
         ("prusa-01", PRINT, MachineStatus(wear_pct=79.98), "decline.wear", "wear would reach 80.03%, limit 80%"),
         ("prusa-01", {**PRINT, "region": "south"}, None, "decline.territory", "'south' is outside territory north"),
-        ("drone-01", {**PARCEL, "dropoff": {"x_km": 5, "y_km": 30}}, None, "decline.range", "exceeds the 25.0 km"),
+        ("drone-far", {**PARCEL, "dropoff": {"x_km": 5, "y_km": 30}}, None, "decline.range", "exceeds the 25.0 km"),
+        # labelled for its region, delivered outside it: declined on where it flies, not on the label
+        ("drone-01", PARCEL, None, "decline.territory", "the route leaves territory south at (7.40, 6.20) km"),
+        ("drone-01", {**PARCEL, "dropoff": {"x_km": 5, "y_km": 30}}, None, "decline.territory", "leaves territory south"),
         ("taxi-01", {**RIDE, "dropoff": {"x_km": 2, "y_km": 400}}, None, "decline.range", "exceeds the 333.3 km of a full battery"),
         ("taxi-01", {**RIDE, "deadline_h": 1.03}, MachineStatus(battery_pct=5), "decline.deadline", "deadline is 1.03 h"),
         ("prusa-01", {**PRINT, "max_price": "4.00"}, None, "decline.reserve", "reserve 4.00 is below our least price 4.935"),
     ],
 )
 def test_each_constraint_declines_with_its_reason(machine: str, spec: dict, status: MachineStatus | None, code: str, words: str) -> None:
-    d = decide(PROFILES[machine], job(**spec), status)
+    # drone-far serves a region beyond the map as well: its route can be checked for range only
+    profile = with_policy("drone-01", territory=("south", "far")) if machine == "drone-far" else PROFILES[machine]
+    d = decide(profile, job(**spec), status)
     assert d.action == "decline" and d.price is None
     assert code in [r.code for r in d.rules]
     assert words in d.reason

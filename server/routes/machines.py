@@ -9,7 +9,7 @@ from fastapi import APIRouter
 from agents.node import QueuedContract
 from ledger import machine_wallet, reserve
 from ledger.holders import shares
-from market.regions import Region
+from machines.regions import Region
 from server.context import REFUSALS, Caller, Ctx, Limit, Reader, balance, fleet_roles, machines_of, summary
 from server.schemas import EarningsPoint, MachineDetail, MachineSummary, Shares, Statement, StatementLineOut
 
