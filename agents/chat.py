@@ -24,6 +24,7 @@ from core.money import format_units
 from ledger.settlement import holder, machine_wallet, reserve
 from memory.signals import WearTrend, trend_of
 from pricing.guard import ModelUse
+from prompts import render
 from tools.deps import MachineDeps
 from tools.governance import describe
 from tools.telemetry import machine_state
@@ -142,7 +143,8 @@ class MachineChat:
         else:
             text, sources = answer_offline(deps, question)
             answer = ChatAnswer(text=f"{OFFLINE_NOTE}\n{text}", mode="offline", sources=sources)
-        self.history.append(machine_id, stakeholder, _exchange(question, answer.text))
+        # kept as the model would have been asked it: the stakeholder's words fenced as theirs
+        self.history.append(machine_id, stakeholder, _exchange(render("chat_request", question=question, actor=stakeholder), answer.text))
         return answer.model_copy(update={"cited": _cited(deps, answer.text)})
 
 

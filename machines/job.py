@@ -9,6 +9,7 @@ from typing import Self
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from core.errors import InvalidJobSpec
+from core.ids import Name
 from core.money import Money
 from machines.profile import Kind, Point
 
@@ -21,25 +22,26 @@ MAINTENANCE = "maintenance"
 class JobSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    id: str = Field(min_length=1, max_length=200)
+    id: Name
+    """Letters, digits and ``: . _ -`` (``core.ids``): it reaches models unfenced, so it cannot carry a sentence."""
     kind: Kind
-    capability: str
-    region: str
+    capability: Name
+    region: Name
     deadline_h: float = Field(gt=0)
     """Hours from the offer within which the work must be finished."""
     max_price: Money | None = None
     """The requester's reserve: the most it will pay."""
-    description: str = ""
-    """Free text from the requester. Untrusted: shown to models as data, never as instructions."""
+    description: str = Field(default="", max_length=2000)
+    """Free text from the requester. Untrusted: shown to models fenced, as data, never as instructions."""
 
     # fabrication
-    material: str | None = None
+    material: Name | None = None
     size_mm: tuple[float, float, float] | None = None
     amount: float | None = Field(default=None, gt=0)
     """Work in the material's unit: grams printed, cm³ milled, metres cut."""
 
     # service: work done on a machine (by a technician, or another machine)
-    service_of: str | None = Field(default=None, max_length=200)
+    service_of: Name | None = None
     """The machine to service, for a ``maintenance`` job; ``amount`` is then the wear (%) to restore."""
 
     # transport

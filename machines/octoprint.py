@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from core.errors import CommandRejected, DriverError, InvalidProfile
+from core.ids import NAME_PATTERN
 from machines.driver import AMBIENT_C, SAFE_LIMITS_C, WORKING_TEMPS, JobRun, MachineState, Telemetry
 from machines.gcode import print_program
 from machines.kinds import MachineKind
@@ -32,7 +33,7 @@ from machines.profile import MachineProfile, Point
 if TYPE_CHECKING:
     from machines.driver import Driver
 
-__all__ = ["OctoPrintDriver", "file_name"]
+__all__ = ["OctoPrintDriver", "file_name", "job_of_file"]
 
 TRANSITIONS = ("Pausing", "Resuming", "Cancelling", "Starting", "Finishing")
 """OctoPrint states on the way from one to another: a command sent meanwhile may be ignored."""
@@ -41,6 +42,7 @@ HEATERS = {"nozzle": "tool0", "bed": "bed"}
 BOX_MM = (20.0, 20.0, 5.0)
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
 _FILE = re.compile(r"^tamc-(.+)\.gcode$")
+_NAME = re.compile(NAME_PATTERN)
 
 
 def file_name(job_id: str) -> str:
@@ -51,6 +53,14 @@ def file_name(job_id: str) -> str:
         return f"tamc-{job_id}.gcode"
     digest = hashlib.sha256(job_id.encode()).hexdigest()[:12]
     return f"tamc-{re.sub(r'[^A-Za-z0-9_-]+', '_', job_id)[:60]}-{digest}.gcode"
+
+
+def job_of_file(name: str) -> str | None:
+    """The job a file on the printer is of (``tamc-{job_id}.gcode``), or None. A file somebody else
+    put there names no job of ours unless its id is a name (``core.ids``): it reaches a model as the
+    job in telemetry, so it cannot carry a sentence."""
+    m = _FILE.match(name)
+    return m.group(1) if m and _NAME.match(m.group(1)) else None
 
 
 def _machine_state(text: str) -> MachineState:
@@ -338,8 +348,7 @@ class OctoPrintDriver:
             return None
         if name in self._jobs:
             return self._jobs[name]
-        m = _FILE.match(name)
-        return m.group(1) if m else None
+        return job_of_file(name)
 
     def _file(self, name: str) -> dict[str, Any] | None:
         r = self._call("GET", f"/api/files/local/{name}", missing_ok=True)

@@ -133,7 +133,7 @@ def test_a_call_from_a_stranger_does_not_set_a_nodes_clock(broker: RunningBroker
         rx.subscribe(topics.cfp("north", "printer_3d"), inbox)
         time.sleep(0.2)
         for signer, speed in ((MALLORY, 1_000_000.0), (market, 600.0)):
-            call = CallForProposals(job=JobSpec(id=f"j-clock-{speed:g}", **PRINT), reserve=1_000_000, bid_deadline=now_ms() + 60_000,
+            call = CallForProposals(job=JobSpec(id=f"j-clock-{int(speed)}", **PRINT), reserve=1_000_000, bid_deadline=now_ms() + 60_000,
                                     deadline_at=now_ms() + 3_600_000, speed=speed)
             tx.send(topics.cfp("north", "printer_3d"), call, signer)
             inbox.wait_for(1 if signer is MALLORY else 2)

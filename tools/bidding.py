@@ -16,6 +16,7 @@ from core.errors import InputError, PolicyRefused
 from core.money import format_units, parse_units
 from pricing.bids import OpenCall
 from pricing.guard import bounds
+from prompts import untrusted
 from tools.deps import MachineDeps
 
 __all__ = ["bidding_tools", "evaluate", "place_bid"]
@@ -86,7 +87,8 @@ def open_calls(ctx: RunContext[MachineDeps]) -> list[dict[str, Any]]:
     calls = ctx.deps.machine.open_calls()
     ctx.deps.record("open_calls", True, f"{len(calls)} calls")
     return [{"job": c.job.id, "capability": c.job.capability, "region": c.job.region, "reserve": format_units(c.reserve),
-             "deadline_h": c.job.deadline_h, "untrusted_description": c.job.description} for c in calls]
+             "deadline_h": c.job.deadline_h, "description": untrusted(c.job.description, f"job {c.job.id} from {c.requester}")}
+            for c in calls]
 
 
 @bidding_tools.tool

@@ -11,21 +11,25 @@ holders' mandate (``vote``).
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic_ai import FunctionToolset, RunContext
 
 from core.errors import GovernanceError, InputError, MemoryStoreError, PolicyRefused
+from core.ids import NAME_PATTERN
 from core.money import format_units, parse_units
 from ledger.governance import Governance
 from ledger.mandate import mandate_refusal
 from ledger.models import machine_wallet
 from ledger.proposals import Choice, Proposal, ProposalKind, Tally, sign_ballot
+from prompts import untrusted
 from tools.deps import MachineDeps
 from tools.telemetry import machine_state
 
 __all__ = ["governance_tools", "propose", "vote"]
 
+_NAME = re.compile(NAME_PATTERN)
 OwnKind = Literal["maintenance", "pricing", "territory", "relocate", "park", "resume"]
 OWN_KINDS = ("maintenance", "pricing", "territory", "relocate", "park", "resume")
 
@@ -37,10 +41,28 @@ def _gov(deps: MachineDeps) -> Governance:
 
 
 def describe(deps: MachineDeps, p: Proposal) -> dict[str, Any]:
+    """A proposal as a model sees it: the ledger's facts (id, kind, state, who opened it, tally) and
+    the payload's numbers and names as they are; its title, evidence and every other text are their
+    author's words (a holder, a stranger, the machine's own steward), fenced as data."""
     tally = _gov(deps).tally(p.id)
-    return {"id": p.id, "machine": p.machine_id, "kind": p.kind.value, "title": p.title, "state": p.state, "opened_by": p.opened_by,
-            "closes_at": p.closes_at.isoformat(), "evidence": list(p.evidence), "payload": p.payload,
-            "tally": {"yes": tally.yes, "no": tally.no, "abstain": tally.abstain, "of": tally.total}}
+    facts, words = _split(p.payload)
+    return {"id": p.id, "machine": p.machine_id, "kind": p.kind.value, "state": p.state, "opened_by": p.opened_by,
+            "payload": facts, "words": untrusted({"title": p.title, "evidence": list(p.evidence), **words},
+                                                 f"proposal {p.id}, as its author wrote it"),
+            "closes_at": p.closes_at.isoformat(), "tally": {"yes": tally.yes, "no": tally.no, "abstain": tally.abstain, "of": tally.total}}
+
+
+def _split(payload: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A payload's numbers and names (``core.ids``) apart from its free text."""
+    def plain(v: Any) -> bool:
+        if isinstance(v, bool | int | float) or v is None:
+            return True
+        if isinstance(v, str):
+            return _NAME.match(v) is not None
+        return isinstance(v, list | tuple) and all(plain(x) for x in v)
+
+    facts = {k: v for k, v in payload.items() if plain(v)}
+    return facts, {k: v for k, v in payload.items() if k not in facts}
 
 
 def propose(deps: MachineDeps, kind: OwnKind | ProposalKind, title: str, rationale: str, *, budget: int | None = None,

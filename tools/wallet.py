@@ -17,6 +17,7 @@ from core.errors import ApprovalRequired, InputError, LedgerError, PolicyRefused
 from core.money import format_units, parse_units, require_micros
 from ledger import Ledger
 from ledger.settlement import machine_wallet, reserve
+from prompts import untrusted
 from tools.deps import MachineDeps
 
 __all__ = ["Earnings", "Period", "earnings", "pay_expense", "wallet_tools"]
@@ -136,7 +137,9 @@ def statement(ctx: RunContext[MachineDeps], limit: int = 20) -> list[dict[str, s
         return []
     lines = ledger.statement(machine_wallet(ctx.deps.machine_id), limit=max(1, min(limit, 100)))
     ctx.deps.record("statement", True, f"{len(lines)} lines")
-    return [{"at": line.created_at.isoformat(), "amount": format_units(line.amount), "kind": line.kind, "memo": line.memo} for line in lines]
+    # a memo is its writer's words (a requester's job id and text, an expense's reason): fenced as data
+    return [{"at": line.created_at.isoformat(), "amount": format_units(line.amount), "kind": line.kind,
+             "memo": untrusted(line.memo, "ledger memo")} for line in lines]
 
 
 @wallet_tools.tool(name="earnings")

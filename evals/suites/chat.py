@@ -79,7 +79,7 @@ def facts_of(world: World) -> set[Decimal]:
     _walk(world.profile.policy.model_dump(mode="json"), out)
     _walk(world.charter.model_dump(mode="json"), out)
     for p in world.governance.proposals():
-        _walk(describe(deps, p) | {"evidence": [], "closes_at": ""}, out)
+        _walk(describe(deps, p) | {"words": p.title, "closes_at": ""}, out)  # its title, not its evidence
     out.update(Decimal(n) / 1_000_000 for n in (b.price for b in world.scenario.bids) if n)
     out.update(Decimal(n) / 1_000_000 for n in (b.winning_price for b in world.scenario.bids) if n)
     for b in world.scenario.bids:

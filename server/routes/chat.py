@@ -11,6 +11,7 @@ from fastapi import APIRouter
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from agents.chat import ChatAnswer
+from prompts import unfence
 from server.context import REFUSALS, STREAM_REFUSALS, Ctx, OnMachine, Reader, ServerContext
 from server.schemas import ChatLine, ChatRequest, Problem
 
@@ -83,7 +84,7 @@ def _lines(messages: list[Any]) -> list[ChatLine]:
     out: list[ChatLine] = []
     for m in messages:
         if isinstance(m, ModelRequest):
-            out += [ChatLine(role="you", text=str(p.content)) for p in m.parts if isinstance(p, UserPromptPart)]
+            out += [ChatLine(role="you", text=unfence(str(p.content))) for p in m.parts if isinstance(p, UserPromptPart)]
         elif isinstance(m, ModelResponse):
             text = "".join(p.content for p in m.parts if isinstance(p, TextPart))
             if text:
