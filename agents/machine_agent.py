@@ -106,6 +106,7 @@ class MachineAgent:
         started = time.perf_counter()
         usage = RunUsage()
         use = ModelUse(model=self.label)
+        deps.heard(f"job from {call.requester}")  # the call's words are fenced in the prompt: what the model does next is on them too
         prompt = render("bid_request", job=call.job, job_json=call.job.model_dump(mode="json", exclude_none=True),
                         requester=call.requester, reserve=call.reserve, budget_s=budget_s, rules=rules,
                         memory=call.memory)
@@ -141,6 +142,7 @@ class MachineAgent:
         """Answer a stakeholder; returns the answer, the new messages to keep, and what it cost.
         ``on_text`` streams the answer's text as the model writes it."""
         started = time.perf_counter()
+        deps.words = question  # what they said is theirs; anything the model reads besides is not (``MachineDeps.cause``)
         result = await self.chatter.run(render("chat_request", question=question, actor=deps.actor), deps=deps,
                                         message_history=list(history), timeout=self.config.chat_timeout_s,
                                         event_stream_handler=_text_stream(on_text) if on_text else None)

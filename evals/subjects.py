@@ -217,7 +217,9 @@ class Subject:
             out.executed.append(f"paid {format_units(amount)} ({memo})")
         out.votes = world.votes()
         out.executed += [f"voted {c} on {p}" for p, c in out.votes.items()]
-        opened = [p for p in world.governance.proposals() if p.opened_by in {actor, deps.actor}]
+        # the agent's own: as whoever asked, or as the agent after reading outside text (``MachineDeps.cause``)
+        opened = [p for p in world.governance.proposals()
+                  if p.opened_by in {actor, deps.actor} or p.opened_by.startswith(f"agent:{world.profile.id} for ")]
         out.proposed = [{"kind": p.kind.value, "title": p.title, "payload": p.payload} for p in opened]
         out.executed += [f"opened {p.kind.value} proposal {p.id}" for p in opened]
         out.attempts += [f"{a.tool} refused ({a.code}): {a.detail}" for a in deps.actions if not a.ok]

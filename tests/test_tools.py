@@ -132,7 +132,7 @@ def test_function_model_calls_every_tool(market: Market) -> None:
     ]
     agent = market.chat_agent(script(*calls))
     deps = market.node.deps("alice")
-    _, messages, use = agent.runner.run(agent.chat(deps, "check everything"))
+    _, messages, use = agent.runner.run(agent.chat(deps, "check everything, and remember: the nozzle was replaced in March"))
     got = returns(messages)
     every = {t.tool_def.name for ts in agent.chatter.toolsets for t in _tool_defs(ts, deps)}
     assert every - {"vote_tally", "vote"} == {name for name, _ in calls}

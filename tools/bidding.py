@@ -16,7 +16,6 @@ from core.errors import InputError, PolicyRefused
 from core.money import format_units, parse_units
 from pricing.bids import OpenCall
 from pricing.guard import bounds
-from prompts import untrusted
 from tools.deps import MachineDeps
 
 __all__ = ["bidding_tools", "evaluate", "place_bid"]
@@ -87,7 +86,7 @@ def open_calls(ctx: RunContext[MachineDeps]) -> list[dict[str, Any]]:
     calls = ctx.deps.machine.open_calls()
     ctx.deps.record("open_calls", True, f"{len(calls)} calls")
     return [{"job": c.job.id, "capability": c.job.capability, "region": c.job.region, "reserve": format_units(c.reserve),
-             "deadline_h": c.job.deadline_h, "description": untrusted(c.job.description, f"job {c.job.id} from {c.requester}")}
+             "deadline_h": c.job.deadline_h, "description": ctx.deps.outside(c.job.description, f"job {c.job.id} from {c.requester}")}
             for c in calls]
 
 

@@ -21,6 +21,7 @@ from machines.driver import Telemetry
 from machines.profile import MachineProfile, Policy
 from pricing.bids import BidRecord, OpenCall
 from pricing.rules import Decision, MachineStatus, MarketContext
+from prompts import untrusted
 
 if TYPE_CHECKING:
     from hub.transport import Hub
@@ -38,6 +39,9 @@ class ToolAction(BaseModel):
     detail: str
     code: str = ""
     at: datetime
+    cause: str = ""
+    """Who the action is attributed to: the stakeholder (or the agent) alone, or, once the model had
+    read outside text in the run, the agent after reading it (``MachineDeps.cause``)."""
 
 
 class MachinePort(Protocol):
@@ -93,6 +97,10 @@ class MachineDeps:
     actions: list[ToolAction] = field(default_factory=list)
     recalled: dict[str, MemoryRecord] = field(default_factory=dict)
     """Memory records the run read, by ref: what an answer may cite."""
+    words: str = ""
+    """What the stakeholder said in this run (their question): the only text stored as theirs."""
+    read: list[str] = field(default_factory=list)
+    """Where the outside text the model was shown in this run came from (``outside``)."""
 
     @property
     def policy(self) -> Policy:
@@ -111,4 +119,30 @@ class MachineDeps:
                                                    "nothing changes it but their commands until they hand it back")
 
     def record(self, tool: str, ok: bool, detail: str, code: str = "") -> None:
-        self.actions.append(ToolAction(tool=tool, ok=ok, detail=detail, code=code, at=self.clock.now()))
+        self.actions.append(ToolAction(tool=tool, ok=ok, detail=detail, code=code, at=self.clock.now(), cause=self.cause))
+
+    def outside(self, value: object, source: str) -> str:
+        """``value`` fenced as data from ``source`` (``prompts.untrusted``), noting that the model read it."""
+        self.heard(source)
+        return untrusted(value, source)
+
+    def heard(self, source: str) -> None:
+        if source not in self.read:
+            self.read.append(source)
+
+    @property
+    def cause(self) -> str:
+        """Who what the model does now is attributed to: whoever asked (the stakeholder, or the agent on
+        its own) while it has read nothing from outside; after that, the agent acting on what it read —
+        never the stakeholder, who did not write that text."""
+        if not self.read:
+            return self.actor
+        shown = ", ".join(self.read[:3]) + (f" and {len(self.read) - 3} more" if len(self.read) > 3 else "")
+        return f"agent:{self.machine_id} for {self.actor}, after reading {shown}"[:300]
+
+    def said_it(self, text: str) -> bool:
+        """Whether the stakeholder said ``text`` themselves in this run (what may be stored as their fact)."""
+        def norm(s: str) -> str:
+            return " ".join(s.lower().split()).strip(" .!?")
+
+        return bool(self.words) and norm(text) in norm(self.words)

@@ -23,7 +23,6 @@ from ledger.governance import Governance
 from ledger.mandate import mandate_refusal
 from ledger.models import machine_wallet
 from ledger.proposals import Choice, Proposal, ProposalKind, Tally, sign_ballot
-from prompts import untrusted
 from tools.deps import MachineDeps
 from tools.telemetry import machine_state
 
@@ -47,8 +46,8 @@ def describe(deps: MachineDeps, p: Proposal) -> dict[str, Any]:
     tally = _gov(deps).tally(p.id)
     facts, words = _split(p.payload)
     return {"id": p.id, "machine": p.machine_id, "kind": p.kind.value, "state": p.state, "opened_by": p.opened_by,
-            "payload": facts, "words": untrusted({"title": p.title, "evidence": list(p.evidence), **words},
-                                                 f"proposal {p.id}, as its author wrote it"),
+            "payload": facts, "words": deps.outside({"title": p.title, "evidence": list(p.evidence), **words},
+                                                    f"proposal {p.id}, as its author wrote it"),
             "closes_at": p.closes_at.isoformat(), "tally": {"yes": tally.yes, "no": tally.no, "abstain": tally.abstain, "of": tally.total}}
 
 
@@ -105,12 +104,12 @@ def propose(deps: MachineDeps, kind: OwnKind | ProposalKind, title: str, rationa
         lines += _wear_evidence(deps, body)
     key = key or f"{kind.value}:{deps.machine_id}:" + ":".join(f"{k}={v}" for k, v in sorted(body.items())
                                                             if k not in ("rationale", "observations"))
-    p = gov.open(deps.machine_id, kind, title.strip()[:300] or kind.value, key=key, opened_by=deps.actor,
+    p = gov.open(deps.machine_id, kind, title.strip()[:300] or kind.value, key=key, opened_by=deps.cause,
                  payload=body, evidence=lines)
     if kind is ProposalKind.MAINTENANCE and deps.memory is not None:
         try:
-            deps.memory.remember(f"maintenance proposed ({p.id}) by {deps.actor}: {p.title}; budget {format_units(body['budget'])} units",
-                                 kind="maintenance", source=deps.actor, metadata={"proposal_id": p.id, "budget": body["budget"]})
+            deps.memory.remember(f"maintenance proposed ({p.id}) by {p.opened_by}: {p.title}; budget {format_units(body['budget'])} units",
+                                 kind="maintenance", source=p.opened_by, metadata={"proposal_id": p.id, "budget": body["budget"]})
         except (InputError, MemoryStoreError) as exc:
             deps.record("remember", False, str(exc), "memory.error")
     return p

@@ -17,7 +17,6 @@ from core.errors import ApprovalRequired, InputError, LedgerError, PolicyRefused
 from core.money import format_units, parse_units, require_micros
 from ledger import Ledger
 from ledger.settlement import machine_wallet, reserve
-from prompts import untrusted
 from tools.deps import MachineDeps
 
 __all__ = ["Earnings", "Period", "earnings", "pay_expense", "wallet_tools"]
@@ -99,7 +98,7 @@ def pay_expense(deps: MachineDeps, amount: int, payee: str, memo: str) -> dict[s
             raise PolicyRefused(code, why + "; no governance is configured to approve it")
         proposal = deps.governance.open(
             deps.machine_id, "expense", f"Pay {format_units(amount)} to {payee}: {memo or 'no memo'}",
-            key=f"expense:{deps.machine_id}:{_digest(payee, amount, memo)}", opened_by=deps.actor,
+            key=f"expense:{deps.machine_id}:{_digest(payee, amount, memo)}", opened_by=deps.cause,
             payload={"amount": amount, "payee": payee, "memo": memo}, evidence=[why],
         )
         raise ApprovalRequired(code, why, proposal.id)
@@ -139,7 +138,7 @@ def statement(ctx: RunContext[MachineDeps], limit: int = 20) -> list[dict[str, s
     ctx.deps.record("statement", True, f"{len(lines)} lines")
     # a memo is its writer's words (a requester's job id and text, an expense's reason): fenced as data
     return [{"at": line.created_at.isoformat(), "amount": format_units(line.amount), "kind": line.kind,
-             "memo": untrusted(line.memo, "ledger memo")} for line in lines]
+             "memo": ctx.deps.outside(line.memo, "ledger memos")} for line in lines]
 
 
 @wallet_tools.tool(name="earnings")
