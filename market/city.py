@@ -231,8 +231,7 @@ class City:
         for region in self.regions:
             identity = keys.get_or_create(f"requester-{region.name}")
             budget = sum(r.reserve for r in self.requests if r.job.region == region.name)
-            wallet = settlement.open_requester(ledger, self._wallet_name(region.name), identity.did, budget)
-            assert wallet == self._wallet(region.name)
+            wallet = settlement.open_requester(ledger, self._wallet_name(region.name), identity.did, budget)  # == self._wallet(region)
             self._requesters[region.name] = Requester(identity, self._hub(f"requester-{region.name}", "requester").connect(), ledger, wallet,
                                                       config=self.requester_config, on_outcome=self._record).start()
         _settle_in(clock)  # presence and subscriptions reach the broker before the first call
