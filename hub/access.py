@@ -22,13 +22,13 @@ import os
 import re
 import secrets
 import stat
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal, NamedTuple, get_args
 from urllib.parse import quote
 
 from core.errors import InputError, KeystoreError
+from core.files import write_private
 from hub.topics import PREFIX
 
 __all__ = ["GRANTS", "ROLES", "BrokerUser", "BrokerUsers", "Grant", "Role", "acl_lines", "check_username", "password_hash"]
@@ -173,8 +173,8 @@ class BrokerUsers:
 
     def write_mosquitto(self, password_file: Path, acl_file: Path) -> None:
         """mosquitto's ``password_file`` and ``acl_file`` for every user (0600, replaced whole)."""
-        _write_private(password_file, "".join(f"{u.name}:{password_hash(u.password)}\n" for u in self))
-        _write_private(acl_file, "".join("\n".join(acl_lines(u.name, u.role)) + "\n\n" for u in self))
+        write_private(password_file, "".join(f"{u.name}:{password_hash(u.password)}\n" for u in self))
+        write_private(acl_file, "".join("\n".join(acl_lines(u.name, u.role)) + "\n\n" for u in self))
 
     def _load(self) -> dict[str, BrokerUser]:
         assert self.path is not None
@@ -196,18 +196,4 @@ class BrokerUsers:
         if self.path is None:
             return
         doc = {"version": 1, "users": {u.name: {"role": u.role, "password": u.password} for u in self}}
-        _write_private(self.path, json.dumps(doc, indent=1))
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Write through a 0600 temporary file renamed into place: never half written, never readable by others."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        write_private(self.path, json.dumps(doc, indent=1))

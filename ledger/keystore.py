@@ -12,10 +12,10 @@ import base64
 import json
 import os
 import stat
-import tempfile
 from pathlib import Path
 
 from core.errors import KeystoreError
+from core.files import write_private
 from ledger.identity import Identity
 
 __all__ = ["Keystore"]
@@ -77,15 +77,4 @@ class Keystore:
         return keys
 
     def _save(self, keys: dict[str, dict[str, str]]) -> None:
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        # mkstemp creates the file 0600 before any secret is written to it.
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".keystore-")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump({"version": 1, "keys": keys}, f, indent=2, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_private(self.path, json.dumps({"version": 1, "keys": keys}, indent=2, sort_keys=True))
