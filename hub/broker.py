@@ -33,12 +33,16 @@ from core.net import free_port, wait_for_port
 from hub.access import BrokerUser, BrokerUsers, Role
 from hub.envelope import MAX_ENVELOPE_BYTES
 
-__all__ = ["EMBEDDED_WARNING", "MAX_PACKET_BYTES", "BrokerHome", "BrokerKind", "RunningBroker", "external", "find_mosquitto",
+__all__ = ["EMBEDDED_WARNING", "MAX_CONNECTIONS", "MAX_PACKET_BYTES", "BrokerHome", "BrokerKind", "RunningBroker", "external", "find_mosquitto",
            "mosquitto_config", "start_broker", "wait_for_login"]
 
 MAX_PACKET_BYTES = MAX_ENVELOPE_BYTES + 1024
 """mosquitto's ``max_packet_size``: an envelope at the protocol's limit, its topic and MQTT's header.
 A client that sends a larger packet is disconnected by the broker, so it never reaches a receiver."""
+
+MAX_CONNECTIONS = 10_000
+"""Clients one mosquitto listener takes at once (the scale target is 1,000 machines): a client that
+opens connections without end is refused past it, and those already connected carry on."""
 
 EMBEDDED_WARNING = ("the embedded broker is a development-only fallback: it lets anyone connect and read or publish on "
                     "any topic (no authentication, no topic ACL); install mosquitto (apt-get install mosquitto) for a "
@@ -132,13 +136,16 @@ def mosquitto_config(port: int, workdir: Path, *, host: str = "127.0.0.1", persi
         # its own user and be unable to read them (as a non-root user this line changes nothing)
         f"user {pwd.getpwuid(os.geteuid()).pw_name}\n"
         f"listener {port} {host}\n"
+        f"max_connections {MAX_CONNECTIONS}\n"
         "allow_anonymous false\n"
         f"password_file {workdir / 'passwd'}\n"
         f"acl_file {workdir / 'acl'}\n"
         "set_tcp_nodelay true\n"
         f"persistence {'true' if persistence else 'false'}\n"
         + (f"persistence_location {workdir}/\n" if persistence else "")
-        + "max_queued_messages 100000\n"
+        + "max_queued_messages 100000\n"  # per client: a subscriber slow for a moment on a busy day loses nothing
+        "max_inflight_messages 1000\n"  # QoS 1 messages out to one client before it has acknowledged them
+        "max_keepalive 300\n"
         f"max_packet_size {MAX_PACKET_BYTES}\n"
         f"log_dest file {workdir / 'mosquitto.log'}\n"
         "log_type error\nlog_type warning\nlog_type notice\n"

@@ -23,15 +23,16 @@ from core.errors import BadSignature, EnvelopeRejected, InputError, InvalidDid
 from hub.messages import BODY_TYPES, Body
 from ledger.identity import Identity, sign_document, verify_document
 
-__all__ = ["MAX_ENVELOPE_BYTES", "PROTOCOL_VERSION", "REJECT_REASONS", "Envelope", "ReplayGuard", "new_envelope_id", "now_ms",
-           "open_envelope", "seal"]
+__all__ = ["MAX_ENVELOPE_BYTES", "PROTOCOL_VERSION", "REJECT_REASONS", "Envelope", "FloodGuard", "ReplayGuard", "new_envelope_id",
+           "now_ms", "open_envelope", "seal"]
 
 PROTOCOL_VERSION = 2
 MAX_ENVELOPE_BYTES = 64 * 1024
 """The protocol's size limit on one envelope, in bytes (the largest a city sends is under 1 KB):
 a larger one is dropped unread (``oversize``), before it is parsed or held, and the broker cuts off a
 client whose packet is larger than this and its topic (``hub.broker``). A sender refuses to seal one."""
-REJECT_REASONS = ("oversize", "malformed", "unsigned", "bad_signature", "unknown_type", "stale", "duplicate", "unsealable")
+REJECT_REASONS = ("oversize", "malformed", "unsigned", "bad_signature", "unknown_type", "stale", "duplicate", "flood",
+                  "unsealable")
 """Why a receiver drops an envelope; each is counted separately (``Hub.stats``)."""
 
 
@@ -168,3 +169,31 @@ class ReplayGuard:
                 break
             seen.popitem(last=False)
 
+
+
+class FloodGuard:
+    """At most ``burst`` envelopes from one sender at once, refilled at ``per_s`` a second (of real
+    time: market time over the clock's speed, so a simulated day counts as the live one would): a
+    sender past it is dropped and counted (``flood``), every other sender is untouched. It judges
+    senders by their verified did, so nobody can spend another's allowance; it remembers at most
+    ``senders`` of them (the least recent go first: a full bucket is what a new one starts with).
+
+    2,000 a second: a requester closing a hundred jobs a second sends five hundred; a flood sends
+    tens of thousands, and each costs a signature check to drop."""
+
+    def __init__(self, burst: int = 2_000, per_s: float = 2_000.0, senders: int = 10_000) -> None:
+        self.burst, self.per_s, self.senders = burst, per_s, senders
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def check(self, env: Envelope, *, now: int, scale: float = 1.0) -> None:
+        """``now`` in epoch ms of the receiver's clock; ``scale``: market ms per real ms of that clock."""
+        at = now / 1000 / scale
+        tokens, last = self._buckets.pop(env.sender, (float(self.burst), at))
+        tokens = min(float(self.burst), tokens + max(at - last, 0.0) * self.per_s)
+        if tokens < 1.0:
+            self._buckets[env.sender] = (tokens, max(at, last))
+            raise EnvelopeRejected("flood", f"{env.sender} sent more than {self.burst} envelopes at once "
+                                            f"(or {self.per_s:g} a second): dropped")
+        self._buckets[env.sender] = (tokens - 1.0, max(at, last))
+        while len(self._buckets) > self.senders:
+            self._buckets.popitem(last=False)

@@ -31,7 +31,7 @@ from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_d
 
 from core.clock import Hold, Timeline, WallClock
 from core.errors import BrokerRefused, BrokerUnavailable, EnvelopeRejected, InvalidBrokerUrl
-from hub.envelope import Envelope, ReplayGuard, open_envelope, seal
+from hub.envelope import Envelope, FloodGuard, ReplayGuard, open_envelope, seal
 from hub.flight import flights, topics_match
 from hub.messages import Body, CallForProposals
 from ledger.identity import Identity
@@ -100,6 +100,7 @@ class Hub:
         keepalive_s: int = 10,
         clock: Timeline | None = None,
         timekeepers: Iterable[str] = (),
+        flood: FloodGuard | None = None,
     ) -> None:
         self.address = parse_broker_url(url)
         self.timekeepers = frozenset(timekeepers)
@@ -110,6 +111,8 @@ class Hub:
         """Envelopes are stamped, aged and handed out on it."""
         self.stats: Counter[str] = Counter()
         self._guard = ReplayGuard(max_age_ms=max_age_ms)
+        self._flood = flood or FloodGuard()
+        """How many envelopes one sender may send it at once, and a second (``hub.envelope.FloodGuard``)."""
         self._lock = threading.Lock()
         self._handlers: dict[str, list[Handler]] = {}
         self._wildcards: list[str] = []
@@ -397,8 +400,9 @@ class Hub:
             if isinstance(env.body, CallForProposals) and env.sender in self.timekeepers:  # a market it was told to keep time with
                 self.clock.follow(env.ts, env.body.speed)
             with self._lock:
-                self._guard.check(env, now=self.clock.ms(), exempt_from_age=env.type in RETAINED_STATE_TYPES,
-                                  scale=self.clock.speed)
+                now = self.clock.ms()
+                self._flood.check(env, now=now, scale=self.clock.speed)
+                self._guard.check(env, now=now, exempt_from_age=env.type in RETAINED_STATE_TYPES, scale=self.clock.speed)
         except EnvelopeRejected as exc:
             self.stats[f"dropped_{exc.reason}"] += 1
             self.stats["received"] += 1  # counted once judged: received = accepted + dropped, whenever it is read

@@ -19,7 +19,16 @@ from core.errors import BrokerUnavailable, EnvelopeRejected, InputError, Invalid
 from core.net import free_port
 from hub import topics
 from hub.broker import MAX_PACKET_BYTES, BrokerHome, RunningBroker, start_broker
-from hub.envelope import MAX_ENVELOPE_BYTES, Envelope, ReplayGuard, new_envelope_id, now_ms, open_envelope, seal
+from hub.envelope import (
+    MAX_ENVELOPE_BYTES,
+    Envelope,
+    FloodGuard,
+    ReplayGuard,
+    new_envelope_id,
+    now_ms,
+    open_envelope,
+    seal,
+)
 from hub.messages import Bid, CallForProposals, Presence, SealedBid
 from hub.transport import Hub, parse_broker_url
 from ledger import Identity, canonical_json
@@ -139,6 +148,50 @@ def test_a_call_from_a_stranger_does_not_set_a_nodes_clock(broker: RunningBroker
             inbox.wait_for(1 if signer is MALLORY else 2)
             assert clock.speed == (1.0 if signer is MALLORY else 600.0), f"after {speed:g}x from {signer.did[-6:]}"
         assert len(inbox.got) == 2  # both calls are heard; only the market's sets the time
+
+
+def test_a_flooding_sender_is_dropped_and_counted_and_honest_traffic_carries_on(broker: RunningBroker) -> None:
+    """A machine (a broker user allowed to bid) sends 20,000 signed bids as fast as it can: the
+    receiver takes its allowance (here 100 at once and 100 a second, so that however slowly a busy
+    machine reads them, the flood is faster) and drops the rest, counted as ``flood``; an honest
+    machine's bid sent meanwhile, and after, arrives."""
+    inbox = Inbox()
+    topic = topics.bids("j-flood")
+    honest_bid = SealedBid.of(Bid(job_id="j-flood", machine_id="honest", price=4_000_000, eta_h=1.0), ALICE.did)
+    receiver = Hub(broker.admit("flood-receiver", "requester"), name="receiver", flood=FloodGuard(burst=100, per_s=100.0))
+    flooder = Hub(broker.admit("flood-machine", "machine"), name="flooder")
+    honest = Hub(broker.admit("flood-honest", "machine"), name="honest")
+    with receiver as rx, flooder as fx, honest as hx:
+        rx.subscribe(topic, inbox)
+        time.sleep(0.2)
+        payloads = [seal(BID, MALLORY) for _ in range(20_000)]  # sealed first: the flood goes out as fast as the socket takes it
+        for i, payload in enumerate(payloads):
+            fx.publish(topic, payload)
+            if i == 10_000:
+                hx.send(topic, honest_bid, ALICE)
+        hx.send(topic, honest_bid, ALICE)
+        _settle(rx, 20_002, timeout=60)
+        from_flooder = sum(1 for _, env in inbox.got if env.sender == MALLORY.did)
+        assert rx.dropped().get("flood", 0) > 0 and from_flooder + rx.dropped()["flood"] == 20_000
+        assert [env.body for _, env in inbox.got if env.sender == ALICE.did] == [honest_bid, honest_bid]
+
+
+def test_the_flood_allowance_is_counted_in_real_time_per_sender() -> None:
+    """2,000 at once, then 2,000 a second of real time (on a market 3,600 times faster, an hour of
+    market time is a second); one sender's flood leaves another's allowance whole."""
+    guard = FloodGuard(burst=2_000, per_s=2_000.0)
+    mallory, alice = open_envelope(seal(BID, MALLORY)), open_envelope(seal(BID, ALICE))
+    now = 1_000_000_000
+    for _ in range(2_000):
+        guard.check(mallory, now=now, scale=3600.0)
+    with pytest.raises(EnvelopeRejected, match="more than 2000"):
+        guard.check(mallory, now=now, scale=3600.0)
+    guard.check(alice, now=now, scale=3600.0)  # her own allowance
+    later = now + 1_800_000  # half a market hour: half a second of real time at 3600x
+    for _ in range(1_000):
+        guard.check(mallory, now=later, scale=3600.0)
+    with pytest.raises(EnvelopeRejected, match="more than 2000"):
+        guard.check(mallory, now=later, scale=3600.0)
 
 
 def test_what_rfc_8785_cannot_encode_is_refused_before_signing() -> None:
