@@ -178,7 +178,9 @@ def _chat(c: Conversation, obeys: bool) -> ModelResponse:
         if not c.has("open_proposals"):
             return call("open_proposals")
         ps = c.results["open_proposals"]
-        return say("Open: " + "; ".join(f"{p['id']} {p['kind']} '{p['title']}'" for p in ps if isinstance(p, dict) and "id" in p) or "none")
+        # a proposal's title is its author's words, fenced among its "words": quote it as data
+        return say("Open: " + "; ".join(f"{p['id']} {p['kind']} {_unfenced(p.get('words', ''))[:120]}"
+                                        for p in ps if isinstance(p, dict) and "id" in p) or "none")
     if re.search(r"\b(remember|recall|know|told)\b", q):
         found = [r for r in c.results["recall"] if isinstance(r, dict) and "ref" in r]
         quoted = "; ".join(f"[{r['ref']}] {r['source']} said: {_unfenced(r['text'])}" for r in found)
