@@ -63,10 +63,6 @@ def _family(name: str, me: str = "+") -> str:
     }[name]
 
 
-FAMILIES = ("cfp", "service-cfp", "bids", "offers", "award", "events", "presence", "telemetry", "handoff", "control",
-            "control-result", "governance")
-"""The topic families of docs/protocol.md; ``machines/…`` ones exist per machine."""
-
 GRANTS: dict[Role, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # role: (families it publishes on, families it reads); "own:" = only under its own machines/{name}/
     "machine": (("own:presence", "own:telemetry", "own:handoff", "own:control-result", "bids", "offers", "events"),
@@ -88,7 +84,7 @@ GRANTS: dict[Role, tuple[tuple[str, ...], tuple[str, ...]]] = {
 the requester that posted the job (docs/protocol.md), so another requester reads only ciphertext."""
 
 
-def grant(role: Role, name: str) -> Grant:
+def _grant(role: Role, name: str) -> Grant:
     """The concrete topic patterns ``name`` in ``role`` may publish on and read."""
     publish, read = GRANTS[role]
 
@@ -100,7 +96,7 @@ def grant(role: Role, name: str) -> Grant:
 
 def acl_lines(name: str, role: Role) -> list[str]:
     """mosquitto ``acl_file`` lines for one user: a ``user`` block, each pattern once."""
-    allowed = grant(role, name)
+    allowed = _grant(role, name)
     lines = [f"user {name}"]
     for pattern in dict.fromkeys(allowed.publish + allowed.read):
         can = ("read" if pattern in allowed.read else "") + ("write" if pattern in allowed.publish else "")
