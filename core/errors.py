@@ -22,7 +22,8 @@ raised. ::
     │   ├── EscrowError
     │   │   ├── EscrowNotFound      no escrow for that job
     │   │   ├── EscrowExists        the job already has an escrow under another key
-    │   │   └── EscrowClosed        already released or refunded
+    │   │   ├── EscrowClosed        already released or refunded
+    │   │   └── RefundRefused       the machine is at work on the job, or has done it
     │   └── ShareError
     │       ├── SharesAlreadyIssued a machine's cap table is fixed at issue
     │       └── NoShareholders      revenue split for a machine with no shares issued
@@ -103,6 +104,7 @@ __all__ = [
     "NotAuthenticated",
     "NotInControl",
     "PolicyRefused",
+    "RefundRefused",
     "ShareError",
     "SharesAlreadyIssued",
     "SimulationStalled",
@@ -186,6 +188,11 @@ class EscrowExists(EscrowError):
 
 class EscrowClosed(EscrowError):
     """The escrow was already released or refunded."""
+
+
+class RefundRefused(EscrowError):
+    """The job's machine said it started (or finished) the job: its requester may not take the money
+    back now (release it after ``done``; a ``failed`` or ``aborted`` job may be refunded)."""
 
 
 class ShareError(LedgerError):

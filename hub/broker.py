@@ -171,6 +171,10 @@ class BrokerHome:
         path = self.root / "address"
         return path.read_text("utf-8").strip() if path.exists() else None
 
+    def announce(self, url: str) -> None:
+        """Record where participants reach the broker (``tamc broker add`` prints URLs for it)."""
+        (self.root / "address").write_text(f"{url}\n", "utf-8")
+
     def admit(self, name: str, role: Role) -> BrokerUser:
         """Add ``name`` in ``role`` (or find it); a broker running from this folder loads it at once."""
         user, new = self.users.add(name, role)
@@ -221,7 +225,7 @@ def _start_mosquitto(binary: str, port: int, home: BrokerHome | None, host: str 
                                 start_new_session=True)  # a Ctrl-C to our terminal is ours to handle: we stop it last
     home.pid_file.write_text(str(proc.pid))
     reach = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    (folder / "address").write_text(f"mqtt://{reach}:{port}\n", "utf-8")
+    home.announce(f"mqtt://{reach}:{port}")
     if not wait_for_port(reach, port, 10.0):
         proc.kill()
         proc.wait(5)

@@ -13,9 +13,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-__all__ = ["SEPARATOR", "JobOwners", "owned", "owned_local", "owner_of"]
+__all__ = ["OWNED_PATTERN", "SEPARATOR", "JobOwners", "owned", "owned_local", "owner_of"]
 
 SEPARATOR = "."
+OWNED_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9:_-]*\.[A-Za-z0-9:._-]+$"
+"""A job id that names its owner: an account (no dots), a dot, the owner's own reference; within
+``core.ids.NAME_PATTERN`` (at most 128 characters)."""
 
 
 def owned(owner: str, local: str) -> str:

@@ -32,6 +32,7 @@ __all__ = [
     "machine_wallet",
     "maintenance_budget",
     "open_requester",
+    "paid",
     "pay_job",
     "refund_job",
     "register_machine",
@@ -166,6 +167,13 @@ def fund_job(ledger: Ledger, job_id: str, payer: str, price: int) -> str:
 
 def pay_job(ledger: Ledger, job_id: str, machine_id: str) -> str:
     return ledger.release_escrow(job_id, machine_wallet(machine_id), key=f"release:{job_id}", memo=f"job {job_id} done").id
+
+
+def paid(ledger: Ledger, job_id: str, machine_id: str) -> int:
+    """What the job's escrow released to the machine's wallet (0: not released, or to someone else)."""
+    posting = ledger.posting(f"release:{job_id}")
+    wallet = machine_wallet(machine_id)
+    return sum(leg.amount for leg in posting.legs if leg.account == wallet and leg.amount > 0) if posting else 0
 
 
 def refund_job(ledger: Ledger, job_id: str) -> str:

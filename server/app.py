@@ -28,6 +28,7 @@ from core.datadir import DataDir
 from core.errors import (
     CommandRejected,
     DriverError,
+    EscrowNotFound,
     Forbidden,
     GovernanceError,
     InputError,
@@ -48,6 +49,7 @@ from server.access import Access, Role
 from server.console import Console
 from server.context import ServerContext
 from server.desk import JobDesk
+from server.escrows import Escrows
 from server.feed import Feed
 from server.metrics import Metrics
 from server.routes import ROUTERS
@@ -66,7 +68,8 @@ def create_app(city: City, *, access: Access | None = None, web_dir: Path | None
     access.grant(relay.did, Role.CONSOLE)
     ctx = ServerContext(city=city, access=access, feed=feed, desk=JobDesk(city, feed),
                         chats=ChatHistory(DataDir(city.config.data_dir).chats), metrics=Metrics(city, feed),
-                        console=Console(feed, relay, city.ledger))
+                        console=Console(feed, relay, city.ledger),
+                        escrows=Escrows(city.ledger, lambda job: list(feed.job_events.get(job, ()))))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -97,7 +100,7 @@ def create_app(city: City, *, access: Access | None = None, web_dir: Path | None
 STATUS: list[tuple[type[TamcError], int]] = [
     (UnknownJob, 404), (NotAuthenticated, 401), (Forbidden, 403), (VoteRefused, 403), (PolicyRefused, 403), (UnknownMachine, 404),
     (NotInControl, 403), (UnknownHandoff, 404), (CommandRejected, 409), (MachineSilent, 504), (DriverError, 502),
-    (UnknownProposal, 404), (UnknownAccount, 404), (InputError, 400), (GovernanceError, 409), (LedgerError, 409), (TamcError, 400),
+    (UnknownProposal, 404), (UnknownAccount, 404), (EscrowNotFound, 404), (InputError, 400), (GovernanceError, 409), (LedgerError, 409), (TamcError, 400),
 ]
 """The first match wins: a proposal that exists but cannot do that (closed, execution failed) is 409."""
 

@@ -19,6 +19,7 @@ from core.errors import NotAuthenticated, UnknownAccount, UnknownMachine
 from server.access import Access, Principal, Role
 from server.console import Console
 from server.desk import JobDesk
+from server.escrows import Escrows
 from server.feed import Feed, LiveEvent
 from server.metrics import Metrics
 from server.schemas import MachineSummary, Problem
@@ -80,6 +81,7 @@ class ServerContext:
     chats: ChatHistory
     metrics: Metrics
     console: Console
+    escrows: Escrows
 
     def node(self, machine_id: str) -> MachineNode:
         node = self.city.node(machine_id)

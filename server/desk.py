@@ -98,7 +98,7 @@ class JobDesk:
 
     def status(self, job_id: str) -> JobStatus:
         steps = [JobStep(machine_id=e.machine_id, kind=e.kind, progress=e.progress, detail=e.detail)
-                 for e in list(self.feed.job_events.get(job_id, ()))]
+                 for _, e in list(self.feed.job_events.get(job_id, ()))]
         with self._lock:
             outcome = next((r.outcomes[job_id] for r in self._requesters.values() if job_id in r.outcomes), None)
         if outcome is not None:

@@ -16,7 +16,7 @@ import threading
 from collections import defaultdict, deque
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, Field
 
@@ -28,13 +28,21 @@ from hub.messages import ControlResult, GovernanceNotice, Handoff, JobEvent, Pre
 from hub.transport import Hub
 from machines.driver import Telemetry
 
-__all__ = ["Feed", "LiveEvent", "Subscription"]
+__all__ = ["Feed", "Heard", "LiveEvent", "Subscription"]
 
 log = logging.getLogger("tamc.server.feed")
 
 EventType = Literal["telemetry", "presence", "job", "proposal", "governance", "handoff", "control"]
 QUEUE_SIZE = 500
 JOB_EVENTS_KEPT = 50
+
+
+class Heard(NamedTuple):
+    """A job's event and the did that signed it (the hub checked the signature; who may say what is
+    the reader's to judge: a machine's steps count only from the did it registered)."""
+
+    sender: str
+    event: JobEvent
 
 
 class LiveEvent(BaseModel):
@@ -74,7 +82,7 @@ class Feed:
         self.hub = Hub(broker_url, name=name, clock=clock)  # the market's clock: what it sends is dated, and aged, on it
         self.telemetry: dict[str, Telemetry] = {}
         self.presence: dict[str, Presence] = {}
-        self.job_events: dict[str, deque[JobEvent]] = defaultdict(lambda: deque(maxlen=JOB_EVENTS_KEPT))
+        self.job_events: dict[str, deque[Heard]] = defaultdict(lambda: deque(maxlen=JOB_EVENTS_KEPT))
         self.handoffs: dict[str, Handoff] = {}
         """Each machine's latest handoff notice (retained on the hub): the gauge's count; the console reads the ledger."""
         self.received = 0
@@ -164,7 +172,7 @@ class Feed:
                             data=body.model_dump(mode="json", include={"state", "kind", "region", "territory"})))
 
     def _on_job(self, env: Envelope, body: JobEvent) -> None:
-        self.job_events[body.job_id].append(body)
+        self.job_events[body.job_id].append(Heard(env.sender, body))
         self.emit(LiveEvent(type="job", machine_id=body.machine_id, job_id=body.job_id,
                             data=body.model_dump(mode="json", exclude={"job_id", "machine_id"})))
 

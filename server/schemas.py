@@ -8,6 +8,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from agents.node import QueuedContract
+from core.ids import NAME_PATTERN
+from hub.jobids import OWNED_PATTERN
 from ledger.holders import ProposalRow, ShareRow
 from machines.driver import Telemetry
 from machines.profile import Point
@@ -202,10 +204,67 @@ class VoteResult(BaseModel):
 
 
 class PrincipalCreate(BaseModel):
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
+    """No dots: the name becomes the requester wallet ``requester:{name}``, the namespace of its job ids."""
     did: str = Field(pattern=DID_PATTERN)
     operator_of: list[str] = []
     """Machines to grant the operator role on (``*`` for all)."""
     admin: bool = False
     requester_budget: int = Field(default=0, ge=0, le=10**15)
     """Opens (and funds) a requester wallet owned by this key."""
+
+
+# -- the ledger over HTTP (server.escrows) -----------------------------------------------------
+
+class MarketClock(BaseModel):
+    """The market's time, for a requester outside TAMC's processes that signs envelopes (``ts``) and
+    sets deadlines in it: in real life the wall clock at speed 1; a sped-up simulation runs faster."""
+
+    now_ms: int
+    """Epoch milliseconds on the market's clock when the server answered."""
+    speed: float
+    """Market seconds per real second: add ``elapsed real seconds × speed × 1000`` to ``now_ms``."""
+    protocol: int
+    topic_prefix: str
+
+
+class RegisteredMachine(BaseModel):
+    machine_id: str
+    did: str
+    """The did the machine registered with: its bids, offers and ``done`` count only when signed by it."""
+    account: str
+
+
+class AccountView(BaseModel):
+    id: str
+    kind: str
+    balance: int
+    """Micro-units."""
+
+
+class EscrowOpen(BaseModel):
+    """Hold money for a job: from ``payer`` (an account the caller's key owns) under ``job_id`` (in
+    the caller's own namespace). Repeating the same request returns the same escrow."""
+
+    job_id: str = Field(pattern=OWNED_PATTERN, max_length=128)
+    """``{account}.{local}``: the account (the namespace) must be one the caller's key owns."""
+    payer: str = Field(pattern=NAME_PATTERN)
+    amount: int = Field(gt=0, le=10**15)
+
+
+class EscrowRelease(BaseModel):
+    machine_id: str = Field(pattern=NAME_PATTERN)
+    """The registered machine whose wallet (``machine:{id}``) is paid the whole escrow."""
+
+
+class EscrowView(BaseModel):
+    job_id: str
+    payer: str
+    amount: int
+    state: Literal["held", "released", "refunded"]
+    opened_by: str | None
+    """The posting that opened it (send it as ``posting`` in the ``funded`` event)."""
+    closed_by: str | None
+    """The posting that released or refunded it (``posting`` in ``paid`` and ``closed``)."""
+    paid_to: str | None
+    """The account the escrow went to when closed (a machine's wallet, or back to the payer)."""

@@ -158,19 +158,41 @@ def broker_serve(
     port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 1883,
     host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0 for machines on other computers).")] = "127.0.0.1",
     home: HomeOpt = Path(".tamc/broker"),
+    connect_rate: Annotated[float | None, typer.Option(
+        help="New connections a second one address may open (after a burst of 4 seconds' worth); the rest are "
+             "closed at once. 0 turns the gate off. Default: 5 when --host reaches beyond this computer, off on loopback.",
+        min=0)] = None,
 ) -> None:
     """Run mosquitto with authentication and TAMC's topic ACLs until stopped. Anonymous clients are
-    refused; add participants with 'tamc broker add' (it reloads this broker)."""
+    refused; add participants with 'tamc broker add' (it reloads this broker). Beyond loopback, a
+    gate in front of it caps how fast one address may connect (mosquitto has no such cap)."""
+    import contextlib
     import threading
+    from urllib.parse import urlsplit
 
     from hub.broker import BrokerHome, start_broker
+    from hub.gate import ConnectionGate, open_gate
 
+    rate = connect_rate if connect_rate is not None else (0.0 if host.startswith("127.") or host in ("localhost", "::1") else 5.0)
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
-    with start_broker("mosquitto", port=port, home=BrokerHome(home), host=host) as running:
-        print(f"broker at {running.url}: users and ACL in {home}; add one with "
-              f"'tamc broker add NAME --role ROLE --home {home}'. Ctrl-C stops it.", flush=True)
+    found = BrokerHome(home)
+    with contextlib.ExitStack() as stack:
+        if rate > 0:  # mosquitto on a private loopback port, the gate where participants connect
+            running = stack.enter_context(start_broker("mosquitto", home=found))
+            inner = urlsplit(running.url)
+            gate = ConnectionGate((inner.hostname or "127.0.0.1", inner.port or 1883), burst=max(int(rate * 4), 1), per_s=rate)
+            at = stack.enter_context(open_gate(gate, host, port))
+            url = f"mqtt://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{at[1]}"
+            found.announce(url)
+            print(f"broker at {url} (at most {rate:g} new connections a second per address, burst {gate.burst}): "
+                  f"users and ACL in {home}; add one with 'tamc broker add NAME --role ROLE --home {home}'. Ctrl-C stops it.",
+                  flush=True)
+        else:
+            running = stack.enter_context(start_broker("mosquitto", port=port, home=found, host=host))
+            print(f"broker at {running.url}: users and ACL in {home}; add one with "
+                  f"'tamc broker add NAME --role ROLE --home {home}'. Ctrl-C stops it.", flush=True)
         done.wait()
 
 

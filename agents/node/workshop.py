@@ -125,7 +125,8 @@ class Workshop:
         self.bidder.note_outcome(body)
         self.offers.closed(body.job_id)
         contract = followed.contract
-        if contract and contract.state == ContractState.DONE and body.outcome == "paid" and body.machine_id == self.machine_id:
+        if contract and contract.state == ContractState.DONE and body.outcome == "paid" and body.machine_id == self.machine_id \
+                and self._paid(contract):
             self.settle(contract)  # the 'paid' event may arrive after this, or not at all
         if contract and contract.active:
             self.runner.closed(contract, body.outcome)
@@ -170,7 +171,7 @@ class Workshop:
             contract.move(ContractState.FUNDED)
             contract.timers.cancel()
             self.maybe_start()
-        elif event.kind == "paid" and contract.state == ContractState.DONE:
+        elif event.kind == "paid" and contract.state == ContractState.DONE and self._paid(contract):
             self.settle(contract)
 
     def _escrow_holds(self, contract: Contract) -> bool:
@@ -181,6 +182,14 @@ class Workshop:
             log.warning("machine=%s job=%s told funded but no escrow exists", self.machine_id, contract.job.id)
             return False
         return escrow.state.value == "held" and escrow.amount >= contract.terms.price
+
+    def _paid(self, contract: Contract) -> bool:
+        """The requester says it paid: true if the ledger shows the escrow released to our wallet (we
+        pay the job's costs and our holders only out of money that arrived)."""
+        if self.ledger is None or settlement.paid(self.ledger, contract.job.id, self.machine_id) >= contract.terms.price:
+            return True
+        log.warning("machine=%s job=%s told paid but no release to us is in the ledger", self.machine_id, contract.job.id)
+        return False
 
     def _unfunded(self, contract: Contract) -> None:
         if contract.state == ContractState.ACCEPTED:
@@ -213,6 +222,12 @@ class Workshop:
             return
         if self.holding.held_by is not None:  # a person took the machine while it charged: start after the handback
             self.book.release()
+            return
+        if self.ledger is not None and not self._escrow_holds(contract):  # refunded since it was funded: called off
+            contract.move(ContractState.CANCELLED)
+            contract.timers.cancel()
+            self.book.release(contract)
+            self.maybe_start()
             return
         t = self.driver.telemetry()
         profile = self.mandate.profile
