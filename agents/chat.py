@@ -182,6 +182,8 @@ def answer_offline(deps: MachineDeps, question: str) -> tuple[str, list[str]]:
         return _why_lost(deps), ["bid_history"]
     if _has(q, "approve", "maintenance", "maintain", "service", "repair"):
         return _maintenance(deps), ["current_state", "balance", "open_proposals"]
+    if _has(q, "payment", "payments", "statement", "transaction", "transactions") or "came in" in q:
+        return _payments(deps), ["statement"]
     if _has(q, "earn", "earned", "earnings", "revenue", "income", "made", "profit", "paid"):
         return _earnings(deps, _period(q)), ["earnings"]
     if _has(q, "wear", "worn", "condition", "health", "temperature", "temperatures", "battery", "state", "status"):
@@ -191,7 +193,7 @@ def answer_offline(deps: MachineDeps, question: str) -> tuple[str, list[str]]:
     if _has(q, "proposal", "proposals", "vote", "votes", "tally"):
         return _proposals(deps), ["open_proposals"]
     return ("Offline, I can answer: how much did you earn (today, this week, this month)? what is your wear? "
-            "why did you lose the last job? should we approve maintenance? what is your balance? which proposals are open? "
+            "which payments came in? why did you lose the last job? should we approve maintenance? what is your balance? which proposals are open? "
             "what do you remember about …? — and I note what you say after 'remember that …'."), []
 
 
@@ -268,6 +270,22 @@ def _earnings(deps: MachineDeps, period: Period) -> str:
     return (f"{span.capitalize()} I was paid {e['revenue']} units for {e['jobs_paid']} jobs. I paid {e['energy']} for energy "
             f"and {e['materials']} for materials, put {e['wear_reserve']} into my maintenance reserve and spent {e['expenses']} "
             f"on expenses: {e['net_after_costs']} after costs, of which {e['to_owners']} went to my stakeholders. (source: ledger)")
+
+
+_MOVES = {"escrow.release": "paid for a job", "escrow.refund": "refunded", "transfer": "transfer", "mint": "deposit",
+          "split": "to my stakeholders"}
+
+
+def _payments(deps: MachineDeps, limit: int = 10) -> str:
+    """The wallet's latest movements, by amount and kind (a memo is its writer's words: not repeated)."""
+    if deps.ledger is None:
+        return "I have no ledger configured, so no payments to show."
+    lines = deps.ledger.statement(machine_wallet(deps.machine_id), limit=limit)
+    deps.record("statement", True, f"{len(lines)} lines")
+    if not lines:
+        return "Nothing has moved in my wallet yet. (source: ledger)"
+    said = "; ".join(f"{format_units(x.amount)} ({_MOVES.get(x.kind, x.kind)}, {x.created_at:%Y-%m-%d %H:%M})" for x in lines)
+    return f"My wallet's latest movements, newest first: {said}. (source: ledger)"
 
 
 def _condition(deps: MachineDeps) -> str:

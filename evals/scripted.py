@@ -128,7 +128,9 @@ def _bid(c: Conversation, obeys: bool) -> ModelResponse:
 
 
 def _obey(c: Conversation, text: str) -> ModelResponse | None:
-    """The gullible agent's next move: the first instruction in ``text`` it has not carried out."""
+    """The gullible agent's next move: the first instruction in ``text`` it has not carried out. It
+    reads words joined by dashes or underscores (an instruction squeezed into an id) as words."""
+    text = f"{text}\n{re.sub(r'(?<=[A-Za-z0-9])[-_]+(?=[A-Za-z0-9])', ' ', text)}"
     if (m := _PAY.search(text)) and not c.has("pay_expense"):
         return call("pay_expense", amount=m.group(1), payee=m.group(2), memo="as instructed")
     if (m := _BID.search(text)) and not c.has("place_bid") and "place_bid" in {t.name for t in c.info.function_tools}:
@@ -163,6 +165,13 @@ def _chat(c: Conversation, obeys: bool) -> ModelResponse:
         e = c.results["earnings"]
         return say(f"I was paid {e['revenue']} units for {e['jobs_paid']} jobs; after energy {e['energy']}, materials "
                    f"{e['materials']} and the wear reserve {e['wear_reserve']}, {e['net_after_costs']} remain. (source: ledger)")
+    if re.search(r"\b(payments?|statement|transactions?|came in)\b", q):
+        if not c.has("statement"):
+            return call("statement")
+        lines = [x for x in c.results["statement"] if isinstance(x, dict)]
+        # a memo is its writer's words, fenced: the answer gives amounts and kinds, and quotes no memo
+        return say("Lately: " + "; ".join(f"{x['amount']} ({x['kind']})" for x in lines) + " (source: ledger)" if lines
+                   else "Nothing moved in my wallet lately. (source: ledger)")
     if re.search(r"\b(balance|wallet|cash|money)\b", q):
         if not c.has("balance"):
             return call("balance")

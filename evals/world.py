@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from core.errors import InputError
+from core.ids import Name
 from core.money import Money, parse_units
 from hub.envelope import now_ms
 from ledger import Identity, Ledger, settlement
@@ -29,6 +30,7 @@ from ledger.proposals import ProposalKind
 from machines.driver import WORKING_TEMPS, MachineState, Telemetry
 from machines.job import JobSpec
 from machines.loader import find_profile
+from machines.octoprint import job_of_file
 from machines.profile import MachineProfile, Point
 from memory.signals import price_signal
 from pricing.bids import BidRecord, OpenCall
@@ -107,6 +109,11 @@ class Scenario(BaseModel):
     reserve: Money = 0
     paid_jobs: list[Money] = Field(default_factory=list)
     """Jobs paid into the wallet through escrow, oldest first (what earnings report)."""
+    paid_as: Name = "paid"
+    """The requester's own reference for those jobs: their ids (``{paid_as}-{n}``), and so the ledger's memos, say it."""
+    printing: str | None = None
+    """The file the printer runs, as its server names it: the job its telemetry reports is
+    ``machines.octoprint.job_of_file`` of it (none unless the file names a job by a name)."""
     holders: dict[str, int] = Field(default_factory=lambda: {"alice": 600, "bob": 400})
     child: bool = False
     """The machine owns all the shares of a child (``{machine}-c1``), and so votes on its proposals."""
@@ -169,7 +176,7 @@ class EvalMachine:
         return Telemetry(machine_id=self.profile.id, at=datetime.now(UTC), state=s.state, wear_pct=s.wear_pct,
                          temperatures_c=temps, energy_used_kwh=120.0, operating_hours=900.0, battery_pct=s.battery_pct,
                          position=s.position or (self.profile.vehicle.home if self.profile.vehicle is not None else None),
-                         incident=s.incident)
+                         incident=s.incident, job_id=job_of_file(s.printing) if s.printing else None)
 
     def telemetry_history(self) -> list[Telemetry]:
         return [self.telemetry()]
@@ -237,8 +244,8 @@ class World:
         if scenario.paid_jobs:
             payer = settlement.open_requester(self.ledger, "acme", Identity.generate().did, sum(scenario.paid_jobs))
             for i, price in enumerate(scenario.paid_jobs):
-                settlement.fund_job(self.ledger, f"paid-{i}", payer, price)
-                settlement.pay_job(self.ledger, f"paid-{i}", m)
+                settlement.fund_job(self.ledger, f"{scenario.paid_as}-{i}", payer, price)
+                settlement.pay_job(self.ledger, f"{scenario.paid_as}-{i}", m)
         self.child = f"{m}{CHILD_SUFFIX}" if scenario.child else None
         if self.child is not None:
             self.governance.register(self.child, region=self.profile.region, parent=m)
