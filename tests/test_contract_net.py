@@ -243,3 +243,30 @@ def test_a_call_under_someone_elses_job_id_changes_nothing_for_its_owner(city: S
     [outcome] = city.wait()
     assert outcome.outcome == "paid" and outcome.machine_id == "prusa-a" and outcome.bids == 1
     assert city.ledger.balance(city.wallet) == BUDGET - (outcome.price or 0)
+
+
+def test_presence_counts_only_when_the_machine_signed_it(city: SmallMarket) -> None:
+    """A stranger signs presence in other machines' names (its own topic; the broker stops it
+    publishing on theirs): a phantom online for the job's region, which would hold bidding open to
+    its deadline, and the real bidder gone offline, with the real session, which would move the job.
+    The requester counts neither: bidding closes as soon as the real machine bid, and it is paid once."""
+    node = city.machine(printer("prusa-a", 2000))
+    awards: list[int] = []
+    watcher = city.hub("watch-m", role="machine")
+    requester = city.open_requester()
+    stranger = Identity.generate()
+    tx = city.hub("mallory-m", role="machine")
+    for forged in (Presence(machine_id="phantom", state="online", session="p", kind="printer_3d", region="north", territory=("north",)),
+                   Presence(machine_id="prusa-a", state="offline", session=node.session, kind="printer_3d", region="north",
+                            territory=("north",))):
+        tx.send(topics.presence("mallory-m"), forged, stranger)
+    city.settle()
+    job_id = city.jid("j-here")
+    watcher.subscribe(topics.award(job_id), lambda t, env: awards.append(env.ts))
+    city.settle()
+    posted = city.ms()
+    requester.post(job("j-here"), reserve=50_000_000, value=60_000_000)
+    [outcome] = city.wait()
+    assert outcome.outcome == "paid" and outcome.machine_id == "prusa-a" and outcome.takeovers == 0
+    assert requester.awards_sent[job_id] == ["prusa-a"]
+    assert awards[0] - posted < requester.config.bid_window_s * 1000 / 2  # closed early: the phantom did not count
