@@ -94,8 +94,9 @@ def test_tamc_serve_with_a_busy_city_exits_within_seconds_of_ctrl_c(tmp_path: Pa
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("command", [["demo"], ["eval", "market"]], ids=["demo", "eval"])
+@pytest.mark.parametrize("command", [["demo"], ["eval", "market", "--repeat", "25"]], ids=["demo", "eval"])
 def test_a_command_stopped_by_sigterm_exits_within_seconds_and_leaves_nothing_behind(command: list[str], tmp_path: Path) -> None:
+    # the eval repeats its cases so that it is still at work when stopped (two seeded days take ~3 s)
     extra = ["--data-dir", str(tmp_path / "d")] if command == ["demo"] else ["--out", str(tmp_path / "report")]
     proc = start([*command, *extra], tmp_path)
     try:
