@@ -21,6 +21,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -338,7 +339,8 @@ class Requester:
         assert run.machine is not None and run.price is not None
         if not run.funded:  # a takeover finds the escrow already holding the price
             try:
-                run.escrow_posting = settlement.fund_job(self.ledger, run.job.id, self.wallet, run.price)
+                run.escrow_posting = settlement.fund_job(self.ledger, run.job.id, self.wallet, run.price,
+                                                         expires_at=self._expiry(run))
             except LedgerError as exc:
                 log.warning("job=%s cannot be funded: %s", run.job.id, exc)
                 self._close(run, "expired", reason=f"requester could not fund it: {exc}")
@@ -347,6 +349,11 @@ class Requester:
         self._publish(topics.events(run.job.id), JobEvent(
             job_id=run.job.id, machine_id=run.machine, kind="funded", posting=run.escrow_posting))
         self._consider_moves(run)
+
+    def _expiry(self, run: _Run) -> datetime:
+        """When the escrow may be refunded by anyone: the deadline and the grace after which this
+        requester refunds it itself (so a requester that never comes back strands no money)."""
+        return datetime.fromtimestamp(run.cfp.deadline_at / 1000 + self.config.grace_h * 3600, UTC)
 
     def _pay(self, run: _Run) -> None:
         assert run.machine is not None

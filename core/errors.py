@@ -23,6 +23,7 @@ raised. ::
     │   │   ├── EscrowNotFound      no escrow for that job
     │   │   ├── EscrowExists        the job already has an escrow under another key
     │   │   ├── EscrowClosed        already released or refunded
+    │   │   ├── EscrowNotExpired    an expiry refund asked for before the escrow's expiry
     │   │   └── RefundRefused       the machine is at work on the job, or has done it
     │   └── ShareError
     │       ├── SharesAlreadyIssued a machine's cap table is fixed at issue
@@ -78,6 +79,7 @@ __all__ = [
     "EscrowClosed",
     "EscrowError",
     "EscrowExists",
+    "EscrowNotExpired",
     "EscrowNotFound",
     "ExecutionFailed",
     "Forbidden",
@@ -188,6 +190,10 @@ class EscrowExists(EscrowError):
 
 class EscrowClosed(EscrowError):
     """The escrow was already released or refunded."""
+
+
+class EscrowNotExpired(EscrowError):
+    """Anyone may have an expired escrow refunded to its payer; before its expiry only the payer may."""
 
 
 class RefundRefused(EscrowError):

@@ -33,6 +33,7 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    inspect,
 )
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
@@ -95,6 +96,8 @@ escrows = Table(
     Column("state", String(10), nullable=False),
     Column("open_key", String(300), nullable=False),
     Column("close_posting", String(36)),
+    Column("expires_at", DateTime(timezone=True)),
+    # past this, anyone may have the escrow refunded to its payer (a requester that never came back)
 )
 
 share_classes = Table(
@@ -218,7 +221,20 @@ def connect(url: str, *, durable: bool = True) -> Engine:
     else:
         engine = create_engine(url, pool_pre_ping=True)
     _retry(lambda: metadata.create_all(engine), (IntegrityError, ProgrammingError, OperationalError))
+    _retry(lambda: _upgrade(engine), (IntegrityError, ProgrammingError, OperationalError))
     return engine
+
+
+def _upgrade(engine: Engine) -> None:
+    """Columns added since a table was first made (``create_all`` makes missing tables only): a
+    ledger written by an earlier TAMC opens as it is, and gains them."""
+    for table in metadata.sorted_tables:
+        have = {c["name"] for c in inspect(engine).get_columns(table.name)}
+        for column in table.columns:
+            if column.name not in have:
+                kind = column.type.compile(dialect=engine.dialect)
+                with engine.begin() as conn:
+                    conn.exec_driver_sql(f'ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}')
 
 
 _WRITERS: weakref.WeakKeyDictionary[Engine, threading.RLock] = weakref.WeakKeyDictionary()

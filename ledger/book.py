@@ -26,6 +26,7 @@ from core.clock import Clock, WallClock
 from core.errors import (
     EscrowClosed,
     EscrowExists,
+    EscrowNotExpired,
     EscrowNotFound,
     IdempotencyConflict,
     InputError,
@@ -36,7 +37,7 @@ from core.errors import (
 )
 from core.money import require_micros
 from ledger import _db
-from ledger._db import accounts, balances, entries, escrows, postings, share_classes
+from ledger._db import accounts, aware, balances, entries, escrows, postings, share_classes
 from ledger.models import (
     ISSUANCE,
     MONEY,
@@ -176,10 +177,13 @@ class Ledger:
 
     # -- escrow -----------------------------------------------------------------------------
 
-    def open_escrow(self, job_id: str, payer: str, amount: int, *, key: str, memo: str = "") -> Posting:
-        """Move ``amount`` from ``payer`` into a new escrow account held for ``job_id``."""
+    def open_escrow(self, job_id: str, payer: str, amount: int, *, key: str, memo: str = "",
+                    expires_at: datetime | None = None) -> Posting:
+        """Move ``amount`` from ``payer`` into a new escrow account held for ``job_id``. Past
+        ``expires_at`` (if given) anyone may have it refunded to the payer (``expire_escrow``)."""
         require_micros(amount)
-        fp = _fingerprint("escrow.open", job=job_id, payer=payer, amount=amount)
+        fp = _fingerprint("escrow.open", job=job_id, payer=payer, amount=amount,
+                          **({"expires": aware(expires_at).isoformat()} if expires_at else {}))
         account_id = f"escrow:{job_id}"
 
         def run(conn: Connection) -> Posting:
@@ -191,7 +195,7 @@ class Ledger:
                                               "created_at": self.clock.now()})
             posting = self._post(conn, key, "escrow.open", fp, memo, [(payer, MONEY, -amount), (account_id, MONEY, amount)])
             conn.execute(_ADD_ESCROW, {"job_id": job_id, "account_id": account_id, "payer": payer, "amount": amount,
-                                       "state": EscrowState.HELD.value, "open_key": key})
+                                       "state": EscrowState.HELD.value, "open_key": key, "expires_at": expires_at})
             return posting
 
         return _db.transaction(self._engine, run)
@@ -204,7 +208,19 @@ class Ledger:
         """Return the whole escrow of ``job_id`` to its payer (the job failed or expired)."""
         return self._close_escrow(job_id, None, EscrowState.REFUNDED, key=key, memo=memo)
 
-    def _close_escrow(self, job_id: str, payee: str | None, state: EscrowState, *, key: str, memo: str) -> Posting:
+    def expire_escrow(self, job_id: str, *, key: str, memo: str = "") -> Posting:
+        """Refund the escrow of ``job_id`` to its payer because it has expired: anyone may ask, and
+        the money goes back to the payer and nowhere else. ``EscrowNotExpired`` before its expiry
+        (or if it has none). Under the same key as the payer's own refund, the two are one posting."""
+        return self._close_escrow(job_id, None, EscrowState.REFUNDED, key=key, memo=memo, expired_only=True)
+
+    def expired(self) -> list[str]:
+        """Jobs whose escrow is held past its expiry, on this ledger's clock."""
+        now = self.clock.now()
+        return _db.transaction(self._engine, lambda c: [r.job_id for r in c.execute(_EXPIRED, {"now": now})], write=False)
+
+    def _close_escrow(self, job_id: str, payee: str | None, state: EscrowState, *, key: str, memo: str,
+                      expired_only: bool = False) -> Posting:
         kind = f"escrow.{'release' if state is EscrowState.RELEASED else 'refund'}"
         fp = _fingerprint(kind, job=job_id, payee=payee)
 
@@ -216,6 +232,9 @@ class Ledger:
                 raise EscrowNotFound(f"no escrow for job {job_id!r}")
             if row.state != EscrowState.HELD.value:
                 raise EscrowClosed(f"escrow for job {job_id!r} was already {row.state} (posting {row.close_posting})")
+            if expired_only and (row.expires_at is None or aware(row.expires_at) > aware(self.clock.now())):
+                when = f"expires at {aware(row.expires_at).isoformat(timespec='seconds')}" if row.expires_at else "has no expiry"
+                raise EscrowNotExpired(f"the escrow of job {job_id!r} {when}: until then only its payer may refund it")
             to = payee if payee is not None else row.payer
             posting = self._post(conn, key, kind, fp, memo, [(row.account_id, MONEY, -row.amount), (to, MONEY, row.amount)])
             conn.execute(_CLOSE_ESCROW, {"job": job_id, "state": state.value, "posting": posting.id})
@@ -229,7 +248,8 @@ class Ledger:
         )
         if row is None:
             raise EscrowNotFound(f"no escrow for job {job_id!r}")
-        return Escrow(job_id=row.job_id, account=row.account_id, payer=row.payer, amount=row.amount, state=EscrowState(row.state))
+        return Escrow(job_id=row.job_id, account=row.account_id, payer=row.payer, amount=row.amount, state=EscrowState(row.state),
+                      expires_at=aware(row.expires_at) if row.expires_at else None)
 
     # -- shares -----------------------------------------------------------------------------
 
@@ -457,6 +477,8 @@ _ESCROW = select(escrows).where(escrows.c.job_id == bindparam("job"))
 _ESCROW_FOR_UPDATE = _ESCROW.with_for_update()
 _ESCROW_EXISTS = select(escrows.c.job_id).where(escrows.c.job_id == bindparam("job"))
 _ADD_ESCROW = escrows.insert()
+_EXPIRED = (select(escrows.c.job_id).where(escrows.c.state == EscrowState.HELD.value, escrows.c.expires_at.is_not(None),
+                                           escrows.c.expires_at <= bindparam("now")).order_by(escrows.c.job_id))
 _CLOSE_ESCROW = (update(escrows).where(escrows.c.job_id == bindparam("job"))
                  .values(state=bindparam("state"), close_posting=bindparam("posting")))
 _CAP_TABLE = (select(balances.c.account_id, balances.c.amount)

@@ -85,6 +85,8 @@ class Escrow(_Record):
     payer: str
     amount: int
     state: EscrowState
+    expires_at: datetime | None = None
+    """Past this, anyone may have it refunded to the payer."""
 
 
 class StatementLine(_Record):

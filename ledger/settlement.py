@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict
 
-from core.errors import EscrowExists, SharesAlreadyIssued, UnknownAccount
+from core.errors import EscrowClosed, EscrowExists, SharesAlreadyIssued, UnknownAccount
 from ledger import AccountKind, Ledger
 from ledger.holders import holder_account
 from ledger.models import machine_wallet, maintenance_budget, reserve
@@ -26,6 +27,8 @@ __all__ = [
     "JobCost",
     "JobCosts",
     "account_owner",
+    "expire_due",
+    "expire_job",
     "fund_job",
     "holder",
     "machine_owner",
@@ -154,10 +157,11 @@ def open_requester(ledger: Ledger, name: str, did: str, budget: int) -> str:
     return account
 
 
-def fund_job(ledger: Ledger, job_id: str, payer: str, price: int) -> str:
-    """Hold the price in escrow; the posting id goes into the ``funded`` event."""
+def fund_job(ledger: Ledger, job_id: str, payer: str, price: int, *, expires_at: datetime | None = None) -> str:
+    """Hold the price in escrow; the posting id goes into the ``funded`` event. Past ``expires_at``
+    (the job's deadline and a grace) anyone may have it refunded to the payer (``expire_job``)."""
     try:
-        return ledger.open_escrow(job_id, payer, price, key=f"escrow:{job_id}", memo=f"job {job_id}").id
+        return ledger.open_escrow(job_id, payer, price, key=f"escrow:{job_id}", memo=f"job {job_id}", expires_at=expires_at).id
     except EscrowExists:  # opened earlier under this very key: a retry after a crash
         posting = ledger.posting(f"escrow:{job_id}")
         if posting is None:
@@ -178,6 +182,24 @@ def paid(ledger: Ledger, job_id: str, machine_id: str) -> int:
 
 def refund_job(ledger: Ledger, job_id: str) -> str:
     return ledger.refund_escrow(job_id, key=f"refund:{job_id}", memo=f"job {job_id} not done").id
+
+
+def expire_job(ledger: Ledger, job_id: str) -> str:
+    """Refund an expired escrow to its payer, whoever asks (``EscrowNotExpired`` before then). The
+    key is the payer's own refund's: a job is refunded once, whichever of the two comes first."""
+    return ledger.expire_escrow(job_id, key=f"refund:{job_id}", memo=f"job {job_id} not done").id
+
+
+def expire_due(ledger: Ledger) -> list[str]:
+    """Refund every escrow past its expiry (a requester that never came back); the jobs refunded."""
+    done = []
+    for job_id in ledger.expired():
+        try:
+            expire_job(ledger, job_id)
+        except EscrowClosed:  # closed meanwhile by its payer or another sweep
+            continue
+        done.append(job_id)
+    return done
 
 
 def settle_costs(ledger: Ledger, job_id: str, machine_id: str, costs: JobCosts, *, retain_bps: int | None = None) -> int:

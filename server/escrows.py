@@ -12,6 +12,7 @@ checks an escrow opened here exactly as it checks one opened in-process.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from datetime import datetime
 
 from core.errors import Forbidden, InputError, RefundRefused, UnknownAccount
 from core.ids import check_name
@@ -59,7 +60,7 @@ class Escrows:
 
     # -- moving money ----------------------------------------------------------------------------
 
-    def open(self, caller: Principal, job_id: str, payer: str, amount: int) -> EscrowView:
+    def open(self, caller: Principal, job_id: str, payer: str, amount: int, expires_at: datetime | None = None) -> EscrowView:
         """Hold ``amount`` from ``payer`` for ``job_id``: both the job id's namespace and the payer
         must be the caller's. Repeating the same open returns the same escrow."""
         check_name(job_id, "job id")
@@ -69,7 +70,7 @@ class Escrows:
                              "under an account your key owns (docs/protocol.md, 'Job ids')")
         self._own(caller, namespace, what=f"the namespace of job {job_id}")
         self._own(caller, payer, what="the payer")
-        settlement.fund_job(self.ledger, job_id, payer, amount)
+        settlement.fund_job(self.ledger, job_id, payer, amount, expires_at=expires_at)
         return self._escrow_view(job_id)
 
     def release(self, caller: Principal, job_id: str, machine_id: str) -> EscrowView:
@@ -91,6 +92,11 @@ class Escrows:
             raise RefundRefused(f"{machine} said '{kind}' for job {job_id}: release the escrow to it after 'done', "
                                 "or refund once it says 'failed' or 'aborted'")
         settlement.refund_job(self.ledger, job_id)
+        return self._escrow_view(job_id)
+
+    def expire(self, job_id: str) -> EscrowView:
+        """Refund an expired escrow to its payer: anyone may ask (the money can go nowhere else)."""
+        settlement.expire_job(self.ledger, check_name(job_id, "job id"))
         return self._escrow_view(job_id)
 
     def at_work(self, job_id: str) -> tuple[str, str] | None:
@@ -119,4 +125,5 @@ class Escrows:
         closed = self.ledger.posting(f"release:{job_id}") or self.ledger.posting(f"refund:{job_id}")
         to = next((leg.account for leg in closed.legs if leg.amount > 0), None) if closed else None
         return EscrowView(job_id=job_id, payer=escrow.payer, amount=escrow.amount, state=escrow.state.value,
-                          opened_by=opened.id if opened else None, closed_by=closed.id if closed else None, paid_to=to)
+                          opened_by=opened.id if opened else None, closed_by=closed.id if closed else None, paid_to=to,
+                          expires_at=escrow.expires_at)

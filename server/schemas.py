@@ -250,6 +250,9 @@ class EscrowOpen(BaseModel):
     """``{account}.{local}``: the account (the namespace) must be one the caller's key owns."""
     payer: str = Field(pattern=NAME_PATTERN)
     amount: int = Field(gt=0, le=10**15)
+    expires_ms: int | None = Field(default=None, ge=0, le=2**53 - 1)
+    """Epoch ms on the market's clock (the job's deadline and a grace): past it anyone may have the
+    escrow refunded to the payer, so money never waits on a requester that is gone. None: only the payer refunds."""
 
 
 class EscrowRelease(BaseModel):
@@ -268,3 +271,5 @@ class EscrowView(BaseModel):
     """The posting that released or refunded it (``posting`` in ``paid`` and ``closed``)."""
     paid_to: str | None
     """The account the escrow went to when closed (a machine's wallet, or back to the payer)."""
+    expires_at: datetime | None = None
+    """Past this, anyone may have it refunded to the payer (``POST …/expire``)."""

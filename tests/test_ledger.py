@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
 from core.errors import (
     EscrowClosed,
     EscrowExists,
+    EscrowNotExpired,
     EscrowNotFound,
     IdempotencyConflict,
     InputError,
@@ -134,6 +137,56 @@ def test_escrow_refund_returns_to_the_payer(funded: Fund) -> None:
     assert book.escrow("job-2").state is EscrowState.REFUNDED
     with pytest.raises(EscrowClosed):
         book.release_escrow("job-2", "req", key="late")
+
+
+class Hands:
+    """A clock whose hands a test moves (the ledger dates and expires by its clock)."""
+
+    def __init__(self) -> None:
+        self.at = datetime(2026, 6, 1, 12, tzinfo=UTC)
+
+    def now(self) -> datetime:
+        return self.at
+
+
+def test_an_expired_escrow_is_refunded_to_its_payer_by_whoever_asks_and_never_before(funded: Fund) -> None:
+    book = funded(req=5_000_000, machine=0)
+    hands = Hands()
+    book.clock = hands
+    book.open_escrow("job-x", "req", 4_000_000, key="escrow:job-x", expires_at=hands.at + timedelta(hours=2))
+    book.open_escrow("job-forever", "req", 1_000_000, key="escrow:job-forever")  # no expiry: its payer alone refunds it
+    assert book.escrow("job-x").expires_at == hands.at + timedelta(hours=2)
+    assert book.expired() == []
+    with pytest.raises(EscrowNotExpired, match="expires at 2026-06-01T14:00:00"):
+        book.expire_escrow("job-x", key="refund:job-x")
+    hands.at += timedelta(hours=2)
+    assert book.expired() == ["job-x"]
+    with pytest.raises(EscrowNotExpired, match="has no expiry"):
+        book.expire_escrow("job-forever", key="refund:job-forever")
+    posting = book.expire_escrow("job-x", key="refund:job-x", memo="expired")
+    assert {(leg.account, leg.amount) for leg in posting.legs} == {("escrow:job-x", -4_000_000), ("req", 4_000_000)}
+    # the payer's own refund under the same key is the same posting, not a second one; a release is refused
+    assert book.refund_escrow("job-x", key="refund:job-x").id == posting.id
+    with pytest.raises(EscrowClosed):
+        book.release_escrow("job-x", "machine", key="release:job-x")
+    assert book.balance("req") == 4_000_000 and book.balance("machine") == 0 and book.expired() == []
+    assert book.audit() == []
+
+
+def test_a_ledger_written_before_escrows_expired_opens_and_gains_the_column(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    book = Ledger(url)
+    book.open_account("req")
+    book.mint("req", 2_000_000, key="m")
+    book.open_escrow("job-old", "req", 1_000_000, key="escrow:job-old")
+    with book.engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE escrows DROP COLUMN expires_at")  # as an earlier TAMC wrote it
+    book.close()
+    again = Ledger(url)
+    assert again.escrow("job-old").expires_at is None and again.balance("req") == 1_000_000
+    again.open_escrow("job-new", "req", 1_000_000, key="escrow:job-new", expires_at=datetime(2030, 1, 1, tzinfo=UTC))
+    assert again.escrow("job-new").expires_at == datetime(2030, 1, 1, tzinfo=UTC)
+    again.close()
 
 
 def test_escrow_errors(funded: Fund) -> None:

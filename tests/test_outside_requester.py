@@ -359,3 +359,24 @@ def _wait(ready: Any, seconds: float = 30.0) -> None:
     while not ready():
         assert time.monotonic() < deadline, "waited in vain"
         time.sleep(0.05)
+
+
+def test_an_escrow_past_its_expiry_goes_back_to_its_payer_whoever_asks(served: Served, outsider: OutsideRequester) -> None:
+    """A requester that never comes back strands no money: anyone logged in (here the demo's
+    requester rita) may have its expired escrow refunded, to the payer alone, and nobody before."""
+    http = outsider.http
+    (wallet,) = [a["id"] for a in http.get("/v1/ledger/accounts").json()]
+    expires = outsider.now() + outsider.real_ms(1.0)  # a second of real time
+    opened = http.post("/v1/ledger/escrows", json={"job_id": f"{wallet}.gone", "payer": wallet, "amount": 7 * UNIT,
+                                                   "expires_ms": expires})
+    assert opened.status_code == 201 and opened.json()["expires_at"] is not None
+    stranger = httpx.Client(base_url=served.url, headers={"Authorization": f"Bearer {served.login('rita').token}"})
+    early = stranger.post(f"/v1/ledger/escrows/{wallet}.gone/expire")
+    assert (early.status_code, early.json()["error"]) == (409, "EscrowNotExpired")
+    assert stranger.post(f"/v1/ledger/escrows/{wallet}.gone/refund").status_code == 403  # not rita's to refund early
+    _wait(lambda: outsider.now() > expires + outsider.real_ms(0.2))
+    late = stranger.post(f"/v1/ledger/escrows/{wallet}.gone/expire")
+    assert late.status_code == 200, late.text
+    assert late.json()["state"] == "refunded" and late.json()["paid_to"] == wallet
+    assert http.get(f"/v1/ledger/accounts/{wallet}").json()["balance"] == 500 * UNIT
+    stranger.close()

@@ -3,6 +3,7 @@ machines' registered dids, the caller's own accounts, and the escrows of its own
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Path
@@ -50,7 +51,8 @@ def account(ctx: Ctx, caller: Caller, account_id: AccountId) -> AccountView:
 def open_escrow(ctx: Ctx, caller: Caller, body: EscrowOpen) -> EscrowView:
     """Hold a job's price (once a machine has accepted the award), from an account the caller owns,
     under a job id in the caller's namespace; then send ``funded`` with ``opened_by`` as its posting."""
-    return ctx.escrows.open(caller, body.job_id, body.payer, body.amount)
+    expires = datetime.fromtimestamp(body.expires_ms / 1000, UTC) if body.expires_ms is not None else None
+    return ctx.escrows.open(caller, body.job_id, body.payer, body.amount, expires)
 
 
 @router.get("/v1/ledger/escrows/{job_id}", tags=["ledger"])
@@ -69,3 +71,11 @@ def release(ctx: Ctx, caller: Caller, job_id: JobId, body: EscrowRelease) -> Esc
 def refund(ctx: Ctx, caller: Caller, job_id: JobId) -> EscrowView:
     """Return the escrow to its payer (the job was not done); then send ``closed`` (``refunded``)."""
     return ctx.escrows.refund(caller, job_id)
+
+
+@router.post("/v1/ledger/escrows/{job_id}/expire", tags=["ledger"])
+def expire(ctx: Ctx, caller: Caller, job_id: JobId) -> EscrowView:
+    """Refund an escrow past its expiry to its payer. Anyone logged in may ask (a machine whose
+    requester is gone, an operator): the money goes back to the payer and nowhere else; 409 before
+    the expiry."""
+    return ctx.escrows.expire(job_id)
