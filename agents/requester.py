@@ -26,6 +26,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from agents.journal import Journal, RunRecord
 from core.clock import Timeline
 from core.errors import EnvelopeRejected, LedgerError
 from core.mailbox import Mailbox, Timer
@@ -125,6 +126,23 @@ class _Run:
             self.timer.cancel()
             self.timer = None
 
+    def record(self, awards_sent: list[str]) -> RunRecord:
+        """What the journal keeps of this job (its timers are set again on resume)."""
+        return RunRecord(job=self.job, reserve=self.reserve, value=self.value, cfp=self.cfp, posted=self.posted,
+                         bids=list(self.bids.values()), ranked=self.ranked, excluded=sorted(self.excluded), state=self.state,
+                         attempt=self.attempt, machine=self.machine, machine_did=self.machine_did, price=self.price,
+                         funded=self.funded, escrow_posting=self.escrow_posting, started=self.started, held=self.held,
+                         takeovers=self.takeovers, finish_at=self.finish_at, moving=self.moving, moves=self.moves,
+                         moved=self.moved, accept_latency_ms=self.accept_latency_ms, awards_sent=awards_sent)
+
+    @classmethod
+    def of(cls, r: RunRecord) -> _Run:
+        return cls(job=r.job, reserve=r.reserve, value=r.value, cfp=r.cfp, posted=r.posted,
+                   bids={b.machine_id: b for b in r.bids}, ranked=list(r.ranked), excluded=set(r.excluded), state=r.state,
+                   attempt=r.attempt, machine=r.machine, machine_did=r.machine_did, price=r.price, funded=r.funded,
+                   escrow_posting=r.escrow_posting, started=r.started, held=r.held, takeovers=r.takeovers,
+                   finish_at=r.finish_at, moving=r.moving, moves=r.moves, moved=r.moved, accept_latency_ms=r.accept_latency_ms)
+
 
 class Requester:
     def __init__(
@@ -139,6 +157,7 @@ class Requester:
         clock: Timeline | None = None,
         on_outcome: Callable[[JobOutcome], None] | None = None,
         owner: str | None = None,
+        journal: Journal | None = None,
     ) -> None:
         self.identity = identity
         self.owner = owner or wallet
@@ -162,10 +181,61 @@ class Requester:
         self._registry: dict[str, str] = {}
         self.dropped: Counter[str] = Counter()
         """What this requester refused after its hub accepted it, by reason (``unsealable``: a bid not sealed to it)."""
+        self.journal = journal
+        """Where its open jobs are kept, so that a restarted requester resumes them (``resume``); None: in memory only."""
+        self._dirty: set[str] = set()
+        self.resumed = 0
+        """Jobs taken up again from the journal by ``resume``."""
 
     def start(self) -> Requester:
         self.hub.subscribe(topics.ALL_PRESENCE, self._deliver)
+        if self.journal is not None:
+            self.mailbox.post(self.resume)
         return self
+
+    def resume(self) -> None:
+        """Take up every open job the journal holds, each where it stood: bidding goes on to its
+        deadline, an award or a ``funded`` that may not have gone out is sent again (the machine
+        answers a repeat as it did the first), and a job the ledger shows paid or refunded is closed."""
+        assert self.journal is not None
+        for record in self.journal.load():
+            if record.job.id in self._runs:
+                continue
+            run = _Run.of(record)
+            self._runs[run.job.id] = run
+            self.awards_sent[run.job.id] = list(record.awards_sent)
+            self.resumed += 1
+            self._follow(run)
+            now = self.clock.ms()
+            grace_ms = self.config.grace_h * 3_600_000
+            run.watchdog = self._later(max(run.cfp.deadline_at + grace_ms - now, 0) / 1000, self._overdue, run)
+            log.info("job=%s resumed in state %s (machine %s)", run.job.id, run.state, run.machine)
+            if run.state == "bidding":
+                if now < run.cfp.bid_deadline:
+                    self._publish(topics.call(run.job), run.cfp)  # in case it never went out; machines ignore a repeat
+                run.timer = self._later(max(run.cfp.bid_deadline - now, 0) / 1000, self._close_bidding, run)
+            elif run.state == "awarding":
+                self._award_next(run)
+            elif not run.funded:
+                self._fund(run)
+            else:
+                self._settled_meanwhile(run)
+            self._flush()
+
+    def _settled_meanwhile(self, run: _Run) -> None:
+        """A funded job: close it if the ledger says it ended while we were away, else say ``funded``
+        again and wait for the machine."""
+        assert run.machine is not None
+        escrow = self.ledger.escrow(run.job.id)
+        if escrow.state.value == "released":
+            posting = self.ledger.posting(f"release:{run.job.id}")
+            self._publish(topics.events(run.job.id), JobEvent(job_id=run.job.id, machine_id=run.machine, kind="paid",
+                                                              posting=posting.id if posting else None))
+            self._close(run, "paid", posting=posting.id if posting else None)
+        elif escrow.state.value == "refunded":
+            self._close(run, "refunded", reason="refunded while the requester was away")
+        else:
+            self._fund(run)
 
     def stop(self) -> None:
         self.hub.unsubscribe(topics.ALL_PRESENCE, self._deliver)
@@ -193,7 +263,35 @@ class Requester:
     # -- receiving ---------------------------------------------------------------------------
 
     def _deliver(self, topic: str, env: Envelope) -> None:
-        self.mailbox.post(self._dispatch, env)
+        self.mailbox.post(self._handle, env)
+
+    def _handle(self, env: Envelope) -> None:
+        self._dispatch(env)
+        if self.journal is None:
+            return
+        body = env.body
+        if isinstance(body, Presence):
+            self._dirty.update(j for j, r in self._runs.items() if r.machine == body.machine_id)
+        elif (job_id := getattr(body, "job_id", None)) in self._runs:
+            self._dirty.add(job_id)
+        self._flush()
+
+    def _later(self, delay_s: float, fn: Callable[..., None], run: _Run, *args: object) -> Timer:
+        """A timer on the mailbox for ``run``'s step; the journal keeps what the step changed."""
+        def step() -> None:
+            fn(run, *args)
+            self._dirty.add(run.job.id)
+            self._flush()
+        return self.mailbox.call_later(delay_s, step)
+
+    def _flush(self) -> None:
+        if self.journal is None:
+            self._dirty.clear()
+            return
+        while self._dirty:
+            run = self._runs.get(self._dirty.pop())
+            if run is not None:
+                self.journal.save(run.record(self.awards_sent.get(run.job.id, [])))
 
     def _is_machine(self, machine_id: str, did: str) -> bool:
         """A bid counts only if signed by the did the machine registered in the ledger with."""
@@ -207,7 +305,7 @@ class Requester:
     # -- tender ------------------------------------------------------------------------------
 
     def _post(self, job: JobSpec, reserve: int, value: int) -> None:
-        if job.id in self._runs or job.id in self.outcomes:
+        if job.id in self._runs or job.id in self.outcomes or (self.journal is not None and self.journal.knows(job.id)):
             log.warning("job=%s posted twice; the second post is ignored", job.id)
             return
         now = self.clock.ms()
@@ -219,13 +317,20 @@ class Requester:
         )
         run = _Run(job=job, reserve=reserve, value=value, cfp=cfp, posted=now)
         self._runs[job.id] = run
-        self.hub.subscribe(topics.bids(job.id), self._deliver)
-        self.hub.subscribe(topics.events(job.id), self._deliver)
-        if self.config.moves:
-            self.hub.subscribe(topics.offers(job.id), self._deliver)
+        self._dirty.add(job.id)
+        self._flush()  # on disk before it is on the wire: a restart finds every job it may have announced
+        self._follow(run)
         self._publish(topics.call(job), cfp)
-        run.timer = self.mailbox.call_later(c.bid_window_s, self._close_bidding, run)
-        run.watchdog = self.mailbox.call_later((cfp.deadline_at - now) / 1000 + c.grace_h * 3600, self._overdue, run)
+        run.timer = self._later(c.bid_window_s, self._close_bidding, run)
+        run.watchdog = self._later((cfp.deadline_at - now) / 1000 + c.grace_h * 3600, self._overdue, run)
+
+    def _follow(self, run: _Run) -> None:
+        job_id = run.job.id
+        if run.state == "bidding":
+            self.hub.subscribe(topics.bids(job_id), self._deliver)
+        self.hub.subscribe(topics.events(job_id), self._deliver)
+        if self.config.moves:
+            self.hub.subscribe(topics.offers(job_id), self._deliver)
 
     def _serves(self, machine_id: str, job: JobSpec) -> bool:
         """Online now for the job's kind and region (a parked machine serves no territory)."""
@@ -297,7 +402,7 @@ class Requester:
             job_id=run.job.id, machine_id=bid.machine_id, price=price, accept_by=accept_by,
             attempt=run.attempt, takeover=takeover, finish_at=run.finish_at,
         ))
-        run.timer = self.mailbox.call_later(self.config.accept_window_s, self._accept_timeout, run, run.attempt)
+        run.timer = self._later(self.config.accept_window_s, self._accept_timeout, run, run.attempt)
 
     def _accept_timeout(self, run: _Run, attempt: int) -> None:
         if run.state == "awarding" and run.attempt == attempt and run.machine:
@@ -409,7 +514,7 @@ class Requester:
                  offer.machine_id, (run.finish_at - finish) / 3_600_000, run.machine)
         self._publish(topics.award(run.job.id), Release(job_id=run.job.id, machine_id=run.machine, to_machine=offer.machine_id,
                                                         move=run.moves))
-        run.timer = self.mailbox.call_later(self.config.accept_window_s, self._release_unanswered, run, run.moves)
+        run.timer = self._later(self.config.accept_window_s, self._release_unanswered, run, run.moves)
 
     def _moved(self, run: _Run, released: bool) -> None:
         """The holder answered the release: award the offerer (the escrow stays), or keep the holder."""
@@ -479,6 +584,9 @@ class Requester:
             accept_latency_ms=run.accept_latency_ms, reason=reason,
         )
         self.outcomes[run.job.id] = result
+        self._dirty.discard(run.job.id)
+        if self.journal is not None:
+            self.journal.close(run.job.id, result.model_dump_json())
         if self.on_outcome:
             self.on_outcome(result)
 

@@ -19,7 +19,7 @@ import logging
 import socket
 import threading
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +27,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from core.clock import Hold, Timeline, WallClock
@@ -36,12 +38,17 @@ from hub.flight import flights, topics_match
 from hub.messages import Body, CallForProposals
 from ledger.identity import Identity
 
-__all__ = ["BrokerAddress", "Handler", "Hub", "parse_broker_url"]
+__all__ = ["SESSION_EXPIRY_S", "SESSION_MAX_AGE_MS", "BrokerAddress", "Handler", "Hub", "parse_broker_url"]
 
 log = logging.getLogger("tamc.hub")
 
 Handler = Callable[[str, Envelope], None]
 RETAINED_STATE_TYPES = frozenset({"presence", "telemetry"})
+SESSION_EXPIRY_S = 24 * 3600
+"""How long the broker keeps a persistent session (``Hub(session=…)``) of a participant that is away."""
+SESSION_MAX_AGE_MS = 15 * 60 * 1000
+"""How old an envelope a persistent session accepts: what the broker queued while it was away
+(a requester restarting, a connection cut). Repeats within it are still dropped, by sender and id."""
 """Retained state is judged by its id (replay) but not its age: it is old by design."""
 
 
@@ -101,6 +108,7 @@ class Hub:
         clock: Timeline | None = None,
         timekeepers: Iterable[str] = (),
         flood: FloodGuard | None = None,
+        session: str | None = None,
     ) -> None:
         self.address = parse_broker_url(url)
         self.timekeepers = frozenset(timekeepers)
@@ -137,12 +145,18 @@ class Hub:
         """PUBACKs that came before ``publish`` had noted their packet id."""
         self._closing = False
         self._keepalive = keepalive_s
-        self.client_id = f"{name}-{uuid.uuid4().hex[:8]}"
+        self.session = session
+        """A persistent session's name (its MQTT client id): the broker keeps its subscriptions and
+        queues what they receive while it is away (a restart, a cut), for ``SESSION_EXPIRY_S``."""
+        self.client_id = session or f"{name}-{uuid.uuid4().hex[:8]}"
+        self._unclaimed: deque[tuple[str, Envelope]] = deque(maxlen=10_000)
+        """A persistent session's messages that came before the subscription they are for was made again."""
         address = self.address
-        if address.mqtt5:  # a clean start is asked for at connect
+        if address.mqtt5:  # a clean start (or not) is asked for at connect
             client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5)
         else:
-            client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv311, clean_session=True)
+            client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv311,
+                                 clean_session=session is None)
         if address.username:
             client.username_pw_set(address.username, address.password)
         client.on_socket_open = _nodelay
@@ -177,7 +191,11 @@ class Hub:
                 with attempt:
                     if attempt.retry_state.attempt_number > 1:
                         log.info("hub=%s reconnect attempt=%d broker=%s", self.name, attempt.retry_state.attempt_number, self.address.url)
-                    if self.address.mqtt5:
+                    if self.address.mqtt5 and self.session is not None:
+                        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+                        props.SessionExpiryInterval = SESSION_EXPIRY_S
+                        self._client.connect(host, port, keepalive=self._keepalive, clean_start=False, properties=props)
+                    elif self.address.mqtt5:
                         self._client.connect(host, port, keepalive=self._keepalive, clean_start=True)
                     else:
                         self._client.connect(host, port, keepalive=self._keepalive)
@@ -303,6 +321,12 @@ class Hub:
                 self._since[pattern] = self.clock.step if self.clock.virtual else -1
             if first and not self.clock.virtual:
                 self._heard.add(pattern)
+        if self._unclaimed:  # what a persistent session's broker queued for this pattern before it was asked for again
+            with self._lock:
+                mine = [(t, e) for t, e in self._unclaimed if topics_match(pattern, t)]
+                self._unclaimed = deque(((t, e) for t, e in self._unclaimed if not topics_match(pattern, t)), maxlen=10_000)
+            for topic, env in mine:
+                self._hand_out([handler], topic, env)
         if first:
             self._flights.subscribing(self, pattern)  # the retained messages it matches are owed before they can come
             # the clock waits for the SUBACK: until then nothing sent to the pattern is owed to this hub
@@ -418,6 +442,8 @@ class Hub:
             with self._lock:
                 handlers = list(self._handlers.get(topic, ()))  # most patterns are exact topics
                 handlers += [h for p in self._wildcards if mqtt.topic_matches_sub(p, topic) for h in self._handlers[p]]
+                if not handlers and self.session is not None:  # queued by the broker before we asked again: keep it
+                    self._unclaimed.append((topic, env))
             return (lambda: self._hand_out(handlers, topic, env)) if handlers else None
 
         self.clock.deliver((topic, env.sender, env.id), resolve)

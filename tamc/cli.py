@@ -560,6 +560,30 @@ def agent(
               options=options)
 
 
+@app.command()
+@_friendly
+def requester(
+    name: Annotated[str, typer.Option("--name", help="The requester: its wallet is requester:NAME, its key requester-NAME in --data-dir.")],
+    broker: Annotated[str, typer.Option(help="The shared broker, mqtt://user:password@host:port ('tamc broker add NAME --role requester').")],
+    jobs: Annotated[Path, typer.Option("--jobs", help="A JSON list of jobs as in examples/jobs (max_price is the reserve).")],
+    ledger: Annotated[str | None, typer.Option(help="Ledger database URL [default: sqlite in --data-dir].")] = None,
+    budget: Annotated[str, typer.Option(help="Units minted into the wallet when it is first opened.")] = "0",
+    speed: Annotated[float, typer.Option(help="Market seconds per real second (1: real time); machines follow it with --clock-from.", min=0.001)] = 1.0,
+    bid_window_s: Annotated[float, typer.Option(help="Market seconds machines have to bid.", min=0.001)] = 120.0,
+    accept_window_s: Annotated[float, typer.Option(help="Market seconds a winner has to accept.", min=0.001)] = 180.0,
+    data_dir: DataDirOpt = Path(".tamc"),
+) -> None:
+    """Post jobs and follow each to its end, as a process that survives being killed: run it again
+    with the same arguments and it resumes every open job (its journal, its broker session and its
+    market clock are kept in --data-dir and the ledger), posts none twice, and exits when all ended."""
+    from agents.requester import RequesterConfig
+    from core.money import parse_units
+    from tamc.requester_process import run_requester
+
+    run_requester(name, broker, jobs, ledger_url=_ledger_url(data_dir, ledger, existing=False), budget=parse_units(budget),
+                  data_dir=data_dir, speed=speed, config=RequesterConfig(bid_window_s=bid_window_s, accept_window_s=accept_window_s))
+
+
 LedgerOpt = Annotated[str | None, typer.Option("--ledger", envvar="TAMC_LEDGER", help="Ledger database URL [default: sqlite in --data-dir].")]
 AsOpt = Annotated[str, typer.Option("--as", envvar="TAMC_STAKEHOLDER",
                                     help="Who you are: a holder name (alice), or an account (dao:fab-cell, machine:prusa-n1).")]
