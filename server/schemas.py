@@ -250,7 +250,7 @@ class EscrowOpen(BaseModel):
     """``{account}.{local}``: the account (the namespace) must be one the caller's key owns."""
     payer: str = Field(pattern=NAME_PATTERN)
     amount: int = Field(gt=0, le=10**15)
-    expires_ms: int | None = Field(default=None, ge=0, le=2**53 - 1)
+    expires_ms: int | None = Field(default=None, ge=0, le=253_402_300_799_999)  # up to the end of year 9999
     """Epoch ms on the market's clock (the job's deadline and a grace): past it anyone may have the
     escrow refunded to the payer, so money never waits on a requester that is gone. None: only the payer refunds."""
 
