@@ -108,7 +108,7 @@ class RunningBroker:
 
 @contextlib.contextmanager
 def start_broker(prefer: Literal["auto", "mosquitto", "embedded"] = "auto", *, port: int | None = None,
-                 home: BrokerHome | None = None, host: str = "127.0.0.1") -> Iterator[RunningBroker]:
+                 home: BrokerHome | None = None, host: str = "127.0.0.1", persistence: bool = False) -> Iterator[RunningBroker]:
     """Run a broker for the duration of the ``with`` block; ``.url`` is where it listens and
     ``.admit(name, role)`` the URL a participant connects with. mosquitto keeps its users and files
     in ``home`` (a temporary folder, removed after, by default)."""
@@ -116,7 +116,7 @@ def start_broker(prefer: Literal["auto", "mosquitto", "embedded"] = "auto", *, p
     if prefer == "mosquitto" and binary is None:
         raise BrokerStartFailed("mosquitto is not installed (apt-get install mosquitto), or ask for the embedded broker")
     if binary:
-        broker = _start_mosquitto(binary, port or free_port(), home, host)
+        broker = _start_mosquitto(binary, port or free_port(), home, host, persistence=persistence)
     elif host != "127.0.0.1":
         raise BrokerStartFailed("the embedded broker listens on 127.0.0.1 only (it authenticates nobody): install mosquitto")
     else:
@@ -142,7 +142,9 @@ def mosquitto_config(port: int, workdir: Path, *, host: str = "127.0.0.1", persi
         f"acl_file {workdir / 'acl'}\n"
         "set_tcp_nodelay true\n"
         f"persistence {'true' if persistence else 'false'}\n"
-        + (f"persistence_location {workdir}/\n" if persistence else "")
+        # saved every second: a broker killed outright loses at most the last second of what it held,
+        # which the senders' own retries cover (docs/protocol.md, "Surviving faults")
+        + (f"persistence_location {workdir}/\nautosave_interval 1\n" if persistence else "")
         + "max_queued_messages 100000\n"  # per client: a subscriber slow for a moment on a busy day loses nothing
         "max_inflight_messages 1000\n"  # QoS 1 messages out to one client before it has acknowledged them
         "max_keepalive 300\n"
@@ -211,14 +213,15 @@ class BrokerHome:
         return reload
 
 
-def _start_mosquitto(binary: str, port: int, home: BrokerHome | None, host: str = "127.0.0.1") -> RunningBroker:
+def _start_mosquitto(binary: str, port: int, home: BrokerHome | None, host: str = "127.0.0.1", *,
+                     persistence: bool = False) -> RunningBroker:
     own = home is None
     home = home or BrokerHome(Path(tempfile.mkdtemp(prefix="tamc-mosquitto-")))
     folder = home.root
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     home.write()
     conf = folder / "mosquitto.conf"
-    conf.write_text(mosquitto_config(port, folder, host=host), "utf-8")
+    conf.write_text(mosquitto_config(port, folder, host=host, persistence=persistence), "utf-8")
     errors = folder / "stderr.txt"
     with errors.open("wb") as err_file:
         proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=err_file,

@@ -162,6 +162,8 @@ def broker_serve(
         help="New connections a second one address may open (after a burst of 4 seconds' worth); the rest are "
              "closed at once. 0 turns the gate off. Default: 5 when --host reaches beyond this computer, off on loopback.",
         min=0)] = None,
+    persist: Annotated[bool, typer.Option("--persist/--no-persist", help="Keep sessions and queued messages on disk in --home "
+                                          "(saved every second), so a restarted broker loses nothing its clients were owed.")] = True,
 ) -> None:
     """Run mosquitto with authentication and TAMC's topic ACLs until stopped. Anonymous clients are
     refused; add participants with 'tamc broker add' (it reloads this broker). Beyond loopback, a
@@ -180,7 +182,7 @@ def broker_serve(
     found = BrokerHome(home)
     with contextlib.ExitStack() as stack:
         if rate > 0:  # mosquitto on a private loopback port, the gate where participants connect
-            running = stack.enter_context(start_broker("mosquitto", home=found))
+            running = stack.enter_context(start_broker("mosquitto", home=found, persistence=persist))
             inner = urlsplit(running.url)
             gate = ConnectionGate((inner.hostname or "127.0.0.1", inner.port or 1883), burst=max(int(rate * 4), 1), per_s=rate)
             at = stack.enter_context(open_gate(gate, host, port))
@@ -190,7 +192,7 @@ def broker_serve(
                   f"users and ACL in {home}; add one with 'tamc broker add NAME --role ROLE --home {home}'. Ctrl-C stops it.",
                   flush=True)
         else:
-            running = stack.enter_context(start_broker("mosquitto", port=port, home=found, host=host))
+            running = stack.enter_context(start_broker("mosquitto", port=port, home=found, host=host, persistence=persist))
             print(f"broker at {running.url}: users and ACL in {home}; add one with "
                   f"'tamc broker add NAME --role ROLE --home {home}'. Ctrl-C stops it.", flush=True)
         done.wait()

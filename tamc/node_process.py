@@ -26,7 +26,7 @@ from core.clock import MarketAnchor, ScaledClock
 from core.datadir import DataDir
 from core.errors import InvalidDid, InvalidOption, MemoryStoreError
 from hub.messages import JobEvent
-from hub.transport import Hub, parse_broker_url
+from hub.transport import SESSION_MAX_AGE_MS, Hub, parse_broker_url
 from ledger import Charter, Keystore, Ledger, public_key_from_did, settlement
 from ledger.governance import Governance
 from machines.driver import Driver, SimDriver
@@ -142,7 +142,8 @@ def run_agent(machine: str, broker_url: str, *, ledger_url: str | None, holders:
         clock = _market_clock(data_dir)
         if driver is None and options.inject:  # a simulator with faults planned on purpose (``--inject``)
             driver = FaultyDriver(SimDriver(profile, clock), options.inject)
-        node = MachineNode(profile, identity, Hub(broker_url, name=profile.id, clock=clock, timekeepers=options.clock_from), ledger=ledger, on_event=show,
+        node = MachineNode(profile, identity, Hub(broker_url, name=profile.id, clock=clock, timekeepers=options.clock_from,
+                                                  session=f"machine-{profile.id}", max_age_ms=SESSION_MAX_AGE_MS), ledger=ledger, on_event=show,
                            agent=agent, governance=Governance(ledger, clock=clock), memory=store, flows=JobFlows(saver), driver=driver,
                            charter=options.charter)
         started = {"memory": memory_state, "checkpoints": where.split("@")[-1],

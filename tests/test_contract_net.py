@@ -9,12 +9,13 @@ from datetime import datetime
 import pytest
 from city import BUDGET, SmallMarket, job, printer
 
+from agents.node.workshop import DONE_AGAIN_S
 from core.clock import Clock
 from core.errors import EnvelopeRejected
 from hub import topics
 from hub.envelope import Envelope
 from hub.jobids import owned
-from hub.messages import Bid, CallForProposals, JobEvent, Presence, SealedBid
+from hub.messages import Award, Bid, CallForProposals, JobEvent, Presence, SealedBid
 from ledger import Identity, settlement, split_pro_rata
 from machines.driver import SimDriver
 
@@ -270,3 +271,40 @@ def test_presence_counts_only_when_the_machine_signed_it(city: SmallMarket) -> N
     assert outcome.outcome == "paid" and outcome.machine_id == "prusa-a" and outcome.takeovers == 0
     assert requester.awards_sent[job_id] == ["prusa-a"]
     assert awards[0] - posted < requester.config.bid_window_s * 1000 / 2  # closed early: the phantom did not count
+
+
+def test_a_machine_unpaid_for_a_done_job_says_done_again_and_believes_the_ledger(city: SmallMarket) -> None:
+    """A requester that misses the machine's ``done`` (its broker died, it restarted) and later pays
+    in the ledger without a word: the machine says ``done`` again after ``DONE_AGAIN_S``, and once the
+    ledger shows the release it settles (costs, holders), once."""
+    node = city.machine(printer("prusa-a", 2000))
+    me, owner = city.caller("forgetful")
+    settlement.open_requester(city.ledger, "forgetful", me.did, 0)
+    city.ledger.mint(owner, 100_000_000, key="forgetful-budget")
+    hub = city.hub("forgetful")
+    job_id = owned(owner, "j-quiet")
+    seen: list[Envelope] = []
+    hub.subscribe(topics.bids(job_id), lambda t, e: seen.append(e))
+    hub.subscribe(topics.events(job_id), lambda t, e: seen.append(e))
+    city.settle()
+    now = city.ms()
+    hub.send(topics.cfp("north", "printer_3d"), CallForProposals(job=job(job_id), reserve=50_000_000, bid_deadline=now + 60_000,
+                                                                 deadline_at=now + 8 * 3_600_000, speed=city.clock.speed), me)
+    city.run(60, stop=lambda: any(isinstance(e.body, SealedBid) for e in seen))
+    terms = next(e.body for e in seen if isinstance(e.body, SealedBid)).open(me)
+    hub.send(topics.award(job_id), Award(job_id=job_id, machine_id="prusa-a", price=terms.price, accept_by=city.ms() + 120_000,
+                                         attempt=1), me)
+
+    def said(kind: str) -> list[JobEvent]:
+        return [e.body for e in seen if isinstance(e.body, JobEvent) and e.body.kind == kind]
+
+    city.run(120, stop=lambda: bool(said("accepted")))
+    posting = settlement.fund_job(city.ledger, job_id, owner, terms.price)
+    hub.send(topics.events(job_id), JobEvent(job_id=job_id, machine_id="prusa-a", kind="funded", posting=posting), me)
+    city.run(8 * 3600 + DONE_AGAIN_S * city.clock.speed, stop=lambda: len(said("done")) >= 2)  # the first 'done' went unanswered: it says it again
+    assert said("done")[1].detail == "again: not paid yet" and node.stats.done_again == 1 and node.stats.paid == 0
+    settlement.pay_job(city.ledger, job_id, "prusa-a")  # paid in the ledger, and not a word on the hub
+    city.run(DONE_AGAIN_S * city.clock.speed + 60, stop=lambda: node.stats.paid == 1)
+    assert node.stats.paid == 1 and city.ledger.posting(f"costs:{job_id}:prusa-a") is not None
+    city.run(3 * DONE_AGAIN_S * city.clock.speed)
+    assert len(said("done")) == 2 and node.stats.paid == 1  # settled once, and silent since

@@ -163,3 +163,39 @@ def test_a_requester_that_never_comes_back_is_refunded_after_its_escrow_expires(
         ledger.close()
     finally:
         _stop(procs)
+
+
+def test_the_broker_killed_and_restarted_mid_job_loses_nothing(tmp_path: Path) -> None:
+    """mosquitto (persistence on) SIGKILLed while a job runs and started again on its port from its
+    folder: every client reconnects, what was sent in the gap arrives, and the job is paid once."""
+    from hub.broker import BrokerHome, free_port, start_broker
+
+    port, home, name = free_port(), BrokerHome(tmp_path / "broker"), "rq-broker"
+    first = start_broker("mosquitto", port=port, home=home, persistence=True)
+    broker = first.__enter__()
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        ledger_url, data, machines, heard = _market(tmp_path, broker, name)
+        procs += machines
+        requester = _requester(name, broker.admit(key_name(name), "requester"), ledger_url, _job(tmp_path, "broker-1", 6), data)
+        procs.append(requester)
+        assert _line(requester)["state"] == "online"
+        _wait(lambda: "started" in heard, 30, f"the machine to start the job (heard {heard})")
+        assert broker.proc is not None
+        broker.proc.send_signal(signal.SIGKILL)
+        broker.proc.wait(10)
+        first.__exit__(None, None, None)  # its folder stays: users, ACL and the saved sessions
+        time.sleep(2.0)  # the job goes on meanwhile; what the machine says waits in its client
+        with start_broker("mosquitto", port=port, home=home, persistence=True):
+            ending = _line(requester)
+            assert ending["outcome"] == "paid", ending
+            requester.communicate(timeout=30)
+            assert requester.returncode == 0
+            ledger = Ledger(ledger_url)
+            assert ledger.escrow(ending["job"]).state.value == "released" and ledger.audit() == []
+            assert ledger.balance(settlement.requester_account(name)) == BUDGET - ending["price"]
+            assert heard.count("started") == 1
+            ledger.close()
+            _stop(procs)
+    finally:
+        _stop(procs)

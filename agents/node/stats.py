@@ -29,6 +29,8 @@ class NodeStats:
     released: int = 0
     """Jobs this machine gave up before starting them, for another machine to do sooner."""
     done: int = 0
+    done_again: int = 0
+    """``done`` said again for a job not paid in ``DONE_AGAIN_S`` (a lost message)."""
     failed: int = 0
     paid: int = 0
     busy_hours: float = 0.0

@@ -38,13 +38,17 @@ from machines.work import estimate
 from memory.signals import wear_item
 from pricing.rules import MarketContext, job_cost
 
-__all__ = ["FUND_WAIT_S", "Workshop"]
+__all__ = ["DONE_AGAIN_S", "FUND_WAIT_S", "Workshop"]
 
 log = logging.getLogger("tamc.node")
 
 FUND_WAIT_S = 10.0
 """After accepting, how long (real seconds at the market's pace) a machine keeps the slot for a
 requester that has not funded."""
+DONE_AGAIN_S = 30.0
+"""Real seconds a machine waits to be paid for a job it said ``done`` before it looks at the ledger
+and, unpaid, says ``done`` again: a ``done`` or ``paid`` lost to a broker that died, or a requester
+that restarted, costs a wait, never the money."""
 
 
 class Workshop:
@@ -192,7 +196,11 @@ class Workshop:
         return False
 
     def _unfunded(self, contract: Contract) -> None:
-        if contract.state == ContractState.ACCEPTED:
+        if contract.state == ContractState.ACCEPTED and self.ledger is not None and self._escrow_holds(contract):
+            log.info("machine=%s job=%s funded in the ledger though no 'funded' came; queued", self.machine_id, contract.job.id)
+            contract.move(ContractState.FUNDED)
+            self.maybe_start()
+        elif contract.state == ContractState.ACCEPTED:
             log.warning("machine=%s job=%s never funded; slot released", self.machine_id, contract.job.id)
             contract.move(ContractState.WITHDRAWN)
 
@@ -247,6 +255,7 @@ class Workshop:
         costing = contract.costing
         self.diary.store([wear_item(contract.job.id, contract.job.capability, wear, wear - costing.wear_at_start, costing.hours)])
         self.book.release(contract)
+        contract.timers.add(self.mailbox.call_later(DONE_AGAIN_S * self.clock.speed, self._unpaid, contract))
         self.stats.done += 1
         self.stats.busy_hours += costing.hours
         if self.maintenance_due:
@@ -286,8 +295,28 @@ class Workshop:
 
     # -- money -----------------------------------------------------------------------------------
 
+    def _unpaid(self, contract: Contract) -> None:
+        """Still not paid for a job we said ``done``: settle if the ledger shows the release, stop
+        waiting if the escrow went back (the requester gave up on it), else say ``done`` again."""
+        if contract.state != ContractState.DONE:
+            return
+        if self._paid(contract):
+            self.settle(contract)
+            return
+        if self.ledger is not None:
+            try:
+                if self.ledger.escrow(contract.job.id).state.value == "refunded":
+                    log.warning("machine=%s job=%s refunded after we said done; no longer waiting", self.machine_id, contract.job.id)
+                    return
+            except EscrowNotFound:
+                pass
+        self.stats.done_again += 1
+        self.outbox.event(contract.job.id, "done", progress=1.0, detail="again: not paid yet")
+        contract.timers.add(self.mailbox.call_later(DONE_AGAIN_S * self.clock.speed, self._unpaid, contract))
+
     def settle(self, contract: Contract) -> None:
         assert contract.costing.cost is not None
+        contract.timers.cancel()
         costs = settlement.JobCosts.of(contract.terms.price, contract.costing.cost)
         owed = costs.to_owners - costs.kept(self.mandate.retain_bps)
         if self.ledger is not None:
