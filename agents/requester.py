@@ -118,6 +118,8 @@ class _Run:
     moved: int = 0
     """Releases granted."""
     accept_latency_ms: float | None = None
+    reminded: set[str] = field(default_factory=set)
+    """Machines told again (``_remind``) that the job is no longer theirs."""
     timer: Timer | None = None
     watchdog: Timer | None = None
 
@@ -414,6 +416,12 @@ class Requester:
 
     def _on_event(self, env: Envelope, event: JobEvent) -> None:
         run = self._runs.get(event.job_id)
+        if (run is not None and run.state == "contracted" and event.machine_id != run.machine and event.kind in ("started", "progress")
+                and event.machine_id in self.awards_sent.get(run.job.id, ()) and self._is_machine(event.machine_id, env.sender)):
+            if event.machine_id not in run.reminded:
+                run.reminded.add(event.machine_id)
+                self._remind(run, event.machine_id)
+            return
         if run is None or run.state == "closed" or event.machine_id != run.machine or env.sender != run.machine_did:
             return  # not the machine holding the job now (a late or replaced one), or not signed by it
         if event.kind == "accepted" and run.state == "awarding":
@@ -439,6 +447,15 @@ class Requester:
             self._drop_contractor(run, f"reported failure: {event.detail}")
         elif event.kind == "done" and run.state == "contracted" and run.funded:
             self._pay(run)
+
+    def _remind(self, run: _Run, stale: str) -> None:
+        """A machine we took the job from (it went away) works on it still: say again who holds it
+        now, as a takeover award, which tells it to stop (the holder answers it as a repeat)."""
+        assert run.machine is not None and run.price is not None
+        log.warning("job=%s machine=%s still works on it; %s holds it now", run.job.id, stale, run.machine)
+        self._publish(topics.award(run.job.id), Award(
+            job_id=run.job.id, machine_id=run.machine, price=run.price, accept_by=self.clock.ms(), attempt=run.attempt,
+            takeover=True, finish_at=run.finish_at))
 
     def _fund(self, run: _Run) -> None:
         assert run.machine is not None and run.price is not None

@@ -364,6 +364,16 @@ class Ledger:
         """The posting made under idempotency ``key``, if any."""
         return _db.transaction(self._engine, lambda c: self._load(c, key, replayed=False), write=False)
 
+    def postings(self, key_prefix: str) -> list[Posting]:
+        """Every posting whose idempotency key starts with ``key_prefix`` (``release:{job}``: the
+        job's payment and anything posted under a key like it), in key order."""
+        def run(conn: Connection) -> list[Posting]:
+            keys = conn.execute(select(postings.c.key).where(postings.c.key.startswith(key_prefix, autoescape=True))
+                                .order_by(postings.c.key)).scalars().all()
+            return [p for k in keys if (p := self._load(conn, k, replayed=False)) is not None]
+
+        return _db.transaction(self._engine, run, write=False)
+
     def audit(self) -> list[str]:
         """Problems found, or an empty list: each balance equals its entries, each asset sums to zero."""
 

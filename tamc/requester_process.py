@@ -34,9 +34,9 @@ def key_name(name: str) -> str:
 
 
 def run_requester(name: str, broker_url: str, jobs_file: Path, *, ledger_url: str | None, budget: int, data_dir: Path,
-                  speed: float, config: RequesterConfig, stop: threading.Event | None = None) -> int:
-    """Post the file's jobs (those not posted before) and follow every job to its end; returns how
-    many ended in this run."""
+                  speed: float, config: RequesterConfig, every_s: float = 0.0, stop: threading.Event | None = None) -> int:
+    """Post the file's jobs (those not posted before; one every ``every_s`` market seconds) and follow
+    every job to its end; returns how many ended in this run."""
     jobs = _jobs(jobs_file)
     folder = DataDir(data_dir).make()
     ledger = Ledger(ledger_url or folder.ledger_url)
@@ -68,8 +68,8 @@ def run_requester(name: str, broker_url: str, jobs_file: Path, *, ledger_url: st
     print(json.dumps({"requester": name, "did": identity.did, "wallet": wallet, "state": "online",
                       "resumed": requester.resumed, "ended_before": len(wanted & ended.keys())}), flush=True)
     before = len(ended)
-    for job, reserve in jobs:
-        requester.post(job, reserve=reserve, value=reserve)  # one it posted before is not posted again
+    for n, (job, reserve) in enumerate(jobs):  # one it posted before is not posted again
+        requester.post(job, reserve=reserve, value=reserve, after_s=n * every_s)
     if wanted <= ended.keys():
         finished.set()
     try:

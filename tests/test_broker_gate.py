@@ -89,7 +89,7 @@ def test_a_bucket_refills_at_its_rate() -> None:
 def test_tamc_broker_serve_puts_the_gate_where_participants_connect(tmp_path: Path) -> None:
     """``tamc broker serve`` with a connect rate: ``tamc broker add`` hands out the gate's address,
     and a participant logs in through it."""
-    from hub.broker import free_port
+    from core.net import free_port
 
     tamc, home, port = str(Path(sys.executable).with_name("tamc")), tmp_path / "broker", free_port()
     serve = subprocess.Popen([tamc, "broker", "serve", "--port", str(port), "--home", str(home), "--connect-rate", "2"],

@@ -168,7 +168,8 @@ def test_a_requester_that_never_comes_back_is_refunded_after_its_escrow_expires(
 def test_the_broker_killed_and_restarted_mid_job_loses_nothing(tmp_path: Path) -> None:
     """mosquitto (persistence on) SIGKILLed while a job runs and started again on its port from its
     folder: every client reconnects, what was sent in the gap arrives, and the job is paid once."""
-    from hub.broker import BrokerHome, free_port, start_broker
+    from core.net import free_port
+    from hub.broker import BrokerHome, start_broker
 
     port, home, name = free_port(), BrokerHome(tmp_path / "broker"), "rq-broker"
     first = start_broker("mosquitto", port=port, home=home, persistence=True)

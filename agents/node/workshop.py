@@ -92,6 +92,14 @@ class Workshop:
             if contract and contract.state in (ContractState.ACCEPTED, ContractState.FUNDED):
                 contract.move(ContractState.WITHDRAWN)  # our accept came too late; the job went to another machine
                 self.stop_running(contract)
+            elif contract and contract.state == ContractState.RUNNING and body.takeover:
+                # the requester gave the job to another while we were away (killed, cut off, restarted):
+                # it is theirs now, and two machines must never work one job
+                log.warning("machine=%s job=%s taken over by %s while we were away; our run stops", self.machine_id,
+                            body.job_id, body.machine_id)
+                self.runner.closed(contract, "taken over")
+                contract.move(ContractState.CANCELLED)
+                self.stop_running(contract)
             self.offers.look()
             return
         self.stats.awards += 1

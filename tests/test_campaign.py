@@ -1,0 +1,60 @@
+"""The short fault campaign (``tamc campaign``): a hundred jobs on separate processes while the
+broker, machines and the requester are SIGKILLed and restarted on a seeded schedule; the checker
+reads the whole history and the ledger. And the checker itself: a planted double payment, a job
+ended twice and two machines on one job each make it fail."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import broker_kind
+
+from ledger import Ledger, settlement
+from market.history import Op, check, load
+from tamc.campaign import REQUESTER, CampaignConfig, CampaignResult, run_campaign
+
+pytestmark = pytest.mark.skipif(broker_kind() != "mosquitto", reason="the campaign kills and restarts a mosquitto")
+
+CONFIG = CampaignConfig(jobs=100, machines=4, seed=3, broker_kills=2, machine_kills=3, requester_kills=3)
+
+
+@pytest.fixture(scope="module")
+def campaign(tmp_path_factory: pytest.TempPathFactory) -> tuple[CampaignResult, Path]:
+    folder = tmp_path_factory.mktemp("campaign")
+    return run_campaign(CONFIG, folder, progress=print), folder
+
+
+def test_the_short_campaign_ends_every_job_once_through_every_kind_of_fault(campaign: tuple[CampaignResult, Path]) -> None:
+    result, _ = campaign
+    v = result.verdict
+    print(result.model_dump_json())
+    assert v.ok, v.violations
+    assert v.jobs == 100 and sum(v.endings.values()) == 100
+    assert v.faults == {"kill": 8, "restart": 8}
+    assert v.endings.get("paid", 0) >= 50, v.endings  # the market kept working through the faults
+
+
+def test_the_checker_fails_a_planted_double_payment_a_second_ending_and_two_holders(campaign: tuple[CampaignResult, Path]) -> None:
+    result, folder = campaign
+    history = load(Path(result.history))
+    posted = sorted({op.job for op in history if op.kind == "ended" and op.job})
+    ledger = Ledger(f"sqlite:///{(folder / 'ledger.db').resolve()}")
+    try:
+        paid = next(op for op in history if op.kind == "ended" and op.what == "paid")
+        assert paid.job and paid.machine
+        assert check(history, ledger, posted).ok
+        wallet = settlement.requester_account(REQUESTER)
+        ledger.transfer(wallet, f"machine:{paid.machine}", int(paid.detail["price"]), key=f"release:{paid.job}:again",
+                        memo=f"job {paid.job} done")  # the same job paid a second time
+        twice = check(history, ledger, posted)
+        assert not twice.ok and any(f"job {paid.job} paid 2 times" in v for v in twice.violations), twice.violations
+        again = [*history, paid.model_copy(update={"t": history[-1].t + 1})]
+        assert any(f"job {paid.job} ended 2 times" in v for v in check(again, ledger, posted).violations)
+        other = next(m for m in ("camp-1", "camp-2", "camp-3", "camp-4") if m != paid.machine)
+        started = next(op for op in history if op.kind == "event" and op.job == paid.job and op.what == "started")
+        intruder = Op(t=started.t + 0.001, process=other, kind="event", job=paid.job, machine=other, what="progress")
+        both = sorted([*history, intruder], key=lambda op: op.t)
+        assert any(f"{other} said progress" in v for v in check(both, ledger, posted).violations)
+    finally:
+        ledger.close()
