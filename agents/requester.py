@@ -58,6 +58,10 @@ class RequesterConfig(BaseModel):
     every award is final once accepted, the contract net of award at arrival)."""
     move_gain_h: float = Field(default=0.25, ge=0)
     """An offer must finish at least this many market hours sooner than the holder would."""
+    rejoin_s: float = Field(default=0.0, ge=0)
+    """Seconds of market time a holder that went offline has to come back before its job goes to the
+    next bidder (0: at once). Over a real network, a cut or a quick restart should not move a job
+    that is under way: two machines would work it."""
 
 
 class JobOutcome(BaseModel):
@@ -568,8 +572,22 @@ class Requester:
                 log.info("job=%s machine=%s offline while a person holds the job; the contract stands", run.job.id, run.machine)
                 continue
             if run.machine == presence.machine_id and run.state in ("awarding", "contracted"):
+                if self.config.rejoin_s > 0 and run.state == "contracted":  # a cut or a restart: it may be back in a moment
+                    self._later(self.config.rejoin_s, self._still_gone, run, presence.machine_id)
+                    continue
                 run.cancel()
                 self._drop_contractor(run, "went offline")
+
+    def _still_gone(self, run: _Run, machine: str) -> None:
+        """``rejoin_s`` after its holder went offline: back online (a new session), it keeps the job;
+        else the job goes to the next bidder."""
+        if run.state != "contracted" or run.machine != machine or run.held:
+            return
+        if machine in self._online:
+            log.info("job=%s machine=%s came back within %.0f s; it keeps the job", run.job.id, machine, self.config.rejoin_s)
+            return
+        run.cancel()
+        self._drop_contractor(run, f"went offline and did not come back within {self.config.rejoin_s:.0f} s")
 
     def _overdue(self, run: _Run) -> None:
         if run.state != "closed":

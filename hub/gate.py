@@ -45,6 +45,24 @@ class ConnectionGate:
         self.burst, self.per_s, self.addresses = burst, per_s, addresses
         self.stats = GateStats()
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self._pipes: set[asyncio.StreamWriter] = set()
+        self._cut = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def cut(self) -> None:
+        """Sever every connection through the gate and refuse new ones until ``restore`` (a fault
+        campaign's network cut: the clients see their broker vanish, and reconnect after)."""
+        self._cut = True
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._sever)
+
+    def restore(self) -> None:
+        self._cut = False
+
+    def _sever(self) -> None:
+        for writer in list(self._pipes):
+            writer.transport.abort()
+        self._pipes.clear()
 
     def admit(self, address: str, now: float | None = None) -> bool:
         """Take one token from ``address``'s bucket (real monotonic seconds); False if it has none."""
@@ -58,8 +76,12 @@ class ConnectionGate:
         return ok
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._loop = asyncio.get_running_loop()
         peer = writer.get_extra_info("peername")
         address = peer[0] if peer else "?"
+        if self._cut:
+            writer.transport.abort()
+            return
         if not self.admit(address):
             self.stats.refused += 1
             if self.stats.refused in (1, 10, 100) or self.stats.refused % 1000 == 0:
@@ -74,10 +96,13 @@ class ConnectionGate:
             return
         self.stats.admitted += 1
         self.stats.open += 1
+        self._pipes.update((writer, up_writer))
         try:
             await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
         finally:
             self.stats.open -= 1
+            self._pipes.discard(writer)
+            self._pipes.discard(up_writer)
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -102,6 +127,7 @@ def open_gate(gate: ConnectionGate, host: str, port: int) -> Iterator[tuple[str,
 
     async def start() -> None:
         nonlocal server
+        gate._loop = asyncio.get_running_loop()
         try:
             server = await asyncio.start_server(gate.handle, host, port, reuse_address=True)
             ready.append(server.sockets[0].getsockname()[:2])

@@ -3,7 +3,8 @@
 A private mosquitto (persistence on), machines as ``tamc agent`` processes, the requester as a
 ``tamc requester`` process, one SQLite ledger they share. While the requester posts its jobs, the
 harness SIGKILLs and restarts, one at a time and at seeded moments, the broker, machine processes
-and the requester. Every process's output and every fault goes into ``history.jsonl`` with the
+and the requester, and cuts every connection to the broker for a while (the clients reach it
+through a TCP gate the harness controls, ``hub.gate``). Every process's output and every fault goes into ``history.jsonl`` with the
 time it was seen; when the requester has seen every job end, ``market.history.check`` reads the
 whole history and the ledger and gives the verdict. The same seed gives the same schedule.
 """
@@ -30,6 +31,7 @@ from core.datadir import DataDir
 from core.net import free_port
 from hub.access import Role
 from hub.broker import BrokerHome, RunningBroker, start_broker
+from hub.gate import ConnectionGate, open_gate
 from ledger import Keystore, Ledger, settlement
 from market.history import Op, Verdict, check, load, record
 from tamc.requester_process import key_name
@@ -55,6 +57,8 @@ class CampaignConfig(BaseModel):
     broker_kills: int = Field(default=2, ge=0)
     machine_kills: int = Field(default=3, ge=0)
     requester_kills: int = Field(default=3, ge=0)
+    network_cuts: int = Field(default=2, ge=0)
+    """Times every connection to the broker is severed (at a gate in front of it) and restored."""
     down_s: tuple[float, float] = (0.5, 2.5)
     """How long (real seconds) a killed process stays down, drawn from this range."""
     timeout_s: float = Field(default=900.0, gt=0)
@@ -142,17 +146,18 @@ def run_campaign(config: CampaignConfig, folder: Path, *, progress: Callable[[st
     port, home = free_port(), BrokerHome(folder / "broker")
     history = folder / "history.jsonl"
     broker = _Broker(port, home)
-    with history.open("w", encoding="utf-8") as out, contextlib.closing(broker):
+    gate = ConnectionGate(("127.0.0.1", port), burst=10_000, per_s=10_000.0)  # the network: every client goes through it
+    with history.open("w", encoding="utf-8") as out, contextlib.closing(broker), open_gate(gate, "127.0.0.1", 0) as (_, via):
         run = _Run(config, folder, out)
         try:
             for i in range(1, config.machines + 1):
                 m = f"camp-{i}"
-                run.spawn(m, ["agent", "--machine", m, "--broker", broker.admit(m, "machine"), "--ledger", ledger_url,
+                run.spawn(m, ["agent", "--machine", m, "--broker", broker.admit(m, "machine", via), "--ledger", ledger_url,
                               "--clock-from", did, "--profiles", str(profiles), "--data-dir", str(folder / m),
                               "--holders", "alice=3,bob=1", "--no-memory"])
             time.sleep(2.0)  # the machines' presence is up before the first call
             s = config.speed
-            run.spawn(REQUESTER, ["requester", "--name", REQUESTER, "--broker", broker.admit(key_name(REQUESTER), "requester"),
+            run.spawn(REQUESTER, ["requester", "--name", REQUESTER, "--broker", broker.admit(key_name(REQUESTER), "requester", via),
                                   "--jobs", str(folder / "jobs.json"), "--ledger", ledger_url, "--budget", "100000",
                                   "--speed", str(s), "--bid-window-s", str(1.0 * s), "--accept-window-s", str(1.5 * s),
                                   "--every-s", str(config.every_s), "--data-dir", str(requester_data)])
@@ -163,7 +168,13 @@ def run_campaign(config: CampaignConfig, folder: Path, *, progress: Callable[[st
                     time.sleep(wait)
                 down = rng.uniform(*config.down_s)
                 progress(f"campaign: {kind} {target or ''} at {time.monotonic() - run.began:.1f} s, down {down:.1f} s")
-                if kind == "broker":
+                if kind == "network":
+                    gate.cut()
+                    run.note(process="harness", kind="fault", what="cut", detail={"target": "network"})
+                    time.sleep(down)
+                    gate.restore()
+                    run.note(process="harness", kind="fault", what="restore", detail={"target": "network"})
+                elif kind == "broker":
                     broker.kill()
                     run.note(process="harness", kind="fault", what="kill", detail={"target": "broker"})
                     time.sleep(down)
@@ -193,6 +204,7 @@ def _schedule(config: CampaignConfig, rng: random.Random, posting_s: float) -> l
     kinds: list[tuple[str, str | None]] = [("broker", None)] * config.broker_kills
     kinds += [("machine", f"camp-{rng.randint(1, config.machines)}") for _ in range(config.machine_kills)]
     kinds += [("requester", None)] * config.requester_kills
+    kinds += [("network", None)] * config.network_cuts
     rng.shuffle(kinds)
     span = max(posting_s, 5.0 * len(kinds)) + 5.0
     slot = span / max(len(kinds), 1)
@@ -211,8 +223,10 @@ class _Broker:
     def _start(self) -> RunningBroker:
         return self._stack.enter_context(start_broker("mosquitto", port=self.port, home=self.home, persistence=True))
 
-    def admit(self, name: str, role: Role) -> str:
-        return self.running.admit(name, role)
+    def admit(self, name: str, role: Role, via: int | None = None) -> str:
+        """The participant's URL: through the gate at port ``via`` if given (where the network is cut)."""
+        url = self.running.admit(name, role)
+        return url.replace(f":{self.port}", f":{via}", 1) if via else url
 
     def kill(self) -> None:
         assert self.running.proc is not None

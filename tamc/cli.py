@@ -574,6 +574,8 @@ def requester(
     bid_window_s: Annotated[float, typer.Option(help="Market seconds machines have to bid.", min=0.001)] = 120.0,
     accept_window_s: Annotated[float, typer.Option(help="Market seconds a winner has to accept.", min=0.001)] = 180.0,
     every_s: Annotated[float, typer.Option(help="Market seconds between two jobs' calls (0: all at once).", min=0)] = 0.0,
+    rejoin_s: Annotated[float, typer.Option(help="Real seconds a holder that went offline has to come back before its job "
+                                             "goes to the next bidder (a cut, a restart).", min=0)] = 10.0,
     data_dir: DataDirOpt = Path(".tamc"),
 ) -> None:
     """Post jobs and follow each to its end, as a process that survives being killed: run it again
@@ -584,7 +586,8 @@ def requester(
     from tamc.requester_process import run_requester
 
     run_requester(name, broker, jobs, ledger_url=_ledger_url(data_dir, ledger, existing=False), budget=parse_units(budget),
-                  data_dir=data_dir, speed=speed, config=RequesterConfig(bid_window_s=bid_window_s, accept_window_s=accept_window_s),
+                  data_dir=data_dir, speed=speed, config=RequesterConfig(bid_window_s=bid_window_s, accept_window_s=accept_window_s,
+                                                                 rejoin_s=rejoin_s * speed),
                   every_s=every_s)
 
 
@@ -598,6 +601,7 @@ def campaign(
     broker_kills: Annotated[int, typer.Option(help="Times the broker is SIGKILLed and restarted.", min=0)] = 2,
     machine_kills: Annotated[int, typer.Option(help="Times a machine process is SIGKILLed and restarted.", min=0)] = 3,
     requester_kills: Annotated[int, typer.Option(help="Times the requester process is SIGKILLed and restarted.", min=0)] = 3,
+    network_cuts: Annotated[int, typer.Option(help="Times every connection to the broker is cut, then restored.", min=0)] = 2,
     as_json: JsonOpt = False,
 ) -> None:
     """Run a busy market of separate processes (mosquitto, tamc agent ×N, tamc requester) with faults
@@ -607,7 +611,7 @@ def campaign(
     from tamc.campaign import CampaignConfig, run_campaign
 
     config = CampaignConfig(jobs=jobs, machines=machines, seed=seed, broker_kills=broker_kills, machine_kills=machine_kills,
-                            requester_kills=requester_kills)
+                            requester_kills=requester_kills, network_cuts=network_cuts)
     result = run_campaign(config, out, progress=lambda line: print(line, file=sys.stderr, flush=True))
     v = result.verdict
     if as_json:

@@ -1,5 +1,6 @@
 """The short fault campaign (``tamc campaign``): a hundred jobs on separate processes while the
-broker, machines and the requester are SIGKILLed and restarted on a seeded schedule; the checker
+broker, machines and the requester are SIGKILLed and restarted, and the network to the broker is
+cut and restored, on a seeded schedule; the checker
 reads the whole history and the ledger. And the checker itself: a planted double payment, a job
 ended twice and two machines on one job each make it fail."""
 
@@ -16,7 +17,7 @@ from tamc.campaign import REQUESTER, CampaignConfig, CampaignResult, run_campaig
 
 pytestmark = pytest.mark.skipif(broker_kind() != "mosquitto", reason="the campaign kills and restarts a mosquitto")
 
-CONFIG = CampaignConfig(jobs=100, machines=4, seed=3, broker_kills=2, machine_kills=3, requester_kills=3)
+CONFIG = CampaignConfig(jobs=100, machines=4, seed=3, broker_kills=2, machine_kills=3, requester_kills=3, network_cuts=2)
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,7 @@ def test_the_short_campaign_ends_every_job_once_through_every_kind_of_fault(camp
     print(result.model_dump_json())
     assert v.ok, v.violations
     assert v.jobs == 100 and sum(v.endings.values()) == 100
-    assert v.faults == {"kill": 8, "restart": 8}
+    assert v.faults == {"kill": 8, "restart": 8, "cut": 2, "restore": 2}
     assert v.endings.get("paid", 0) >= 50, v.endings  # the market kept working through the faults
 
 
