@@ -32,6 +32,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 
 from hub.messages import Bid, CallForProposals, Offer
+from ledger import transaction
 from machines.job import JobSpec
 
 __all__ = ["Journal", "RunRecord"]
@@ -93,27 +94,26 @@ class Journal:
         if self._saved.get(job_id) == body:
             return
         now = datetime.now(UTC)
-        with self.engine.begin() as conn:
-            self._write(conn, job_id, True, body, now)
+        transaction(self.engine, lambda conn: self._write(conn, job_id, True, body, now))
         self._saved[job_id] = body
 
     def close(self, job_id: str, outcome: str) -> None:
         """The job ended: its row keeps the outcome (JSON) instead of its state."""
-        with self.engine.begin() as conn:
-            self._write(conn, job_id, False, outcome, datetime.now(UTC))
+        now = datetime.now(UTC)
+        transaction(self.engine, lambda conn: self._write(conn, job_id, False, outcome, now))
         self._saved.pop(job_id, None)
 
     def knows(self, job_id: str) -> bool:
         """Posted before (open or ended): a restarted requester does not post it again."""
         if job_id in self._saved:
             return True
-        with self.engine.connect() as conn:
-            return conn.execute(select(_jobs.c.job_id).where(self._row(job_id))).first() is not None
+        return transaction(self.engine, lambda c: c.execute(select(_jobs.c.job_id).where(self._row(job_id))).first() is not None,
+                           write=False)
 
     def ended(self) -> list[str]:
         """The outcomes (JSON) of the jobs that ended."""
-        with self.engine.connect() as conn:
-            return [r.body for r in conn.execute(select(_jobs.c.body).where((_jobs.c.owner == self.owner) & ~_jobs.c.open))]
+        query = select(_jobs.c.body).where((_jobs.c.owner == self.owner) & ~_jobs.c.open)
+        return transaction(self.engine, lambda c: [r.body for r in c.execute(query)], write=False)
 
     def _row(self, job_id: str) -> ColumnElement[bool]:
         return (_jobs.c.owner == self.owner) & (_jobs.c.job_id == job_id)
@@ -127,8 +127,8 @@ class Journal:
 
     def load(self) -> list[RunRecord]:
         """The open jobs, oldest call first."""
-        with self.engine.connect() as conn:
-            rows = conn.execute(select(_jobs.c.body).where((_jobs.c.owner == self.owner) & _jobs.c.open)).all()
+        query = select(_jobs.c.body).where((_jobs.c.owner == self.owner) & _jobs.c.open)
+        rows = transaction(self.engine, lambda c: c.execute(query).all(), write=False)
         records = [RunRecord.model_validate_json(r.body) for r in rows]
         for r in records:
             self._saved[r.job.id] = r.model_dump_json()

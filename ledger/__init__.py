@@ -3,6 +3,7 @@
 Knows nothing of agents or the market; other packages call it.
 """
 
+from ledger._db import transaction
 from ledger.book import DEFAULT_URL, Ledger
 from ledger.charter import Charter
 from ledger.governance import Governance
@@ -67,5 +68,6 @@ __all__ = [
     "sign_ballot",
     "sign_document",
     "split_pro_rata",
+    "transaction",
     "verify_document",
 ]

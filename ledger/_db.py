@@ -270,12 +270,22 @@ def transaction(engine: Engine, fn: Callable[[Connection], T], *, write: bool = 
         return _retry(attempt, (IntegrityError, OperationalError))
 
 
+PATIENCE_S = 30.0
+"""How long a transaction keeps trying while the database is unreachable (PostgreSQL restarting,
+a dropped connection): a restart under the ledger costs a wait, not an error."""
+
+
 def _retry(fn: Callable[[], T], errors: tuple[type[Exception], ...], attempts: int = 12) -> T:
-    for n in range(attempts):
+    """Run ``fn`` again on ``errors``: a write-write collision ``attempts`` times with a short
+    random backoff; an unreachable database (``OperationalError``) for up to ``PATIENCE_S``."""
+    began = time.monotonic()
+    n = 0
+    while True:
         try:
             return fn()
-        except errors:
-            if n == attempts - 1:
+        except errors as exc:
+            n += 1
+            waiting = isinstance(exc, OperationalError) and time.monotonic() - began < PATIENCE_S
+            if n >= attempts and not waiting:
                 raise
             time.sleep(random.uniform(0, 0.005 * 2**n if n < 6 else 0.3))
-    raise AssertionError("unreachable")
