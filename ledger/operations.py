@@ -15,17 +15,19 @@ The system of record for operator control, next to money and governance in the l
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel
 from sqlalchemy import JSON, Boolean, Column, DateTime, Index, MetaData, String, Table, insert, select, update
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError
 
 from core.errors import InputError, UnknownHandoff
 from ledger._db import transaction
+
+T = TypeVar("T")
 
 __all__ = ["ALL_MACHINES", "CommandRecord", "HandoffRecord", "HandoffState", "Operations", "Role"]
 
@@ -137,6 +139,10 @@ class Operations:
         self.engine = engine
         _meta.create_all(engine)
 
+    def _read(self, fn: Callable[[Connection], T]) -> T:
+        """A read that waits out a database restart like every write does."""
+        return transaction(self.engine, fn, write=False)
+
     # -- grants ------------------------------------------------------------------------------------
 
     def grant(self, did: str, role: Role, machine_id: str = ALL_MACHINES) -> None:
@@ -154,8 +160,8 @@ class Operations:
         transaction(self.engine, write)
 
     def granted(self, did: str) -> list[tuple[str, Role]]:
-        with self.engine.connect() as conn:
-            rows = conn.execute(select(_grants.c.machine_id, _grants.c.role).where(_grants.c.did == did)).all()
+        query = select(_grants.c.machine_id, _grants.c.role).where(_grants.c.did == did)
+        rows = self._read(lambda c: c.execute(query).all())
         return [(r.machine_id, Role(r.role)) for r in rows]
 
     def holds(self, did: str, machine_id: str, *roles: Role) -> bool:
@@ -165,10 +171,9 @@ class Operations:
 
     def operators(self, machine_id: str) -> list[str]:
         """The dids that may take control of the machine (its operators and the admins)."""
-        with self.engine.connect() as conn:
-            rows = conn.execute(select(_grants.c.did).where(
-                _grants.c.machine_id.in_((machine_id, ALL_MACHINES))
-                & _grants.c.role.in_((Role.OPERATOR.value, Role.ADMIN.value)))).all()
+        query = select(_grants.c.did).where(_grants.c.machine_id.in_((machine_id, ALL_MACHINES))
+                                            & _grants.c.role.in_((Role.OPERATOR.value, Role.ADMIN.value)))
+        rows = self._read(lambda c: c.execute(query).all())
         return sorted({r.did for r in rows})
 
     # -- handoffs ----------------------------------------------------------------------------------
@@ -187,8 +192,7 @@ class Operations:
         return transaction(self.engine, write)
 
     def handoff(self, handoff_id: str) -> HandoffRecord:
-        with self.engine.connect() as conn:
-            row = conn.execute(select(_handoffs).where(_handoffs.c.id == handoff_id)).first()
+        row = self._read(lambda c: c.execute(select(_handoffs).where(_handoffs.c.id == handoff_id)).first())
         if row is None:
             raise UnknownHandoff(f"no handoff {handoff_id!r}")
         return _handoff(row)
@@ -198,8 +202,7 @@ class Operations:
         query = select(_handoffs).where(_handoffs.c.state != "closed")
         if machine_id is not None:
             query = query.where(_handoffs.c.machine_id == machine_id)
-        with self.engine.connect() as conn:
-            return [_handoff(r) for r in conn.execute(query.order_by(_handoffs.c.raised_at)).all()]
+        return self._read(lambda c: [_handoff(r) for r in c.execute(query.order_by(_handoffs.c.raised_at)).all()])
 
     def take(self, handoff_id: str, operator: str, at: datetime) -> HandoffRecord:
         """``operator`` takes control; taking it again by the same operator is a no-op."""
@@ -244,34 +247,31 @@ class Operations:
         transaction(self.engine, lambda conn: conn.execute(update(_flows).where(_flows.c.thread_id == thread_id).values(open=False)))
 
     def open_flows(self, machine_id: str) -> list[str]:
-        with self.engine.connect() as conn:
-            rows = conn.execute(select(_flows.c.thread_id).where((_flows.c.machine_id == machine_id) & _flows.c.open)).all()
+        query = select(_flows.c.thread_id).where((_flows.c.machine_id == machine_id) & _flows.c.open)
+        rows = self._read(lambda c: c.execute(query).all())
         return [r.thread_id for r in rows]
 
     # -- audit -------------------------------------------------------------------------------------
 
     def audited(self, command_id: str) -> CommandRecord | None:
-        with self.engine.connect() as conn:
-            row = conn.execute(select(_audit).where(_audit.c.command_id == command_id)).first()
+        row = self._read(lambda c: c.execute(select(_audit).where(_audit.c.command_id == command_id)).first())
         return _command(row) if row else None
 
     def audit(self, record: CommandRecord) -> CommandRecord:
         """Write a command's record once; the first record of a command id stands."""
-        try:
-            with self.engine.begin() as conn:
-                conn.execute(insert(_audit).values(**record.model_dump()))
-        except IntegrityError:
-            found = self.audited(record.command_id)
-            if found is None:
-                raise
-            return found
-        return record
+        def write(conn: Connection) -> CommandRecord:
+            row = conn.execute(select(_audit).where(_audit.c.command_id == record.command_id)).first()
+            if row is not None:
+                return _command(row)
+            conn.execute(insert(_audit).values(**record.model_dump()))
+            return record
+
+        return transaction(self.engine, write)
 
     def audit_log(self, machine_id: str, *, limit: int = 200) -> list[CommandRecord]:
         """The machine's commands, newest first."""
-        with self.engine.connect() as conn:
-            rows = conn.execute(select(_audit).where(_audit.c.machine_id == machine_id)
-                                .order_by(_audit.c.at.desc()).limit(limit)).all()
+        query = select(_audit).where(_audit.c.machine_id == machine_id).order_by(_audit.c.at.desc()).limit(limit)
+        rows = self._read(lambda c: c.execute(query).all())
         return [_command(r) for r in rows]
 
 

@@ -82,8 +82,8 @@ def check(history: list[Op], ledger: Ledger, posted: list[str]) -> Verdict:
             endings[what] += 1
     faults: dict[str, int] = defaultdict(int)
     for op in history:
-        if op.kind == "fault":
-            faults[op.what] += 1
+        if op.kind == "fault":  # "kill broker", "cut network", "restart machine"…
+            faults[f"{op.what} {'machine' if op.machine else op.detail.get('target', '?')}"] += 1
     return Verdict(ok=not bad, violations=bad, jobs=len(posted), endings=dict(endings), faults=dict(faults))
 
 

@@ -1,10 +1,11 @@
 """``tamc campaign``: a busy market of separate processes, with faults on a seeded schedule.
 
 A private mosquitto (persistence on), machines as ``tamc agent`` processes, the requester as a
-``tamc requester`` process, one SQLite ledger they share. While the requester posts its jobs, the
-harness SIGKILLs and restarts, one at a time and at seeded moments, the broker, machine processes
-and the requester, and cuts every connection to the broker for a while (the clients reach it
-through a TCP gate the harness controls, ``hub.gate``). Every process's output and every fault goes into ``history.jsonl`` with the
+``tamc requester`` process, one ledger they share (a SQLite file, or a private PostgreSQL server).
+While the requester posts its jobs, the harness SIGKILLs and restarts, one at a time and at seeded
+moments, the broker, machine processes, the requester and PostgreSQL, and cuts every connection to
+the broker for a while (the clients reach it through a TCP gate the harness controls,
+``hub.gate``). Every process's output and every fault goes into ``history.jsonl`` with the
 time it was seen; when the requester has seen every job end, ``market.history.check`` reads the
 whole history and the ledger and gives the verdict. The same seed gives the same schedule.
 """
@@ -23,9 +24,9 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from core.datadir import DataDir
 from core.net import free_port
@@ -34,6 +35,7 @@ from hub.broker import BrokerHome, RunningBroker, start_broker
 from hub.gate import ConnectionGate, open_gate
 from ledger import Keystore, Ledger, settlement
 from market.history import Op, Verdict, check, load, record
+from tamc.postgres import PrivatePostgres
 from tamc.requester_process import key_name
 
 __all__ = ["CampaignConfig", "CampaignResult", "run_campaign"]
@@ -59,9 +61,19 @@ class CampaignConfig(BaseModel):
     requester_kills: int = Field(default=3, ge=0)
     network_cuts: int = Field(default=2, ge=0)
     """Times every connection to the broker is severed (at a gate in front of it) and restored."""
+    ledger: Literal["sqlite", "postgres"] = "sqlite"
+    """One SQLite file the processes share, or a private PostgreSQL server (which can be restarted)."""
+    postgres_restarts: int = Field(default=0, ge=0)
+    """Times the PostgreSQL server under the ledger is SIGKILLed (with every backend) and started again."""
     down_s: tuple[float, float] = (0.5, 2.5)
     """How long (real seconds) a killed process stays down, drawn from this range."""
     timeout_s: float = Field(default=900.0, gt=0)
+
+    @model_validator(mode="after")
+    def _restarts_need_postgres(self) -> CampaignConfig:
+        if self.postgres_restarts and self.ledger != "postgres":
+            raise ValueError("postgres_restarts needs ledger='postgres' (a SQLite file has no server to restart)")
+        return self
 
 
 class CampaignResult(BaseModel):
@@ -115,11 +127,11 @@ class _Run:
         proc = self.procs[name]
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
-        self.note(process="harness", kind="fault", what="kill", machine=machine, detail={"target": name})
+        self.note(process="harness", kind="fault", what="kill", machine=machine, detail={"target": "requester" if name == REQUESTER else name})
 
     def restart(self, name: str, machine: str | None = None) -> None:
         self.spawn(name, self.commands[name])
-        self.note(process="harness", kind="fault", what="restart", machine=machine, detail={"target": name})
+        self.note(process="harness", kind="fault", what="restart", machine=machine, detail={"target": "requester" if name == REQUESTER else name})
 
     def stop(self) -> None:
         for proc in self.procs.values():
@@ -133,11 +145,22 @@ class _Run:
                 proc.wait(5)
 
 
-def run_campaign(config: CampaignConfig, folder: Path, *, progress: Callable[[str], None] = print) -> CampaignResult:
-    """Run the campaign in ``folder`` (made if missing) and check it."""
+def run_campaign(config: CampaignConfig, folder: Path, *, progress: Callable[[str], None] = print,
+                 postgres: PrivatePostgres | None = None) -> CampaignResult:
+    """Run the campaign in ``folder`` (made if missing) and check it. With ``ledger='postgres'`` the
+    ledger lives on ``postgres`` if given (the caller keeps it, to read the ledger afterwards), else
+    on a private server made for the run."""
     folder.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        if config.ledger == "postgres" and postgres is None:
+            postgres = stack.enter_context(PrivatePostgres())
+        ledger_url = postgres.url if config.ledger == "postgres" and postgres else f"sqlite:///{(folder / 'ledger.db').resolve()}"
+        return _campaign(config, folder, progress, ledger_url, postgres)
+
+
+def _campaign(config: CampaignConfig, folder: Path, progress: Callable[[str], None], ledger_url: str,
+              postgres: PrivatePostgres | None) -> CampaignResult:
     rng = random.Random(config.seed)
-    ledger_url = f"sqlite:///{(folder / 'ledger.db').resolve()}"
     requester_data = folder / "requester"
     did = Keystore(DataDir(requester_data).make().keys).get_or_create(key_name(REQUESTER)).did
     profiles = _profiles(folder / "profiles", config.machines)
@@ -174,12 +197,14 @@ def run_campaign(config: CampaignConfig, folder: Path, *, progress: Callable[[st
                     time.sleep(down)
                     gate.restore()
                     run.note(process="harness", kind="fault", what="restore", detail={"target": "network"})
-                elif kind == "broker":
-                    broker.kill()
-                    run.note(process="harness", kind="fault", what="kill", detail={"target": "broker"})
+                elif kind in ("broker", "postgres"):
+                    server: _Broker | PrivatePostgres | None = broker if kind == "broker" else postgres
+                    assert server is not None
+                    server.kill()
+                    run.note(process="harness", kind="fault", what="kill", detail={"target": kind})
                     time.sleep(down)
-                    broker.restart()
-                    run.note(process="harness", kind="fault", what="restart", detail={"target": "broker"})
+                    server.start()
+                    run.note(process="harness", kind="fault", what="restart", detail={"target": kind})
                 else:
                     name = target or REQUESTER
                     run.kill(name, machine=target)
@@ -205,6 +230,7 @@ def _schedule(config: CampaignConfig, rng: random.Random, posting_s: float) -> l
     kinds += [("machine", f"camp-{rng.randint(1, config.machines)}") for _ in range(config.machine_kills)]
     kinds += [("requester", None)] * config.requester_kills
     kinds += [("network", None)] * config.network_cuts
+    kinds += [("postgres", None)] * config.postgres_restarts
     rng.shuffle(kinds)
     span = max(posting_s, 5.0 * len(kinds)) + 5.0
     slot = span / max(len(kinds), 1)
@@ -234,7 +260,7 @@ class _Broker:
         self.running.proc.wait(10)
         self._stack.close()
 
-    def restart(self) -> None:
+    def start(self) -> None:
         self.running = self._start()
 
     def close(self) -> None:

@@ -1,11 +1,12 @@
 """The short fault campaign (``tamc campaign``): a hundred jobs on separate processes while the
-broker, machines and the requester are SIGKILLed and restarted, and the network to the broker is
-cut and restored, on a seeded schedule; the checker
-reads the whole history and the ledger. And the checker itself: a planted double payment, a job
+broker, machines, the requester and the ledger's PostgreSQL are SIGKILLed and restarted, and the
+network to the broker is cut and restored, on a seeded schedule; the checker reads the whole
+history and the ledger. And the checker itself: a planted double payment, a job
 ended twice and two machines on one job each make it fail."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,33 +15,42 @@ from conftest import broker_kind
 from ledger import Ledger, settlement
 from market.history import Op, check, load
 from tamc.campaign import REQUESTER, CampaignConfig, CampaignResult, run_campaign
+from tamc.postgres import PrivatePostgres, postgres_binaries
 
-pytestmark = pytest.mark.skipif(broker_kind() != "mosquitto", reason="the campaign kills and restarts a mosquitto")
+pytestmark = [pytest.mark.skipif(broker_kind() != "mosquitto", reason="the campaign kills and restarts a mosquitto"),
+              pytest.mark.skipif(postgres_binaries() is None, reason="the campaign restarts a PostgreSQL of its own: "
+                                 "apt-get install postgresql")]
 
-CONFIG = CampaignConfig(jobs=100, machines=4, seed=3, broker_kills=2, machine_kills=3, requester_kills=3, network_cuts=2)
+CONFIG = CampaignConfig(jobs=100, machines=4, seed=3, broker_kills=2, machine_kills=3, requester_kills=3, network_cuts=2,
+                        ledger="postgres", postgres_restarts=2)
 
 
 @pytest.fixture(scope="module")
-def campaign(tmp_path_factory: pytest.TempPathFactory) -> tuple[CampaignResult, Path]:
-    folder = tmp_path_factory.mktemp("campaign")
-    return run_campaign(CONFIG, folder, progress=print), folder
+def postgres() -> Iterator[PrivatePostgres]:
+    with PrivatePostgres() as pg:
+        yield pg
 
 
-def test_the_short_campaign_ends_every_job_once_through_every_kind_of_fault(campaign: tuple[CampaignResult, Path]) -> None:
-    result, _ = campaign
-    v = result.verdict
-    print(result.model_dump_json())
+@pytest.fixture(scope="module")
+def campaign(tmp_path_factory: pytest.TempPathFactory, postgres: PrivatePostgres) -> CampaignResult:
+    return run_campaign(CONFIG, tmp_path_factory.mktemp("campaign"), progress=print, postgres=postgres)
+
+
+def test_the_short_campaign_ends_every_job_once_through_every_kind_of_fault(campaign: CampaignResult) -> None:
+    v = campaign.verdict
+    print(campaign.model_dump_json())
     assert v.ok, v.violations
     assert v.jobs == 100 and sum(v.endings.values()) == 100
-    assert v.faults == {"kill": 8, "restart": 8, "cut": 2, "restore": 2}
+    assert v.faults == {"kill broker": 2, "restart broker": 2, "kill machine": 3, "restart machine": 3, "kill requester": 3,
+                        "restart requester": 3, "kill postgres": 2, "restart postgres": 2, "cut network": 2, "restore network": 2}
     assert v.endings.get("paid", 0) >= 50, v.endings  # the market kept working through the faults
 
 
-def test_the_checker_fails_a_planted_double_payment_a_second_ending_and_two_holders(campaign: tuple[CampaignResult, Path]) -> None:
-    result, folder = campaign
-    history = load(Path(result.history))
+def test_the_checker_fails_a_planted_double_payment_a_second_ending_and_two_holders(campaign: CampaignResult,
+                                                                                   postgres: PrivatePostgres) -> None:
+    history = load(Path(campaign.history))
     posted = sorted({op.job for op in history if op.kind == "ended" and op.job})
-    ledger = Ledger(f"sqlite:///{(folder / 'ledger.db').resolve()}")
+    ledger = Ledger(postgres.url)
     try:
         paid = next(op for op in history if op.kind == "ended" and op.what == "paid")
         assert paid.job and paid.machine
