@@ -29,9 +29,9 @@ from urllib.parse import quote
 
 from core.errors import InputError, KeystoreError
 from core.files import write_private
-from hub.topics import PREFIX
+from hub.topics import PREFIX, level
 
-__all__ = ["GRANTS", "ROLES", "BrokerUser", "BrokerUsers", "Grant", "Role", "acl_lines", "check_username", "password_hash"]
+__all__ = ["GRANTS", "ROLES", "BrokerUser", "BrokerUsers", "Grant", "Role", "acl_lines", "check_username", "grant", "password_hash"]
 
 Role = Literal["machine", "requester", "steward", "technician", "console", "operator", "auditor"]
 ROLES: tuple[Role, ...] = get_args(Role)
@@ -84,19 +84,19 @@ GRANTS: dict[Role, tuple[tuple[str, ...], tuple[str, ...]]] = {
 the requester that posted the job (docs/protocol.md), so another requester reads only ciphertext."""
 
 
-def _grant(role: Role, name: str) -> Grant:
+def grant(role: Role, name: str) -> Grant:
     """The concrete topic patterns ``name`` in ``role`` may publish on and read."""
     publish, read = GRANTS[role]
 
     def expand(families: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(_family(f.removeprefix("own:"), name if f.startswith("own:") else "+") for f in families)
+        return tuple(_family(f.removeprefix("own:"), level(name) if f.startswith("own:") else "+") for f in families)
 
     return Grant(expand(publish), expand(read))
 
 
 def acl_lines(name: str, role: Role) -> list[str]:
     """mosquitto ``acl_file`` lines for one user: a ``user`` block, each pattern once."""
-    allowed = _grant(role, name)
+    allowed = grant(role, name)
     lines = [f"user {name}"]
     for pattern in dict.fromkeys(allowed.publish + allowed.read):
         can = ("read" if pattern in allowed.read else "") + ("write" if pattern in allowed.publish else "")

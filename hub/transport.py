@@ -61,6 +61,9 @@ class BrokerAddress:
     mqtt5: bool = True
     """MQTT 5 (mosquitto: a refused publish is told in its PUBACK) unless the URL says ``?mqtt=3.1.1``
     (the embedded broker, NATS)."""
+    failover: tuple[tuple[str, int], ...] = ()
+    """The other nodes of a broker cluster (``&failover=host:port,host:port``): a hub that loses its
+    node, or cannot reach it, tries the next (its persistent session lives in the cluster)."""
 
     @property
     def url(self) -> str:
@@ -70,7 +73,8 @@ class BrokerAddress:
 
 
 def parse_broker_url(url: str) -> BrokerAddress:
-    """``mqtt://[user:password@]host:port[?mqtt=3.1.1]`` (port 1883 by default) or raise ``InvalidBrokerUrl``."""
+    """``mqtt://[user:password@]host:port[?mqtt=3.1.1][&failover=host:port,…]`` (port 1883 by
+    default) or raise ``InvalidBrokerUrl``."""
     parts = urlsplit(url if "://" in url else f"mqtt://{url}")
     try:
         port = parts.port or 1883
@@ -80,10 +84,18 @@ def parse_broker_url(url: str) -> BrokerAddress:
         raise InvalidBrokerUrl(f"{_masked(url)!r} is not a broker address; write it as mqtt://user:password@host:port")
     query = parse_qs(parts.query)
     version = query.get("mqtt", ["5"])[-1]
-    if version not in ("5", "3.1.1") or set(query) - {"mqtt"}:
-        raise InvalidBrokerUrl(f"{_masked(url)!r}: the only option is ?mqtt=5 (the default) or ?mqtt=3.1.1")
+    if version not in ("5", "3.1.1") or set(query) - {"mqtt", "failover"}:
+        raise InvalidBrokerUrl(f"{_masked(url)!r}: the options are mqtt=5 (the default) or mqtt=3.1.1, and "
+                               "failover=host:port,host:port (a cluster's other nodes)")
+    failover = []
+    for node in ",".join(query.get("failover", [])).split(","):
+        if node:
+            host, _, number = node.rpartition(":")
+            if not host or not number.isdigit() or not 0 < int(number) < 65536:
+                raise InvalidBrokerUrl(f"{_masked(url)!r}: failover={node!r} is not host:port")
+            failover.append((host, int(number)))
     return BrokerAddress(parts.hostname, port, unquote(parts.username) if parts.username else None,
-                         unquote(parts.password) if parts.password else None, version == "5")
+                         unquote(parts.password) if parts.password else None, version == "5", tuple(failover))
 
 
 def _masked(url: str) -> str:
@@ -145,6 +157,9 @@ class Hub:
         """PUBACKs that came before ``publish`` had noted their packet id."""
         self._closing = False
         self._keepalive = keepalive_s
+        self._nodes = [(self.address.host, self.address.port), *self.address.failover]
+        self._node = 0
+        """The broker node in use (of ``_nodes``: the URL's, then its failover nodes)."""
         self.session = session
         """A persistent session's name (its MQTT client id): the broker keeps its subscriptions and
         queues what they receive while it is away (a restart, a cut), for ``SESSION_EXPIRY_S``."""
@@ -162,6 +177,7 @@ class Hub:
         client.on_socket_open = _nodelay
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_connect_fail = self._on_connect_fail
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
         client.on_publish = self._on_publish
@@ -180,7 +196,6 @@ class Hub:
     def connect(self, timeout_s: float = 10.0) -> Hub:
         """Connect, retrying with exponential backoff (tenacity) until ``timeout_s``; then paho's
         network thread keeps the connection, reconnecting with backoff and re-subscribing."""
-        host, port = self.address.host, self.address.port
         try:
             for attempt in Retrying(
                 retry=retry_if_exception_type(OSError),
@@ -191,14 +206,9 @@ class Hub:
                 with attempt:
                     if attempt.retry_state.attempt_number > 1:
                         log.info("hub=%s reconnect attempt=%d broker=%s", self.name, attempt.retry_state.attempt_number, self.address.url)
-                    if self.address.mqtt5 and self.session is not None:
-                        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-                        props.SessionExpiryInterval = SESSION_EXPIRY_S
-                        self._client.connect(host, port, keepalive=self._keepalive, clean_start=False, properties=props)
-                    elif self.address.mqtt5:
-                        self._client.connect(host, port, keepalive=self._keepalive, clean_start=True)
-                    else:
-                        self._client.connect(host, port, keepalive=self._keepalive)
+                    self._node = (attempt.retry_state.attempt_number - 1) % len(self._nodes)
+                    host, port = self._nodes[self._node]
+                    self._client.connect(host, port, **self._connect_options())
         except RetryError as exc:
             cause = exc.last_attempt.exception()
             raise BrokerUnavailable(
@@ -215,6 +225,25 @@ class Hub:
             raise BrokerUnavailable(f"the broker at {self.address.url} accepted the socket but did not acknowledge the connection")
         self._flights.join(self)
         return self
+
+    def _connect_options(self) -> dict[str, Any]:
+        if self.address.mqtt5 and self.session is not None:
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = SESSION_EXPIRY_S
+            return {"keepalive": self._keepalive, "clean_start": False, "properties": props}
+        if self.address.mqtt5:
+            return {"keepalive": self._keepalive, "clean_start": True}
+        return {"keepalive": self._keepalive}
+
+    def _fail_over(self) -> None:
+        """Point paho's next reconnect at the cluster's next node (none without failover nodes)."""
+        if len(self._nodes) < 2 or self._closing:
+            return
+        self._node = (self._node + 1) % len(self._nodes)
+        host, port = self._nodes[self._node]
+        self.stats["failovers"] += 1
+        log.warning("hub=%s fails over to the broker node %s:%d", self.name, host, port)
+        self._client.connect_async(host, port, **self._connect_options())
 
     def close(self) -> None:
         """Disconnect cleanly (no last will) and stop the network thread."""
@@ -233,7 +262,7 @@ class Hub:
             # the client's callbacks are this hub's methods: a cycle the collector would break in any
             # order, closing paho's wake-up sockets unannounced. Cut it, so the client goes with the hub.
             client = self._client
-            client.on_connect = client.on_disconnect = client.on_message = None
+            client.on_connect = client.on_disconnect = client.on_message = client.on_connect_fail = None
             client.on_subscribe = client.on_publish = None
 
     def __enter__(self) -> Hub:
@@ -405,6 +434,10 @@ class Hub:
         if not self._closing and self._refused is None:
             self.stats["disconnects"] += 1
             log.warning("hub=%s lost the broker reason=%s; reconnecting with backoff", self.name, reason)
+            self._fail_over()
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        self._fail_over()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         payload = bytes(msg.payload)

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -32,6 +33,7 @@ from core.datadir import DataDir
 from core.net import free_port
 from hub.access import Role
 from hub.broker import BrokerHome, RunningBroker, start_broker
+from hub.cluster import NatsCluster
 from hub.gate import ConnectionGate, open_gate
 from ledger import Keystore, Ledger, settlement
 from market.history import Op, Verdict, check, load, record
@@ -61,6 +63,9 @@ class CampaignConfig(BaseModel):
     requester_kills: int = Field(default=3, ge=0)
     network_cuts: int = Field(default=2, ge=0)
     """Times every connection to the broker is severed (at a gate in front of it) and restored."""
+    broker: Literal["mosquitto", "nats-cluster"] = "mosquitto"
+    """One mosquitto (persistence on), or three NATS nodes clustered (JetStream, MQTT 3.1.1) with
+    the processes spread over them; a broker kill then kills one node."""
     ledger: Literal["sqlite", "postgres"] = "sqlite"
     """One SQLite file the processes share, or a private PostgreSQL server (which can be restarted)."""
     postgres_restarts: int = Field(default=0, ge=0)
@@ -166,21 +171,30 @@ def _campaign(config: CampaignConfig, folder: Path, progress: Callable[[str], No
     profiles = _profiles(folder / "profiles", config.machines)
     jobs = _jobs(folder / "jobs.json", config, rng)
     posted = [f"{settlement.requester_account(REQUESTER)}.{j}" for j in jobs]
-    port, home = free_port(), BrokerHome(folder / "broker")
     history = folder / "history.jsonl"
-    broker = _Broker(port, home)
-    gate = ConnectionGate(("127.0.0.1", port), burst=10_000, per_s=10_000.0)  # the network: every client goes through it
-    with history.open("w", encoding="utf-8") as out, contextlib.closing(broker), open_gate(gate, "127.0.0.1", 0) as (_, via):
+    broker: _Mosquitto | _Cluster = _Mosquitto(folder / "broker") if config.broker == "mosquitto" else _Cluster(folder / "broker")
+    # the network: every client reaches the broker through a gate in front of its node
+    gates = [ConnectionGate(("127.0.0.1", port), burst=10_000, per_s=10_000.0) for port in broker.ports]
+    with contextlib.ExitStack() as stack, history.open("w", encoding="utf-8") as out:
+        stack.callback(broker.close)
+        via = {port: stack.enter_context(open_gate(gate, "127.0.0.1", 0))[1] for port, gate in zip(broker.ports, gates, strict=True)}
+
+        def admit(name: str, role: Role) -> str:
+            url = broker.admit(name, role)
+            for port in broker.ports:  # every node it may reach (a cluster's failover nodes too), through its gate
+                url = re.sub(rf":{port}\b", f":{via[port]}", url)
+            return url
+
         run = _Run(config, folder, out)
         try:
             for i in range(1, config.machines + 1):
                 m = f"camp-{i}"
-                run.spawn(m, ["agent", "--machine", m, "--broker", broker.admit(m, "machine", via), "--ledger", ledger_url,
+                run.spawn(m, ["agent", "--machine", m, "--broker", admit(m, "machine"), "--ledger", ledger_url,
                               "--clock-from", did, "--profiles", str(profiles), "--data-dir", str(folder / m),
                               "--holders", "alice=3,bob=1", "--no-memory"])
             time.sleep(2.0)  # the machines' presence is up before the first call
             s = config.speed
-            run.spawn(REQUESTER, ["requester", "--name", REQUESTER, "--broker", broker.admit(key_name(REQUESTER), "requester", via),
+            run.spawn(REQUESTER, ["requester", "--name", REQUESTER, "--broker", admit(key_name(REQUESTER), "requester"),
                                   "--jobs", str(folder / "jobs.json"), "--ledger", ledger_url, "--budget", "100000",
                                   "--speed", str(s), "--bid-window-s", str(1.0 * s), "--accept-window-s", str(1.5 * s),
                                   "--every-s", str(config.every_s), "--data-dir", str(requester_data)])
@@ -192,18 +206,25 @@ def _campaign(config: CampaignConfig, folder: Path, progress: Callable[[str], No
                 down = rng.uniform(*config.down_s)
                 progress(f"campaign: {kind} {target or ''} at {time.monotonic() - run.began:.1f} s, down {down:.1f} s")
                 if kind == "network":
-                    gate.cut()
+                    for gate in gates:
+                        gate.cut()
                     run.note(process="harness", kind="fault", what="cut", detail={"target": "network"})
                     time.sleep(down)
-                    gate.restore()
+                    for gate in gates:
+                        gate.restore()
                     run.note(process="harness", kind="fault", what="restore", detail={"target": "network"})
-                elif kind in ("broker", "postgres"):
-                    server: _Broker | PrivatePostgres | None = broker if kind == "broker" else postgres
-                    assert server is not None
-                    server.kill()
+                elif kind == "broker":
+                    node = broker.kill(rng)
+                    run.note(process="harness", kind="fault", what="kill", detail={"target": "broker", "node": node})
+                    time.sleep(down)
+                    broker.start(node)
+                    run.note(process="harness", kind="fault", what="restart", detail={"target": "broker", "node": node})
+                elif kind == "postgres":
+                    assert postgres is not None
+                    postgres.kill()
                     run.note(process="harness", kind="fault", what="kill", detail={"target": kind})
                     time.sleep(down)
-                    server.start()
+                    postgres.start()
                     run.note(process="harness", kind="fault", what="restart", detail={"target": kind})
                 else:
                     name = target or REQUESTER
@@ -238,33 +259,59 @@ def _schedule(config: CampaignConfig, rng: random.Random, posting_s: float) -> l
             for n, (kind, target) in enumerate(kinds)]
 
 
-class _Broker:
+class _Mosquitto:
     """The campaign's mosquitto, which the schedule kills and starts again on its port, from its folder."""
 
-    def __init__(self, port: int, home: BrokerHome) -> None:
-        self.port, self.home = port, home
+    def __init__(self, folder: Path) -> None:
+        self.port, self.home = free_port(), BrokerHome(folder)
+        self.ports = [self.port]
         self._stack = contextlib.ExitStack()
         self.running = self._start()
 
     def _start(self) -> RunningBroker:
         return self._stack.enter_context(start_broker("mosquitto", port=self.port, home=self.home, persistence=True))
 
-    def admit(self, name: str, role: Role, via: int | None = None) -> str:
-        """The participant's URL: through the gate at port ``via`` if given (where the network is cut)."""
-        url = self.running.admit(name, role)
-        return url.replace(f":{self.port}", f":{via}", 1) if via else url
+    def admit(self, name: str, role: Role) -> str:
+        return self.running.admit(name, role)
 
-    def kill(self) -> None:
+    def kill(self, rng: random.Random) -> int:
         assert self.running.proc is not None
         self.running.proc.send_signal(signal.SIGKILL)
         self.running.proc.wait(10)
         self._stack.close()
+        return 0
 
-    def start(self) -> None:
+    def start(self, node: int) -> None:
         self.running = self._start()
 
     def close(self) -> None:
         self._stack.close()
+
+
+class _Cluster:
+    """Three NATS nodes; participants go to them in turn; a kill takes a seeded node down."""
+
+    def __init__(self, folder: Path) -> None:
+        self.cluster = NatsCluster(folder, nodes=3)
+        self.ports = [n.ports["mqtt"] for n in self.cluster.nodes]
+        self._admitted = 0
+
+    def admit(self, name: str, role: Role) -> str:
+        """The participant's URL: its node (each in turn), then the others to fail over to."""
+        node = self._admitted % len(self.ports)
+        self._admitted += 1
+        return self.cluster.admit(name, role, node)
+
+    def kill(self, rng: random.Random) -> int:
+        node = rng.randrange(len(self.ports))
+        self.cluster.kill(node)
+        return node
+
+    def start(self, node: int) -> None:
+        self.cluster.start(node)
+
+    def close(self) -> None:
+        self.cluster.close()
 
 
 def _profiles(folder: Path, count: int) -> Path:

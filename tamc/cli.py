@@ -602,6 +602,7 @@ def campaign(
     machine_kills: Annotated[int, typer.Option(help="Times a machine process is SIGKILLed and restarted.", min=0)] = 3,
     requester_kills: Annotated[int, typer.Option(help="Times the requester process is SIGKILLed and restarted.", min=0)] = 3,
     network_cuts: Annotated[int, typer.Option(help="Times every connection to the broker is cut, then restored.", min=0)] = 2,
+    broker: Annotated[str, typer.Option(help="mosquitto, or nats-cluster: three NATS nodes (a broker kill kills one).")] = "mosquitto",
     postgres_restarts: Annotated[int, typer.Option(help="Times the ledger's PostgreSQL is SIGKILLed and restarted "
                                                         "(the ledger then runs on a private PostgreSQL server).", min=0)] = 0,
     as_json: JsonOpt = False,
@@ -613,7 +614,7 @@ def campaign(
     from tamc.campaign import CampaignConfig, run_campaign
 
     config = CampaignConfig(jobs=jobs, machines=machines, seed=seed, broker_kills=broker_kills, machine_kills=machine_kills,
-                            requester_kills=requester_kills, network_cuts=network_cuts,
+                            requester_kills=requester_kills, network_cuts=network_cuts, broker=broker,
                             ledger="postgres" if postgres_restarts else "sqlite", postgres_restarts=postgres_restarts)
     result = run_campaign(config, out, progress=lambda line: print(line, file=sys.stderr, flush=True))
     v = result.verdict

@@ -150,7 +150,7 @@ def test_every_role_publishes_only_on_its_own_topic_families(broker: RunningBrok
 
 
 def test_every_role_reads_only_what_its_role_needs(broker: RunningBroker) -> None:
-    """Each role subscribes to everything (``tamc/v2/#``: the broker grants the subscription and
+    """Each role subscribes to everything (``tamc/v3/#``: the broker grants the subscription and
     filters every delivery); allowed publishers send one message per family; each reader receives
     exactly its role's families. Nobody but a requester (or the steward hiring technicians) hears
     a bid."""

@@ -58,7 +58,7 @@ def test_an_address_connecting_in_a_loop_is_cut_off_and_honest_clients_carry_on(
     g, port = gate
     seen: queue.Queue[bytes] = queue.Queue()
     auditor = client(broker, "gate-auditor", "auditor", port, "127.0.0.2", seen)  # connected before the flood
-    auditor.subscribe("tamc/v2/machines/gate-m1/telemetry", qos=1)  # the session broker holds other tests' retained telemetry
+    auditor.subscribe("tamc/v3/machines/gate-m1/telemetry", qos=1)  # the session broker holds other tests' retained telemetry
     flood = urlsplit(broker.admit("gate-flood", "auditor"))
     answered = 0
     for _ in range(60):  # the flood: 60 logins as fast as the loop goes, from 127.0.0.1
@@ -72,7 +72,7 @@ def test_an_address_connecting_in_a_loop_is_cut_off_and_honest_clients_carry_on(
     assert g.stats.refused >= 53 and g.stats.refused + g.stats.admitted >= 60
 
     machine = client(broker, "gate-m1", "machine", port, "127.0.0.2")  # another address gets in at once
-    machine.publish("tamc/v2/machines/gate-m1/telemetry", b"still here", qos=1).wait_for_publish(5)
+    machine.publish("tamc/v3/machines/gate-m1/telemetry", b"still here", qos=1).wait_for_publish(5)
     assert seen.get(timeout=5) == b"still here"  # and the client connected before the flood still hears it
     for c in (machine, auditor):
         c.loop_stop()
@@ -106,7 +106,7 @@ def test_tamc_broker_serve_puts_the_gate_where_participants_connect(tmp_path: Pa
         c.username_pw_set(url.username, url.password)
         c.connect("127.0.0.1", port)
         c.loop_start()
-        c.publish("tamc/v2/machines/m1/telemetry", b"hello", qos=1).wait_for_publish(5)  # PUBACKed through the gate
+        c.publish("tamc/v3/machines/m1/telemetry", b"hello", qos=1).wait_for_publish(5)  # PUBACKed through the gate
         c.loop_stop()
         c.disconnect()
     finally:

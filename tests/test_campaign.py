@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import broker_kind
 
+from hub.cluster import find_nats
 from ledger import Ledger, settlement
 from market.history import Op, check, load
 from tamc.campaign import REQUESTER, CampaignConfig, CampaignResult, run_campaign
@@ -69,3 +70,20 @@ def test_the_checker_fails_a_planted_double_payment_a_second_ending_and_two_hold
         assert any(f"{other} said progress" in v for v in check(both, ledger, posted).violations)
     finally:
         ledger.close()
+
+
+@pytest.mark.skipif(find_nats() is None, reason="the cluster campaign runs NATS server nodes: apt-get install nats-server")
+def test_a_cluster_node_killed_mid_run_loses_no_job(tmp_path: Path) -> None:
+    """Three NATS nodes (JetStream, MQTT 3.1.1), the machines and the requester spread over them and
+    failing over to the others; two nodes are SIGKILLed and restarted while jobs run, one at a time,
+    with a machine kill, a requester kill and a network cut besides. Every job ends once, none is
+    paid twice or without a done, the ledger's audit is clean."""
+    config = CampaignConfig(jobs=40, machines=4, seed=5, broker="nats-cluster", broker_kills=2, machine_kills=1,
+                            requester_kills=1, network_cuts=1)
+    result = run_campaign(config, tmp_path, progress=print)
+    v = result.verdict
+    print(result.model_dump_json())
+    assert v.ok, v.violations
+    assert v.jobs == 40 and sum(v.endings.values()) == 40
+    assert v.faults["kill broker"] == 2 and v.faults["restart broker"] == 2, v.faults
+    assert v.endings.get("paid", 0) >= 10, v.endings  # the market worked on the cluster, through the node kills

@@ -161,7 +161,7 @@ class OutsideRequester:
         token = self.http.post("/v1/auth/token", json=signed(challenge["sign"], self.key, "did")).raise_for_status().json()
         self.http.headers["Authorization"] = f"Bearer {token['token']}"
         clock = self.http.get("/v1/market/clock").raise_for_status().json()
-        assert clock["protocol"] == 2 and clock["topic_prefix"] == "tamc/v2"
+        assert clock["protocol"] == 2 and clock["topic_prefix"] == "tamc/v3"
         self.clock_at = (clock["now_ms"], time.monotonic(), clock["speed"])
 
     def now(self) -> int:
@@ -177,10 +177,10 @@ class OutsideRequester:
         self.sent += 1
         envelope = signed({"v": 2, "type": kind, "id": f"{self.sent:012x}{os.urandom(8).hex()}", "ts": self.now(), "body": body},
                           self.key)
-        self.mqtt.publish(f"tamc/v2/{topic}", json.dumps(envelope), qos=1).wait_for_publish(10)
+        self.mqtt.publish(f"tamc/v3/{topic}", json.dumps(envelope), qos=1).wait_for_publish(10)
 
     def subscribe(self, topic: str) -> None:
-        self.mqtt.subscribe(f"tamc/v2/{topic}", qos=1)
+        self.mqtt.subscribe(f"tamc/v3/{topic}", qos=1)
 
     def _on_message(self, client: object, userdata: object, msg: mqtt.MQTTMessage) -> None:
         try:
@@ -235,8 +235,9 @@ def test_a_requester_written_from_the_doc_funds_follows_and_pays_a_job(served: S
     region = presence["body"]["territory"][0]
 
     job_id = f"{wallet['id']}.bracket-{os.urandom(4).hex()}"  # in our own namespace
-    me.subscribe(f"jobs/{job_id}/bids")
-    me.subscribe(f"jobs/{job_id}/events")
+    at = job_id.replace(".", "~")  # an id as a topic level: its dots written ~
+    me.subscribe(f"jobs/{at}/bids")
+    me.subscribe(f"jobs/{at}/events")
     reserve = 100 * UNIT
     spec = {k: v for k, v in job.items() if k not in ("id", "max_price")} | {"id": job_id, "region": region}
     now = me.now()
@@ -268,7 +269,7 @@ def test_a_requester_written_from_the_doc_funds_follows_and_pays_a_job(served: S
                              and d["body"]["machine_id"] == machine and d["body"]["kind"] == kind)
 
     now = me.now()
-    me.publish(f"jobs/{job_id}/award", "award", {
+    me.publish(f"jobs/{at}/award", "award", {
         "job_id": job_id, "machine_id": machine, "price": price, "accept_by": now + me.real_ms(5.0), "attempt": 1,
         "takeover": False, "finish_at": now + int(best["eta_h"] * 3600 * 1000)})
     me.take(10, from_machine("accepted"))
@@ -279,7 +280,7 @@ def test_a_requester_written_from_the_doc_funds_follows_and_pays_a_job(served: S
     assert escrow.json()["state"] == "held"
     again = me.http.post("/v1/ledger/escrows", json={"job_id": job_id, "payer": wallet["id"], "amount": price})
     assert again.json()["opened_by"] == escrow.json()["opened_by"]  # a retried open repeats, never doubles
-    me.publish(f"jobs/{job_id}/events", "event", {"job_id": job_id, "machine_id": machine, "kind": "funded",
+    me.publish(f"jobs/{at}/events", "event", {"job_id": job_id, "machine_id": machine, "kind": "funded",
                                                  "posting": escrow.json()["opened_by"]})
     me.take(150, from_machine("started"))
     _wait(lambda: any(e.kind == "started" for _, e in served.app.state.ctx.feed.job_events.get(job_id, ())))  # the server heard it
@@ -292,8 +293,8 @@ def test_a_requester_written_from_the_doc_funds_follows_and_pays_a_job(served: S
     assert paid.json() | {"closed_by": None} == {**escrow.json(), "state": "released", "paid_to": f"machine:{machine}",
                                                  "closed_by": None}
     posting = paid.json()["closed_by"]
-    me.publish(f"jobs/{job_id}/events", "event", {"job_id": job_id, "machine_id": machine, "kind": "paid", "posting": posting})
-    me.publish(f"jobs/{job_id}/award", "closed", {"job_id": job_id, "outcome": "paid", "machine_id": machine,
+    me.publish(f"jobs/{at}/events", "event", {"job_id": job_id, "machine_id": machine, "kind": "paid", "posting": posting})
+    me.publish(f"jobs/{at}/award", "closed", {"job_id": job_id, "outcome": "paid", "machine_id": machine,
                                                   "price": price, "posting": posting})
 
     after = me.http.get(f"/v1/ledger/accounts/{wallet['id']}").json()
