@@ -4,7 +4,11 @@ requester are each SIGKILLed and restarted twenty times, PostgreSQL five times, 
 the broker cut five times, on a seeded schedule; then the checker reads the whole history and the
 ledger. Prints the run's figures as one JSON object on the last line.
 
-    .venv/bin/python bench/faults.py [--jobs 1000] [--kills 20] [--postgres-restarts 5] [--cuts 5] [--seed 1] [--out DIR]
+On ``--broker nats-cluster`` a broker kill SIGKILLs one of three NATS nodes (the processes are
+spread over them and fail over to the others).
+
+    .venv/bin/python bench/faults.py [--broker mosquitto|nats-cluster] [--jobs 1000] [--kills 20]
+                                     [--postgres-restarts 5] [--cuts 5] [--seed 1] [--out DIR]
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from tamc.campaign import CampaignConfig, run_campaign
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--broker", choices=["mosquitto", "nats-cluster"], default="mosquitto")
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--kills", type=int, default=20, help="kills of each kind: broker, machine, requester")
     parser.add_argument("--postgres-restarts", type=int, default=5, help="0: the ledger is a SQLite file")
@@ -31,7 +36,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="tamc-faults-"))
-    config = CampaignConfig(jobs=args.jobs, machines=args.machines, seed=args.seed, broker_kills=args.kills,
+    config = CampaignConfig(broker=args.broker, jobs=args.jobs, machines=args.machines, seed=args.seed, broker_kills=args.kills,
                             machine_kills=args.kills, requester_kills=args.kills, network_cuts=args.cuts,
                             ledger="postgres" if args.postgres_restarts else "sqlite", postgres_restarts=args.postgres_restarts,
                             timeout_s=3600)
@@ -39,7 +44,7 @@ def main() -> None:
     v = result.verdict
     for line in v.violations[:50]:
         print(f"violation: {line}", file=sys.stderr)
-    print(json.dumps({"broker": "mosquitto", "ledger": config.ledger, "jobs": v.jobs, "machines": args.machines, "seed": args.seed, "ok": v.ok,
+    print(json.dumps({"broker": args.broker, "ledger": config.ledger, "jobs": v.jobs, "machines": args.machines, "seed": args.seed, "ok": v.ok,
                       "violations": len(v.violations), "endings": v.endings, "faults": v.faults, "seconds": result.seconds,
                       "jobs_per_s": result.jobs_per_s, "history": result.history}))
 
