@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import resource
@@ -48,7 +49,7 @@ def _rss_mb() -> float:
 def worker(spec_path: str) -> None:
     """Host the machines of the spec; say ``ready`` with the memory, then wait for stdin to close."""
     from agents.node import MachineNode
-    from core.clock import ScaledClock
+    from core.clock import MarketAnchor, ScaledClock
     from core.mailbox import Mailbox
     from hub.transport import Hub
     from ledger import Identity, Ledger, settlement
@@ -58,11 +59,11 @@ def worker(spec_path: str) -> None:
     empty_mb = _rss_mb()
     ledger = Ledger(spec["ledger"])
     base = load_profiles()["prusa-01"]
-    clock = ScaledClock(SPEED)
+    clock = ScaledClock.resume(MarketAnchor(**spec["anchor"]))  # the requester's market time, in this process
     mailbox = Mailbox("nodes", clock=clock)
     nodes, hubs = [], []
     for i, m in enumerate(spec["machines"]):
-        policy = base.policy.model_copy(update={"margin_bps": 2000 + (i % 50) * 10, "max_queue": 10_000})
+        policy = base.policy.model_copy(update={"margin_bps": 2000 + (i % 50) * 10, "max_queue": 10_000, "territory": ()})
         profile = base.model_copy(update={"id": m["id"], "region": m["region"], "policy": policy})
         identity = Identity.generate()
         settlement.register_machine(ledger, profile.id, identity.did, {"owner": 1})
@@ -113,12 +114,14 @@ def run(kind: str, machines: int, procs: int, jobs: int, inflight: int, regions:
         admit_s = time.perf_counter() - t_admit
         ledger = Ledger(pg.url)
         wallet = settlement.open_requester(ledger, "scale", rid.did, 10**15)
+        clock = ScaledClock(SPEED)
+        anchor = dataclasses.asdict(clock.anchor())
         workers = []
         t_up = time.perf_counter()
         for p in range(procs):
             mine = [{"id": m, "url": urls[m], "region": f"r{i % regions}"} for i, m in enumerate(ids) if i % procs == p]
             spec = folder / f"worker-{p}.json"
-            spec.write_text(json.dumps({"ledger": pg.url, "timekeeper": rid.did, "machines": mine}))
+            spec.write_text(json.dumps({"ledger": pg.url, "timekeeper": rid.did, "anchor": anchor, "machines": mine}))
             workers.append(subprocess.Popen([sys.executable, __file__, "--worker", str(spec)], stdin=subprocess.PIPE,
                                             stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1]))
         ready = []
@@ -131,7 +134,6 @@ def run(kind: str, machines: int, procs: int, jobs: int, inflight: int, regions:
         up_s = time.perf_counter() - t_up
         print(f"scale[{kind}]: {machines} machines up in {up_s:.1f} s across {procs} processes", file=sys.stderr, flush=True)
 
-        clock = ScaledClock(SPEED)
         hub = Hub(urls["scale-requester"], name="scale-requester", clock=clock).connect()
         done = threading.Event()
         outcomes: list[JobOutcome] = []
