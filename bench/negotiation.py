@@ -6,7 +6,7 @@ pattern (CFP → N bids → award → accepted → funded → started → done �
 signing, no validation and no decisions. Each configuration runs in its own process so its peak
 memory is its own. Prints one JSON object per configuration and a summary as the last line.
 
-    .venv/bin/python bench/negotiation.py [--quick]
+    .venv/bin/python bench/negotiation.py [--quick] [--configs=50x8,10x1]
 """
 
 from __future__ import annotations
@@ -219,9 +219,13 @@ def main() -> None:
     from hub.broker import start_broker
 
     quick = "--quick" in sys.argv
+    configs = CONFIGS
+    for arg in sys.argv[1:]:  # --configs 50x8,10x1: only these (N x K)
+        if arg.startswith("--configs="):
+            configs = [tuple(int(x) for x in c.split("x")) for c in arg.split("=", 1)[1].split(",")]  # type: ignore[misc]
     results = []
     with start_broker("mosquitto") as broker:
-        for n, k in CONFIGS:
+        for n, k in configs:
             out = subprocess.run([sys.executable, __file__, "--one", broker.url, str(broker.home), str(n), str(k), str(_jobs(n, quick))],
                                  capture_output=True, text=True, timeout=1200)
             if out.returncode != 0:
@@ -229,7 +233,7 @@ def main() -> None:
             line = out.stdout.strip().splitlines()[-1]
             print(line, flush=True)
             results.append(json.loads(line))
-    target = next(r for r in results if r["n"] == 50 and r["k"] == 8)
+    target = next((r for r in results if r["n"] == 50 and r["k"] == 8), results[0])
     print(json.dumps({
         "bench": "negotiation", "broker": "mosquitto",
         "results": {f"N{r['n']}_K{r['k']}": {"tamc_jobs_per_s": r["tamc"]["jobs_per_s"], "bare_jobs_per_s": r["bare_paho"]["jobs_per_s"],
