@@ -85,6 +85,8 @@ class Offers:
             if (holder is None or price is None or finish is None or holder == self.machine_id or followed.offered_to == holder
                     or call.deadline_at <= now or followed.contract is not None):  # a job held once is not offered for
                 continue
+            if price < floor or now + OFFER_GAIN_H * 3_600_000 > finish:
+                continue  # refused below whatever the rules say (an eta is never negative): no need to price it
             decision = self.pricer.decide(self.pricer.remaining(call.job.model_copy(update={"max_price": None}), call.deadline_at),
                                           call.deadline_at)
             if decision.action != "bid" or decision.cost is None or decision.eta_h is None:
