@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import json
 from typing import Any
 
 import rfc8785
@@ -102,11 +103,46 @@ def canonical_json(obj: Any) -> bytes:
     in any language derives the same bytes: keys sorted by UTF-16 code units, no spaces, UTF-8,
     strings escaped as ECMAScript does, numbers in ECMAScript's shortest form (``5`` for 5.0,
     ``0.000021`` for 2.1e-05), integers within ±(2**53 - 1) (I-JSON). Raises ``InputError`` for
-    what JCS cannot encode (NaN, infinity, a larger integer)."""
+    what JCS cannot encode (NaN, infinity, a larger integer).
+
+    Most documents (ASCII keys, integers in range, floats that Python already writes as ECMAScript
+    does) are written by the standard library's C encoder, which gives the same bytes as JCS for
+    them; anything else goes through ``rfc8785``. Every envelope is canonicalised twice (sealed,
+    then checked), so this is on every message's path."""
+    if _plain(obj):
+        try:
+            return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode("utf-8")
+        except UnicodeEncodeError:
+            pass  # a lone surrogate: rfc8785 refuses it with its own words
     try:
         return rfc8785.dumps(obj)
     except rfc8785.CanonicalizationError as exc:
         raise InputError(f"cannot be signed as canonical JSON (RFC 8785): {exc}") from None
+
+
+_INT_MAX = 2**53 - 1
+
+
+def _plain(obj: Any) -> bool:
+    """JCS and ``json.dumps(sort_keys=True, ensure_ascii=False, separators=(",", ":"))`` write
+    ``obj`` alike: only dicts with ASCII string keys (sorted by code point = by UTF-16 unit),
+    lists, tuples, strings (both escape exactly ``"``, ``\\`` and the controls below U+0020, with
+    ``\\uXXXX`` in lower case), booleans, None, integers within ±(2**53 - 1), and floats written
+    in plain decimals by both (not integral, 1e-4 <= |f| < 1e16, where Python's ``repr`` and
+    ECMAScript's shortest form are the same digits)."""
+    t = type(obj)
+    if t is str or obj is None or t is bool:
+        return True
+    if t is int:
+        return bool(-_INT_MAX <= obj <= _INT_MAX)
+    if t is dict:
+        return all(type(k) is str and k.isascii() and _plain(v) for k, v in obj.items())
+    if t is list or t is tuple:
+        return all(_plain(v) for v in obj)
+    if t is float:
+        a = abs(obj)
+        return 1e-4 <= a < 1e16 and not a.is_integer()
+    return False  # subclasses (enums) and anything else: rfc8785 decides
 
 
 def _b64(data: bytes) -> str:

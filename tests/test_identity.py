@@ -8,6 +8,9 @@ import stat
 from pathlib import Path
 
 import pytest
+import rfc8785
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from core.errors import BadSignature, InputError, InvalidDid, KeystoreError
 from ledger import (
@@ -47,6 +50,26 @@ def test_canonical_json_is_sorted_compact_utf8() -> None:
     assert canonical_json({"b": 1, "a": {"z": "é", "y": [1, 2]}}) == '{"a":{"y":[1,2],"z":"é"},"b":1}'.encode()
     with pytest.raises(InputError, match="RFC 8785"):
         canonical_json({"x": float("nan")})
+
+
+_KEYS = st.text(max_size=5) | st.sampled_from(["a", "\U0001f600", "\ue000", "é"])
+_LEAF = (st.none() | st.booleans() | st.integers(min_value=-2**60, max_value=2**60) | st.floats() | st.text(max_size=10)
+         | st.sampled_from([0.1, 1e-4, 9.999e-5, 1e16, 5.0, -0.0, 123.456, float(2**53), "\ud800", "\u2028", "\x1f"]))
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.recursive(_LEAF, lambda c: st.lists(c, max_size=4) | st.dictionaries(_KEYS, c, max_size=4), max_leaves=20))
+def test_canonical_json_is_rfc8785_byte_for_byte(doc: object) -> None:
+    """The fast path (the C JSON encoder, for the documents it writes as JCS does) gives rfc8785's bytes."""
+    try:
+        expected: bytes | None = rfc8785.dumps(doc)  # type: ignore[arg-type]
+    except rfc8785.CanonicalizationError:
+        expected = None
+    if expected is None:
+        with pytest.raises(InputError):
+            canonical_json(doc)
+    else:
+        assert canonical_json(doc) == expected
 
 
 DOC = {"v": 1, "type": "bid", "id": "0b6a", "ts": "2026-11-24T10:00:00Z", "body": {"job": "j1", "price": 5_930_000, "eta_h": 5}}
