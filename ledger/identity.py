@@ -15,7 +15,7 @@ from typing import Any
 
 import rfc8785
 from nacl.exceptions import BadSignatureError, CryptoError
-from nacl.public import PublicKey, SealedBox
+from nacl.public import PrivateKey, PublicKey, SealedBox
 from nacl.signing import SigningKey, VerifyKey
 
 from core.errors import BadSignature, InputError, InvalidDid
@@ -156,11 +156,14 @@ def _unb64(text: str) -> bytes:
 class Identity:
     """An Ed25519 key pair. Its ``did`` is public; the seed never leaves the keystore."""
 
-    __slots__ = ("_key", "did")
+    __slots__ = ("_box", "_key", "did")
 
     def __init__(self, signing_key: SigningKey) -> None:
         self._key = signing_key
         self.did = did_from_public_key(bytes(signing_key.verify_key))
+        self._box: SealedBox[PrivateKey] | None = None
+        """The sealed box of the key's Curve25519 form, made at the first ``unseal``: deriving it
+        (a conversion and a scalar multiplication) cost a requester more than opening each bid."""
 
     @classmethod
     def generate(cls) -> Identity:
@@ -183,7 +186,10 @@ class Identity:
         """Open what ``seal_to(self.did, …)`` sealed (an X25519 sealed box on the key's Curve25519
         form), or raise ``BadSignature`` if it was not sealed to this identity or was altered."""
         try:
-            return SealedBox(self._key.to_curve25519_private_key()).decrypt(sealed)
+            box = self._box
+            if box is None:
+                box = self._box = SealedBox(self._key.to_curve25519_private_key())
+            return box.decrypt(sealed)
         except (CryptoError, ValueError, TypeError) as exc:
             raise BadSignature(f"not sealed to {self.did}, or altered: {exc}") from None
 
