@@ -45,6 +45,14 @@ _RANDOM_BATCH = 512
 a busy process's thread waits to get it back) for 512 envelopes instead of one each."""
 
 
+def _fresh_pool() -> None:
+    global _RANDOM
+    _RANDOM = threading.local()  # a forked child never reuses its parent's bits
+
+
+os.register_at_fork(after_in_child=_fresh_pool)
+
+
 def new_envelope_id() -> str:
     """A counter, then 64 random bits: ids of one process sort in the order they were made (a
     virtual clock hands out one sender's messages of one instant in that order), and nobody can
