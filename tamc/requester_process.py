@@ -42,7 +42,7 @@ def run_requester(name: str, broker_url: str, jobs_file: Path, *, ledger_url: st
     ledger = Ledger(ledger_url or folder.ledger_url)
     identity = Keystore(folder.keys).get_or_create(key_name(name))
     wallet = settlement.open_requester(ledger, name, identity.did, budget)
-    clock = _clock(folder.root / "requester-clock.json", speed)
+    clock, origin = _clock(folder.root / "requester-clock.json", speed)
     hub = Hub(broker_url, name=key_name(name), clock=clock, session=key_name(name), max_age_ms=SESSION_MAX_AGE_MS)
     journal = Journal(ledger.engine, wallet)
     ended: dict[str, JobOutcome] = {o.job_id: o for o in map(JobOutcome.model_validate_json, journal.ended())}
@@ -69,7 +69,9 @@ def run_requester(name: str, broker_url: str, jobs_file: Path, *, ledger_url: st
                       "resumed": requester.resumed, "ended_before": len(wanted & ended.keys())}), flush=True)
     before = len(ended)
     for n, (job, reserve) in enumerate(jobs):  # one it posted before is not posted again
-        requester.post(job, reserve=reserve, value=reserve, after_s=n * every_s)
+        # the n-th call is due every_s × n after the first start, not after this one: a restarted
+        # requester keeps the schedule (what came due while it was down goes out now)
+        requester.post(job, reserve=reserve, value=reserve, after_s=max(0.0, origin + n * every_s - clock.time()))
     if wanted <= ended.keys():
         finished.set()
     try:
@@ -95,15 +97,17 @@ def _jobs(path: Path) -> list[tuple[JobSpec, int]]:
     return [(j, int(j.max_price or 0)) for j in jobs]
 
 
-def _clock(path: Path, speed: float) -> ScaledClock:
+def _clock(path: Path, speed: float) -> tuple[ScaledClock, float]:
     """The market's clock at ``speed``, anchored in ``path`` on first start, so a restarted
-    requester keeps the market's time (its deadlines and the machines following its calls agree)."""
+    requester keeps the market's time (its deadlines and the machines following its calls agree),
+    and the market time of that first start (its calls' schedule counts from it)."""
     try:
         anchor = MarketAnchor(**json.loads(path.read_text("utf-8")))
         if anchor.speed == speed:
-            return ScaledClock.resume(anchor)
+            return ScaledClock.resume(anchor), anchor.market_s
     except (OSError, ValueError, TypeError):
         pass
     clock = ScaledClock(speed)
-    path.write_text(json.dumps(dataclasses.asdict(MarketAnchor(market_s=clock.time(), wall_s=time.time(), speed=speed))), "utf-8")
-    return clock
+    anchor = MarketAnchor(market_s=clock.time(), wall_s=time.time(), speed=speed)
+    path.write_text(json.dumps(dataclasses.asdict(anchor)), "utf-8")
+    return clock, anchor.market_s
