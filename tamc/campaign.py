@@ -6,7 +6,7 @@ While the requester posts its jobs, the harness SIGKILLs and restarts, one at a 
 moments, the broker, machine processes, the requester and PostgreSQL, and cuts every connection to
 the broker for a while (the clients reach it through a TCP gate the harness controls,
 ``hub.gate``). Every process's output and every fault goes into ``history.jsonl`` with the
-time it was seen; when the requester has seen every job end, ``market.history.check`` reads the
+time it was seen (each process's log into ``logs/``); when the requester has seen every job end, ``market.history.check`` reads the
 whole history and the ledger and gives the verdict. The same seed gives the same schedule.
 """
 
@@ -107,8 +107,11 @@ class _Run:
 
     def spawn(self, name: str, command: list[str]) -> None:
         self.commands[name] = command
-        proc = subprocess.Popen([sys.executable, "-m", "tamc", *command], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                text=True, cwd=ROOT, env={"PYTHONUNBUFFERED": "1", **_env()})
+        logs = self.folder / "logs"
+        logs.mkdir(exist_ok=True)
+        with (logs / f"{name}.log").open("a", encoding="utf-8") as log_file:  # each run of the process appends its log
+            proc = subprocess.Popen([sys.executable, "-m", "tamc", *command], stdout=subprocess.PIPE, stderr=log_file,
+                                    text=True, cwd=ROOT, env={"PYTHONUNBUFFERED": "1", **_env()})
         self.procs[name] = proc
         threading.Thread(target=self._read, args=(name, proc), daemon=True, name=f"read-{name}").start()
 

@@ -100,6 +100,8 @@ class Workshop:
                 self.runner.closed(contract, "taken over")
                 contract.move(ContractState.CANCELLED)
                 self.stop_running(contract)
+                # said aloud: the requester and anyone reading the job's history see that we let go
+                self.outbox.event(body.job_id, "aborted", detail=f"taken over by {body.machine_id}: our run stopped")
             self.offers.look()
             return
         self.stats.awards += 1
