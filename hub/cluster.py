@@ -77,7 +77,10 @@ def nats_node_config(name: str, folder: Path, ports: dict[str, int], routes: lis
         "listen": "127.0.0.1:-1",  # NATS's own clients: none here, any free port
         "jetstream": {"store_dir": str(folder / "jetstream"), "max_memory_store": 256 << 20, "max_file_store": 4 << 30},
         "mqtt": {"listen": f"127.0.0.1:{ports['mqtt']}", "stream_replicas": replicas, "ack_wait": "10s",
-                 "max_ack_pending": 1000,
+                 # QoS 1 messages out to one subscription before it acknowledges them; a session's
+                 # subscriptions may hold 65,535 in all, and TAMC subscribes per job: at 1,000 a
+                 # machine's 66th subscription was refused (the long campaign), at 64 it may hold 1,023
+                 "max_ack_pending": 64,
                  # a subscription's delivery state (a JetStream consumer) on one node, on disk: a QoS 1
                  # subscription then takes ~4 ms instead of ~350 ms (a raft group of three per
                  # subscription, and TAMC subscribes per job)

@@ -68,7 +68,9 @@ def run_requester(name: str, broker_url: str, jobs_file: Path, *, ledger_url: st
     print(json.dumps({"requester": name, "did": identity.did, "wallet": wallet, "state": "online",
                       "resumed": requester.resumed, "ended_before": len(wanted & ended.keys())}), flush=True)
     before = len(ended)
-    for n, (job, reserve) in enumerate(jobs):  # one it posted before is not posted again
+    for n, (job, reserve) in enumerate(jobs):
+        if journal.knows(f"{wallet}.{job.id}"):
+            continue  # posted before this restart: taken up from the journal, or ended
         # the n-th call is due every_s × n after the first start, not after this one: a restarted
         # requester keeps the schedule (what came due while it was down goes out now)
         requester.post(job, reserve=reserve, value=reserve, after_s=max(0.0, origin + n * every_s - clock.time()))
