@@ -32,7 +32,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 
 from hub.messages import Bid, CallForProposals, Offer
-from ledger import transaction
+from ledger import create_tables, transaction
 from machines.job import JobSpec
 
 __all__ = ["Journal", "RunRecord"]
@@ -84,7 +84,7 @@ class Journal:
     def __init__(self, engine: Engine, owner: str) -> None:
         self.engine = engine
         self.owner = owner
-        _meta.create_all(engine)
+        create_tables(engine, _meta)
         self._saved: dict[str, str] = {}
         """What each job's row holds now: a step that changed nothing writes nothing."""
 

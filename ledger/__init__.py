@@ -3,7 +3,7 @@
 Knows nothing of agents or the market; other packages call it.
 """
 
-from ledger._db import transaction
+from ledger._db import create_tables, transaction
 from ledger.book import DEFAULT_URL, Ledger
 from ledger.charter import Charter
 from ledger.governance import Governance
@@ -58,6 +58,7 @@ __all__ = [
     "StatementLine",
     "Tally",
     "canonical_json",
+    "create_tables",
     "did_from_public_key",
     "machine_wallet",
     "maintenance_budget",

@@ -40,7 +40,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.pool import StaticPool
 
 __all__ = [
-    "accounts", "audit", "aware", "balances", "charters", "connect", "entries", "escrows", "executions", "metadata", "postings",
+    "accounts", "audit", "aware", "balances", "charters", "connect", "create_tables", "entries", "escrows", "executions", "metadata", "postings",
     "proposals", "share_classes", "standings", "transaction", "votes",
 ]
 
@@ -220,9 +220,16 @@ def connect(url: str, *, durable: bool = True) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
     else:
         engine = create_engine(url, pool_pre_ping=True)
-    _retry(lambda: metadata.create_all(engine), (IntegrityError, ProgrammingError, OperationalError))
+    create_tables(engine, metadata)
     _retry(lambda: _upgrade(engine), (IntegrityError, ProgrammingError, OperationalError))
     return engine
+
+
+def create_tables(engine: Engine, tables: MetaData) -> None:
+    """``tables.create_all``, when other processes may be creating them at the same moment (many
+    ``tamc agent`` processes starting on a new PostgreSQL ledger): a collision is tried again, and
+    then finds the tables made."""
+    _retry(lambda: tables.create_all(engine), (IntegrityError, ProgrammingError, OperationalError))
 
 
 def _upgrade(engine: Engine) -> None:

@@ -25,7 +25,7 @@ from sqlalchemy import JSON, Boolean, Column, DateTime, Index, MetaData, String,
 from sqlalchemy.engine import Connection, Engine
 
 from core.errors import InputError, UnknownHandoff
-from ledger._db import transaction
+from ledger._db import create_tables, transaction
 
 T = TypeVar("T")
 
@@ -137,7 +137,7 @@ class Operations:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        _meta.create_all(engine)
+        create_tables(engine, _meta)
 
     def _read(self, fn: Callable[[Connection], T]) -> T:
         """A read that waits out a database restart like every write does."""
