@@ -117,8 +117,6 @@ class NatsCluster:
     """``with NatsCluster(folder) as cluster: url = cluster.admit("m1", "machine", node=1)``; the
     fault campaign ``kill``s and ``start``s nodes by index."""
 
-    kind = "nats"
-
     def __init__(self, folder: Path, nodes: int = 3, *, consumer_replicas: int = 1) -> None:
         binary = find_nats()
         if binary is None:
