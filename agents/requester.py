@@ -124,6 +124,8 @@ class _Run:
     accept_latency_ms: float | None = None
     reminded: set[str] = field(default_factory=set)
     """Machines told again (``_remind``) that the job is no longer theirs."""
+    heard: int = 0
+    """Market ms of the holder's latest event on the job (it is alive, whatever its presence said)."""
     timer: Timer | None = None
     watchdog: Timer | None = None
 
@@ -428,6 +430,7 @@ class Requester:
             return
         if run is None or run.state == "closed" or event.machine_id != run.machine or env.sender != run.machine_did:
             return  # not the machine holding the job now (a late or replaced one), or not signed by it
+        run.heard = self.clock.ms()
         if event.kind == "accepted" and run.state == "awarding":
             run.cancel()
             run.state = "contracted"
@@ -573,17 +576,18 @@ class Requester:
                 continue
             if run.machine == presence.machine_id and run.state in ("awarding", "contracted"):
                 if self.config.rejoin_s > 0 and run.state == "contracted":  # a cut or a restart: it may be back in a moment
-                    self._later(self.config.rejoin_s, self._still_gone, run, presence.machine_id)
+                    self._later(self.config.rejoin_s, self._still_gone, run, presence.machine_id, self.clock.ms())
                     continue
                 run.cancel()
                 self._drop_contractor(run, "went offline")
 
-    def _still_gone(self, run: _Run, machine: str) -> None:
-        """``rejoin_s`` after its holder went offline: back online (a new session), it keeps the job;
+    def _still_gone(self, run: _Run, machine: str, gone_at: int) -> None:
+        """``rejoin_s`` after its holder went offline: back online (a new session), or heard from on the
+        job since (its presence can come late or stale through a broker's restart), it keeps the job;
         else the job goes to the next bidder."""
         if run.state != "contracted" or run.machine != machine or run.held:
             return
-        if machine in self._online:
+        if machine in self._online or run.heard >= gone_at:
             log.info("job=%s machine=%s came back within %.0f s; it keeps the job", run.job.id, machine, self.config.rejoin_s)
             return
         run.cancel()
