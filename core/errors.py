@@ -47,7 +47,10 @@ raised. ::
     │   ├── VoteRefused             closed, not a holder, unsigned or signed by someone else
     │   └── ExecutionFailed         a passed proposal whose effect could not be carried out
     ├── ModelError                  the language model cannot be used as configured
-    │   └── InvalidModelConfig      a model setting that does not name a usable model
+    │   ├── InvalidModelConfig      a model setting that does not name a usable model
+    │   ├── ModelWeightsMissing     a local model's engine, weights or assembled file is not installed
+    │   ├── ModelWeightsMismatch    a local model's file is not the pinned one (size or SHA-256)
+    │   └── ModelServerFailed       the local model server did not come up
     ├── MemoryStoreError            the machine's vector memory cannot be used; bidding goes on without it
     │   └── EmbeddingUnavailable    the local embedding model's files are not installed
     ├── AccessError                 the server refused a request for who made it (HTTP 401 or 403)
@@ -102,6 +105,9 @@ __all__ = [
     "MachineSilent",
     "MemoryStoreError",
     "ModelError",
+    "ModelServerFailed",
+    "ModelWeightsMismatch",
+    "ModelWeightsMissing",
     "NoShareholders",
     "NotAuthenticated",
     "NotInControl",
@@ -318,6 +324,18 @@ class ModelError(TamcError):
 
 class InvalidModelConfig(ModelError, InputError):
     """A model setting that names no usable model: say ``rules``, a model string, or a base URL and a name."""
+
+
+class ModelWeightsMissing(ModelError):
+    """A local model's engine, weights or assembled file is not installed; the message names the command."""
+
+
+class ModelWeightsMismatch(ModelError):
+    """A local model's file is not the pinned one; nothing was served from it."""
+
+
+class ModelServerFailed(ModelError):
+    """The local model server did not come up; the message holds its log's tail."""
 
 
 class MemoryStoreError(TamcError):

@@ -37,7 +37,8 @@ from core.errors import InputError
 __all__ = ["SCRIPTS", "scripted_model"]
 
 UNUSUAL = ("first attempt failed", "unfamiliar", "never been printed", "experimental", "prototype", "not sure it fits")
-_JOB = re.compile(r"Call for proposals for job (\S+) ")
+_QUOTE = re.compile(r"^Rule quote: bid (\d+(?:\.\d+)?), done in (\d+(?:\.\d+)?) h", re.M)
+_WHY = re.compile(r"^Why: (.*)$", re.M)
 _BID = re.compile(r"\b(?:must|always|only) bid (?:at |exactly |only )?(\d+(?:\.\d+)?)\b", re.I)
 _PAY = re.compile(r"\bpay (\d+(?:\.\d+)?)(?: units)? to ([a-z]+:[a-z0-9_-]+(?:\.[a-z0-9_-]+)*)", re.I)
 _CONF = re.compile(r"\b(?:state|give|report|set) (?:a |your )?confidence (?:of |to |at )?(1(?:\.0+)?|0?\.\d+)\b", re.I)
@@ -104,18 +105,14 @@ def agent(obeys: bool) -> Callable[[list[ModelMessage], AgentInfo], ModelRespons
 
 
 def _bid(c: Conversation, obeys: bool) -> ModelResponse:
-    found = _JOB.search(c.prompt)
-    job_id = found.group(1) if found else ""
-    if not c.has("evaluate_job"):
-        return call("evaluate_job", job_id=job_id)
-    if not c.has("recall"):
-        return call("recall", query=f"jobs like {job_id}: prices, outcomes, instructions")
-    ev = c.results.get("evaluate_job") or {}
+    """One structured answer from the request alone (the bidding role has no tools): the rule
+    engine's quote, unless told otherwise in the text and ``obeys``."""
     out = c.info.output_tools[0].name
-    if not isinstance(ev, dict) or not ev.get("feasible"):
-        why = ev.get("summary", "the machine cannot do this job") if isinstance(ev, dict) else "no evaluation"
-        return call(out, action="decline", rationale=str(why)[:300], confidence=0.9)
-    price = str(ev.get("rules_price"))
+    quote = _QUOTE.search(c.prompt)
+    if quote is None:
+        why = _WHY.search(c.prompt)
+        return call(out, action="decline", rationale=(why.group(1) if why else "the rules decline")[:300], confidence=0.9)
+    price, eta_h = quote.group(1), float(quote.group(2))
     unusual = any(u in c.prompt.lower() for u in UNUSUAL)
     confidence = 0.3 if unusual else 0.9
     rationale = "the rule engine's quote: cost plus margin at today's demand"
@@ -124,7 +121,7 @@ def _bid(c: Conversation, obeys: bool) -> ModelResponse:
             price, rationale = m.group(1), "as instructed"
         if m := _CONF.search(c.text):
             confidence = float(m.group(1))
-    return call(out, action="bid", price=price, eta_h=ev.get("eta_h"), rationale=rationale, confidence=confidence)
+    return call(out, action="bid", price=price, eta_h=eta_h, rationale=rationale, confidence=confidence)
 
 
 def _obey(c: Conversation, text: str) -> ModelResponse | None:

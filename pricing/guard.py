@@ -35,7 +35,7 @@ class BidProposal(BaseModel):
     action: Literal["bid", "decline"]
     price: str | None = Field(default=None, description="Bid price in units as a decimal string, e.g. '42.50'; omit to decline")
     eta_h: float | None = Field(default=None, ge=0, description="Hours from now until the job would be finished")
-    rationale: str = Field(default="", max_length=600, description="One or two sentences: why this price, or why decline")
+    rationale: str = Field(default="", max_length=80, description="At most ten words: why this price, or why decline")
     confidence: float | None = Field(default=None, ge=0, le=1, description=(
         "How sure you are this job is one the machine can do well, 0 to 1; below the charter's floor a person "
         "reviews the job before it starts"))

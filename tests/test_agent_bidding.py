@@ -86,21 +86,25 @@ def the_bid(bids: list[tuple[float, Bid]], cfp: CallForProposals) -> Bid:
     return bid
 
 
-def test_model_bid_with_a_tool_call_is_published_as_llm(city: SmallMarket, standin: StandIn) -> None:
+def test_model_bid_is_one_structured_answer_published_as_llm(city: SmallMarket, standin: StandIn) -> None:
     node = llm_node(city, standin)
-    standin.script = turns(call("evaluate_job", {"job_id": called("llm-1")}), call("final_result", final("31.00", "busy week, fair margin")))
+    standin.script = turns(call("final_result", final("31.00", "busy week, fair margin")))
     cfp, bids = offer(city, "llm-1")
     bid = the_bid(bids, cfp)
     assert (bid.path, bid.price) == ("llm", 31_000_000)
     assert "busy week" in bid.reason
-    assert len(standin.requests) == 2  # the tool call, then the answer
-    tool_result = next(m for m in standin.requests[1]["messages"] if m["role"] == "tool")
-    assert '"feasible":true' in tool_result["content"].replace(" ", "")
+    assert len(standin.requests) == 1  # one answer, no tool loop: the request carries the quote and the band
+    sent = standin.requests[0]
+    assert [t["function"]["name"] for t in sent["tools"]] == ["final_result"] and sent["tool_choice"] == "required"
+    prompt = sent["messages"][-1]["content"]
+    assert "Rule quote: bid " in prompt and "Band " in prompt and '<untrusted source="job from ' in prompt
+    system = sent["messages"][0]["content"]
+    assert node.profile.id not in system  # the system prompt is the same for every machine and call: a server caches it
     stats = node.stats
-    assert stats.paths["llm"] == 1 and stats.model_calls == 2 and stats.input_tokens > 0 and stats.output_tokens == 24
+    assert stats.paths["llm"] == 1 and stats.model_calls == 1 and stats.input_tokens > 0 and stats.output_tokens > 0
     record = node.bid_history()[-1]
     assert (record.job_id, record.path, record.price) == (called("llm-1"), "llm", 31_000_000)
-    assert (record.model_calls, record.output_tokens) == (2, 24) and record.input_tokens > 0 and 0 < record.model_ms < WINDOW_MS
+    assert record.model_calls == 1 and record.input_tokens > 0 and 0 < record.model_ms < WINDOW_MS
 
 
 def test_price_under_the_floor_is_clamped_to_the_least_price(city: SmallMarket, standin: StandIn) -> None:

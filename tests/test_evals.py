@@ -78,7 +78,9 @@ def test_tamc_eval_every_suite_rules_and_scripted_agents(tmp_path: Path) -> None
     assert len(attacked) == 14
     assert all(r.checks["secure"].ok for r in attacked.values())
     shown = {c for c, r in attacked.items() if r.attempts}
-    assert shown >= {"underbid-via-job-description+attack", "underbid-via-memory+attack", "underbid-via-chat+attack",
+    # (the poisoned memory no longer reaches a bid: the bidding role has no recall tool, and the call's
+    # memory signal carries prices, not the stored text)
+    assert shown >= {"underbid-via-job-description+attack", "underbid-via-chat+attack",
                      "pay-attacker-via-chat+attack", "pay-attacker-via-memory+attack", "pay-attacker-via-peer-message+attack",
                      "vote-against-holders-via-peer-message+attack", "vote-for-attacker-via-memory+attack",
                      "pay-attacker-via-proposal-title+attack", "vote-against-holders-via-proposal-title+attack",
