@@ -44,6 +44,8 @@ class MachineAgent:
     def __init__(self, config: ModelConfig, model: Model | None = None) -> None:
         from pydantic_ai import Agent
 
+        from agents.habits import SmallModelHabits
+
         self.config = config
         self.model = model if model is not None else build_model(config)
         if self.model is None:
@@ -53,17 +55,17 @@ class MachineAgent:
         # prompt is the same for every call of every machine, so a server's prompt cache keeps it
         self.bidder: Agent[MachineDeps, BidProposal] = Agent(
             self.model, deps_type=MachineDeps, output_type=BidProposal, instructions=render("bidding"),
-            retries=1, name="bidder", defer_model_check=True,
+            retries=1, name="bidder", defer_model_check=True, model_settings={"temperature": 0.0},  # a price, not prose
         )
         everything = [telemetry_tools, wallet_tools, bidding_tools, governance_tools, memory_tools]
         self.chatter: Agent[MachineDeps, str] = Agent(
             self.model, deps_type=MachineDeps, output_type=str, instructions=_instructions("chat"),
-            toolsets=everything, retries=2, name="chat", defer_model_check=True,
+            toolsets=everything, retries=2, name="chat", defer_model_check=True, capabilities=[SmallModelHabits()],
         )
         self.governor: Agent[MachineDeps, str] = Agent(
             self.model, deps_type=MachineDeps, output_type=str, instructions=_instructions("governance"),
             toolsets=[telemetry_tools, wallet_tools.filtered(_only({"balance", "statement", "earnings"})), governance_tools, memory_tools],
-            retries=2, name="governance", defer_model_check=True,
+            retries=2, name="governance", defer_model_check=True, capabilities=[SmallModelHabits(max_calls=8)],
         )
 
     @property

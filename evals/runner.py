@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from evals.subjects import Outcome, Subject, load_subject
+from evals.subjects import BID_BUDGET_S, Outcome, Subject, load_subject
 from evals.suite import Env
 from evals.suites import SUITES, suite
 
@@ -108,9 +108,10 @@ class EvalReport(BaseModel):
 
 
 def run_evals(suites: list[str] | None = None, models: list[str] | None = None, *, repeat: int = 1,
-              base_url: str | None = None, api_key: str | None = None,
+              base_url: str | None = None, api_key: str | None = None, bid_budget_s: float = BID_BUDGET_S,
               progress: Callable[[str], None] | None = None) -> EvalReport:
-    """Run ``suites`` (all by default) for the rule engine and each of ``models``, ``repeat`` times each."""
+    """Run ``suites`` (all by default) for the rule engine and each of ``models``, ``repeat`` times
+    each; a model gets ``bid_budget_s`` seconds to price a call before the rules answer for it."""
     if repeat < 1:
         raise ValueError("repeat must be at least 1")
     names = list(suites or SUITES)
@@ -122,7 +123,7 @@ def run_evals(suites: list[str] | None = None, models: list[str] | None = None, 
     with ExitStack() as stack:
         subjects = []
         for model in wanted:  # an unknown model fails too before anything runs
-            subjects.append(load_subject(model, base_url=base_url, api_key=api_key))
+            subjects.append(load_subject(model, base_url=base_url, api_key=api_key, bid_budget_s=bid_budget_s))
             stack.callback(subjects[-1].close)
         reports = [_run_subject(subject, names, repeat, say) for subject in subjects]
     return EvalReport(started_at=started, wall_s=round(time.perf_counter() - t0, 2), repeat=repeat, suites=names, subjects=reports)

@@ -246,7 +246,8 @@ def _short(text: str, limit: int = 140) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def load_subject(model: str, *, base_url: str | None = None, api_key: str | None = None) -> Subject:
+def load_subject(model: str, *, base_url: str | None = None, api_key: str | None = None,
+                 bid_budget_s: float = BID_BUDGET_S) -> Subject:
     """``rules``; ``scripted:NAME`` (a deterministic scripted agent, ``evals.scripted``); or any model
     pydantic-ai can reach (``openai-chat:gpt-4o-mini``, a model name at ``base_url`` for Ollama or vLLM)."""
     if model == "rules":
@@ -255,7 +256,7 @@ def load_subject(model: str, *, base_url: str | None = None, api_key: str | None
     if model.startswith("scripted:"):
         from evals.scripted import scripted_model
 
-        return Subject(model, MachineAgent(config, model=scripted_model(model.removeprefix("scripted:"))))
+        return Subject(model, MachineAgent(config, model=scripted_model(model.removeprefix("scripted:"))), bid_budget_s=bid_budget_s)
     agent = MachineAgent(config)
     agent.runner.run(agent.prime())  # the server's prompt cache holds the bidding prefix before the first timed case
-    return Subject(config.label(), agent)
+    return Subject(config.label(), agent, bid_budget_s=bid_budget_s)

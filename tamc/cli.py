@@ -498,6 +498,8 @@ def eval_(
     repeat: Annotated[int, typer.Option("--repeat", "-k", help="Runs of each case; pass^k is the share of cases passing all k.", min=1, max=100)] = 1,
     base_url: BaseUrlOpt = None,
     api_key: ApiKeyOpt = None,
+    bid_budget: Annotated[float, typer.Option("--bid-budget", help="Seconds a model gets to price a call before the rules "
+                                                                  "answer for it.", min=0.1, max=3600)] = 20.0,
     out: Annotated[Path, typer.Option("--out", help="Folder for eval-report.json and eval-report.html.")] = Path("eval-report"),
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Longer decisions in the table.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the per-suite figures as one JSON object, as the last line.")] = False,
@@ -508,7 +510,7 @@ def eval_(
     from evals.runner import run_evals
 
     models = list(compare) if compare else [model]
-    report = run_evals(suites or None, models, repeat=repeat, base_url=base_url, api_key=api_key)
+    report = run_evals(suites or None, models, repeat=repeat, base_url=base_url, api_key=api_key, bid_budget_s=bid_budget)
     console = Console() if sys.stdout.isatty() else Console(width=180)  # a log or a pipe gets the whole table
     print_report(report, console, verbose=verbose)
     j = write_json(report, out / "eval-report.json")

@@ -1,0 +1,74 @@
+"""How the agent copes with a small model's habits, as a pydantic-ai capability the chat and
+governance roles carry (any model gets it; a capable one never trips it).
+
+Seen with the local Qwen2.5-Coder 0.5B and 1.5B (``agents.local_model``):
+
+- **Echoed schemas**: a tool without parameters called with its own JSON schema as arguments
+  (``{"type": "object", "properties": {}}``), which pydantic rejects as extra fields, so the call
+  never runs. Arguments the tool does not declare are dropped before validation (the model's call
+  stays in the history as it was).
+- **Repeated calls**: once a tool has answered, the model calls it again instead of writing the
+  answer, until the request limit ends the run with nothing said. After a repeated call, or after
+  ``max_calls`` calls in one turn, the tools are withdrawn for the next request: the model can then
+  only answer in words, from the results it already has.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic_ai import RunContext
+from pydantic_ai.capabilities import AbstractCapability
+from pydantic_ai.messages import ModelRequest, ModelResponse, ToolCallPart, UserPromptPart
+from pydantic_ai.tools import ToolDefinition
+
+__all__ = ["MAX_TOOL_CALLS", "SmallModelHabits"]
+
+MAX_TOOL_CALLS = 4
+"""Tool calls one answer may make before the model must write it (a stakeholder's question needs
+one to three reads)."""
+
+
+@dataclass
+class SmallModelHabits(AbstractCapability[Any]):
+    max_calls: int = MAX_TOOL_CALLS
+
+    async def prepare_tools(self, ctx: RunContext[Any], tool_defs: list[ToolDefinition]) -> list[ToolDefinition]:
+        calls = _calls_this_turn(ctx.messages)
+        seen = {(name, args) for name, args in calls[:-1]}
+        if len(calls) >= self.max_calls or (calls and calls[-1] in seen):
+            return []  # answer in words now, from what the tools already said
+        return tool_defs
+
+    async def before_tool_validate(self, ctx: RunContext[Any], *, call: ToolCallPart, tool_def: ToolDefinition,
+                                   args: Any) -> Any:
+        declared = set((tool_def.parameters_json_schema or {}).get("properties") or {})
+        parsed = _as_dict(args)
+        if parsed is None or set(parsed) <= declared:
+            return args
+        return {k: v for k, v in parsed.items() if k in declared}
+
+
+def _as_dict(args: Any) -> dict[str, Any] | None:
+    if isinstance(args, dict):
+        return args
+    if isinstance(args, str) and args.strip():
+        try:
+            value = json.loads(args)
+        except ValueError:
+            return None
+        return value if isinstance(value, dict) else None
+    return None
+
+
+def _calls_this_turn(messages: list[Any]) -> list[tuple[str, str]]:
+    """The (tool, arguments) the model called since the person's last words."""
+    calls: list[tuple[str, str]] = []
+    for m in messages:
+        if isinstance(m, ModelRequest) and any(isinstance(p, UserPromptPart) for p in m.parts):
+            calls = []
+        elif isinstance(m, ModelResponse):
+            calls += [(p.tool_name, json.dumps(_as_dict(p.args) or {}, sort_keys=True)) for p in m.parts if isinstance(p, ToolCallPart)]
+    return calls
