@@ -11,6 +11,9 @@ Seen with the local Qwen2.5-Coder 0.5B and 1.5B (``agents.local_model``):
   answer, until the request limit ends the run with nothing said. After a repeated call, or after
   ``max_calls`` calls in one turn, the tools are withdrawn for the next request: the model can then
   only answer in words, from the results it already has.
+- **A call written as the answer**: with the tools withdrawn, the 0.5B writes the call out as text.
+  ``answer_in_words`` sends it back once or twice asking for words; if it persists the run fails and
+  the caller answers without the model (chat's offline answer).
 """
 
 from __future__ import annotations
@@ -19,13 +22,15 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic_ai import RunContext
+from pydantic_ai import ModelRetry, RunContext
 from pydantic_ai.capabilities import AbstractCapability
 from pydantic_ai.messages import ModelRequest, ModelResponse, ToolCallPart, UserPromptPart
 from pydantic_ai.tools import ToolDefinition
 
-__all__ = ["MAX_TOOL_CALLS", "SmallModelHabits"]
+__all__ = ["MAX_TOOL_CALLS", "WORDS_PLEASE", "SmallModelHabits", "answer_in_words"]
 
+WORDS_PLEASE = "That is a tool call, and no tool is offered now. Write the answer in plain words, from the tool results above."
+"""The retry ``answer_in_words`` sends (pydantic-ai passes it as the person's words: it does not start a new turn)."""
 MAX_TOOL_CALLS = 4
 """Tool calls one answer may make before the model must write it (a stakeholder's question needs
 one to three reads)."""
@@ -67,8 +72,17 @@ def _calls_this_turn(messages: list[Any]) -> list[tuple[str, str]]:
     """The (tool, arguments) the model called since the person's last words."""
     calls: list[tuple[str, str]] = []
     for m in messages:
-        if isinstance(m, ModelRequest) and any(isinstance(p, UserPromptPart) for p in m.parts):
+        if isinstance(m, ModelRequest) and any(isinstance(p, UserPromptPart) and WORDS_PLEASE not in str(p.content) for p in m.parts):
             calls = []
         elif isinstance(m, ModelResponse):
             calls += [(p.tool_name, json.dumps(_as_dict(p.args) or {}, sort_keys=True)) for p in m.parts if isinstance(p, ToolCallPart)]
     return calls
+
+
+def answer_in_words(text: str) -> str:
+    """An output validator for a role answering in text: a tool call written out as the answer
+    (``{"name": …, "arguments": …}``) is sent back for words."""
+    parsed = _as_dict(text.strip().removeprefix("```json").removesuffix("```").strip())
+    if parsed is not None and {"name", "arguments"} <= set(parsed):
+        raise ModelRetry(WORDS_PLEASE)
+    return text

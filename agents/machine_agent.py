@@ -44,7 +44,7 @@ class MachineAgent:
     def __init__(self, config: ModelConfig, model: Model | None = None) -> None:
         from pydantic_ai import Agent
 
-        from agents.habits import SmallModelHabits
+        from agents.habits import SmallModelHabits, answer_in_words
 
         self.config = config
         self.model = model if model is not None else build_model(config)
@@ -62,6 +62,7 @@ class MachineAgent:
             self.model, deps_type=MachineDeps, output_type=str, instructions=_instructions("chat"),
             toolsets=everything, retries=2, name="chat", defer_model_check=True, capabilities=[SmallModelHabits()],
         )
+        self.chatter.output_validator(answer_in_words)
         self.governor: Agent[MachineDeps, str] = Agent(
             self.model, deps_type=MachineDeps, output_type=str, instructions=_instructions("governance"),
             toolsets=[telemetry_tools, wallet_tools.filtered(_only({"balance", "statement", "earnings"})), governance_tools, memory_tools],

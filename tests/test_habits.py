@@ -8,7 +8,7 @@ from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCall
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 from pydantic_ai.usage import UsageLimits
 
-from agents.habits import SmallModelHabits
+from agents.habits import WORDS_PLEASE, SmallModelHabits, answer_in_words
 
 
 def test_an_echoed_schema_runs_the_tool_and_a_repeated_call_gets_an_answer_in_words() -> None:
@@ -55,3 +55,13 @@ def test_the_cap_counts_calls_since_the_person_last_spoke() -> None:
     assert first.output == second.output == "done"
     for turn in (first, second):
         assert sum(isinstance(p, ToolCallPart) for m in turn.new_messages() for p in getattr(m, "parts", [])) == 2
+
+
+def test_a_call_written_out_as_the_answer_is_sent_back_for_words() -> None:
+    def model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        retried = any(WORDS_PLEASE in str(getattr(p, "content", "")) for m in messages for p in getattr(m, "parts", []))
+        return ModelResponse(parts=[TextPart("You earned 412.50 units." if retried else '{"name": "earnings", "arguments": {"period": "week"}}')])
+
+    agent: Agent[None, str] = Agent(FunctionModel(model))
+    agent.output_validator(answer_in_words)
+    assert agent.run_sync("How much this week?").output == "You earned 412.50 units."
