@@ -38,12 +38,15 @@ from hub.flight import flights, topics_match
 from hub.messages import Body, CallForProposals
 from ledger.identity import Identity
 
-__all__ = ["SESSION_EXPIRY_S", "SESSION_MAX_AGE_MS", "BrokerAddress", "Handler", "Hub", "parse_broker_url"]
+__all__ = ["BROKER_PATIENCE_S", "SESSION_EXPIRY_S", "SESSION_MAX_AGE_MS", "BrokerAddress", "Handler", "Hub", "parse_broker_url"]
 
 log = logging.getLogger("tamc.hub")
 
 Handler = Callable[[str, Envelope], None]
 RETAINED_STATE_TYPES = frozenset({"presence", "telemetry"})
+BROKER_PATIENCE_S = 120.0
+"""How long a long-running participant (``tamc agent``, ``tamc requester``) waits for its broker at
+start: one (re)started during an outage, or while a cluster's nodes restart, waits it out."""
 SESSION_EXPIRY_S = 24 * 3600
 """How long the broker keeps a persistent session (``Hub(session=…)``) of a participant that is away."""
 SESSION_MAX_AGE_MS = 15 * 60 * 1000

@@ -49,6 +49,10 @@ PROFILE = ROOT / "machines" / "profiles" / "prusa-01.toml"
 REQUESTER = "camp"
 
 
+WARM_UP_S = 120.0
+"""At most this long (real seconds) the faults wait for the market's first paid job."""
+
+
 class CampaignConfig(BaseModel):
     jobs: int = Field(default=100, ge=1)
     machines: int = Field(default=4, ge=2)
@@ -98,6 +102,8 @@ class _Run:
         self.procs: dict[str, subprocess.Popen[str]] = {}
         self.commands: dict[str, list[str]] = {}
         self.requester_done = threading.Event()
+        self.first_paid = threading.Event()
+        """The market has paid a job: it works, and the faults may begin."""
 
     def note(self, **fields: Any) -> None:
         op = Op(t=round(time.monotonic() - self.began, 3), **fields)
@@ -127,6 +133,8 @@ class _Run:
             elif "outcome" in said:
                 self.note(process=name, kind="ended", job=said.get("job"), machine=said.get("machine"), what=said["outcome"],
                           detail={"price": said.get("price"), "reason": said.get("reason")})
+                if said["outcome"] == "paid":
+                    self.first_paid.set()
         proc.stdout.close()
         if name == REQUESTER and proc.wait() == 0:
             self.requester_done.set()
@@ -202,8 +210,13 @@ def _campaign(config: CampaignConfig, folder: Path, progress: Callable[[str], No
                                   "--speed", str(s), "--bid-window-s", str(1.0 * s), "--accept-window-s", str(1.5 * s),
                                   "--every-s", str(config.every_s), "--data-dir", str(requester_data)])
             posting_s = config.jobs * config.every_s / s
+            # faults strike a market that works: the schedule starts once a first job is paid (a cold
+            # cluster, or a busy machine, can take seconds to carry its first messages)
+            if not run.first_paid.wait(WARM_UP_S):
+                progress(f"campaign: no job paid within {WARM_UP_S:.0f} s; the faults begin anyway")
+            began = time.monotonic()
             for at, kind, target in _schedule(config, rng, posting_s):
-                wait = at - (time.monotonic() - run.began)
+                wait = at - (time.monotonic() - began)
                 if wait > 0:
                     time.sleep(wait)
                 down = rng.uniform(*config.down_s)
@@ -249,7 +262,8 @@ def _campaign(config: CampaignConfig, folder: Path, progress: Callable[[str], No
 
 
 def _schedule(config: CampaignConfig, rng: random.Random, posting_s: float) -> list[tuple[float, str, str | None]]:
-    """Seeded fault moments while jobs are being posted and run, spaced so two never overlap."""
+    """Seeded fault moments (seconds after the first paid job) while jobs are being posted and run,
+    spaced so two never overlap."""
     kinds: list[tuple[str, str | None]] = [("broker", None)] * config.broker_kills
     kinds += [("machine", f"camp-{rng.randint(1, config.machines)}") for _ in range(config.machine_kills)]
     kinds += [("requester", None)] * config.requester_kills

@@ -26,7 +26,7 @@ from core.clock import MarketAnchor, ScaledClock
 from core.datadir import DataDir
 from core.errors import InvalidDid, InvalidOption, MemoryStoreError
 from hub.messages import JobEvent
-from hub.transport import SESSION_MAX_AGE_MS, Hub, parse_broker_url
+from hub.transport import BROKER_PATIENCE_S, SESSION_MAX_AGE_MS, Hub, parse_broker_url
 from ledger import Charter, Keystore, Ledger, public_key_from_did, settlement
 from ledger.governance import Governance
 from machines.driver import Driver, SimDriver
@@ -172,7 +172,7 @@ def _serve(node: MachineNode, data_dir: Path, model: ModelConfig, stop: threadin
     stop = stop or threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    node.start()
+    node.start(connect_timeout_s=BROKER_PATIENCE_S)
     joined = time.monotonic() + JOIN_WAIT_S  # "online" promises that a command sent now is heard: wait for the SUBACKs
     while not node.listening() and time.monotonic() < joined:
         time.sleep(0.01)

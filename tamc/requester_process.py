@@ -21,7 +21,7 @@ from agents.requester import JobOutcome, Requester, RequesterConfig
 from core.clock import MarketAnchor, ScaledClock
 from core.datadir import DataDir
 from core.errors import InputError
-from hub.transport import SESSION_MAX_AGE_MS, Hub
+from hub.transport import BROKER_PATIENCE_S, SESSION_MAX_AGE_MS, Hub
 from ledger import Keystore, Ledger, settlement
 from machines.job import JobSpec
 
@@ -60,7 +60,7 @@ def run_requester(name: str, broker_url: str, jobs_file: Path, *, ledger_url: st
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     requester = Requester(identity, hub, ledger, wallet, config=config, on_outcome=show, journal=journal)
-    hub.connect()
+    hub.connect(BROKER_PATIENCE_S)  # a process (re)started while its broker is down waits for it
     requester.start()
     resumed = threading.Event()
     requester.mailbox.post(resumed.set)  # after the journal's jobs were taken up

@@ -162,12 +162,13 @@ class MachineNode:
 
     # -- life --------------------------------------------------------------------------------------
 
-    def start(self) -> MachineNode:
-        """Join the market. A node on a hub of its own connects it with a last will saying offline;
-        on a shared, connected hub it has none and says offline itself when stopped."""
+    def start(self, connect_timeout_s: float = 10.0) -> MachineNode:
+        """Join the market. A node on a hub of its own connects it with a last will saying offline
+        (waiting up to ``connect_timeout_s`` for the broker); on a shared, connected hub it has none
+        and says offline itself when stopped."""
         if not self.hub.connected:
             self.hub.set_will(topics.presence(self.id), self.presence("offline"))
-            self.hub.connect()
+            self.hub.connect(connect_timeout_s)
         self.mailbox.call(self._join)
         return self
 
