@@ -31,9 +31,10 @@ __all__ = ["MAX_TOOL_CALLS", "WORDS_PLEASE", "SmallModelHabits", "answer_in_word
 
 WORDS_PLEASE = "That is a tool call, and no tool is offered now. Write the answer in plain words, from the tool results above."
 """The retry ``answer_in_words`` sends (pydantic-ai passes it as the person's words: it does not start a new turn)."""
-MAX_TOOL_CALLS = 4
-"""Tool calls one answer may make before the model must write it (a stakeholder's question needs
-one to three reads)."""
+MAX_TOOL_CALLS = 20
+"""Tool calls one answer may make before the model must write it: room for "check everything" (a
+capable model reads a dozen tools), a stop for a small model that wanders from tool to tool. A
+repeated call stops it sooner."""
 
 
 @dataclass

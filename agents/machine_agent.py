@@ -1,5 +1,7 @@
-"""The machine's LLM agent: one pydantic-ai agent per role (bidding, chat, governance) over the
-machine's toolsets, with the machine's profile and policy rendered into its instructions.
+"""The machine's LLM agent: one pydantic-ai agent per role. Chat and governance work over the
+machine's toolsets, with its profile and policy rendered into their instructions; bidding answers
+one request that carries what the decision needs, under a system prompt shared by every machine
+(small local models cannot afford a tool loop inside a bid window).
 
 Bidding is on the critical path, so the agent only proposes: ``propose_bid`` runs the model within
 the call's time budget (transient errors retried with tenacity, never past the budget) and returns
@@ -66,7 +68,7 @@ class MachineAgent:
         self.governor: Agent[MachineDeps, str] = Agent(
             self.model, deps_type=MachineDeps, output_type=str, instructions=_instructions("governance"),
             toolsets=[telemetry_tools, wallet_tools.filtered(_only({"balance", "statement", "earnings"})), governance_tools, memory_tools],
-            retries=2, name="governance", defer_model_check=True, capabilities=[SmallModelHabits(max_calls=8)],
+            retries=2, name="governance", defer_model_check=True, capabilities=[SmallModelHabits()],
         )
 
     @property
@@ -130,7 +132,7 @@ class MachineAgent:
         prompt = render("bid_request", profile=deps.machine.profile, job=call.job, requester=call.requester,
                         job_json=json.dumps(call.job.model_dump(mode="json", exclude=_STATED, exclude_none=True, exclude_defaults=True),
                                           separators=(",", ":")),
-                        reserve=call.reserve, budget_s=budget_s, rules=rules, band=bounds(rules, deps.policy, call.reserve),
+                        reserve=call.reserve, rules=rules, band=bounds(rules, deps.policy, call.reserve),
                         memory=call.memory)
         proposal: BidProposal | None = None
         try:
