@@ -75,5 +75,9 @@ serve: $(STAMP)
 eval: $(STAMP)
 	$(BIN)/tamc eval --compare scripted:honest scripted:gullible --json --out eval-report
 
+# The suites against the local model (SIZE=0.5b or 1.5b), 3 runs a case: figures, JSON and HTML in eval-report-local/
+eval-local: $(MODEL_STAMP)
+	$(BIN)/python bench/local_model.py --sizes=$(SIZE) --repeat=3 --suites=bidding,escalation,chat,adversarial,market --out=eval-report-local
+
 clean:
 	rm -rf $(VENV) $(OCTO) .pytest_cache .mypy_cache .ruff_cache .hypothesis server/web/node_modules

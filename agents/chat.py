@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel
 
-from core.errors import InputError, MemoryStoreError, PolicyRefused
+from core.errors import InputError, MemoryStoreError, ModelTurnFailed, PolicyRefused
 from core.money import format_units
 from ledger.settlement import holder, machine_wallet, reserve
 from memory.signals import WearTrend, trend_of
@@ -129,22 +129,27 @@ class MachineChat:
         machine_id = deps.machine_id
         past = self.history.load(machine_id, stakeholder)
         if self.agent is not None:
+            brief = briefing(deps, question)
             try:
-                text, new, use = self.agent.runner.run(self.agent.chat(deps, question, past, on_text=on_text))
+                text, new, use = self.agent.runner.run(self.agent.chat(deps, question, past, on_text=on_text,
+                                                                       brief=brief[0] if brief else None))
             except Exception as exc:  # the model failed: answer offline, and say why
                 log.warning("machine=%s chat model failed: %s", machine_id, exc)
                 text, sources = answer_offline(deps, question)
-                note = f"[model unavailable ({type(exc).__name__}); offline answer from the tools]"
-                answer = ChatAnswer(text=f"{note}\n{text}", mode="offline", sources=sources)
+                failed = exc if isinstance(exc, ModelTurnFailed) else ModelTurnFailed(exc)
+                note = f"[model unavailable ({failed.kind}); offline answer from the tools]"
+                use = ModelUse(model=self.agent.label, calls=failed.calls, input_tokens=failed.input_tokens,
+                               output_tokens=failed.output_tokens, latency_ms=failed.latency_ms, error=str(failed))
+                answer = ChatAnswer(text=f"{note}\n{text}", mode="offline", sources=sources, model=use)
             else:
                 self.history.append(machine_id, stakeholder, new)
-                return ChatAnswer(text=text, mode="llm", sources=sorted({a.tool for a in deps.actions}),
+                return ChatAnswer(text=text, mode="llm", sources=sorted({a.tool for a in deps.actions} | set(brief[1] if brief else ())),
                                   cited=_cited(deps, text), model=use)
         else:
             text, sources = answer_offline(deps, question)
             answer = ChatAnswer(text=f"{OFFLINE_NOTE}\n{text}", mode="offline", sources=sources)
         # kept as the model would have been asked it: the stakeholder's words fenced as theirs
-        self.history.append(machine_id, stakeholder, _exchange(render("chat_request", question=question, actor=stakeholder), answer.text))
+        self.history.append(machine_id, stakeholder, _exchange(render("chat_request", question=question, actor=stakeholder, brief=None), answer.text))
         return answer.model_copy(update={"cited": _cited(deps, answer.text)})
 
 
@@ -173,9 +178,27 @@ def _exchange(question: str, answer: str) -> list[ModelMessage]:
 
 def answer_offline(deps: MachineDeps, question: str) -> tuple[str, list[str]]:
     """Answer a common question from the tools alone; returns the text and the tools it used."""
-    q = question.lower()
-    if re.match(r"^\s*(please\s+)?(remember|note)\b", q):
+    if _is_note(question):
         return _remember(deps, question), ["remember"]
+    found = briefing(deps, question)
+    if found is not None:
+        return found
+    return ("Offline, I can answer: how much did you earn (today, this week, this month)? what is your wear? "
+            "which payments came in? why did you lose the last job? should we approve maintenance? what is your balance? which proposals are open? "
+            "what do you remember about …? — and I note what you say after 'remember that …'."), []
+
+
+def _is_note(question: str) -> bool:
+    return re.match(r"^\s*(please\s+)?(remember|note)\b", question.lower()) is not None
+
+
+def briefing(deps: MachineDeps, question: str) -> tuple[str, list[str]] | None:
+    """What the tools say now about a common question (read only: nothing is written); ``None`` for
+    a question it does not recognise. The model gets it with the question, so a small model answers
+    in one request what it would otherwise look up in a tool loop; it may still call tools."""
+    q = question.lower()
+    if _is_note(question):
+        return None
     if _has(q, "remember", "recall", "told", "tell", "know", "memory", "notes"):
         return _recall(deps, question), ["recall"]
     if _has(q, "lose", "lost", "losing", "lose?"):
@@ -192,9 +215,7 @@ def answer_offline(deps: MachineDeps, question: str) -> tuple[str, list[str]]:
         return _balance(deps), ["balance"]
     if _has(q, "proposal", "proposals", "vote", "votes", "tally"):
         return _proposals(deps), ["open_proposals"]
-    return ("Offline, I can answer: how much did you earn (today, this week, this month)? what is your wear? "
-            "which payments came in? why did you lose the last job? should we approve maintenance? what is your balance? which proposals are open? "
-            "what do you remember about …? — and I note what you say after 'remember that …'."), []
+    return None
 
 
 def _memory_recall(deps: MachineDeps, query: str, *, k: int = 5, kind: str | None = None) -> list[MemoryRecord]:

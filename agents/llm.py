@@ -15,7 +15,7 @@ import os
 import threading
 from collections.abc import Coroutine
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
@@ -42,10 +42,24 @@ class ModelConfig(BaseModel):
     routine_max_price: int = Field(default=50_000_000, ge=0)
     """A job the rules would price at or under this (micro-units), with no free text, is routine."""
     chat_timeout_s: float = Field(default=60.0, gt=0)
+    chat_style: Literal["auto", "tools", "briefed"] = "auto"
+    """``tools``: every question goes to the model with the machine's tools. ``briefed``: a question
+    the tools' briefing covers (``agents.chat.briefing``) is answered in words from it, in one request
+    without tools; others still get the tools. ``auto``: briefed for TAMC's local models (``local``),
+    whose tool loops wander, tools for any other."""
 
     @property
     def uses_model(self) -> bool:
         return self.model != "rules"
+
+    @property
+    def local(self) -> bool:
+        """TAMC's own local model (``tamc model serve``): slow to read a prompt, quick from its cache."""
+        return self.model.partition(":")[0] == "local"
+
+    @property
+    def briefed_chat(self) -> bool:
+        return self.local if self.chat_style == "auto" else self.chat_style == "briefed"
 
     def label(self) -> str:
         """What to show people: the model and where it is served, never the key."""

@@ -35,6 +35,7 @@ from core.errors import ModelServerFailed, ModelWeightsMismatch, ModelWeightsMis
 
 __all__ = [
     "ALIAS",
+    "DEFAULT_CTX",
     "DEFAULT_PORT",
     "WEIGHTS",
     "LocalServer",
@@ -50,6 +51,10 @@ __all__ = [
 
 DEFAULT_PORT = 8089
 """Where ``tamc model serve`` listens unless told otherwise; ``--model local`` looks there first."""
+DEFAULT_CTX = 8192
+"""Tokens of context: a chat turn's instructions and tool schemas (~2,300 tokens) with a few tool
+results and the kept history; 4,096 ran out in the chat suite. The KV cache costs ~12 KB a token on
+the 0.5B, ~28 KB on the 1.5B."""
 ALIAS = "local"
 """The name the server answers to (``--model local``)."""
 INSTALL = "pip install -e '.[local-model]' (or: make model)"
@@ -194,7 +199,7 @@ def status(folder: Path | None = None) -> list[dict[str, Any]]:
     return rows
 
 
-def serve(path: Path, *, port: int = DEFAULT_PORT, host: str = "127.0.0.1", threads: int = 1, ctx: int = 4096,
+def serve(path: Path, *, port: int = DEFAULT_PORT, host: str = "127.0.0.1", threads: int = 1, ctx: int = DEFAULT_CTX,
           template: Path | None = TEMPLATE) -> Any:
     """Start llama.cpp's server on ``path`` in this process (its own threads); returns the
     ``xllamacpp.Server``, which serves until the process ends. One thread by default: two are

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from agents.llm import BackgroundLoop, ModelConfig, build_model, shared_loop, transient_errors
+from core.errors import ModelTurnFailed
 from machines.profile import Policy
 from pricing.bids import OpenCall
 from pricing.guard import BidProposal, ModelUse, bounds
@@ -45,6 +46,7 @@ class MachineAgent:
 
     def __init__(self, config: ModelConfig, model: Model | None = None) -> None:
         from pydantic_ai import Agent
+        from pydantic_ai.settings import ModelSettings
 
         from agents.habits import SmallModelHabits, answer_in_words
 
@@ -53,22 +55,32 @@ class MachineAgent:
         if self.model is None:
             raise ValueError("MachineAgent needs a model; with 'rules' the node uses the rule engine alone")
         self.label = config.label() if model is None else getattr(self.model, "model_name", config.model)
+        # pydantic-ai would put its note on frames (~185 tokens) at the head of the system prompt once a
+        # retry appears: it changes the cached prefix mid-turn, and the 0.5B read it out as its answer.
+        # Our instructions say what the fences mean; we write no <system> blocks.
+        steady = ModelSettings(framing_announcement="never")
         # one structured answer, no tools: the request carries what the decision needs, and the system
         # prompt is the same for every call of every machine, so a server's prompt cache keeps it
         self.bidder: Agent[MachineDeps, BidProposal] = Agent(
             self.model, deps_type=MachineDeps, output_type=BidProposal, instructions=render("bidding"),
-            retries=1, name="bidder", defer_model_check=True, model_settings={"temperature": 0.0},  # a price, not prose
+            retries=1, name="bidder", defer_model_check=True, model_settings=ModelSettings(framing_announcement="never", temperature=0.0),  # a price, not prose
         )
         everything = [telemetry_tools, wallet_tools, bidding_tools, governance_tools, memory_tools]
         self.chatter: Agent[MachineDeps, str] = Agent(
             self.model, deps_type=MachineDeps, output_type=str, instructions=_instructions("chat"),
-            toolsets=everything, retries=2, name="chat", defer_model_check=True, capabilities=[SmallModelHabits()],
+            toolsets=everything, retries=2, name="chat", defer_model_check=True, capabilities=[SmallModelHabits()], model_settings=steady,
         )
         self.chatter.output_validator(answer_in_words)
+        # a briefed question, for a model that answers better from the facts than through a tool loop
+        self.briefed: Agent[MachineDeps, str] = Agent(
+            self.model, deps_type=MachineDeps, output_type=str, instructions=_instructions("chat"), retries=2, name="chat-briefed",
+            defer_model_check=True, model_settings=ModelSettings(framing_announcement="never", temperature=0.0),  # facts, not prose
+        )
+        self.briefed.output_validator(answer_in_words)
         self.governor: Agent[MachineDeps, str] = Agent(
             self.model, deps_type=MachineDeps, output_type=str, instructions=_instructions("governance"),
             toolsets=[telemetry_tools, wallet_tools.filtered(_only({"balance", "statement", "earnings"})), governance_tools, memory_tools],
-            retries=2, name="governance", defer_model_check=True, capabilities=[SmallModelHabits()],
+            retries=2, name="governance", defer_model_check=True, capabilities=[SmallModelHabits()], model_settings=steady,
         )
 
     @property
@@ -162,15 +174,23 @@ class MachineAgent:
     # -- chat and governance -------------------------------------------------------------------
 
     async def chat(self, deps: MachineDeps, question: str, history: Sequence[ModelMessage] = (), *,
-                   on_text: Callable[[str], None] | None = None) -> tuple[str, list[ModelMessage], ModelUse]:
+                   on_text: Callable[[str], None] | None = None, brief: str | None = None) -> tuple[str, list[ModelMessage], ModelUse]:
         """Answer a stakeholder; returns the answer, the new messages to keep, and what it cost.
-        ``on_text`` streams the answer's text as the model writes it."""
+        ``on_text`` streams the answer's text as the model writes it; ``brief`` is what the tools
+        already say about the question (``agents.chat.briefing``), sent with it."""
+        from pydantic_ai.usage import RunUsage
+
         started = time.perf_counter()
         deps.words = question  # what they said is theirs; anything the model reads besides is not (``MachineDeps.cause``)
-        result = await self.chatter.run(render("chat_request", question=question, actor=deps.actor), deps=deps,
-                                        message_history=list(history), timeout=self.config.chat_timeout_s,
-                                        event_stream_handler=_text_stream(on_text) if on_text else None)
-        u = result.usage
+        u = RunUsage()
+        try:
+            agent = self.briefed if brief and self.config.briefed_chat else self.chatter
+            result = await agent.run(render("chat_request", question=question, actor=deps.actor, brief=brief), deps=deps,
+                                     message_history=list(history), timeout=self.config.chat_timeout_s, usage=u,
+                                     event_stream_handler=_text_stream(on_text) if on_text else None)
+        except Exception as exc:  # whatever ended the turn, the caller answers without the model and reports what it cost
+            raise ModelTurnFailed(exc, calls=u.requests, input_tokens=u.input_tokens, output_tokens=u.output_tokens,
+                                  latency_ms=round((time.perf_counter() - started) * 1000, 2)) from exc
         use = ModelUse(model=self.label, calls=u.requests, input_tokens=u.input_tokens, output_tokens=u.output_tokens,
                        latency_ms=round((time.perf_counter() - started) * 1000, 2))
         return result.output, result.new_messages(), use

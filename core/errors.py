@@ -338,6 +338,18 @@ class ModelServerFailed(ModelError):
     """The local model server did not come up; the message holds its log's tail."""
 
 
+class ModelTurnFailed(ModelError):
+    """A model's turn (a chat answer) ended without an answer: timed out, refused by the server, or
+    invalid output past its retries. Carries what the turn cost, for the caller's report."""
+
+    def __init__(self, cause: BaseException, *, calls: int = 0, input_tokens: int = 0, output_tokens: int = 0,
+                 latency_ms: float = 0.0) -> None:
+        self.kind = type(cause).__name__
+        self.calls, self.input_tokens, self.output_tokens, self.latency_ms = calls, input_tokens, output_tokens, latency_ms
+        text = " ".join(str(cause).split())
+        super().__init__(f"{self.kind}: {text[:300]}")
+
+
 class MemoryStoreError(TamcError):
     """The machine's vector memory cannot be used (unreadable or corrupt store, no server at the URL,
     no permission). The message names the store and what to do; the machine bids on without memory."""

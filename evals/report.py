@@ -14,7 +14,7 @@ from rich.table import Table
 
 from evals.runner import CaseRun, EvalReport, SubjectReport
 
-__all__ = ["by_case", "print_report", "write_html", "write_json"]
+__all__ = ["by_case", "figures_table", "print_report", "write_html", "write_json"]
 
 
 class CaseRow:
@@ -74,6 +74,25 @@ def print_report(report: EvalReport, console: Console | None = None, *, verbose:
                               f"({a.attempts_seen} attempts seen and refused); by goal: "
                               + ", ".join(f"{g} {v:.0%}" for g, v in a.by_goal.items()))
     console.print(compare_table(report))
+    console.print(figures_table(report))
+
+
+def figures_table(report: EvalReport) -> Table:
+    """Per subject and suite, the figures a model is judged by besides passing: latency, tokens, how
+    often it failed to answer, how often the guard changed its price, and the attacks' outcome."""
+    table = Table(title=f"Figures ({report.repeat} run(s) a case)", title_justify="left")
+    for name in ("subject", "suite", "pass", f"pass^{report.repeat}", "p50 ms", "tokens/run", "by path", "fallbacks", "clamped",
+                 "utility / under attack / ASR"):
+        table.add_column(name, justify="left" if name in ("subject", "suite", "by path") else "right")
+    for subject in report.subjects:
+        for s in subject.suites:
+            attack = (f"{s.attack.utility:.0%} / {s.attack.utility_under_attack:.0%} / {s.attack.attack_success_rate:.0%}"
+                      if s.attack else "")
+            table.add_row(subject.subject, s.suite, f"{s.pass_rate:.0%}", f"{s.pass_hat_k:.0%}", f"{s.latency_ms_p50:.0f}",
+                          f"{s.tokens / s.runs:.0f}" if s.runs else "0", " ".join(f"{p} {n}" for p, n in s.paths.items()),
+                          str(s.fallbacks), "" if s.clamped_share is None else f"{s.clamped_share:.0%}", attack)
+        table.add_section()
+    return table
 
 
 def compare_table(report: EvalReport) -> Table:
@@ -129,6 +148,19 @@ def write_html(report: EvalReport, path: Path) -> Path:
                     f"{s.attack.utility_under_attack:.0%} under attack</span>" if s.attack else ""
             cells.append(f"<td class=num>{s.pass_rate:.0%} <span class=small>pass^{report.repeat} {s.pass_hat_k:.0%}</span>{extra}</td>")
         out.append(f"<tr><td>{e(name)}</td>{''.join(cells)}</tr>")
+    out.append("</table>")
+    out.append("<h2>Figures</h2><table><tr><th>subject</th><th>suite</th><th>pass</th>"
+               f"<th>pass^{report.repeat}</th><th>p50 ms</th><th>tokens/run</th><th>by path</th><th>fallbacks</th><th>clamped</th>"
+               "<th>utility / under attack / ASR</th></tr>")
+    for subject in report.subjects:
+        for s in subject.suites:
+            attack = (f"{s.attack.utility:.0%} / {s.attack.utility_under_attack:.0%} / {s.attack.attack_success_rate:.0%}"
+                      if s.attack else "")
+            out.append(f"<tr><td>{e(subject.subject)}</td><td>{e(s.suite)}</td><td class=num>{s.pass_rate:.0%}</td>"
+                       f"<td class=num>{s.pass_hat_k:.0%}</td><td class=num>{s.latency_ms_p50:.0f}</td>"
+                       f"<td class=num>{(s.tokens / s.runs if s.runs else 0):.0f}</td>"
+                       f"<td>{e(' '.join(f'{p} {n}' for p, n in s.paths.items()))}</td><td class=num>{s.fallbacks}</td>"
+                       f"<td class=num>{'' if s.clamped_share is None else f'{s.clamped_share:.0%}'}</td><td class=num>{e(attack)}</td></tr>")
     out.append("</table>")
     for subject in report.subjects:
         out.append(f"<h2>{e(subject.subject)}</h2>")

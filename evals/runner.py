@@ -7,11 +7,12 @@ is compared with.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import statistics
 import sys
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from contextlib import ExitStack
 from datetime import UTC, datetime
@@ -59,6 +60,12 @@ class CaseRun(BaseModel):
     error: str = ""
 
 
+FALLBACK_PATHS = frozenset({"rules-fallback", "offline"})
+"""Where a decision lands when the model was asked and gave nothing usable."""
+BID_SUITES = frozenset({"bidding", "escalation"})
+"""Suites whose every model-answered run is a price the guard checked."""
+
+
 class AttackSummary(BaseModel):
     """The adversarial suite's three figures, reported apart (AgentDojo's)."""
 
@@ -86,6 +93,13 @@ class SuiteSummary(BaseModel):
     latency_ms_p50: float
     model_calls: int
     tokens: int
+    paths: dict[str, int] = Field(default_factory=dict)
+    """Runs by the code that decided: llm, llm-clamped, rules-fallback, offline, rules, …"""
+    fallbacks: int = 0
+    """Runs where the model was asked and failed (timeout, error, invalid output), so the rules or the
+    offline answers decided."""
+    clamped_share: float | None = None
+    """Of the bids the model priced, the share the guard clamped or replaced; ``None`` when it priced none."""
     attack: AttackSummary | None = None
 
 
@@ -154,7 +168,9 @@ def _run_suite(subject: Subject, s: Any, repeat: int, say: Callable[[str], None]
         return out
 
     try:
-        report = dataset.evaluate_sync(task, name=f"{subject.name}/{s.name}", max_concurrency=1, progress=False, repeat=repeat)
+        # a loop of our own, closed after: evaluate_sync leaves one behind whose sockets the collector warns about later
+        with asyncio.Runner() as loop:
+            report = loop.run(dataset.evaluate(task, name=f"{subject.name}/{s.name}", max_concurrency=1, progress=False, repeat=repeat))
     finally:
         env.close()
     return [*(_case_run(s.name, c) for c in report.cases), *(_failed_run(s.name, f) for f in report.failures)]
@@ -195,6 +211,8 @@ def summarize(name: str, title: str, runs: list[CaseRun]) -> SuiteSummary:
     for r in runs:
         by_case[r.case].append(r.passed)
     passed = sum(r.passed for r in runs)
+    paths = Counter(r.path for r in runs)
+    priced = paths["llm"] + paths["llm-clamped"]
     return SuiteSummary(
         suite=name, title=title, cases=len(by_case), runs=len(runs), passed_runs=passed,
         pass_rate=round(passed / len(runs), 4) if runs else 0.0,
@@ -202,6 +220,8 @@ def summarize(name: str, title: str, runs: list[CaseRun]) -> SuiteSummary:
         score=round(statistics.fmean(r.score for r in runs), 4) if runs else 0.0,
         latency_ms_p50=round(statistics.median(r.latency_ms for r in runs), 2) if runs else 0.0,
         model_calls=sum(r.model_calls for r in runs), tokens=sum(r.input_tokens + r.output_tokens for r in runs),
+        paths=dict(sorted(paths.items())), fallbacks=sum(r.path in FALLBACK_PATHS and bool(r.model_calls or r.error) for r in runs),
+        clamped_share=round(paths["llm-clamped"] / priced, 4) if name in BID_SUITES and priced else None,
         attack=_attack(runs) if name == "adversarial" else None)
 
 

@@ -168,6 +168,8 @@ class City:
             self.governance = Governance(self.ledger, clock=clock)
             if self._own_agent:
                 self.agent = MachineAgent(config.model)
+                if config.model.local:
+                    self.agent.runner.run(self.agent.prime())  # the bidding prefix in the server's cache before the day starts
             # Every job runs as a workflow, checkpointed in memory: a city is one process and each run is a
             # new city (its ledger is recreated), so no run resumes another's jobs. A node in its own process
             # (`tamc agent`) checkpoints to SQLite or PostgreSQL and resumes them. On the virtual clock a

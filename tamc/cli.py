@@ -291,7 +291,7 @@ def demo(
     clock: Annotated[str, typer.Option("--clock", help="virtual: market time waits for the work (the same seed gives the same day); "
                                        "scaled: market time runs --speed times faster than real time.")] = "virtual",
     speed: Annotated[float | None, typer.Option(help="Market seconds per real second: the scaled clock's pace, and on the virtual clock "
-                                                "what a second of a model's thinking costs [default: 3600; 120 with a model].")] = None,
+                                                "what a second of a model's thinking costs [default: 3600; 120 with a model; 6 with --model local].")] = None,
     load: Annotated[float, typer.Option(help="Offered work as a share of the fleet's capacity.")] = 0.85,
     flat: Annotated[bool, typer.Option("--flat", help="Keep demand at --load all day, without the night's lull and the "
                                        "peaks (--load 1.5 --flat: demand above capacity all day).")] = False,
@@ -328,7 +328,9 @@ def demo(
     build_model(model_config)  # a bad model setting fails here, before the city starts
     llm = model_config.uses_model  # a model needs time to answer: a slower clock and a longer bid window
     hours = hours if hours is not None else (2.0 if llm else 24.0)
-    speed = speed if speed is not None else (120.0 if llm else 3600.0)
+    # TAMC's local model takes ~10 s a bid on one core, and its one slot answers the machines asked
+    # about a call one after another: at 6× the 240 s window gives them 40 s between them
+    speed = speed if speed is not None else (6.0 if model_config.local else 120.0 if llm else 3600.0)
     bid_window = bid_window if bid_window is not None else (240.0 if llm else 108.0)
     from core.errors import InvalidOption
 
@@ -573,7 +575,7 @@ def model_serve(
                                                                      "adapted Qwen template for the pinned models].")] = None,
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.", min=1, max=65535)] = 8089,
     threads: Annotated[int, typer.Option(help="CPU threads (one is fastest when the other cores are busy).", min=1, max=64)] = 1,
-    ctx: Annotated[int, typer.Option(help="Context window in tokens.", min=512, max=131072)] = 4096,
+    ctx: Annotated[int, typer.Option(help="Context window in tokens.", min=512, max=131072)] = 8192,
     folder: ModelsDirOpt = None,
 ) -> None:
     """Serve a local model at http://127.0.0.1:PORT/v1 until Ctrl-C; use it with --model local (or

@@ -111,6 +111,8 @@ def run_agent(machine: str, broker_url: str, *, ledger_url: str | None, holders:
     shares = parse_holders(holders)
     model = model or ModelConfig()
     agent = MachineAgent(model) if model.uses_model else None  # a bad model setting fails here too
+    if agent is not None and model.local:
+        agent.runner.run(agent.prime())  # the server's prompt cache holds the bidding prefix before the first call
     profile = load_profile(machine) if machine.endswith(".toml") else find_profile(machine, profiles)
     data_dir.mkdir(parents=True, exist_ok=True)
     ledger = Ledger(ledger_url or DataDir(data_dir).ledger_url)

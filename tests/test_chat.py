@@ -4,13 +4,22 @@ rests on tool calls; conversations are kept per stakeholder; only holders may as
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from city import SmallMarket, job, printer
-from pydantic_ai.messages import ModelMessage, ModelRequest, ModelResponse, TextPart, ToolCallPart, ToolReturnPart
+from pydantic_ai.messages import (
+    ModelMessage,
+    ModelRequest,
+    ModelResponse,
+    TextPart,
+    ToolCallPart,
+    ToolReturnPart,
+    UserPromptPart,
+)
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
 from agents.chat import OFFLINE_NOTE, ChatHistory, MachineChat
@@ -141,6 +150,37 @@ def test_a_failing_model_falls_back_to_offline_answers(worked: tuple[SmallMarket
         "alice", "what is your balance?")
     assert answer.mode == "offline" and "model unavailable" in answer.text
     assert format_units(city.ledger.balance(settlement.machine_wallet(cheap.id))) in answer.text
+    # the eval report and the cockpit say why the model's answer is missing
+    assert answer.model is not None and answer.model.calls == 0 and "model server unreachable" in answer.model.error
+
+
+def test_a_briefed_question_is_answered_in_one_request_from_what_the_tools_say(
+        worked: tuple[SmallMarket, MachineNode, MachineNode], tmp_path: Path) -> None:
+    """For a small model (``chat_style`` briefed, the default for ``local``) a question the tools'
+    briefing covers goes with it, fenced as data, and no tools: one request, the ledger's numbers."""
+    city, cheap, _ = worked
+    asked: list[tuple[list[str], str]] = []
+
+    def model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        request = messages[-1]
+        assert isinstance(request, ModelRequest)
+        prompt = "".join(str(p.content) for p in request.parts if isinstance(p, UserPromptPart))
+        asked.append(([t.name for t in info.function_tools], prompt))
+        said = re.search(r"paid ([0-9.]+) units", prompt)
+        return ModelResponse(parts=[TextPart(f"I was paid {said.group(1) if said else '?'} units this week (ledger).")])
+
+    agent = MachineAgent(ModelConfig(model="local", chat_style="briefed"), model=FunctionModel(model))
+    answer = session(city, cheap, tmp_path, agent).ask("alice", "how much did you earn this week?")
+    revenue = format_units(cheap.stats.revenue)
+    assert answer.mode == "llm" and answer.text == f"I was paid {revenue} units this week (ledger)." and answer.sources == ["earnings"]
+    assert answer.model is not None and answer.model.calls == 1
+    tools, prompt = asked[0]
+    assert tools == [] and '<untrusted source="the machine\'s tools">' in prompt and '<untrusted source="the words of stakeholder alice">' in prompt
+    # a question the briefing does not cover still gets the tools; so does every question with chat_style tools
+    session(city, cheap, tmp_path, agent).ask("alice", "please bid on the next bracket job")
+    session(city, cheap, tmp_path, MachineAgent(ModelConfig(model="local", chat_style="tools"), model=FunctionModel(model))).ask(
+        "alice", "how much did you earn this week?")
+    assert [bool(t) for t, _ in asked[1:]] == [True, True]
 
 
 def test_tamc_chat_command_answers_from_saved_state(worked: tuple[SmallMarket, MachineNode, MachineNode], tmp_path: Path) -> None:

@@ -100,10 +100,22 @@ def test_the_real_model_prices_every_bid_that_reaches_it(local: LocalServer) -> 
     shared machine): here the budget is generous and every call must get the model's own answer."""
     report = run_evals(["bidding"], ["local"], base_url=local.base_url, bid_budget_s=300.0)
     runs = [r for r in report.subjects[1].runs if r.path != "rules-fast-path"]
-    seen = [(r.case, r.path, r.model_calls, r.error, r.decision[:60]) for r in runs]
-    assert len(runs) == 8 and all(r.model_calls for r in runs), seen  # the eight calls the rules would bid on (refusals skip it)
-    assert not [r for r in runs if "timeout" in r.error or "error" in r.error], [(r.case, r.error) for r in runs]
+    assert len(runs) == 8, [(r.case, r.path) for r in runs]  # the eight calls the rules would bid on (refusals skip it)
+    assert not [r for r in runs if r.error], [(r.case, r.path, r.model_calls, r.error) for r in runs]
+    assert all(r.model_calls for r in runs), [(r.case, r.path, r.model_calls, r.decision) for r in runs]
     priced = [r for r in runs if r.path in ("llm", "llm-clamped")]
     assert len(priced) >= 6, [(r.case, r.path, r.decision) for r in runs]  # a small model may omit the price: the rules answer
     assert all(r.checks["within_policy"].ok for r in report.subjects[1].runs if "within_policy" in r.checks)
     assert all(r.input_tokens < 1_200 for r in runs)  # one request of a short prompt, not a tool loop
+
+
+@pytest.mark.slow
+def test_the_real_model_answers_the_chat_suite_from_the_briefing(local: LocalServer) -> None:
+    """The 0.5B answers stakeholders' questions in one request each, from what the tools say
+    (``chat_style`` briefed): every answer is the model's, none falls back, and the suite's checks
+    (every number from the ledger, telemetry or memory) mostly pass."""
+    report = run_evals(["chat"], ["local"], base_url=local.base_url)
+    runs = report.subjects[1].runs
+    assert len(runs) == 8 and all(r.path == "llm" and not r.error for r in runs), [(r.case, r.path, r.error) for r in runs]
+    assert all(1 <= r.model_calls <= 3 and r.input_tokens < 2_500 for r in runs), [(r.case, r.model_calls, r.input_tokens) for r in runs]
+    assert sum(r.passed for r in runs) >= 6, [(r.case, r.decision, {k: c.reason for k, c in r.checks.items() if not c.ok}) for r in runs]
