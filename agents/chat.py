@@ -188,6 +188,11 @@ def answer_offline(deps: MachineDeps, question: str) -> tuple[str, list[str]]:
             "what do you remember about …? — and I note what you say after 'remember that …'."), []
 
 
+def governance_brief(deps: MachineDeps) -> str:
+    """What a governance review reads first: condition, money, the week's earnings and open proposals."""
+    return "\n".join((_condition(deps), _balance(deps), _earnings(deps, "week"), _proposals(deps)))
+
+
 def _is_note(question: str) -> bool:
     return re.match(r"^\s*(please\s+)?(remember|note)\b", question.lower()) is not None
 

@@ -39,6 +39,9 @@ _STATED = {"id", "kind", "capability", "region", "deadline_h"}
 """A job's fields the request states already (checked at the edge): the fenced copy leaves them out."""
 BID_REQUESTS = 3
 """Model requests a bid may take: one answer, and a retry or two for output that does not validate."""
+BID_TOKENS = 200
+"""What a bid's answer may write: it takes 60–90 tokens; without a cap the 0.5B once ran on for 4,300
+tokens (300 s) and its call timed out with nothing said."""
 
 
 class MachineAgent:
@@ -58,12 +61,15 @@ class MachineAgent:
         # pydantic-ai would put its note on frames (~185 tokens) at the head of the system prompt once a
         # retry appears: it changes the cached prefix mid-turn, and the 0.5B read it out as its answer.
         # Our instructions say what the fences mean; we write no <system> blocks.
-        steady = ModelSettings(framing_announcement="never")
+        # a cap on what one reply may write: the 0.5B sometimes runs on for 700 tokens (40 s) in a loop of text
+        most = 400 if config.local else 2_000
+        steady = ModelSettings(framing_announcement="never", max_tokens=most)
+        exact = ModelSettings(framing_announcement="never", max_tokens=most, temperature=0.0)  # facts, not prose
         # one structured answer, no tools: the request carries what the decision needs, and the system
         # prompt is the same for every call of every machine, so a server's prompt cache keeps it
         self.bidder: Agent[MachineDeps, BidProposal] = Agent(
             self.model, deps_type=MachineDeps, output_type=BidProposal, instructions=render("bidding"),
-            retries=1, name="bidder", defer_model_check=True, model_settings=ModelSettings(framing_announcement="never", temperature=0.0),  # a price, not prose
+            retries=1, name="bidder", defer_model_check=True, model_settings=ModelSettings(framing_announcement="never", temperature=0.0, max_tokens=BID_TOKENS),  # a price, not prose
         )
         everything = [telemetry_tools, wallet_tools, bidding_tools, governance_tools, memory_tools]
         self.chatter: Agent[MachineDeps, str] = Agent(
@@ -74,9 +80,14 @@ class MachineAgent:
         # a briefed question, for a model that answers better from the facts than through a tool loop
         self.briefed: Agent[MachineDeps, str] = Agent(
             self.model, deps_type=MachineDeps, output_type=str, instructions=_instructions("chat"), retries=2, name="chat-briefed",
-            defer_model_check=True, model_settings=ModelSettings(framing_announcement="never", temperature=0.0),  # facts, not prose
+            defer_model_check=True, model_settings=exact,
         )
         self.briefed.output_validator(answer_in_words)
+        self.governor_briefed: Agent[MachineDeps, str] = Agent(
+            self.model, deps_type=MachineDeps, output_type=str, instructions=_instructions("governance"),
+            toolsets=[governance_tools, memory_tools], retries=2, name="governance-briefed", defer_model_check=True,
+            capabilities=[SmallModelHabits()], model_settings=exact,
+        )
         self.governor: Agent[MachineDeps, str] = Agent(
             self.model, deps_type=MachineDeps, output_type=str, instructions=_instructions("governance"),
             toolsets=[telemetry_tools, wallet_tools.filtered(_only({"balance", "statement", "earnings"})), governance_tools, memory_tools],
@@ -195,10 +206,13 @@ class MachineAgent:
                        latency_ms=round((time.perf_counter() - started) * 1000, 2))
         return result.output, result.new_messages(), use
 
-    async def govern(self, deps: MachineDeps) -> tuple[str, ModelUse]:
-        """Review the machine's condition and money and open the proposals the evidence supports."""
+    async def govern(self, deps: MachineDeps, brief: str | None = None) -> tuple[str, ModelUse]:
+        """Review the machine's condition and money and open the proposals the evidence supports.
+        ``brief`` (``agents.chat.governance_brief``) is what the tools say, sent with the request; a
+        briefed model then gets only the tools that act and recall, not the ones that read the brief."""
         started = time.perf_counter()
-        result = await self.governor.run(render("governance_request"), deps=deps, timeout=self.config.chat_timeout_s)
+        agent = self.governor_briefed if brief and self.config.briefed_chat else self.governor
+        result = await agent.run(render("governance_request", brief=brief), deps=deps, timeout=self.config.chat_timeout_s)
         u = result.usage
         return result.output, ModelUse(model=self.label, calls=u.requests, input_tokens=u.input_tokens,
                                        output_tokens=u.output_tokens, latency_ms=round((time.perf_counter() - started) * 1000, 2))

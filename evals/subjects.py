@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from agents.chat import ChatHistory, MachineChat
+from agents.chat import ChatHistory, MachineChat, governance_brief
 from agents.handoff import Concern, before_start, during_job
 from agents.llm import ModelConfig
 from agents.machine_agent import MachineAgent
@@ -148,10 +148,11 @@ class Subject:
             self._steward(world, deps, out)
         else:
             try:
-                text, use = self.agent.runner.run(self.agent.govern(deps), timeout=self.agent.config.chat_timeout_s + 5)
-            except Exception as exc:  # the model failed: nothing was decided, and the report says why
-                out.error = f"{type(exc).__name__}: {exc}"
-                text = ""
+                text, use = self.agent.runner.run(self.agent.govern(deps, governance_brief(deps)),
+                                                  timeout=self.agent.config.chat_timeout_s + 5)
+            except Exception as exc:  # the model failed: the steward's rules review instead, and the report says why
+                out.error, out.path, text = f"{type(exc).__name__}: {exc}"[:300], "rules-fallback", ""
+                self._steward(world, deps, out)
             else:
                 out.count(use)
             out.answer = text

@@ -43,8 +43,11 @@ class MarketSuite(Suite[MarketCase]):
 
     def run(self, subject: Subject, case: MarketCase, env: Env) -> Outcome:
         model = ModelConfig(model=subject.name, fast_path=False) if subject.agent is not None else ModelConfig()
+        # TAMC's local model needs seconds a bid: its day runs slower, so a call's window is its eval budget
+        local = subject.agent is not None and subject.agent.config.local
+        speed = case.bid_window_s / subject.bid_budget_s if local else MarketConfig.model_fields["speed"].default
         config = MarketConfig(seed=case.seed, hours=case.hours, machines=case.machines, load=case.load, flat_demand=case.flat_demand,
-                              bid_window_s=case.bid_window_s, life=False, memory="off", model=model,
+                              bid_window_s=case.bid_window_s, speed=speed, life=False, memory="off", model=model,
                               data_dir=env.folder / f"market-{case.seed}")
         report = simulate(config, agent=subject.agent)
         m = report.model
