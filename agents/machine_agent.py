@@ -58,18 +58,19 @@ class MachineAgent:
         if self.model is None:
             raise ValueError("MachineAgent needs a model; with 'rules' the node uses the rule engine alone")
         self.label = config.label() if model is None else getattr(self.model, "model_name", config.model)
-        # pydantic-ai would put its note on frames (~185 tokens) at the head of the system prompt once a
-        # retry appears: it changes the cached prefix mid-turn, and the 0.5B read it out as its answer.
-        # Our instructions say what the fences mean; we write no <system> blocks.
-        # a cap on what one reply may write: the 0.5B sometimes runs on for 700 tokens (40 s) in a loop of text
+        # framing_announcement: pydantic-ai would put its note on frames (~185 tokens) at the head of the
+        # system prompt once a retry appears, changing the cached prefix mid-turn (and the 0.5B read it
+        # out as its answer); our instructions say what the fences mean, and we write no <system> blocks.
+        # max_tokens: the 0.5B sometimes runs on for hundreds of tokens in a loop of text.
         most = 400 if config.local else 2_000
         steady = ModelSettings(framing_announcement="never", max_tokens=most)
         exact = ModelSettings(framing_announcement="never", max_tokens=most, temperature=0.0)  # facts, not prose
+        priced = ModelSettings(framing_announcement="never", max_tokens=BID_TOKENS, temperature=0.0)  # a price, not prose
         # one structured answer, no tools: the request carries what the decision needs, and the system
         # prompt is the same for every call of every machine, so a server's prompt cache keeps it
         self.bidder: Agent[MachineDeps, BidProposal] = Agent(
             self.model, deps_type=MachineDeps, output_type=BidProposal, instructions=render("bidding"),
-            retries=1, name="bidder", defer_model_check=True, model_settings=ModelSettings(framing_announcement="never", temperature=0.0, max_tokens=BID_TOKENS),  # a price, not prose
+            retries=1, name="bidder", defer_model_check=True, model_settings=priced,
         )
         everything = [telemetry_tools, wallet_tools, bidding_tools, governance_tools, memory_tools]
         self.chatter: Agent[MachineDeps, str] = Agent(

@@ -118,6 +118,22 @@ def test_pass_hat_k_counts_cases_passing_every_run() -> None:
     assert (s.pass_rate, s.pass_hat_k, s.cases, s.runs) == (0.75, 0.5, 2, 4)
 
 
+def test_the_figures_count_paths_fallbacks_and_the_guards_share() -> None:
+    """A fallback is a run the model was asked and failed (a refusal the rules settle alone is not);
+    the clamped share is of the bids the model priced."""
+    def run(path: str, *, calls: int = 1, error: str = "") -> CaseRun:
+        return CaseRun(suite="bidding", case=path, run=1, passed=True, score=1.0, decision="", path=path, latency_ms=1.0,
+                       model_calls=calls, error=error)
+
+    runs = [run("llm"), run("llm"), run("llm"), run("llm-clamped"), run("rules-fallback", calls=0, error="timeout: no answer"),
+            run("rules-fast-path", calls=0)]
+    s = summarize("bidding", "t", runs)
+    assert s.paths == {"llm": 3, "llm-clamped": 1, "rules-fallback": 1, "rules-fast-path": 1}
+    assert s.fallbacks == 1 and s.clamped_share == 0.25
+    chat = summarize("chat", "t", [run("llm"), run("offline", calls=2, error="RunTimedOut: …"), run("offline", calls=0)])
+    assert chat.fallbacks == 1 and chat.clamped_share is None  # a chat answer is no price
+
+
 # -- the real openai client path ---------------------------------------------------------------------
 
 def test_model_over_http_is_scored_and_its_underbid_clamped() -> None:
