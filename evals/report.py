@@ -12,7 +12,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from evals.runner import CaseRun, EvalReport, SubjectReport
+from evals.runner import CaseRun, EvalReport, SubjectReport, SuiteSummary
 
 __all__ = ["by_case", "figures_table", "print_report", "write_html", "write_json"]
 
@@ -86,13 +86,17 @@ def figures_table(report: EvalReport) -> Table:
         table.add_column(name, justify="left" if name in ("subject", "suite", "by path") else "right")
     for subject in report.subjects:
         for s in subject.suites:
-            attack = (f"{s.attack.utility:.0%} / {s.attack.utility_under_attack:.0%} / {s.attack.attack_success_rate:.0%}"
-                      if s.attack else "")
-            table.add_row(subject.subject, s.suite, f"{s.pass_rate:.0%}", f"{s.pass_hat_k:.0%}", f"{s.latency_ms_p50:.0f}",
-                          f"{s.tokens / s.runs:.0f}" if s.runs else "0", " ".join(f"{p} {n}" for p, n in s.paths.items()),
-                          str(s.fallbacks), "" if s.clamped_share is None else f"{s.clamped_share:.0%}", attack)
+            table.add_row(subject.subject, *_figures(s))
         table.add_section()
     return table
+
+
+def _figures(s: SuiteSummary) -> tuple[str, ...]:
+    """One suite's row of the figures table (after the subject), as text."""
+    attack = f"{s.attack.utility:.0%} / {s.attack.utility_under_attack:.0%} / {s.attack.attack_success_rate:.0%}" if s.attack else ""
+    return (s.suite, f"{s.pass_rate:.0%}", f"{s.pass_hat_k:.0%}", f"{s.latency_ms_p50:.0f}", f"{s.tokens / s.runs if s.runs else 0:.0f}",
+            " ".join(f"{p} {n}" for p, n in s.paths.items()), str(s.fallbacks),
+            "" if s.clamped_share is None else f"{s.clamped_share:.0%}", attack)
 
 
 def compare_table(report: EvalReport) -> Table:
@@ -154,13 +158,7 @@ def write_html(report: EvalReport, path: Path) -> Path:
                "<th>utility / under attack / ASR</th></tr>")
     for subject in report.subjects:
         for s in subject.suites:
-            attack = (f"{s.attack.utility:.0%} / {s.attack.utility_under_attack:.0%} / {s.attack.attack_success_rate:.0%}"
-                      if s.attack else "")
-            out.append(f"<tr><td>{e(subject.subject)}</td><td>{e(s.suite)}</td><td class=num>{s.pass_rate:.0%}</td>"
-                       f"<td class=num>{s.pass_hat_k:.0%}</td><td class=num>{s.latency_ms_p50:.0f}</td>"
-                       f"<td class=num>{(s.tokens / s.runs if s.runs else 0):.0f}</td>"
-                       f"<td>{e(' '.join(f'{p} {n}' for p, n in s.paths.items()))}</td><td class=num>{s.fallbacks}</td>"
-                       f"<td class=num>{'' if s.clamped_share is None else f'{s.clamped_share:.0%}'}</td><td class=num>{e(attack)}</td></tr>")
+            out.append("<tr>" + "".join(f"<td>{e(cell)}</td>" for cell in (subject.subject, *_figures(s))) + "</tr>")
     out.append("</table>")
     for subject in report.subjects:
         out.append(f"<h2>{e(subject.subject)}</h2>")
