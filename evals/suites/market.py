@@ -55,6 +55,8 @@ class MarketSuite(Suite[MarketCase]):
                                f"(planner {report.planner_efficiency:.3f}, FCFS {report.baseline_efficiency:.3f}), utilization {report.fleet_utilization:.3f}",
                       path=", ".join(f"{k} {v}" for k, v in sorted(report.decisions.items())) or "none",
                       model_calls=m.calls if m else 0, input_tokens=m.input_tokens if m else 0, output_tokens=m.output_tokens if m else 0)
+        if m is not None and m.errors:  # why the model's answers were not used: the report's evidence for its fallbacks
+            out.decision += "; model answers not used: " + ", ".join(f"{k} {v}" for k, v in sorted(m.errors.items()))
         out.facts.update(efficiency=report.efficiency, utilization=report.fleet_utilization, paid=report.paid, posted=report.posted,
                          baseline_efficiency=report.baseline_efficiency, planner_efficiency=report.planner_efficiency, double_awards=report.double_awards,
                          welfare=report.welfare, optimum_welfare=report.optimum_welfare)
