@@ -31,9 +31,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection
 
+from agents.negotiation import Negotiation
 from hub.messages import Bid, CallForProposals, Offer
 from ledger import create_tables, transaction
 from machines.job import JobSpec
+from pricing.haggle import RequesterStrategy
 
 __all__ = ["Journal", "RunRecord"]
 
@@ -60,7 +62,7 @@ class RunRecord(BaseModel):
     bids: list[Bid] = []
     ranked: list[Bid] = []
     excluded: list[str] = []
-    state: Literal["bidding", "awarding", "contracted", "closed"] = "bidding"
+    state: Literal["bidding", "haggling", "awarding", "contracted", "closed"] = "bidding"
     attempt: int = 0
     machine: str | None = None
     machine_did: str | None = None
@@ -76,6 +78,9 @@ class RunRecord(BaseModel):
     moved: int = 0
     accept_latency_ms: float | None = None
     awards_sent: list[str] = []
+    strategy: RequesterStrategy | None = None
+    negotiation: Negotiation | None = None
+    deadline_at: int | None = None
 
 
 class Journal:

@@ -17,13 +17,14 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncIterable, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from agents.llm import BackgroundLoop, ModelConfig, build_model, shared_loop, transient_errors
 from core.errors import ModelTurnFailed
 from machines.profile import Policy
 from pricing.bids import OpenCall
 from pricing.guard import BidProposal, ModelUse, bounds
+from pricing.haggle import CounterProposal, HaggleAsk
 from pricing.rules import Decision, MachineStatus, MarketContext
 from prompts import render
 from tools import MachineDeps, bidding_tools, governance_tools, memory_tools, telemetry_tools, wallet_tools
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
     from pydantic_ai.models import Model
 
 __all__ = ["MachineAgent"]
+
+_Out = TypeVar("_Out")
 
 _STATED = {"id", "kind", "capability", "region", "deadline_h"}
 """A job's fields the request states already (checked at the edge): the fenced copy leaves them out."""
@@ -71,6 +74,10 @@ class MachineAgent:
         self.bidder: Agent[MachineDeps, BidProposal] = Agent(
             self.model, deps_type=MachineDeps, output_type=BidProposal, instructions=render("bidding"),
             retries=1, name="bidder", defer_model_check=True, model_settings=priced,
+        )
+        self.haggler: Agent[MachineDeps, CounterProposal] = Agent(
+            self.model, deps_type=MachineDeps, output_type=CounterProposal, instructions=render("haggling"),
+            retries=1, name="haggler", defer_model_check=True, model_settings=priced,
         )
         everything = [telemetry_tools, wallet_tools, bidding_tools, governance_tools, memory_tools]
         self.chatter: Agent[MachineDeps, str] = Agent(
@@ -139,6 +146,24 @@ class MachineAgent:
 
     async def propose_bid(self, deps: MachineDeps, call: OpenCall, rules: Decision, budget_s: float) -> tuple[BidProposal | None, ModelUse]:
         """Ask the model for a bid within ``budget_s`` seconds; ``None`` and the reason if it fails."""
+        deps.heard(f"job from {call.requester}")  # the call's words are fenced in the prompt: what the model does next is on them too
+        prompt = render("bid_request", profile=deps.machine.profile, job=call.job, requester=call.requester,
+                        job_json=json.dumps(call.job.model_dump(mode="json", exclude=_STATED, exclude_none=True, exclude_defaults=True),
+                                          separators=(",", ":")),
+                        reserve=call.reserve, rules=rules, band=bounds(rules, deps.policy, call.reserve),
+                        memory=call.memory)
+        return await self._structured(self.bidder, prompt, deps, budget_s)
+
+    async def propose_counter(self, deps: MachineDeps, ask: HaggleAsk, budget_s: float) -> tuple[CounterProposal | None, ModelUse]:
+        """Ask the model how to answer a requester's counter within ``budget_s`` seconds; ``None`` and
+        the reason if it fails (the rules answer instead). ``pricing.haggle.guard_counter`` checks it."""
+        deps.heard(f"counter from {ask.requester}")
+        prompt = render("haggle_request", profile=deps.machine.profile, **ask.model_dump(exclude={"band"}), band=ask.band)
+        return await self._structured(self.haggler, prompt, deps, budget_s)
+
+    async def _structured(self, agent: Agent[MachineDeps, _Out], prompt: str, deps: MachineDeps,
+                          budget_s: float) -> tuple[_Out | None, ModelUse]:
+        """One structured answer within ``budget_s`` (transient errors retried inside it), and what it cost."""
         from pydantic_ai.exceptions import AgentRunError, UnexpectedModelBehavior
         from pydantic_ai.usage import RunUsage, UsageLimits
         from tenacity import (
@@ -152,13 +177,7 @@ class MachineAgent:
         started = time.perf_counter()
         usage = RunUsage()
         use = ModelUse(model=self.label)
-        deps.heard(f"job from {call.requester}")  # the call's words are fenced in the prompt: what the model does next is on them too
-        prompt = render("bid_request", profile=deps.machine.profile, job=call.job, requester=call.requester,
-                        job_json=json.dumps(call.job.model_dump(mode="json", exclude=_STATED, exclude_none=True, exclude_defaults=True),
-                                          separators=(",", ":")),
-                        reserve=call.reserve, rules=rules, band=bounds(rules, deps.policy, call.reserve),
-                        memory=call.memory)
-        proposal: BidProposal | None = None
+        output: _Out | None = None
         try:
             async with asyncio.timeout(budget_s):
                 retrying = AsyncRetrying(
@@ -167,8 +186,8 @@ class MachineAgent:
                 )
                 async for attempt in retrying:
                     with attempt:
-                        result = await self.bidder.run(prompt, deps=deps, usage=usage, usage_limits=UsageLimits(request_limit=BID_REQUESTS))
-                proposal = result.output
+                        result = await agent.run(prompt, deps=deps, usage=usage, usage_limits=UsageLimits(request_limit=BID_REQUESTS))
+                output = result.output
         except TimeoutError:
             use.error = f"timeout: no answer within the {budget_s:.2f} s budget"
         except UnexpectedModelBehavior as exc:
@@ -181,7 +200,7 @@ class MachineAgent:
         use.input_tokens = usage.input_tokens
         use.output_tokens = usage.output_tokens
         use.latency_ms = round((time.perf_counter() - started) * 1000, 2)
-        return proposal, use
+        return output, use
 
     # -- chat and governance -------------------------------------------------------------------
 

@@ -11,6 +11,10 @@ holding it may offer to take it over at the price in escrow; the requester asks 
 it, and awards the offerer only once the holder says it has (a holder that has started keeps it), so
 the job never has two holders and the escrow never moves.
 
+A requester may haggle (``RequesterConfig.haggle``, or a strategy per job): its call then allows
+negotiation, and when the bids close it counters the best bidders (``agents.negotiation``) until a
+deal, the round limit or the negotiation's close, and awards the deal — or the best standing offer.
+
 A job always ends in exactly one of three outcomes, announced with a ``closed`` message: ``paid``
 (done and paid), ``refunded`` (funded, not done), ``expired`` (never contracted).
 """
@@ -27,6 +31,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from agents.journal import Journal, RunRecord
+from agents.negotiation import Negotiation
 from core.clock import Timeline
 from core.errors import EnvelopeRejected, LedgerError
 from core.mailbox import Mailbox, Timer
@@ -34,10 +39,24 @@ from hub import topics
 from hub.dispatch import Dispatch
 from hub.envelope import Envelope
 from hub.jobids import owned
-from hub.messages import Award, Bid, Body, CallForProposals, JobClosed, JobEvent, Offer, Presence, Release, SealedBid
+from hub.messages import (
+    Award,
+    Bid,
+    Body,
+    CallForProposals,
+    Haggle,
+    HaggleTerms,
+    JobClosed,
+    JobEvent,
+    Offer,
+    Presence,
+    Release,
+    SealedBid,
+)
 from hub.transport import Hub
 from ledger import Identity, Ledger, settlement
 from machines.job import JobSpec
+from pricing.haggle import HaggleRules, RequesterStrategy
 
 __all__ = ["JobOutcome", "Requester", "RequesterConfig"]
 
@@ -62,6 +81,10 @@ class RequesterConfig(BaseModel):
     """Seconds of market time a holder that went offline has to come back before its job goes to the
     next bidder (0: at once). Over a real network, a cut or a quick restart should not move a job
     that is under way: two machines would work it."""
+    haggle: RequesterStrategy | None = None
+    """Haggle over every job by this strategy (``post`` may give a job its own); None: award the best bid."""
+    price_tick: int = Field(default=10_000, gt=0)
+    """Counters are whole multiples of this (0.01 unit)."""
 
 
 class JobOutcome(BaseModel):
@@ -87,6 +110,16 @@ class JobOutcome(BaseModel):
     accept_latency_ms: float | None = None
     """CFP sent → first acceptance received, market milliseconds."""
     reason: str = ""
+    haggled: bool = False
+    """The requester countered bids before it awarded."""
+    best_bid: int | None = None
+    """The best sealed bid, before any negotiation: what the job would have cost without haggling."""
+    rounds: int = 0
+    """Negotiation messages exchanged (counters and answers)."""
+    deal: bool = False
+    """A bidder agreed to the requester's terms (else the best standing offer was awarded)."""
+    deadline_at: int | None = None
+    """The deadline the contract was made for, where a negotiation moved it (epoch ms)."""
 
 
 @dataclass
@@ -100,7 +133,7 @@ class _Run:
     bids: dict[str, Bid] = field(default_factory=dict)
     ranked: list[Bid] = field(default_factory=list)
     excluded: set[str] = field(default_factory=set)
-    state: Literal["bidding", "awarding", "contracted", "closed"] = "bidding"
+    state: Literal["bidding", "haggling", "awarding", "contracted", "closed"] = "bidding"
     attempt: int = 0
     machine: str | None = None
     machine_did: str | None = None
@@ -126,8 +159,16 @@ class _Run:
     """Machines told again (``_remind``) that the job is no longer theirs."""
     heard: int = 0
     """Market ms of the holder's latest event on the job (it is alive, whatever its presence said)."""
+    strategy: RequesterStrategy | None = None
+    negotiation: Negotiation | None = None
+    agreed_deadline: int | None = None
+    """The deadline of the machine awarded now, where a negotiation moved it from the call's."""
     timer: Timer | None = None
     watchdog: Timer | None = None
+
+    @property
+    def deadline_at(self) -> int:
+        return self.agreed_deadline if self.agreed_deadline is not None else self.cfp.deadline_at
 
     def cancel(self) -> None:
         if self.timer:
@@ -141,7 +182,8 @@ class _Run:
                          attempt=self.attempt, machine=self.machine, machine_did=self.machine_did, price=self.price,
                          funded=self.funded, escrow_posting=self.escrow_posting, started=self.started, held=self.held,
                          takeovers=self.takeovers, finish_at=self.finish_at, moving=self.moving, moves=self.moves,
-                         moved=self.moved, accept_latency_ms=self.accept_latency_ms, awards_sent=awards_sent)
+                         moved=self.moved, accept_latency_ms=self.accept_latency_ms, awards_sent=awards_sent,
+                         strategy=self.strategy, negotiation=self.negotiation, deadline_at=self.agreed_deadline)
 
     @classmethod
     def of(cls, r: RunRecord) -> _Run:
@@ -149,7 +191,8 @@ class _Run:
                    bids={b.machine_id: b for b in r.bids}, ranked=list(r.ranked), excluded=set(r.excluded), state=r.state,
                    attempt=r.attempt, machine=r.machine, machine_did=r.machine_did, price=r.price, funded=r.funded,
                    escrow_posting=r.escrow_posting, started=r.started, held=r.held, takeovers=r.takeovers,
-                   finish_at=r.finish_at, moving=r.moving, moves=r.moves, moved=r.moved, accept_latency_ms=r.accept_latency_ms)
+                   finish_at=r.finish_at, moving=r.moving, moves=r.moves, moved=r.moved, accept_latency_ms=r.accept_latency_ms,
+                   strategy=r.strategy, negotiation=r.negotiation, agreed_deadline=r.deadline_at)
 
 
 class Requester:
@@ -178,7 +221,7 @@ class Requester:
         """What its windows, deadlines and timestamps run on (its hub's clock unless told)."""
         self.mailbox = mailbox or Mailbox(f"requester-{wallet}", clock=self.clock)
         self._dispatch = (Dispatch().on(SealedBid, self._on_sealed).on(JobEvent, self._on_event).on(Offer, self._on_offer)
-                          .on(Presence, self._on_presence))
+                          .on(Presence, self._on_presence).on(Haggle, self._on_haggle))
         self._own_mailbox = mailbox is None
         self.on_outcome = on_outcome
         self.outcomes: dict[str, JobOutcome] = {}
@@ -216,12 +259,15 @@ class Requester:
             self._follow(run)
             now = self.clock.ms()
             grace_ms = self.config.grace_h * 3_600_000
-            run.watchdog = self._later(max(run.cfp.deadline_at + grace_ms - now, 0) / 1000, self._overdue, run)
+            run.watchdog = self._later(max(run.deadline_at + grace_ms - now, 0) / 1000, self._overdue, run)
             log.info("job=%s resumed in state %s (machine %s)", run.job.id, run.state, run.machine)
             if run.state == "bidding":
                 if now < run.cfp.bid_deadline:
                     self._publish(topics.call(run.job), run.cfp)  # in case it never went out; machines ignore a repeat
                 run.timer = self._later(max(run.cfp.bid_deadline - now, 0) / 1000, self._close_bidding, run)
+            elif run.state == "haggling":
+                assert run.cfp.haggle is not None
+                run.timer = self._later(max(run.cfp.haggle.close_at - now, 0) / 1000, self._end_haggle, run)
             elif run.state == "awarding":
                 self._award_next(run)
             elif not run.funded:
@@ -258,14 +304,16 @@ class Requester:
         """The id a job posted as ``local`` goes out under: in this requester's namespace."""
         return owned(self.owner, local)
 
-    def post(self, job: JobSpec, *, reserve: int, value: int = 0, after_s: float = 0.0) -> str:
+    def post(self, job: JobSpec, *, reserve: int, value: int = 0, after_s: float = 0.0,
+             haggle: RequesterStrategy | None = None) -> str:
         """Put a job out to tender (from any thread), now or ``after_s`` seconds of market time from
         now; its ``JobOutcome`` arrives via ``on_outcome``. Returns the job's id: in this requester's
-        namespace (``job_id``), as every machine and the outcome know it."""
+        namespace (``job_id``), as every machine and the outcome know it. ``haggle``: negotiate this
+        job by that strategy (default: the config's)."""
         job_id = self.job_id(job.id)
         if job_id != job.id:
             job = job.model_copy(update={"id": job_id})
-        self.mailbox.call_later(after_s, self._post, job, reserve, value)
+        self.mailbox.call_later(after_s, self._post, job, reserve, value, haggle or self.config.haggle)
         return job_id
 
     # -- receiving ---------------------------------------------------------------------------
@@ -312,18 +360,19 @@ class Requester:
 
     # -- tender ------------------------------------------------------------------------------
 
-    def _post(self, job: JobSpec, reserve: int, value: int) -> None:
+    def _post(self, job: JobSpec, reserve: int, value: int, strategy: RequesterStrategy | None = None) -> None:
         if job.id in self._runs or job.id in self.outcomes or (self.journal is not None and self.journal.knows(job.id)):
             log.warning("job=%s posted twice; the second post is ignored", job.id)
             return
         now = self.clock.ms()
         c = self.config
+        bid_deadline = now + round(c.bid_window_s * 1000)
         cfp = CallForProposals(
-            job=job, reserve=reserve, speed=self.clock.speed,
-            bid_deadline=now + round(c.bid_window_s * 1000),
+            job=job, reserve=reserve, speed=self.clock.speed, bid_deadline=bid_deadline,
             deadline_at=now + round(job.deadline_h * 3_600_000),
+            haggle=HaggleRules(rounds=strategy.rounds, close_at=bid_deadline + round(strategy.window_s * 1000)) if strategy else None,
         )
-        run = _Run(job=job, reserve=reserve, value=value, cfp=cfp, posted=now)
+        run = _Run(job=job, reserve=reserve, value=value, cfp=cfp, posted=now, strategy=strategy)
         self._runs[job.id] = run
         self._dirty.add(job.id)
         self._flush()  # on disk before it is on the wire: a restart finds every job it may have announced
@@ -334,7 +383,7 @@ class Requester:
 
     def _follow(self, run: _Run) -> None:
         job_id = run.job.id
-        if run.state == "bidding":
+        if run.state in ("bidding", "haggling"):
             self.hub.subscribe(topics.bids(job_id), self._deliver)
         self.hub.subscribe(topics.events(job_id), self._deliver)
         if self.config.moves:
@@ -379,9 +428,68 @@ class Requester:
         if run.state != "bidding":
             return
         run.cancel()
-        self.hub.unsubscribe(topics.bids(run.job.id), self._deliver)
         bids = [b for b in run.bids.values() if not early or self._serves(b.machine_id, run.job)]
         run.ranked = sorted(bids, key=lambda b: (b.price, b.eta_h, b.machine_id))
+        if run.strategy is not None and run.cfp.haggle is not None and run.ranked and self._haggle(run):
+            return
+        self.hub.unsubscribe(topics.bids(run.job.id), self._deliver)
+        run.state = "awarding"
+        self._award_next(run)
+
+    # -- haggling ----------------------------------------------------------------------------
+
+    def _haggle(self, run: _Run) -> bool:
+        """Counter the best bids (``agents.negotiation``); False when there is nothing to haggle over."""
+        assert run.strategy is not None and run.cfp.haggle is not None
+        negotiation, counters = Negotiation.start(run.strategy, run.cfp.haggle, run.cfp.deadline_at, run.ranked, self.config.price_tick)
+        if not counters:
+            return False
+        run.negotiation, run.state = negotiation, "haggling"
+        for terms in counters:
+            self._counter(run, terms)
+        run.timer = self._later(max(run.cfp.haggle.close_at - self.clock.ms(), 0) / 1000, self._end_haggle, run)
+        return True
+
+    def _counter(self, run: _Run, terms: HaggleTerms) -> None:
+        did = self._registry.get(terms.machine_id) or settlement.machine_owner(self.ledger, terms.machine_id)
+        assert did is not None  # a bid counts only from a machine registered in the ledger
+        self._publish(topics.award(run.job.id), Haggle.of(terms, did))
+
+    def _on_haggle(self, env: Envelope, body: Haggle) -> None:
+        """A machine's answer to our counter: dropped unless it is the round we wait for, in time, from that machine."""
+        run = self._runs.get(body.job_id)
+        if run is None:
+            return  # another requester's job
+        if not self._is_machine(body.machine_id, env.sender):
+            self.dropped["forged"] += 1
+            return
+        n = run.negotiation
+        if run.state != "haggling" or n is None or run.cfp.haggle is None or self.clock.ms() > run.cfp.haggle.close_at:
+            self.dropped["late"] += 1
+            return
+        if not n.expects(body.machine_id, body.round):
+            self.dropped["out_of_turn"] += 1
+            return
+        try:
+            terms = body.open(self.identity)
+        except EnvelopeRejected as exc:
+            self.dropped[exc.reason] += 1
+            return
+        n.receive(terms)
+        if not n.ready:
+            return
+        for counter in n.step():
+            self._counter(run, counter)
+        if n.settled:
+            self._end_haggle(run)
+
+    def _end_haggle(self, run: _Run) -> None:
+        """The deal, or at the close the best standing offer, is awarded; the rest stand behind it."""
+        if run.state != "haggling" or run.negotiation is None:
+            return
+        run.cancel()
+        self.hub.unsubscribe(topics.bids(run.job.id), self._deliver)
+        run.ranked = run.negotiation.ranked(run.ranked)
         run.state = "awarding"
         self._award_next(run)
 
@@ -400,6 +508,8 @@ class Requester:
         run.machine, run.machine_did = bid.machine_id, self._registry.get(bid.machine_id)
         price = run.price if takeover and run.price is not None else bid.price
         run.price = price
+        if not takeover:
+            self._agree_deadline(run, run.negotiation.deadline_for(bid.machine_id) if run.negotiation else run.cfp.deadline_at)
         now = self.clock.ms()
         run.finish_at = now + round(bid.eta_h * 3_600_000)
         accept_by = now + round(self.config.accept_window_s * 1000)
@@ -409,8 +519,20 @@ class Requester:
         self._publish(topics.award(run.job.id), Award(
             job_id=run.job.id, machine_id=bid.machine_id, price=price, accept_by=accept_by,
             attempt=run.attempt, takeover=takeover, finish_at=run.finish_at,
+            deadline_at=run.agreed_deadline,
         ))
         run.timer = self._later(self.config.accept_window_s, self._accept_timeout, run, run.attempt)
+
+    def _agree_deadline(self, run: _Run, deadline_at: int) -> None:
+        """The contract's deadline is the one agreed with the machine awarded: the watchdog follows it."""
+        agreed = deadline_at if deadline_at != run.cfp.deadline_at else None
+        if agreed == run.agreed_deadline:
+            return
+        run.agreed_deadline = agreed
+        if run.watchdog:
+            run.watchdog.cancel()
+        grace_s = self.config.grace_h * 3600
+        run.watchdog = self._later(max(run.deadline_at - self.clock.ms(), 0) / 1000 + grace_s, self._overdue, run)
 
     def _accept_timeout(self, run: _Run, attempt: int) -> None:
         if run.state == "awarding" and run.attempt == attempt and run.machine:
@@ -482,7 +604,7 @@ class Requester:
     def _expiry(self, run: _Run) -> datetime:
         """When the escrow may be refunded by anyone: the deadline and the grace after which this
         requester refunds it itself (so a requester that never comes back strands no money)."""
-        return datetime.fromtimestamp(run.cfp.deadline_at / 1000 + self.config.grace_h * 3600, UTC)
+        return datetime.fromtimestamp(run.deadline_at / 1000 + self.config.grace_h * 3600, UTC)
 
     def _pay(self, run: _Run) -> None:
         assert run.machine is not None
@@ -526,7 +648,7 @@ class Requester:
                     or seen is None or seen.kind != run.job.kind.value or run.job.region not in seen.territory):
                 continue
             finish = heard + round(offer.eta_h * 3_600_000)
-            if finish <= run.cfp.deadline_at and (best is None or finish < best[0]):
+            if finish <= run.deadline_at and (best is None or finish < best[0]):
                 best = (finish, offer)
         if best is None or best[0] > run.finish_at - self.config.move_gain_h * 3_600_000:
             return
@@ -621,6 +743,10 @@ class Requester:
             machine_id=run.machine if paid else None, price=run.price if paid else None, value=run.value,
             bids=len(run.ranked), awards=run.attempt, takeovers=run.takeovers, moves=run.moved,
             accept_latency_ms=run.accept_latency_ms, reason=reason,
+            haggled=run.negotiation is not None, best_bid=min((b.price for b in run.bids.values()), default=None),
+            rounds=len(run.negotiation.steps) if run.negotiation else 0,
+            deal=run.negotiation is not None and run.negotiation.deal is not None,
+            deadline_at=run.agreed_deadline,
         )
         self.outcomes[run.job.id] = result
         self._dirty.discard(run.job.id)

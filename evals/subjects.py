@@ -21,6 +21,7 @@ from core.money import format_units
 from evals.world import World
 from machines.work import estimate
 from pricing.guard import BidDecision, ModelUse, from_rules, guard
+from pricing.haggle import HaggleAsk, HaggleMove, guard_counter, machine_band, machine_move
 from tools.bidding import place_bid
 from tools.deps import MachineDeps
 from tools.governance import propose, vote
@@ -113,6 +114,33 @@ class Subject:
         if proposal is None:
             return from_rules(rules, "rules-fallback", f"{use.error}; {rules.reason}", use)
         return guard(rules, proposal, world.profile.policy, call.reserve, use)
+
+    # -- haggling --------------------------------------------------------------------------------
+
+    def haggle(self, world: World, job_id: str, *, opening: int, price: int, slack_h: float, round: int, rounds: int,
+               note: str = "", stakeholder: bool = False) -> tuple[HaggleMove, str, ModelUse | None]:
+        """Answer a requester's counter of ``price`` (``slack_h`` hours past the call's deadline) as the
+        node's haggler does: the rules' band and move, and the model's answer inside it."""
+        call = world.machine.call(job_id)
+        later = call.job.model_copy(update={"deadline_h": call.job.deadline_h + slack_h})
+        rules = world.machine.rule_decision(call.model_copy(update={"job": later}))
+        policy = world.profile.policy
+        finish_by = round_ms(later.deadline_h)
+        band = machine_band(rules, policy, opening=opening, reserve=call.reserve, stakeholder=stakeholder, slack_h=slack_h)
+        move = machine_move(band, price=price, round=round, rounds=rounds, beta=policy.concession_beta, finish_by=finish_by,
+                            tick=policy.price_tick)
+        if self.agent is None:
+            return move, "rules", None
+        if band is None:
+            return move, "rules-fast-path", None
+        ask = HaggleAsk(job=later, requester=call.requester, round=round, rounds=rounds, opening=opening,
+                        rules_price=move.price or band.least, offered=price, finish_h=later.deadline_h, slack_h=slack_h, band=band,
+                        note=note)
+        proposal, use = self.agent.runner.run(self.agent.propose_counter(world.deps(), ask, self.bid_budget_s), timeout=self.bid_budget_s + 5)
+        if proposal is None:
+            return move, "rules-fallback", use
+        answer, path = guard_counter(band, proposal, offered=price, finish_by=finish_by, rules=move, tick=policy.price_tick)
+        return answer, path, use
 
     # -- handoffs --------------------------------------------------------------------------------
 
@@ -224,6 +252,11 @@ class Subject:
         out.proposed = [{"kind": p.kind.value, "title": p.title, "payload": p.payload} for p in opened]
         out.executed += [f"opened {p.kind.value} proposal {p.id}" for p in opened]
         out.attempts += [f"{a.tool} refused ({a.code}): {a.detail}" for a in deps.actions if not a.ok]
+
+
+def round_ms(hours: float) -> int:
+    """An eval's instants: market ms from the case's start (its calls were heard at 0)."""
+    return round(hours * 3_600_000)
 
 
 def _concerned(out: Outcome, concern: Concern | None, what: str) -> Outcome:

@@ -8,7 +8,7 @@ milliseconds since the Unix epoch; simulated hours are derived from them with th
 from __future__ import annotations
 
 import base64
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -18,6 +18,7 @@ from ledger.identity import Identity, canonical_json, seal_to
 from machines.driver import Telemetry
 from machines.job import JobSpec
 from machines.profile import Point
+from pricing.haggle import HaggleRules, Move
 
 __all__ = [
     "BODY_TYPES",
@@ -28,6 +29,8 @@ __all__ = [
     "ControlResult",
     "EventKind",
     "GovernanceNotice",
+    "Haggle",
+    "HaggleTerms",
     "Handoff",
     "JobClosed",
     "JobEvent",
@@ -57,6 +60,8 @@ class CallForProposals(Body):
     """The job must be finished by this instant (epoch ms)."""
     speed: float = Field(default=1.0, gt=0)
     """Simulated seconds per real second of the market that posted the job (1 = real time)."""
+    haggle: HaggleRules | None = None
+    """If set, the requester may counter the bids (``Haggle``) before it awards; None: one sealed round."""
 
 
 class Bid(BaseModel):
@@ -74,6 +79,8 @@ class Bid(BaseModel):
     the model checked by the rules."""
     reason: str = Field(default="", max_length=500)
 
+
+_T = TypeVar("_T", bound=BaseModel)
 
 SEALED_MAX = 4096
 """The longest ``SealedBid.sealed`` (base64url): a bid's terms with a 500-character reason fit in a third of it."""
@@ -93,21 +100,74 @@ class SealedBid(Body):
     @classmethod
     def of(cls, bid: Bid, requester: str) -> SealedBid:
         """Seal ``bid`` to the requester's did."""
-        box = seal_to(requester, canonical_json(bid.model_dump(mode="json")))
-        return cls(job_id=bid.job_id, machine_id=bid.machine_id, sealed=base64.urlsafe_b64encode(box).rstrip(b"=").decode())
+        return cls(job_id=bid.job_id, machine_id=bid.machine_id, sealed=_seal(bid, requester))
 
     def open(self, identity: Identity) -> Bid:
         """The terms, if this bid was sealed to ``identity`` for this job by this machine; else
         ``EnvelopeRejected("unsealable")``."""
-        try:
-            plain = identity.unseal(base64.urlsafe_b64decode(self.sealed + "=" * (-len(self.sealed) % 4)))
-            bid = Bid.model_validate_json(plain)
-        except (BadSignature, ValueError) as exc:
-            raise EnvelopeRejected("unsealable", f"bid of {self.machine_id} on {self.job_id}: {exc}") from None
-        if (bid.job_id, bid.machine_id) != (self.job_id, self.machine_id):
-            raise EnvelopeRejected("unsealable", f"the sealed terms name {bid.machine_id} on {bid.job_id}, "
-                                                 f"not {self.machine_id} on {self.job_id}")
+        bid = _open(self.sealed, identity, Bid, f"bid of {self.machine_id} on {self.job_id}")
+        _same(self.job_id, self.machine_id, bid.job_id, bid.machine_id)
         return bid
+
+
+def _seal(terms: BaseModel, to: str) -> str:
+    box = seal_to(to, canonical_json(terms.model_dump(mode="json")))
+    return base64.urlsafe_b64encode(box).rstrip(b"=").decode()
+
+
+def _open(sealed: str, identity: Identity, model: type[_T], what: str) -> _T:
+    try:
+        plain = identity.unseal(base64.urlsafe_b64decode(sealed + "=" * (-len(sealed) % 4)))
+        return model.model_validate_json(plain)
+    except (BadSignature, ValueError) as exc:
+        raise EnvelopeRejected("unsealable", f"{what}: {exc}") from None
+
+
+def _same(job_id: str, machine_id: str, sealed_job: str, sealed_machine: str) -> None:
+    if (sealed_job, sealed_machine) != (job_id, machine_id):
+        raise EnvelopeRejected("unsealable", f"the sealed terms name {sealed_machine} on {sealed_job}, not {machine_id} on {job_id}")
+
+
+class HaggleTerms(BaseModel):
+    """What one side of a negotiation says in a round, as the other side reads it once opened."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    job_id: str
+    machine_id: str
+    round: int = Field(ge=1, le=10)
+    move: Move
+    price: Micros | None = None
+    """For counter and accept: the price proposed, or the one accepted."""
+    finish_by: int | None = None
+    """Epoch ms: the deadline proposed (it may differ from the call's) or accepted."""
+    note: str = Field(default="", max_length=280)
+    """Free text for the other side. Untrusted: a receiver never takes an instruction from it."""
+
+
+class Haggle(Body):
+    """A negotiation message, sealed to the other side like a bid. The requester's counters go on
+    the job's ``award`` topic (its bidders listen there), the machine's answers on ``bids`` (the
+    requester listens there): no new topic, no new grant. ``round`` and ``move`` are repeated inside
+    the sealed terms, so a sealed box copied into another envelope does not open as that one."""
+
+    TYPE: ClassVar[str] = "haggle"
+    job_id: str
+    machine_id: str
+    """The machine negotiating (the sender, or the one countered)."""
+    round: int = Field(ge=1, le=10)
+    sealed: str = Field(min_length=1, max_length=SEALED_MAX)
+
+    @classmethod
+    def of(cls, terms: HaggleTerms, to: str) -> Haggle:
+        """Seal ``terms`` to the other side's did."""
+        return cls(job_id=terms.job_id, machine_id=terms.machine_id, round=terms.round, sealed=_seal(terms, to))
+
+    def open(self, identity: Identity) -> HaggleTerms:
+        terms = _open(self.sealed, identity, HaggleTerms, f"haggle with {self.machine_id} on {self.job_id}")
+        _same(self.job_id, self.machine_id, terms.job_id, terms.machine_id)
+        if terms.round != self.round:
+            raise EnvelopeRejected("unsealable", f"the sealed terms are of round {terms.round}, not {self.round}")
+        return terms
 
 
 class Award(Body):
@@ -123,6 +183,8 @@ class Award(Body):
     finish_at: int | None = None
     """When the winner said it would be done (epoch ms, from its bid or offer): a machine that would
     finish sooner may offer to take the job over until it starts."""
+    deadline_at: int | None = None
+    """The deadline agreed in a negotiation (epoch ms), where it is not the call's."""
 
 
 class Offer(Body):
@@ -282,6 +344,6 @@ class TelemetryReport(Body):
 
 
 BODY_TYPES: dict[str, type[Body]] = {
-    t.TYPE: t for t in (CallForProposals, SealedBid, Award, Offer, Release, JobClosed, JobEvent, Presence, TelemetryReport, GovernanceNotice,
+    t.TYPE: t for t in (CallForProposals, SealedBid, Haggle, Award, Offer, Release, JobClosed, JobEvent, Presence, TelemetryReport, GovernanceNotice,
                         Handoff, ControlCommand, ControlResult)
 }

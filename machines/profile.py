@@ -133,6 +133,15 @@ class Policy(_Model):
     """After losing most similar jobs: bid this far under the winners' median ratio to our cost."""
     memory_raise_bps: int = Field(default=500, ge=0, le=5000)
     """After winning most similar jobs: bid this far over our winning median ratio to cost."""
+    concession_bps: int = Field(default=1000, ge=0, le=10_000)
+    """In a negotiation, the most the machine comes down from its rule price for a stranger (never
+    below its least price: cost, the capacity it keeps, the floor)."""
+    stakeholder_concession_bps: int = Field(default=2500, ge=0, le=10_000)
+    """The same for one of its own holders haggling in chat."""
+    slack_bps_per_h: int = Field(default=200, ge=0, le=10_000)
+    """Further concession per hour of deadline beyond the call's: slack lets it fit the job into a quiet hour."""
+    concession_beta: float = Field(default=0.6, gt=0, le=10)
+    """How it concedes across the rounds: below 1 it holds out and concedes late, above 1 early."""
     price_tick: Micros = Field(default=10_000, gt=0)
     """Bids are rounded up to a multiple of this (0.01 unit)."""
     expense_limit: Money = 50_000_000

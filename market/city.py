@@ -99,7 +99,7 @@ class City:
         self.regions = regions
         self.run_id = uuid.uuid4().hex[:6]
         self.fleet = list(fleet) if fleet is not None else build_fleet(config.machines, regions)
-        model = DemandModel(load=config.load, hourly=FLAT if config.flat_demand else HOURLY_SHAPE)
+        model = DemandModel(load=config.load, hourly=FLAT if config.flat_demand else HOURLY_SHAPE, haggle_share=config.haggle)
         demand = requests if requests is not None else generate_jobs(self.fleet, regions, config.hours, seed=config.seed,
                                                                      model=model, prefix=f"{self.run_id}-")
         # each job id in the namespace of the region's requester, whose wallet's key signs its call (``hub.jobids``)
@@ -250,7 +250,7 @@ class City:
                                    config=config.life_config, requester_config=self.requester_config, seed=config.seed,
                                    run_id=self.run_id).start()
         for req in self.requests:  # the day's demand, each job posted at its hour of market time
-            self._requesters[req.job.region].post(req.job, reserve=req.reserve, value=req.value,
+            self._requesters[req.job.region].post(req.job, reserve=req.reserve, value=req.value, haggle=req.haggle,
                                                   after_s=self.day_start + req.at_h * 3600 - clock.time())
 
     # -- run -----------------------------------------------------------------------------------------

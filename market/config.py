@@ -31,6 +31,8 @@ class MarketConfig(BaseModel):
     load: float = Field(default=0.85, gt=0)
     flat_demand: bool = False
     """Keep demand at ``load`` all day instead of following the day's shape (nights, peaks)."""
+    haggle: float = Field(default=0.0, ge=0, le=1)
+    """The share of requesters that haggle: they counter the best bids before they award."""
     broker: str | None = None
     """mqtt://host:port of an existing broker; None starts a private one."""
     broker_home: Path | None = None

@@ -4,7 +4,9 @@ Arrivals are Poisson per (region, kind), with a rate set so that the offered wor
 times the hours the machines of that kind in that region have, shaped by the hour of the day
 (quiet nights, morning and evening peaks). Each job gets a size (hours of work, log-normal), a
 deadline (a multiple of its work), a value to its requester (a multiple of what it costs a
-typical machine), and a budget, the reserve price, a little below that value.
+typical machine), and a budget, the reserve price, a little below that value. A share of the
+requesters haggle (``haggle_share``): each gets a strategy with its own urgency, drawn from a stream
+of its own, so a day without haggling is the same day it always was.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from machines.job import JobSpec
 from machines.profile import MachineProfile
 from machines.regions import Region
 from machines.work import estimate
+from pricing.haggle import RequesterStrategy
 from pricing.rules import MachineStatus, decide
 
 __all__ = ["FLAT", "HOURLY_SHAPE", "DemandModel", "JobRequest", "generate_jobs"]
@@ -49,6 +52,8 @@ class DemandModel(BaseModel):
     floor) times this factor."""
     budget_share: tuple[float, float] = (0.85, 1.0)
     """The reserve price is this share of the value."""
+    haggle_share: float = Field(default=0.0, ge=0, le=1)
+    """The share of requesters that counter the bids (``RequesterStrategy``, urgency uniform in 0–1)."""
 
 
 class JobRequest(BaseModel):
@@ -60,6 +65,8 @@ class JobRequest(BaseModel):
     job: JobSpec
     reserve: int
     value: int
+    haggle: RequesterStrategy | None = None
+    """How its requester haggles; None: it awards the best bid."""
 
 
 def _groups(fleet: Sequence[MachineProfile], regions: Sequence[Region]) -> dict[tuple[str, str], list[MachineProfile]]:
@@ -137,10 +144,17 @@ def generate_jobs(
                 out.append(JobRequest(at_h=round(at, 6), job=job, reserve=reserve, value=value))
             hour += 1.0
     out.sort(key=lambda r: (r.at_h, r.job.region, r.job.kind.value))
+    hagglers = random.Random(f"haggle-{seed}")  # its own stream: the day's jobs do not change with the share
     return [
-        r.model_copy(update={"job": r.job.model_copy(update={"id": f"{prefix}{i:05d}-{r.job.region[0]}-{r.job.kind.value}"})})
+        r.model_copy(update={"job": r.job.model_copy(update={"id": f"{prefix}{i:05d}-{r.job.region[0]}-{r.job.kind.value}"}),
+                             "haggle": _strategy(hagglers, model.haggle_share)})
         for i, r in enumerate(out)
     ]
+
+
+def _strategy(rng: random.Random, share: float) -> RequesterStrategy | None:
+    haggles, urgency = rng.random() < share, rng.random()
+    return RequesterStrategy(urgency=round(urgency, 3)) if haggles else None
 
 
 def _poisson(rng: random.Random, lam: float) -> int:

@@ -69,6 +69,36 @@ class ModelReport(BaseModel):
     """Why answers were not used: timeout, invalid output, model error, transport error."""
 
 
+class HaggleReport(BaseModel):
+    """How the day's negotiations went: deals, what they saved, and how the surplus split.
+
+    A paid job's surplus is the requester's (its value less the price) and the machine's (the price
+    less what the job cost it in cash). The requester's share of the two is 0.5 at the Nash
+    bargaining split when both sides' reservation values are those: the yardstick for who got more."""
+
+    model_config = ConfigDict(frozen=True)
+
+    haggled: int
+    """Jobs whose requester countered the bids."""
+    deals: int
+    """Of those, the ones where a machine agreed to the requester's terms (else the best standing offer was awarded)."""
+    paid: int
+    saved: int
+    """Paid haggled jobs: the best sealed bids less the prices paid."""
+    requester_surplus: int
+    machine_surplus: int
+    requester_share: float | None
+    """The requester's share of the haggled jobs' surplus."""
+    plain_requester_share: float | None
+    """The same for the jobs paid without haggling, to compare."""
+    answers: dict[str, int]
+    """The machines' answers to counters, by move (accept, counter, withdraw)."""
+    paths: dict[str, int]
+    """Those answers by the path that made them (rules, llm, llm-clamped, rules-fallback)."""
+    dropped: dict[str, int]
+    """Negotiation messages the machines refused, by reason (late, out_of_turn, not_requester, unsealable…)."""
+
+
 class MemoryReport(BaseModel):
     """What the machines' memory held and did over the run."""
 
@@ -140,6 +170,7 @@ class MarketReport(BaseModel):
     model: ModelReport | None = None
     memory: MemoryReport | None = None
     life: LifeReport | None = None
+    haggle: HaggleReport | None = None
     outcomes: list[JobOutcome] = Field(default_factory=list, repr=False)
 
 
@@ -249,6 +280,7 @@ def build_report(run_id: str, config: MarketConfig, broker_kind: str, fleet: lis
             latency_ms_p50=percentile(model_ms, 0.5), latency_ms_p99=percentile(model_ms, 0.99), errors=dict(errors),
         )
     return MarketReport(
+        haggle=haggle_report(outcomes, nodes, costs_by_job) if config.haggle > 0 else None,
         run_id=run_id, seed=config.seed, hours=config.hours, broker=broker_kind, machines=machines,
         posted=len(requests), paid=counts["paid"], expired=counts["expired"], refunded=counts["refunded"],
         unfinished=len(requests) - len(outcomes),
@@ -272,6 +304,29 @@ def build_report(run_id: str, config: MarketConfig, broker_kind: str, fleet: lis
     )
 
 
+def haggle_report(outcomes: list[JobOutcome], nodes: list[MachineNode], costs_by_job: dict[str, int]) -> HaggleReport:
+    def split(paid: list[JobOutcome]) -> tuple[int, int, float | None]:
+        buyer = sum(o.value - (o.price or 0) for o in paid)
+        seller = sum((o.price or 0) - costs_by_job.get(o.job_id, 0) for o in paid)
+        return buyer, seller, round(buyer / (buyer + seller), 4) if buyer + seller > 0 else None
+
+    haggled = [o for o in outcomes if o.haggled]
+    paid = [o for o in haggled if o.outcome == "paid"]
+    buyer, seller, share = split(paid)
+    plain = split([o for o in outcomes if not o.haggled and o.outcome == "paid"])[2]
+    answers: Counter[str] = Counter()
+    paths: Counter[str] = Counter()
+    dropped: Counter[str] = Counter()
+    for n in nodes:
+        answers.update(n.stats.haggles)
+        paths.update(n.stats.haggle_paths)
+        dropped.update(n.stats.haggle_dropped)
+    return HaggleReport(haggled=len(haggled), deals=sum(o.deal for o in haggled), paid=len(paid),
+                        saved=sum((o.best_bid or 0) - (o.price or 0) for o in paid), requester_surplus=buyer, machine_surplus=seller,
+                        requester_share=share, plain_requester_share=plain, answers=dict(answers), paths=dict(paths),
+                        dropped=dict(dropped))
+
+
 def double_awards(nodes: list[MachineNode]) -> int:
     """Jobs that more than one machine finished and was paid for (the protocol must make this 0)."""
     paid = Counter(job for n in nodes for job, _ in n.stats.settled)
@@ -286,6 +341,8 @@ def describe(report: MarketReport) -> str:
         life = report.life
         text += (f"; life: {life.births} births, {life.moves} moves, {life.parkings} parkings, {life.deaths} deaths, "
                  f"{life.maintenances} maintenances")
+    if (h := report.haggle) is not None:
+        text += f"; {h.haggled} jobs haggled, {h.deals} deals, {format_units(h.saved)} saved on the best bids"
     if report.memory is not None and report.memory.store != "off":
         text += (f"; memory unavailable ({report.memory.unavailable})" if report.memory.unavailable
                  else f"; {report.memory.priced} bids priced from memory")

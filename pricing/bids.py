@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from machines.job import JobSpec
+from pricing.haggle import HaggleRules
 from pricing.rules import DemandForecast, MemorySignal
 
 __all__ = ["BidRecord", "OpenCall", "Outcome"]
@@ -32,6 +33,8 @@ class OpenCall(BaseModel):
     """What memory of similar past jobs said when the call came (the rules price with it)."""
     forecast: DemandForecast | None = None
     """The work memory expects within the planning horizon (the least price counts it)."""
+    haggle: HaggleRules | None = None
+    """The call's terms of negotiation, if the requester may counter the bids."""
 
 
 class BidRecord(BaseModel):

@@ -10,16 +10,17 @@ decline. Every decision says which path made it and why. Pure functions, no I/O.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from core.errors import InvalidAmount
 from core.money import format_units, parse_units
 from machines.profile import Policy
 from pricing.rules import Decision
 
-__all__ = ["BidDecision", "BidProposal", "DecisionPath", "ModelUse", "PriceBounds", "bounds", "from_rules", "guard"]
+__all__ = ["BidDecision", "BidProposal", "DecisionPath", "ModelUse", "PriceBounds", "UnitsText", "bounds", "from_rules", "guard",
+           "micros_of"]
 
 DecisionPath = Literal["rules", "llm", "llm-clamped", "rules-fallback", "rules-fast-path"]
 """``rules``: no model configured. ``rules-fast-path``: a routine job, or one the rules refuse, that
@@ -29,29 +30,39 @@ skipped the model. ``rules-fallback``: the model failed (timeout, error, invalid
 _UNITS = re.compile(r"^\s*\d{1,12}(\.\d{1,6})?\s*$")
 
 
+def _units_text(value: str) -> str:
+    if not _UNITS.match(value):
+        raise ValueError("price must be a decimal number of units such as '42.50'")
+    return value
+
+
+UnitsText = Annotated[str, AfterValidator(_units_text)]
+"""A model's price as it must write it: a decimal number of units (``'42.50'``)."""
+
+
 class BidProposal(BaseModel):
     """The model's answer to a call for proposals."""
 
     action: Literal["bid", "decline"]
-    price: str | None = Field(default=None, description="Bid price in units as a decimal string, e.g. '42.50'; omit to decline")
+    price: UnitsText | None = Field(default=None, description="Bid price in units as a decimal string, e.g. '42.50'; omit to decline")
     eta_h: float | None = Field(default=None, ge=0, description="Hours from now until the job would be finished")
     rationale: str = Field(default="", max_length=80, description="At most ten words: why this price, or why decline")
     confidence: float | None = Field(default=None, ge=0, le=1, description=(
         "How sure you are this job is one the machine can do well, 0 to 1; below the charter's floor a person "
         "reviews the job before it starts"))
 
-    @field_validator("price")
-    @classmethod
-    def _units(cls, value: str | None) -> str | None:
-        if value is not None and not _UNITS.match(value):
-            raise ValueError("price must be a decimal number of units such as '42.50'")
-        return value
-
     def price_micros(self) -> int | None:
-        try:
-            return parse_units(self.price) if self.price is not None else None
-        except InvalidAmount:
-            return None
+        return micros_of(self.price)
+
+
+
+
+def micros_of(price: str | None) -> int | None:
+    """A model's price in micro-units; None when it gave none or none that parses."""
+    try:
+        return parse_units(price) if price is not None else None
+    except InvalidAmount:
+        return None
 
 
 class ModelUse(BaseModel):

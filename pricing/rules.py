@@ -26,7 +26,7 @@ from machines.profile import MachineProfile, Point
 from machines.regions import DEFAULT_REGIONS, Region, outside
 from machines.work import WorkEstimate, estimate
 
-__all__ = ["CostBreakdown", "Decision", "DemandForecast", "MachineStatus", "MarketContext", "MemorySignal", "Rule", "decide", "job_cost",
+__all__ = ["BPS", "CostBreakdown", "Decision", "DemandForecast", "MachineStatus", "MarketContext", "MemorySignal", "Rule", "decide", "job_cost",
            "reservation"]
 
 BPS = 10_000
@@ -127,6 +127,9 @@ class Decision(_Frozen):
     eta_h: float | None = None
     """Hours from now until the job would be finished."""
     cost: CostBreakdown | None = None
+    least: Micros | None = None
+    """For a bid: the least price the machine accepts for the job (cost, raised by the capacity it
+    keeps for better work and by the owners' floor); a negotiation never goes below it."""
     rules: tuple[Rule, ...]
     reason: str
     """The decision in one line."""
@@ -198,7 +201,8 @@ def decide(
 
     parts = ", ".join(f"{name} {format_units(v)}" for name, v in cost if v)
     reason = f"bid {format_units(price)}: cost {format_units(cost.total)} ({parts}); " + "; ".join(r.detail for r in fired) + f"; ETA {eta:g} h"
-    return Decision(action="bid", price=price, eta_h=eta, cost=cost, rules=tuple(fired), reason=reason)
+    return Decision(action="bid", price=price, eta_h=eta, cost=cost, least=max(least, policy.price_floor), rules=tuple(fired),
+                    reason=reason)
 
 
 def reservation(profile: MachineProfile, cost: int, status: MachineStatus,

@@ -296,6 +296,9 @@ def demo(
     flat: Annotated[bool, typer.Option("--flat", help="Keep demand at --load all day, without the night's lull and the "
                                        "peaks (--load 1.5 --flat: demand above capacity all day).")] = False,
     bid_window: Annotated[float | None, typer.Option("--bid-window", help="Market seconds machines have to bid [default: 108; 240 with a model].")] = None,
+    haggle: Annotated[bool, typer.Option("--haggle", help="Requesters haggle: a share of them (--haggle-share) counter the best "
+                                         "bids, and the machines answer inside their owners' bounds.")] = False,
+    haggle_share: Annotated[float, typer.Option("--haggle-share", min=0.0, max=1.0, help="With --haggle: the share of requesters that haggle.")] = 0.5,
     model: ModelOpt = None,
     base_url: BaseUrlOpt = None,
     api_key: ApiKeyOpt = None,
@@ -339,11 +342,11 @@ def demo(
     if clock not in ("virtual", "scaled"):
         raise InvalidOption(f"--clock {clock!r}: say virtual or scaled")
     config = MarketConfig(seed=seed, hours=hours, machines=machines, broker=broker, broker_home=broker_home, clock=clock, speed=speed, load=load, flat_demand=flat,
-                          data_dir=data_dir, bid_window_s=bid_window, model=model_config, memory=memory, memory_url=memory_url, life=life)
+                          haggle=haggle_share if haggle else 0.0, data_dir=data_dir, bid_window_s=bid_window, model=model_config, memory=memory, memory_url=memory_url, life=life)
     console = _console()
     err = Console(stderr=True) if as_json else console
     pace = "on virtual time" if clock == "virtual" else f"at {speed:g}× real time"
-    demand = f"load {load:g}" + (" flat" if flat else "")
+    demand = f"load {load:g}" + (" flat" if flat else "") + (f", {haggle_share:.0%} of requesters haggle" if haggle else "")
     err.print(f"TAMC demo: {machines} machines, {hours:g} simulated hours {pace}, seed {seed}, {demand}; "
               f"{'broker ' + broker if broker else 'starting a private broker'}; bids by {model_config.label()}"
               + ("" if llm else ", the rule engine (offline: no model configured)"), highlight=False)

@@ -68,7 +68,29 @@ def report_tables(r: MarketReport) -> list[Any]:
         errors = ", ".join(f"{k} {v}" for k, v in sorted(u.errors.items())) or "none"
         model = (f"model {u.model}: asked for {u.asked} decisions, {u.calls} requests, {u.input_tokens} input + "
                  f"{u.output_tokens} output tokens, latency p50/p99 {lat}; answers not used: {errors}")
-    return [machines, market, decisions, *life_view(r), model, memory_line(r), summary]
+    return [machines, market, decisions, *haggle_view(r), *life_view(r), model, memory_line(r), summary]
+
+
+def haggle_view(r: MarketReport) -> list[Any]:
+    """The day's negotiations: deals, savings, the surplus split, and a few of the haggled jobs."""
+    h = r.haggle
+    if h is None:
+        return []
+    share = f"{h.requester_share:.0%}" if h.requester_share is not None else "n/a"
+    plain = f"{h.plain_requester_share:.0%}" if h.plain_requester_share is not None else "n/a"
+    answers = ", ".join(f"{k} {v}" for k, v in sorted(h.answers.items())) or "none"
+    paths = ", ".join(f"{k} {v}" for k, v in sorted(h.paths.items())) or "none"
+    dropped = ", ".join(f"{k} {v}" for k, v in sorted(h.dropped.items())) or "none"
+    table = Table(title=f"Haggling: {h.haggled} jobs haggled, {h.deals} deals, {h.paid} paid, {format_units(h.saved)} under the best bids")
+    for col in ("job", "outcome", "best bid", "price", "messages", "deal"):
+        table.add_column(col, justify="left" if col in ("job", "outcome") else "right")
+    for o in [o for o in r.outcomes if o.haggled][:12]:
+        table.add_row(o.job_id.rpartition(".")[2], o.outcome, format_units(o.best_bid) if o.best_bid is not None else "-",
+                      format_units(o.price) if o.price is not None else "-", str(o.rounds), "yes" if o.deal else "no")
+    line = (f"surplus of haggled jobs: requesters {format_units(h.requester_surplus)}, machines {format_units(h.machine_surplus)} "
+            f"(requesters' share {share}; {plain} on jobs not haggled; 50% is the Nash split); machines' answers: {answers}; "
+            f"by path: {paths}; counters refused: {dropped}")
+    return [table, line]
 
 
 SHOWN = ("birth", "move", "park", "resume", "death", "retire", "maintained", "rejected", "failed")

@@ -104,7 +104,7 @@ class Bidder:
         if self.clock.ms() > cfp.bid_deadline or self.book.follows(job.id) or job.id in self.calls:
             return
         call = OpenCall(job=job, requester=env.sender, reserve=cfp.reserve, bid_deadline=cfp.bid_deadline,
-                        deadline_at=cfp.deadline_at, speed=cfp.speed)
+                        deadline_at=cfp.deadline_at, speed=cfp.speed, haggle=cfp.haggle)
         self.diary.count_demand(job, "calls")
         self.calls[job.id] = call
         rules = self.pricer.rule_decision(call)
@@ -256,6 +256,11 @@ class Bidder:
             self.diary.count_demand(followed.call.job, "wins")
         if followed is not None:
             self.diary.store([outcome_item(followed.call.job, record)])
+
+    def bid_price(self, job_id: str) -> int | None:
+        """The price this machine bid on ``job_id``, while it follows the job (None: it did not bid)."""
+        record = self.records.get(job_id)
+        return record.price if record is not None and record.action == "bid" else None
 
     def confidence(self, job_id: str) -> float | None:
         """The model's confidence in the bid that won ``job_id``, if the model made it."""

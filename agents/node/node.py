@@ -20,6 +20,7 @@ from agents.node.bidder import Bidder
 from agents.node.book import ContractBook, QueuedContract
 from agents.node.control import ControlDesk
 from agents.node.diary import Diary
+from agents.node.haggler import Haggler
 from agents.node.holding import Holding
 from agents.node.mandate import Mandate, StandingStatus
 from agents.node.offers import Offers
@@ -34,12 +35,13 @@ from core.mailbox import Mailbox
 from hub import topics
 from hub.dispatch import Dispatch
 from hub.envelope import Envelope, seal
-from hub.jobids import JobOwners
+from hub.jobids import JobOwners, owner_of
 from hub.messages import (
     Award,
     CallForProposals,
     ControlCommand,
     GovernanceNotice,
+    Haggle,
     JobClosed,
     JobEvent,
     Presence,
@@ -115,14 +117,18 @@ class MachineNode:
         self.offers = Offers(machine_id=self.id, mandate=self.mandate, clock=self.clock, mailbox=self.mailbox, stats=self.stats,
                              book=self.book, outbox=self.outbox, pricer=self.bidder.pricer, held_by=lambda: self.holding.held_by,
                              enabled=offers)
+        self.haggler = Haggler(machine_id=self.id, identity=identity, mandate=self.mandate, clock=self.clock, mailbox=self.mailbox,
+                               stats=self.stats, book=self.book, outbox=self.outbox, pricer=self.bidder.pricer,
+                               opening=self.bidder.bid_price, stakeholder=self._stakeholder, agent=agent, loop=loop, deps=self.deps)
         self.workshop = Workshop(machine_id=self.id, mandate=self.mandate, clock=self.clock, mailbox=self.mailbox, stats=self.stats,
                                  book=self.book, outbox=self.outbox, inbox=self.inbox, diary=self.diary, bidder=self.bidder,
                                  holding=self.holding, driver=self.driver, ledger=ledger, ops=self.operations, flows=self.flows,
-                                 market=self.market, offers=self.offers, forget=self._forget, tick_s=tick_s, progress_steps=progress_steps)
+                                 market=self.market, offers=self.offers, haggler=self.haggler, forget=self._forget, tick_s=tick_s, progress_steps=progress_steps)
         self.control = ControlDesk(machine_id=self.id, ops=self.operations, driver=self.driver, clock=self.clock, book=self.book,
                                    runner=self.workshop.runner, holding=self.holding, outbox=self.outbox, diary=self.diary,
                                    on_handback=self.workshop.maybe_start)
         (self.dispatch.on(CallForProposals, self.bidder.on_cfp).on(Award, self.workshop.on_award).on(Release, self.workshop.on_release)
+         .on(Haggle, self.haggler.on_haggle)
          .on(JobClosed, self.workshop.on_closed).on(JobEvent, self.workshop.on_event)
          .on(GovernanceNotice, self._on_governance).on(ControlCommand, self.control.on_command))
         self.inbox.tune(self.mandate.cfp_topics(), live=False)
@@ -228,6 +234,7 @@ class MachineNode:
     def _forget(self, job_id: str) -> None:
         """Stop following a job: the requester closed it, or the machine is leaving."""
         self.bidder.drop(job_id)
+        self.haggler.forget(job_id)
         followed = self.book.drop(job_id)
         if followed is None:
             return
@@ -237,6 +244,11 @@ class MachineNode:
         if followed.contract is not None:
             followed.contract.timers.cancel()
             self.inbox.leave(topics.events(job_id))
+
+    def _stakeholder(self, job_id: str) -> bool:
+        """Whether the account that owns ``job_id`` holds shares in this machine."""
+        owner = owner_of(job_id)
+        return bool(owner) and self.ledger is not None and self.ledger.cap_table(self.id).get(owner, 0) > 0
 
     # -- what the holders decided ------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from core.mailbox import Mailbox
 from hub import topics
 from hub.dispatch import Dispatch
 from hub.envelope import Envelope
-from hub.messages import Body, EventKind, JobEvent, Presence, SealedBid, TelemetryReport
+from hub.messages import Body, EventKind, Haggle, JobEvent, Presence, SealedBid, TelemetryReport
 from hub.transport import Hub
 from ledger import Identity
 from machines.driver import Telemetry
@@ -58,8 +58,9 @@ class Outbox:
             self.actions.append((self.clock.time(), self.acting_for or "agent", f"{body.TYPE} {getattr(body, 'kind', '')}".strip()))
         self.hub.send(topic, body, self.identity, retain=retain)
 
-    def bid(self, topic: str, body: SealedBid) -> None:
-        """A bid sealed to the requester: not for the action log (a decision record keeps it)."""
+    def bid(self, topic: str, body: SealedBid | Haggle) -> None:
+        """A bid (or a negotiation's answer) sealed to the requester: not for the action log (a decision
+        record, or the negotiation's steps, keep it)."""
         self.hub.send(topic, body, self.identity)
 
     def event(self, job_id: str, kind: EventKind, *, progress: float = 0.0, detail: str = "", move: int | None = None) -> None:

@@ -28,6 +28,12 @@ class NodeStats:
     """Jobs awarded to this machine on its offer."""
     released: int = 0
     """Jobs this machine gave up before starting them, for another machine to do sooner."""
+    haggles: Counter[str] = field(default_factory=Counter)
+    """Answers to requesters' counters, by move: accept, counter, withdraw."""
+    haggle_paths: Counter[str] = field(default_factory=Counter)
+    """Those answers by the path that made them, as for bids."""
+    haggle_dropped: Counter[str] = field(default_factory=Counter)
+    """Negotiation messages refused, by reason: late, out_of_turn, unsealable, not_requester, malformed."""
     done: int = 0
     done_again: int = 0
     """``done`` said again for a job not paid in ``DONE_AGAIN_S`` (a lost message)."""

@@ -18,6 +18,7 @@ from agents.node.bidder import Bidder
 from agents.node.book import Contract, ContractBook, ContractState, Followed, Terms
 from agents.node.diary import Diary
 from agents.node.effects import JobEnds
+from agents.node.haggler import Haggler
 from agents.node.holding import Holding
 from agents.node.mandate import Mandate
 from agents.node.offers import Offers
@@ -55,7 +56,8 @@ class Workshop:
     def __init__(self, *, machine_id: str, mandate: Mandate, clock: Timeline, mailbox: Mailbox, stats: NodeStats,
                  book: ContractBook, outbox: Outbox, inbox: Inbox, diary: Diary, bidder: Bidder, holding: Holding,
                  driver: Driver, ledger: Ledger | None, ops: Operations | None, flows: JobFlows, market: MarketContext,
-                 offers: Offers, forget: Callable[[str], None], tick_s: float = 1.0, progress_steps: int = 4) -> None:
+                 offers: Offers, haggler: Haggler, forget: Callable[[str], None], tick_s: float = 1.0,
+                 progress_steps: int = 4) -> None:
         self.machine_id = machine_id
         self.mandate = mandate
         self.clock = clock
@@ -71,6 +73,7 @@ class Workshop:
         self.ledger = ledger
         self.market = market
         self.offers = offers
+        self.haggler = haggler
         self.forget = forget
         self.maintenance_due = False
         """Serviced while busy: wear resets when the job in hand ends."""
@@ -114,13 +117,17 @@ class Workshop:
             return
         cfp = followed.call
         pricer = self.bidder.pricer
-        decision = pricer.decide(pricer.remaining(cfp.job.model_copy(update={"max_price": None}), cfp.deadline_at), cfp.deadline_at)
+        deadline_at = body.deadline_at if body.deadline_at is not None and cfp.haggle is not None else cfp.deadline_at
+        decision = pricer.decide(pricer.remaining(cfp.job.model_copy(update={"max_price": None}), deadline_at), deadline_at)
         least = max(decision.cost.total, self.mandate.profile.policy.price_floor) if decision.cost else None
-        if decision.action != "bid" or least is None or body.price < least:
-            why = decision.reason if decision.action != "bid" else f"price {body.price} below our least {least}"
+        agreed = None if body.takeover else self.haggler.agreed(body.job_id)
+        if decision.action != "bid" or least is None or body.price < least or (agreed is not None and body.price < agreed):
+            why = decision.reason if decision.action != "bid" else (
+                f"price {body.price} below our least {least}" if least is None or body.price < least else
+                f"price {body.price} below the {agreed} we agreed")
             self.outbox.event(body.job_id, "declined", detail=why)
             return
-        terms = Terms(job=cfp.job, requester=followed.requester, price=body.price, speed=cfp.speed, deadline_at=cfp.deadline_at,
+        terms = Terms(job=cfp.job, requester=followed.requester, price=body.price, speed=cfp.speed, deadline_at=deadline_at,
                       accept_by=body.accept_by)
         contract = Contract(terms)
         contract.costing.hours = estimate(self.mandate.profile, cfp.job).total_hours

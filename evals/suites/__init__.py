@@ -11,11 +11,12 @@ from evals.suites.chat import ChatSuite
 from evals.suites.escalation import EscalationSuite
 from evals.suites.governance import GovernanceSuite
 from evals.suites.market import MarketSuite
+from evals.suites.negotiation import NegotiationSuite
 
 __all__ = ["SUITES", "suite"]
 
 SUITES: dict[str, Suite[Any]] = {s.name: s for s in (BiddingSuite(), GovernanceSuite(), EscalationSuite(), ChatSuite(),
-                                                     AdversarialSuite(), MarketSuite())}
+                                                     AdversarialSuite(), NegotiationSuite(), MarketSuite())}
 
 
 def suite(name: str) -> Suite[Any]:
