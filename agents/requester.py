@@ -114,7 +114,7 @@ class JobOutcome(BaseModel):
     """The requester countered bids before it awarded."""
     best_bid: int | None = None
     """The best sealed bid, before any negotiation: what the job would have cost without haggling."""
-    rounds: int = 0
+    haggle_messages: int = 0
     """Negotiation messages exchanged (counters and answers)."""
     deal: bool = False
     """A bidder agreed to the requester's terms (else the best standing offer was awarded)."""
@@ -744,7 +744,7 @@ class Requester:
             bids=len(run.ranked), awards=run.attempt, takeovers=run.takeovers, moves=run.moved,
             accept_latency_ms=run.accept_latency_ms, reason=reason,
             haggled=run.negotiation is not None, best_bid=min((b.price for b in run.bids.values()), default=None),
-            rounds=len(run.negotiation.steps) if run.negotiation else 0,
+            haggle_messages=len(run.negotiation.steps) if run.negotiation else 0,
             deal=run.negotiation is not None and run.negotiation.deal is not None,
             deadline_at=run.agreed_deadline,
         )

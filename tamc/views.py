@@ -86,7 +86,7 @@ def haggle_view(r: MarketReport) -> list[Any]:
         table.add_column(col, justify="left" if col in ("job", "outcome") else "right")
     for o in [o for o in r.outcomes if o.haggled][:12]:
         table.add_row(o.job_id.rpartition(".")[2], o.outcome, format_units(o.best_bid) if o.best_bid is not None else "-",
-                      format_units(o.price) if o.price is not None else "-", str(o.rounds), "yes" if o.deal else "no")
+                      format_units(o.price) if o.price is not None else "-", str(o.haggle_messages), "yes" if o.deal else "no")
     line = (f"surplus of haggled jobs: requesters {format_units(h.requester_surplus)}, machines {format_units(h.machine_surplus)} "
             f"(requesters' share {share}; {plain} on jobs not haggled; 50% is the Nash split); machines' answers: {answers}; "
             f"by path: {paths}; counters refused: {dropped}")

@@ -52,7 +52,7 @@ def test_a_two_round_deal_is_what_is_escrowed_and_paid(city: SmallMarket) -> Non
     sent = [(e.sender, e.body.round) for e in heard if isinstance(e.body, Haggle)]
     me, it = requester.identity.did, node.identity.did
     assert sent == [(me, 1), (it, 1), (me, 2), (it, 2)]
-    assert outcome.rounds == 4
+    assert outcome.haggle_messages == 4
     machine_steps = node.haggler.talks.get(outcome.job_id)
     assert machine_steps is None  # forgotten once the job closed
     assert 0.89 * bid <= outcome.price <= 0.91 * bid
@@ -86,7 +86,7 @@ def test_the_same_deal_in_real_time(live_city: SmallMarket) -> None:
     requester.post(job("j-live", amount=120, deadline_h=12), reserve=RESERVE, value=VALUE,
                    haggle=RequesterStrategy(urgency=0.2, rounds=2, slack_h=0, window_s=2.0 * city.clock.speed))
     [outcome] = city.wait(1, timeout=60)
-    assert outcome.outcome == "paid" and outcome.deal and outcome.rounds == 4
+    assert outcome.outcome == "paid" and outcome.deal and outcome.haggle_messages == 4
     assert outcome.best_bid is not None and outcome.price is not None and 0.89 * outcome.best_bid <= outcome.price <= 0.91 * outcome.best_bid
     city.settled("prusa-a", timeout=30)
     assert node.stats.settled[0][1].price == outcome.price
