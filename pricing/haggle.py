@@ -118,6 +118,9 @@ def machine_move(band: MachineBand | None, *, price: int, round: int, rounds: in
     if band is None:
         return HaggleMove(move="withdraw", why="the rules refuse the job by that deadline; our last offer stands")
     target = _tick(concede(band.opening, band.least, round, rounds, beta), tick, band)
+    if price > band.most:  # more than the owners' ceiling (or the reserve) lets it take: their cap, not ours to waive
+        return HaggleMove(move="counter", price=band.most, finish_by=finish_by,
+                          why=f"{format_units(band.most)} is the most we may take")
     if price >= target:
         return HaggleMove(move="accept", price=price, finish_by=finish_by,
                           why=f"{format_units(price)} is at least our offer for this round ({format_units(target)})")
@@ -159,7 +162,7 @@ class CounterProposal(BaseModel):
 def guard_counter(band: MachineBand | None, proposal: CounterProposal, *, offered: int, finish_by: int, rules: HaggleMove,
                   tick: int) -> tuple[HaggleMove, DecisionPath]:
     """Hold the model's answer to a counter of ``offered`` inside the band: it may always withdraw;
-    it may accept only a price the band allows; its counter is clamped into the band, and a counter
+    it may accept only a price inside the band; its counter is clamped into the band, and a counter
     at or below their offer is their offer accepted. ``rules`` is the rule strategy's answer, which
     replaces what cannot be mended."""
     said = proposal.rationale.strip()[:200] or "no rationale"
@@ -168,7 +171,7 @@ def guard_counter(band: MachineBand | None, proposal: CounterProposal, *, offere
     if band is None:
         return rules, "llm-clamped"
     if proposal.move == "accept":
-        if offered >= band.least:
+        if band.least <= offered <= band.most:
             return HaggleMove(move="accept", price=offered, finish_by=finish_by, why=f"model accepted: {said}"), "llm"
         return rules.model_copy(update={"why": f"{rules.why} [model's accept below our {band.least_why} {format_units(band.least)} "
                                                "replaced by the rules]"}), "llm-clamped"

@@ -329,3 +329,23 @@ def test_a_seeded_day_with_haggling_requesters_reports_deals_and_the_surplus_spl
     assert -balances["system:issuance"] - requesters == spent
     ledger.close()
     assert day("b").digest == report.digest
+
+
+def test_the_band_holds_both_ways() -> None:
+    """Neither the rules nor a model accept a price outside the band: under its least, or over the
+    owners' ceiling (a community cap binds even a generous counter)."""
+    from pricing.haggle import CounterProposal, MachineBand, guard_counter, machine_move
+
+    band = MachineBand(least=7_470_000, most=9_000_000, opening=8_300_000, least_why="10% concession the owners allow a stranger")
+    over = machine_move(band, price=12_000_000, round=1, rounds=2, beta=0.6, finish_by=0, tick=10_000)
+    assert over.move == "counter" and over.price == 9_000_000
+    assert machine_move(band, price=8_300_000, round=1, rounds=2, beta=0.6, finish_by=0, tick=10_000).move == "accept"
+    last = machine_move(band, price=7_000_000, round=2, rounds=2, beta=0.6, finish_by=0, tick=10_000)
+    assert last.move == "counter" and last.price == 7_470_000  # a final offer at its least, never an accept
+    rules = machine_move(band, price=12_000_000, round=1, rounds=2, beta=0.6, finish_by=0, tick=10_000)
+    accept = CounterProposal(move="accept", rationale="generous")
+    for offered in (12_000_000, 7_000_000):
+        move, path = guard_counter(band, accept, offered=offered, finish_by=0, rules=rules, tick=10_000)
+        assert move.move == "counter" and path == "llm-clamped"
+    move, path = guard_counter(band, CounterProposal(move="counter", price="0.50"), offered=7_000_000, finish_by=0, rules=rules, tick=10_000)
+    assert (move.move, move.price, path) == ("counter", 7_470_000, "llm-clamped")
