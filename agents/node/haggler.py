@@ -166,10 +166,6 @@ class Haggler:
         return band, machine_move(band, price=price, round=round, rounds=call.haggle.rounds, beta=policy.concession_beta,
                                   finish_by=finish_by, tick=policy.price_tick)
 
-    def decide(self, job_id: str, price: int, finish_by: int, round: int) -> HaggleMove:
-        """The rules' answer alone (what the model's answer falls back to)."""
-        return self.judge(job_id, price, finish_by, round)[1]
-
     def _ask_model(self, talk: Talk, call: OpenCall, terms: HaggleTerms, finish_by: int, band: MachineBand, rules: HaggleMove) -> None:
         """The model answers within its share of the time left; the rules' answer goes out if it is late."""
         assert self.agent is not None and self.loop is not None and self.deps is not None and call.haggle is not None
